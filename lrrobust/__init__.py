@@ -1,0 +1,12 @@
+"""lrrobust: Local Relation Networks (Hu et al., ICCV 2019) and their robustness to adversarial attacks."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_checkpoint"]
+
+
+def load_checkpoint(path, map_location=None):
+    """Rebuild a model from a checkpoint alone, in eval mode, taking [0, 1] images (see lrrobust.checkpoint)."""
+    from lrrobust.checkpoint import load_checkpoint as _load
+
+    return _load(path, map_location=map_location)

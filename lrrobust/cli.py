@@ -1,0 +1,28 @@
+"""The ``lrrobust`` command line: train, train-adv, eval-attack, report, models, bench, demo."""
+
+from __future__ import annotations
+
+import typer
+
+from lrrobust.commands import bench_op, evaluate, models, train
+
+app = typer.Typer(
+    name="lrrobust",
+    help="Local Relation Networks under adversarial attack: the op, the zoo, PGD training and evaluation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Measure speed and memory; write figures to BENCHMARKS.md by hand.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+for _module in (bench_op, models, train, evaluate):
+    _module.register(app, bench_app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Pure-PyTorch local relation aggregation (paper Sec. 4, Eq. 2-5): the test oracle and the fallback.
+
+It unfolds key and value into K*K copies, so it is simple and slow and uses K*K times the memory of the
+input. The compiled kernels in ``csrc/`` compute the same thing without that copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+COMPOSABILITIES = ("sqdiff", "absdiff", "product")
+
+
+def output_size(size: int, stride: int) -> int:
+    """Output length along one axis: ceil(size / stride), windows centred on input pixel i * stride."""
+    return (size + stride - 1) // stride
+
+
+def composability(query: torch.Tensor, key: torch.Tensor, kind: str) -> torch.Tensor:
+    """Appearance composability Phi(q, k): Eq. 3 (sqdiff), Eq. 4 (absdiff) or Eq. 5 (product)."""
+    if kind == "sqdiff":
+        return -(query - key) ** 2
+    if kind == "absdiff":
+        return -(query - key).abs()
+    if kind == "product":
+        return query * key
+    raise ValueError(f"composability must be one of {', '.join(COMPOSABILITIES)}, got {kind!r}")
+
+
+def _unfold(x: torch.Tensor, kernel_size: int, stride: int, dilation: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, K*K, Ho, Wo): the window of every output pixel, zero outside the image."""
+    n, c, h, w = x.shape
+    pad = (kernel_size - 1) // 2 * dilation
+    cols = F.unfold(x, kernel_size, dilation=dilation, padding=pad, stride=stride)
+    return cols.view(n, c, kernel_size * kernel_size, output_size(h, stride), output_size(w, stride))
+
+
+def local_relation_reference(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    geo_prior: torch.Tensor,
+    kernel_size: int,
+    stride: int = 1,
+    dilation: int = 1,
+    composability_kind: str = "sqdiff",
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Local relation aggregation, the plain way. Shapes as in ``lrrobust.ops.local_relation``.
+
+    With ``normalize=False`` the logits themselves are the aggregation weights (the "none" column of
+    Table 6); positions outside the image still take no part.
+    """
+    n, groups, h, w = key.shape
+    channels = value.shape[1]
+    per_group = -(-channels // groups)
+    kk = kernel_size * kernel_size
+    ho, wo = output_size(h, stride), output_size(w, stride)
+
+    keys = _unfold(key, kernel_size, stride, dilation)  # (N, G, KK, Ho, Wo)
+    values = _unfold(value, kernel_size, stride, dilation)  # (N, C, KK, Ho, Wo)
+    inside = _unfold(torch.ones(1, 1, h, w, dtype=key.dtype, device=key.device), kernel_size, stride, dilation) > 0
+
+    logits = composability(query.unsqueeze(2), keys, composability_kind)
+    logits = logits + geo_prior.reshape(1, groups, kk, 1, 1)
+    if normalize:
+        weights = logits.masked_fill(~inside, float("-inf")).softmax(dim=2)
+    else:
+        weights = logits.masked_fill(~inside, 0.0)
+
+    channel_group = torch.arange(channels, device=value.device) // per_group
+    weights = weights.index_select(1, channel_group)  # (N, C, KK, Ho, Wo)
+    out = (weights * values).sum(dim=2)
+    assert out.shape == (n, channels, ho, wo)
+    return out

@@ -1,0 +1,61 @@
+"""Builds lrrobust._C, the compiled local relation op (paper Sec. 4).
+
+The CPU kernel is always built. The CUDA kernel is built whenever nvcc is found (or FORCE_CUDA=1),
+even on a machine without a GPU, so a CUDA compile error fails the build. LRROBUST_CPU_ONLY=1 skips it.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+# nvcc on PATH may be a wrapper script outside the toolkit (here /usr/local/bin/nvcc): point torch at the toolkit.
+if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.isdir("/usr/local/cuda/include"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    if os.environ.get("LRROBUST_CPU_ONLY", "0") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    return CUDA_HOME is not None and (shutil.which("nvcc") is not None or os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
+
+
+def _extension():
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=fast"]
+    define_macros = [("Py_LIMITED_API", "0x030A0000")]
+    if _want_cuda():
+        # Without a visible GPU torch cannot pick the architectures: default to Ampere and Hopper (+PTX).
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        define_macros.append(("LRROBUST_WITH_CUDA", None))
+        return CUDAExtension(
+            "lrrobust._C",
+            sources,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            extra_link_args=["-fopenmp"],
+            py_limited_api=True,
+        )
+    return CppExtension(
+        "lrrobust._C",
+        sources,
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+        py_limited_api=True,
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)
