@@ -1,0 +1,67 @@
+// Input checks shared by the CPU and CUDA kernels of the local relation op (paper Sec. 4).
+// Every check names the problem, so a bad call is a RuntimeError in Python, never a crash.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace lrrobust {
+
+enum Composability : int64_t { kSqDiff = 0, kAbsDiff = 1, kProduct = 2 };
+
+struct LocalRelationShape {
+  int64_t n, groups, channels, per_group, height, width, out_height, out_width, kernel_size, stride, dilation;
+};
+
+inline LocalRelationShape check_local_relation_inputs(const at::Tensor& query, const at::Tensor& key,
+                                                      const at::Tensor& value, const at::Tensor& geo_prior,
+                                                      int64_t kernel_size, int64_t stride, int64_t dilation,
+                                                      int64_t composability) {
+  TORCH_CHECK(query.dim() == 4, "local_relation: query must be 4-D (N, G, Ho, Wo), got ", query.dim(), "-D");
+  TORCH_CHECK(key.dim() == 4, "local_relation: key must be 4-D (N, G, H, W), got ", key.dim(), "-D");
+  TORCH_CHECK(value.dim() == 4, "local_relation: value must be 4-D (N, C, H, W), got ", value.dim(), "-D");
+  TORCH_CHECK(geo_prior.dim() == 3, "local_relation: geo_prior must be 3-D (G, K, K), got ", geo_prior.dim(), "-D");
+  TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, "local_relation: kernel_size must be odd and >= 1, got ",
+              kernel_size);
+  TORCH_CHECK(stride >= 1, "local_relation: stride must be >= 1, got ", stride);
+  TORCH_CHECK(dilation >= 1, "local_relation: dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(composability >= 0 && composability <= 2,
+              "local_relation: composability must be 0 (sqdiff), 1 (absdiff) or 2 (product), got ", composability);
+  TORCH_CHECK(query.device() == key.device() && key.device() == value.device() && value.device() == geo_prior.device(),
+              "local_relation: query, key, value and geo_prior must be on one device");
+  TORCH_CHECK(query.scalar_type() == key.scalar_type() && key.scalar_type() == value.scalar_type() &&
+                  value.scalar_type() == geo_prior.scalar_type(),
+              "local_relation: query, key, value and geo_prior must have one dtype");
+  TORCH_CHECK(at::isFloatingType(value.scalar_type()), "local_relation: tensors must be floating point, got ",
+              value.scalar_type());
+
+  LocalRelationShape s{};
+  s.n = key.size(0);
+  s.groups = key.size(1);
+  s.height = key.size(2);
+  s.width = key.size(3);
+  s.channels = value.size(1);
+  s.kernel_size = kernel_size;
+  s.stride = stride;
+  s.dilation = dilation;
+  s.out_height = (s.height + stride - 1) / stride;
+  s.out_width = (s.width + stride - 1) / stride;
+  TORCH_CHECK(s.groups >= 1, "local_relation: key must have at least one group");
+  TORCH_CHECK(value.size(0) == s.n && value.size(2) == s.height && value.size(3) == s.width,
+              "local_relation: value ", value.sizes(), " must match key ", key.sizes(), " in N, H and W");
+  TORCH_CHECK(query.size(0) == s.n && query.size(1) == s.groups && query.size(2) == s.out_height &&
+                  query.size(3) == s.out_width,
+              "local_relation: query ", query.sizes(), " must be (N, G, ceil(H/stride), ceil(W/stride)) = (", s.n,
+              ", ", s.groups, ", ", s.out_height, ", ", s.out_width, ")");
+  TORCH_CHECK(geo_prior.size(0) == s.groups && geo_prior.size(1) == kernel_size && geo_prior.size(2) == kernel_size,
+              "local_relation: geo_prior ", geo_prior.sizes(), " must be (G, K, K) = (", s.groups, ", ", kernel_size,
+              ", ", kernel_size, ")");
+  TORCH_CHECK(s.channels >= 1, "local_relation: value must have at least one channel");
+  s.per_group = (s.channels + s.groups - 1) / s.groups;
+  TORCH_CHECK((s.groups - 1) * s.per_group < s.channels, "local_relation: ", s.groups, " groups for ", s.channels,
+              " channels leaves the last group without channels (m = ceil(C/G) = ", s.per_group,
+              "); choose G so that (G-1)*ceil(C/G) < C");
+  return s;
+}
+
+}  // namespace lrrobust
