@@ -1,7 +1,152 @@
-"""Placeholder until this area's work lands: registers no command."""
+"""``lrrobust bench op``: speed and memory of the local relation op against convolutions (issue 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+
+from lrrobust.commands import console, err_console, is_terminal, user_errors
+from lrrobust.errors import UserError
+
+
+def parse_list(text: str, name: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """'a,b' -> ('a', 'b'), each one of ``known``; a UserError naming the option otherwise."""
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [x for x in items if x not in known]
+    if unknown or not items:
+        raise UserError(f"{name} takes a comma-separated list of {', '.join(known)}; got {text!r}")
+    return items
+
+
+def parse_stages(stages: str, shapes: list[str]) -> tuple:
+    """The LR-Net-26 stages named in ``stages`` ('1,3'), or custom ``CxS`` shapes (numbered from 1) if any."""
+    from lrrobust.bench.op import LRNET26_STAGES, Stage
+
+    if shapes:
+        custom = []
+        for i, text in enumerate(shapes, start=1):
+            try:
+                channels, size = (int(x) for x in text.lower().split("x"))
+            except ValueError:
+                raise UserError(f"--shape takes CHANNELSxSIZE like 64x56, got {text!r}") from None
+            if channels < 1 or size < 1:
+                raise UserError(f"--shape needs at least 1 channel and 1 pixel, got {text!r}")
+            custom.append(Stage(i, channels, size))
+        return tuple(custom)
+    known = tuple(str(s.stage) for s in LRNET26_STAGES)
+    chosen = parse_list(stages, "--stages", known)
+    return tuple(s for s in LRNET26_STAGES if str(s.stage) in chosen)
+
+
+def check_json_path(path: Path) -> None:
+    """Refuse, before the bench runs, a --json path that cannot be written."""
+    if path.is_dir():
+        raise UserError(f"--json {path} is a directory; give a file name such as {path / 'bench_op.json'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"--json {path}: cannot write in {parent}; choose another path")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    return None
+    @bench.command("op")
+    @user_errors
+    def op(
+        device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+        batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
+        dtype: Annotated[
+            str | None,
+            typer.Option(
+                help="float32 or float64 on cpu (default float32); bfloat16 (default), float16 or float32 on cuda."
+            ),
+        ] = None,
+        stages: Annotated[str, typer.Option(help="LR-Net-26 stages to run, e.g. 1,3.")] = "1,2,3,4",
+        impl: Annotated[
+            str, typer.Option(help="Implementations, comma-separated: lr_fused, lr_reference, conv3x3, dwconv7x7.")
+        ] = "lr_fused,lr_reference,conv3x3,dwconv7x7",
+        passes: Annotated[str, typer.Option(help="Passes, comma-separated: fwd, fwd_bwd.")] = "fwd,fwd_bwd",
+        repeats: Annotated[int, typer.Option(help="Timed runs per measurement (at most).")] = 10,
+        warmup: Annotated[int, typer.Option(help="Untimed warm-up runs per measurement.")] = 1,
+        max_seconds: Annotated[
+            float, typer.Option(help="Cut the timed runs of one measurement to about this long (never below 3).")
+        ] = 4.0,
+        shape: Annotated[
+            list[str] | None,
+            typer.Option(help="Custom stage shape CHANNELSxSIZE instead of the LR-Net-26 stages (repeatable)."),
+        ] = None,
+        json: Annotated[Path | None, typer.Option(help="Write the records as a JSON list to this file.")] = None,
+    ) -> None:
+        """Time the local relation op (fused and reference) against conv3x3 and depthwise conv7x7, forward and
+        forward+backward, at the LR-Net-26 stage shapes (C = 100-800, 56-7 pixels, m = 8, K = 7)."""
+        from lrrobust.bench.op import (
+            IMPLS,
+            PASSES,
+            check_options,
+            check_targets,
+            fused_kernel_compiled,
+            op_table,
+            run_op_bench,
+            targets_table,
+        )
+
+        dtype = check_options(device, batch, dtype, repeats, warmup, max_seconds)
+        chosen_stages = parse_stages(stages, shape or [])
+        impls = parse_list(impl, "--impl", IMPLS)
+        chosen_passes = parse_list(passes, "--passes", PASSES)
+        if json is not None:
+            check_json_path(json)
+
+        import torch
+
+        compiled = fused_kernel_compiled(device)
+        fallback_note = (
+            f"[bold red]WARNING: the compiled local relation kernel is NOT available on {device}: the lr_fused rows "
+            "time the pure-PyTorch reference fallback, not the fused kernel.[/]"
+        )
+        err_console.print(
+            f"bench op: device {device}, {dtype}, batch {batch}, {torch.get_num_threads()} threads, torch "
+            f"{torch.__version__}, fused kernel {'compiled' if compiled else 'NOT compiled'}",
+            highlight=False,
+        )
+        if "lr_fused" in impls and not compiled:
+            err_console.print(fallback_note)
+
+        def progress(r: dict) -> None:
+            err_console.print(
+                f"[dim]stage {r['stage']} {r['pass']:<7} {r['impl']:<12} {r['ms']:10.2f} ms {r['peak_mb']:9.1f} MB"
+                f" ({r['repeats']} runs)[/]",
+                highlight=False,
+            )
+
+        records = run_op_bench(
+            device=device,
+            batch=batch,
+            dtype=dtype,
+            stages=chosen_stages,
+            impls=impls,
+            passes=chosen_passes,
+            repeats=repeats,
+            warmup=warmup,
+            max_seconds=max_seconds,
+            progress=progress,
+        )
+        # Piped output (a file, CI logs) gets room for the whole table instead of the 80 columns rich assumes.
+        out = console if is_terminal() else Console(width=200)
+        title = f"local relation op vs convolutions ({device}, {dtype}, batch {batch})"
+        out.print(op_table(records, title=title))
+        if not shape:
+            rows = check_targets(records)
+            if rows:
+                out.print(targets_table(rows))
+        if "lr_fused" in impls and not compiled:
+            err_console.print(fallback_note)
+        if json is not None:
+            from lrrobust.io import atomic_write_json
+
+            atomic_write_json(json, records)
+            err_console.print(f"wrote {len(records)} records to {json}", highlight=False)
