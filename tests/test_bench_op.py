@@ -146,15 +146,22 @@ def test_library_refuses_bad_options():
         run_op_bench(impls=("conv5x5",), stages=TINY)
 
 
-def test_cli_writes_the_records_as_json(tmp_path):
-    out = tmp_path / "sub" / "bench.json"
-    args = ["bench", "op", "--shape", "16x6", "--batch", "2", "--repeats", "2", "--json", str(out)]
-    result = CliRunner().invoke(app, args)
+def test_cli_writes_the_records_as_json_and_markdown(tmp_path):
+    out, md = tmp_path / "sub" / "bench.json", tmp_path / "bench.md"
+    threads = torch.get_num_threads()
+    args = ["bench", "op", "--shape", "16x6", "--batch", "2", "--repeats", "2", "--threads", "1"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out), "--markdown", str(md)])
     assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == threads  # restored after the run
     assert "local relation op vs convolutions" in result.stdout
     records = json.loads(out.read_text())
     assert sorted((r["impl"], r["pass"]) for r in records) == sorted((i, p) for i in IMPLS for p in PASSES)
     assert all(r["stage"] == 1 and r["channels"] == 16 and r["size"] == 6 and r["batch"] == 2 for r in records)
+    assert all(r["threads"] == 1 for r in records)
+    table = [line for line in md.read_text().splitlines() if line.startswith("| 1 |")]
+    assert len(table) == len(records) == 8
+    conv_fwd = next(r for r in records if (r["impl"], r["pass"]) == ("conv3x3", "fwd"))
+    assert f"| fwd | conv3x3 | {conv_fwd['ms']:.2f} | {conv_fwd['peak_mb']:.1f} | 1.00x |" in md.read_text()
     assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # no temporary file left beside it
     if not lrrobust.ops.kernel_available("cpu"):
         assert "NOT available" in result.stderr and "FALLBACK" in result.stdout
@@ -184,6 +191,7 @@ def test_cli_runs_a_subset_of_the_lrnet26_stages(tmp_path):
         (["--shape", "16by6"], "--shape"),
         (["--shape", "0x6"], "--shape"),
         (["--repeats", "0"], "--repeats"),
+        (["--threads", "0"], "--threads"),
     ],
 )
 def test_cli_bad_options_give_one_line_and_exit_2(args, named):

@@ -145,6 +145,7 @@ def run_op_bench(
     warmup: int = 1,
     max_seconds: float = 4.0,
     seed: int = 0,
+    threads: int | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Time every (stage, impl, pass) and return one record per measurement, ratios included.
@@ -153,6 +154,7 @@ def run_op_bench(
     to about ``max_seconds`` of timed calls but never fewer than 3 (the reference at stage 1 takes seconds per
     call). Records: ``stage``, ``impl``, ``pass``, ``ms`` (median), ``peak_mb`` and the context (channels,
     size, groups, batch, device, dtype, repeats, threads; ``kernel`` = "compiled" or "fallback" for lr_fused).
+    ``threads`` sets torch's intra-op CPU threads for the run (default: leave torch's setting).
     """
     dtype = check_options(device, batch, dtype, repeats, warmup, max_seconds)
     for stage in stages:
@@ -162,37 +164,32 @@ def run_op_bench(
         unknown = [x for x in given if x not in known]
         if unknown or not given:
             raise UserError(f"{name}: unknown or empty choice {unknown}; choose from {', '.join(known)}")
-    torch_dtype = DTYPES[dtype]
-    compiled = fused_kernel_compiled(device)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    kernel = "compiled" if fused_kernel_compiled(device) else "fallback"
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     records = []
-    for stage in stages:
-        for pass_ in passes:
-            for impl in impls:
-                torch.manual_seed(seed)
-                fn = make_pass(impl, pass_, stage, batch, device, torch_dtype)
-                m = measure(fn, device, repeats=repeats, warmup=warmup, max_seconds=max_seconds)
-                del fn
-                record = {
-                    "stage": stage.stage,
-                    "impl": impl,
-                    "pass": pass_,
-                    "ms": m.ms,
-                    "peak_mb": m.peak_mb,
-                    "channels": stage.channels,
-                    "size": stage.size,
-                    "groups": stage.groups,
-                    "kernel_size": KERNEL_SIZE,
-                    "batch": batch,
-                    "device": device,
-                    "dtype": dtype,
-                    "repeats": m.repeats,
-                    "threads": torch.get_num_threads(),
-                }
-                if impl == "lr_fused":
-                    record["kernel"] = "compiled" if compiled else "fallback"
-                records.append(record)
-                if progress is not None:
-                    progress(record)
+    try:
+        for stage in stages:
+            for pass_ in passes:
+                for impl in impls:
+                    torch.manual_seed(seed)
+                    fn = make_pass(impl, pass_, stage, batch, device, DTYPES[dtype])
+                    m = measure(fn, device, repeats=repeats, warmup=warmup, max_seconds=max_seconds)
+                    del fn  # free this case's inputs before the next one
+                    record = {"stage": stage.stage, "impl": impl, "pass": pass_, "ms": m.ms, "peak_mb": m.peak_mb}
+                    record.update(channels=stage.channels, size=stage.size, groups=stage.groups)
+                    record.update(kernel_size=KERNEL_SIZE, batch=batch, device=device, dtype=dtype)
+                    record.update(repeats=m.repeats, threads=torch.get_num_threads())
+                    if impl == "lr_fused":
+                        record["kernel"] = kernel
+                    records.append(record)
+                    if progress is not None:
+                        progress(record)
+    finally:
+        torch.set_num_threads(saved_threads)
     return add_ratios(records)
 
 
@@ -299,3 +296,38 @@ def targets_table(rows: list[dict]) -> Table:
             met += " [bold red](fallback, not the fused kernel)[/]"
         table.add_row(str(row["stage"]), row["target"], f"{row['value']:.3f}", f"<= {row['limit']:g}", met)
     return table
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The records as a markdown table (for BENCHMARKS.md), same columns as ``op_table``."""
+    header = "| stage | C x S^2 (G) | pass | impl | ms | peak MB | ms / conv3x3 | ms / ref | MB / ref | runs |"
+    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        impl = (
+            "lr_fused (FALLBACK: reference)" if r["impl"] == "lr_fused" and r.get("kernel") == "fallback" else r["impl"]
+        )
+        cells = [
+            str(r["stage"]),
+            f"{r['channels']} x {r['size']}^2 ({r['groups']})",
+            r["pass"],
+            impl,
+            f"{r['ms']:.2f}",
+            f"{r['peak_mb']:.1f}",
+            _ratio(r.get("ms_vs_conv3x3")),
+            _ratio(r.get("ms_vs_reference")),
+            _ratio(r.get("mb_vs_reference")),
+            str(r["repeats"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_targets(rows: list[dict]) -> str:
+    """``check_targets`` rows as a markdown table."""
+    lines = ["| stage | target | measured | limit | met |", "|---|---|---:|---:|---|"]
+    for row in rows:
+        met = "yes" if row["met"] else "**no**"
+        if row["kernel"] == "fallback":
+            met += " (fallback, not the fused kernel)"
+        lines.append(f"| {row['stage']} | {row['target']} | {row['value']:.3f} | <= {row['limit']:g} | {met} |")
+    return "\n".join(lines) + "\n"

@@ -42,15 +42,15 @@ def parse_stages(stages: str, shapes: list[str]) -> tuple:
     return tuple(s for s in LRNET26_STAGES if str(s.stage) in chosen)
 
 
-def check_json_path(path: Path) -> None:
-    """Refuse, before the bench runs, a --json path that cannot be written."""
+def check_output_path(path: Path, option: str) -> None:
+    """Refuse, before the bench runs, an output path that cannot be written."""
     if path.is_dir():
-        raise UserError(f"--json {path} is a directory; give a file name such as {path / 'bench_op.json'}")
+        raise UserError(f"{option} {path} is a directory; give a file name inside it")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"--json {path}: cannot write in {parent}; choose another path")
+        raise UserError(f"{option} {path}: cannot write in {parent}; choose another path")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -79,7 +79,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             list[str] | None,
             typer.Option(help="Custom stage shape CHANNELSxSIZE instead of the LR-Net-26 stages (repeatable)."),
         ] = None,
+        threads: Annotated[
+            int | None, typer.Option(help="CPU threads for torch (default: torch's own, one per core).")
+        ] = None,
         json: Annotated[Path | None, typer.Option(help="Write the records as a JSON list to this file.")] = None,
+        markdown: Annotated[
+            Path | None, typer.Option(help="Write the table (and the targets) as markdown to this file.")
+        ] = None,
     ) -> None:
         """Time the local relation op (fused and reference) against conv3x3 and depthwise conv7x7, forward and
         forward+backward, at the LR-Net-26 stage shapes (C = 100-800, 56-7 pixels, m = 8, K = 7)."""
@@ -89,6 +95,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             check_options,
             check_targets,
             fused_kernel_compiled,
+            impl_label,
+            markdown_table,
+            markdown_targets,
             op_table,
             run_op_bench,
             targets_table,
@@ -98,8 +107,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         chosen_stages = parse_stages(stages, shape or [])
         impls = parse_list(impl, "--impl", IMPLS)
         chosen_passes = parse_list(passes, "--passes", PASSES)
-        if json is not None:
-            check_json_path(json)
+        if threads is not None and threads < 1:
+            raise UserError(f"--threads must be at least 1, got {threads}")
+        for option, path in (("--json", json), ("--markdown", markdown)):
+            if path is not None:
+                check_output_path(path, option)
 
         import torch
 
@@ -109,7 +121,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             "time the pure-PyTorch reference fallback, not the fused kernel.[/]"
         )
         err_console.print(
-            f"bench op: device {device}, {dtype}, batch {batch}, {torch.get_num_threads()} threads, torch "
+            f"bench op: device {device}, {dtype}, batch {batch}, {threads or torch.get_num_threads()} threads, torch "
             f"{torch.__version__}, fused kernel {'compiled' if compiled else 'NOT compiled'}",
             highlight=False,
         )
@@ -118,7 +130,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         def progress(r: dict) -> None:
             err_console.print(
-                f"[dim]stage {r['stage']} {r['pass']:<7} {r['impl']:<12} {r['ms']:10.2f} ms {r['peak_mb']:9.1f} MB"
+                f"[dim]stage {r['stage']} {r['pass']:<7} {impl_label(r):<12} {r['ms']:10.2f} ms {r['peak_mb']:9.1f} MB"
                 f" ({r['repeats']} runs)[/]",
                 highlight=False,
             )
@@ -133,20 +145,24 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             repeats=repeats,
             warmup=warmup,
             max_seconds=max_seconds,
+            threads=threads,
             progress=progress,
         )
         # Piped output (a file, CI logs) gets room for the whole table instead of the 80 columns rich assumes.
         out = console if is_terminal() else Console(width=200)
         title = f"local relation op vs convolutions ({device}, {dtype}, batch {batch})"
         out.print(op_table(records, title=title))
-        if not shape:
-            rows = check_targets(records)
-            if rows:
-                out.print(targets_table(rows))
+        rows = [] if shape else check_targets(records)
+        if rows:
+            out.print(targets_table(rows))
         if "lr_fused" in impls and not compiled:
             err_console.print(fallback_note)
-        if json is not None:
-            from lrrobust.io import atomic_write_json
+        from lrrobust.io import atomic_write_json, atomic_write_text
 
+        if json is not None:
             atomic_write_json(json, records)
             err_console.print(f"wrote {len(records)} records to {json}", highlight=False)
+        if markdown is not None:
+            text = f"{title}\n\n" + markdown_table(records) + (f"\n{markdown_targets(rows)}" if rows else "")
+            atomic_write_text(markdown, text)
+            err_console.print(f"wrote the table to {markdown}", highlight=False)
