@@ -1,0 +1,143 @@
+"""Checks against gradient masking (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; Athalye et al.
+2018), run beside a suite so a robust figure comes with the evidence that the attack worked:
+
+- steps: more PGD steps must not raise accuracy;
+- fgsm: iterative PGD must beat one-step FGSM;
+- eps: accuracy must fall towards zero as eps grows (eps = 0.5 allows a grey image);
+- restarts: random restarts (per-sample worst case) must not find many more adversarial examples;
+- transfer: examples crafted on a second model must be weaker than white-box ones.
+
+The checks are ordinary attacks (named ``check/...``) evaluated by the runner, so they are resumable, sharded
+and recorded per sample; ``evaluate_checks`` turns their accuracies into pass/flag verdicts with figures.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from lrrobust.evaluation.suite import AttackSpec, CheckConfig, Suite, make_attack
+from lrrobust.pgd import default_step_size
+
+
+def base_eps(suite: Suite) -> float:
+    """The eps the checks work at: [checks] eps, else the suite's first untargeted white-box attack's eps."""
+    if suite.checks.eps is not None:
+        return suite.checks.eps
+    for attack in suite.attacks:
+        if not attack.targeted and attack.source is None:
+            return attack.eps
+    return suite.attacks[0].eps
+
+
+def _pgd(name: str, eps: float, steps: int, restarts: int = 1, source: str | None = None) -> AttackSpec:
+    return make_attack(name, "pgd", eps, step_size=default_step_size(eps, steps), steps=steps, random_start=True,
+                       restarts=restarts, source=source, role="check")
+
+
+def check_attacks(suite: Suite, transfer_from: str | None = None) -> dict[str, list[tuple[Any, AttackSpec]]]:
+    """The attacks each check needs, as (x value, attack) pairs per check; untargeted PGD with the
+    Feature Denoising step rule (1/255 raised to eps/steps)."""
+    cfg: CheckConfig = suite.checks
+    eps = base_eps(suite)
+    longest = max(cfg.steps)
+    plan: dict[str, list[tuple[Any, AttackSpec]]] = {
+        "steps": [(n, _pgd(f"check/steps-{n}", eps, n)) for n in cfg.steps],
+        "fgsm": [("fgsm", make_attack("check/fgsm", "fgsm", eps, role="check")),
+                 ("pgd", _pgd(f"check/steps-{longest}", eps, longest))],
+        "eps": [(e, _pgd(f"check/eps-{e:.4g}", e, cfg.eps_steps)) for e in cfg.eps_grid],
+        "restarts": [(1, _pgd(f"check/steps-{longest}", eps, longest)),
+                     (cfg.restarts, _pgd(f"check/restarts-{cfg.restarts}", eps, longest, cfg.restarts))],
+    }
+    if transfer_from is not None:
+        plan["transfer"] = [("white-box", _pgd(f"check/steps-{longest}", eps, longest)),
+                            ("transfer", _pgd("check/transfer", eps, longest, source=transfer_from))]
+    return plan
+
+
+def plan_attacks(suite: Suite, transfer_from: str | None = None) -> tuple[list[AttackSpec], dict[str, list]]:
+    """All attacks to run (the suite's, then the checks' not already among them) and each check's attack names.
+
+    A check attack identical to a suite attack (same parameters and restarts) reuses the suite attack's results.
+    """
+    attacks = list(suite.attacks)
+    plan: dict[str, list] = {}
+    if suite.checks.enabled:
+        for check, pairs in check_attacks(suite, transfer_from).items():
+            plan[check] = []
+            for x, spec in pairs:
+                same = next((a for a in attacks if a.same_attack(spec)), None)
+                if same is None:
+                    attacks.append(spec)
+                    same = spec
+                plan[check].append((x, same.name))
+    return attacks, plan
+
+
+def _slack(tolerance: float, num_samples: int) -> float:
+    """Allowed noise: the configured tolerance, and never less than one sample."""
+    return max(tolerance, 1.0 / max(num_samples, 1))
+
+
+def evaluate_checks(
+    suite: Suite, plan: dict[str, list], accuracy: dict[str, float], num_samples: int, transfer_from: str | None
+) -> list[dict[str, Any]]:
+    """Pass/flag verdicts with figures, one per check; ``accuracy`` maps attack names to accuracies."""
+    if not suite.checks.enabled:
+        return []
+    cfg = suite.checks
+    slack = _slack(cfg.tolerance, num_samples)
+    results = []
+
+    def curve(check: str) -> list[tuple[Any, float]]:
+        return [(x, accuracy[name]) for x, name in plan[check]]
+
+    steps = curve("steps")
+    rises = [(a, b) for (a, acc_a), (b, acc_b) in itertools.pairwise(steps) if acc_b > acc_a + slack]
+    results.append(_verdict(
+        "steps", "accuracy does not rise with more PGD steps", not rises,
+        "accuracy " + ", ".join(f"{acc:.3f}@{n}" for n, acc in steps)
+        + ("" if not rises else "; rises from " + ", ".join(f"{a} to {b} steps" for a, b in rises)),
+        {"steps": [n for n, _ in steps], "accuracy": [acc for _, acc in steps]},
+    ))
+
+    (_, fgsm), (_pgd_steps_x, pgd) = curve("fgsm")
+    results.append(_verdict(
+        "fgsm", "PGD is stronger than FGSM", pgd <= fgsm + slack,
+        f"PGD-{max(cfg.steps)} accuracy {pgd:.3f} vs FGSM {fgsm:.3f}", {"pgd": pgd, "fgsm": fgsm},
+    ))
+
+    eps_curve = curve("eps")
+    last_eps, last_acc = eps_curve[-1]
+    eps_rises = [(a, b) for (a, acc_a), (b, acc_b) in itertools.pairwise(eps_curve) if acc_b > acc_a + slack]
+    results.append(_verdict(
+        "eps", f"accuracy falls towards zero as eps grows (<= {cfg.zero_accuracy:.2f} at eps {last_eps:.3g})",
+        last_acc <= cfg.zero_accuracy and not eps_rises,
+        "accuracy " + ", ".join(f"{acc:.3f}@{e:.3g}" for e, acc in eps_curve),
+        {"eps": [e for e, _ in eps_curve], "accuracy": [acc for _, acc in eps_curve]},
+    ))
+
+    (_, single), (restarts, multi) = curve("restarts")
+    results.append(_verdict(
+        "restarts", f"{restarts} random restarts find few more adversarial examples than one",
+        single - multi <= slack,
+        f"accuracy {single:.3f} with 1 start, {multi:.3f} with {restarts} (per-sample worst case)",
+        {"restarts": [1, restarts], "accuracy": [single, multi]},
+    ))
+
+    if "transfer" in plan:
+        (_, white), (_, transfer) = curve("transfer")
+        results.append(_verdict(
+            "transfer", "a transfer attack from a second model is weaker than white-box", transfer + slack >= white,
+            f"accuracy {transfer:.3f} under transfer from {transfer_from} vs {white:.3f} white-box",
+            {"white_box": white, "transfer": transfer, "source": transfer_from},
+        ))
+    else:
+        results.append({"check": "transfer", "claim": "a transfer attack from a second model is weaker than white-box",
+                        "status": "skipped", "detail": "no second model given (--transfer-from CHECKPOINT)",
+                        "figures": {}})
+    return results
+
+
+def _verdict(check: str, claim: str, ok: bool, detail: str, figures: dict[str, Any]) -> dict[str, Any]:
+    return {"check": check, "claim": claim, "status": "pass" if ok else "flag", "detail": detail, "figures": figures}

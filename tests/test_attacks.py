@@ -1,0 +1,203 @@
+"""Attacks of lrrobust.evaluation: invariants of every kind, restarts' per-sample worst case, seeding, suites."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lrrobust.errors import UserError
+from lrrobust.evaluation.attacks import build_autoattack, derive_seed, predict, run_attack
+from lrrobust.evaluation.runner import target_offsets
+from lrrobust.evaluation.suite import load_suite, make_attack, parse_suite, suites_dir
+
+NUM_CLASSES = 5
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.1), nn.Flatten(),
+        nn.Linear(6 * 8 * 8, NUM_CLASSES),
+    )
+    with torch.no_grad():
+        model[-1].weight.mul_(8)  # logits that depend on the input, so small perturbations change predictions
+    return model
+
+
+@pytest.fixture(scope="module")
+def batch():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(12, 1, 8, 8, generator=generator)
+    images[0] = 0.0  # pixels at the box edges must stay inside [0, 1]
+    images[1] = 1.0
+    labels = torch.randint(0, NUM_CLASSES, (12,), generator=generator)
+    targets = (labels + target_offsets(12, NUM_CLASSES, seed=3)) % NUM_CLASSES
+    return images, labels, targets
+
+
+SPECS = [
+    make_attack("pgd", "pgd", "16/255", steps=5),
+    make_attack("pgd-t", "pgd", 0.1, targeted=True, step_size="2/255", steps=4, restarts=3),
+    make_attack("pgd-fixed", "pgd", 0.3, steps=3, random_start=False, restarts=2),
+    make_attack("fgsm", "fgsm", 0.05),
+    make_attack("fgsm-t", "fgsm", 0.05, targeted=True),
+    make_attack("aa", "autoattack", 0.1, steps=3, n_queries=10),
+    make_attack("transfer", "pgd", 0.1, steps=3, source="other"),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_every_attack_keeps_its_invariants(spec, batch):
+    images, labels, targets = batch
+    model, source = tiny_model(0), tiny_model(1)
+    model.train()
+    model[1].eval()  # a mixed mode must come back exactly as it was
+    before = [m.training for m in model.modules()]
+    outcome = run_attack(model, spec, images, labels, num_classes=NUM_CLASSES, targets=targets,
+                         seed_for=lambda r: 10 + r, source=source if spec.source else None)
+    adv = outcome.adv_images
+    assert adv.shape == images.shape
+    assert float((adv - images).abs().max()) <= spec.eps + 1e-6
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    assert [m.training for m in model.modules()] == before
+    assert source.training  # the source model's mode is restored too
+    model.eval()
+    assert torch.equal(outcome.adv_pred, predict(model, adv))
+    if spec.targeted:
+        assert torch.equal(outcome.targets, targets)
+        assert torch.equal(outcome.success, outcome.adv_pred == targets)
+    else:
+        assert outcome.targets is None
+        assert torch.equal(outcome.success, outcome.adv_pred != labels)
+
+
+def test_attacks_change_predictions(batch):
+    """A strong untargeted PGD must actually break a random network: the attack is not a no-op."""
+    images, labels, _ = batch
+    model = tiny_model(0).eval()
+    outcome = run_attack(model, make_attack("p", "pgd", 0.5, steps=10), images, labels, num_classes=NUM_CLASSES)
+    assert outcome.success.float().mean() > 0.5
+
+
+def test_targets_are_never_the_label():
+    offsets = target_offsets(5000, NUM_CLASSES, seed=0)
+    labels = torch.arange(5000) % NUM_CLASSES
+    targets = (labels + offsets) % NUM_CLASSES
+    assert not bool((targets == labels).any())
+    assert set(offsets.tolist()) == set(range(1, NUM_CLASSES))  # every wrong class is drawn
+    assert torch.equal(offsets, target_offsets(5000, NUM_CLASSES, seed=0))
+    assert not torch.equal(offsets, target_offsets(5000, NUM_CLASSES, seed=1))
+
+
+def test_a_target_equal_to_the_label_is_refused(batch):
+    images, labels, _ = batch
+    with pytest.raises(ValueError):
+        run_attack(tiny_model(), make_attack("t", "pgd", 0.1, targeted=True, steps=1), images, labels,
+                   num_classes=NUM_CLASSES, targets=labels)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_restarts_keep_the_first_successful_restart_per_sample(targeted):
+    """Restart 0 equals a single run; later restarts replace a sample only when they succeed (targeted: only when
+    they hit the target, so a wrong non-target prediction of a later restart is never kept)."""
+    model = tiny_model(1).eval()
+    images = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = predict(model, images)  # all correct at first: every success is the attack's
+    targets = (labels + target_offsets(24, NUM_CLASSES, seed=3)) % NUM_CLASSES
+    # One short step from a random start: where the start lands decides success, so restarts matter.
+    one = make_attack("one", "pgd", 0.1, targeted=targeted, step_size=0.005, steps=1)
+    many = make_attack("many", "pgd", 0.1, targeted=targeted, step_size=0.005, steps=1, restarts=6)
+    kw = {"num_classes": NUM_CLASSES, "targets": targets, "seed_for": lambda r: 100 + r}
+    first = run_attack(model, one, images, labels, **kw)
+    best = run_attack(model, many, images, labels, **kw)
+    assert bool((best.success | ~first.success).all())  # never loses a success
+    assert best.success.sum() > first.success.sum()  # and the extra restarts found more
+    unchanged = first.success | ~best.success  # succeeded at once, or never: restart 0's example is kept
+    assert torch.equal(best.adv_images[unchanged], first.adv_images[unchanged])
+    assert torch.equal(best.adv_pred[unchanged], first.adv_pred[unchanged])
+    goal = targets if targeted else labels
+    gained = best.success & ~first.success
+    if targeted:
+        assert torch.equal(best.adv_pred[gained], goal[gained])
+    else:
+        assert bool((best.adv_pred[gained] != goal[gained]).all())
+
+
+def test_seeded_attacks_reproduce_exactly(batch):
+    images, labels, targets = batch
+    model = tiny_model(0).eval()
+    spec = make_attack("p", "pgd", 0.1, targeted=True, steps=3, restarts=2)
+    kw = {"num_classes": NUM_CLASSES, "targets": targets}
+    a = run_attack(model, spec, images, labels, seed_for=lambda r: 5 + r, **kw)
+    torch.manual_seed(12345)  # the global RNG state before the call must not matter
+    b = run_attack(model, spec, images, labels, seed_for=lambda r: 5 + r, **kw)
+    c = run_attack(model, spec, images, labels, seed_for=lambda r: 6 + r, **kw)
+    assert torch.equal(a.adv_images, b.adv_images)
+    assert not torch.equal(a.adv_images, c.adv_images)
+
+
+def test_derive_seed_is_stable_across_machines():
+    assert derive_seed(0, 3, "pgd", 1) == derive_seed(0, 3, "pgd", 1)
+    assert derive_seed(0, 3, "pgd", 1) != derive_seed(0, 3, "pgd", 2)
+    assert derive_seed(0, 3, "pgd", 1) == 1418058440008232629  # sha256-based, not Python's salted hash()
+
+
+def test_autoattack_uses_the_dataset_classes_and_the_original_iterations():
+    attack = build_autoattack(tiny_model(), 16 / 255, num_classes=1000, seed=0)
+    apgd, apgdt, fab, square = attack.attacks
+    assert [apgd.steps, apgdt.steps, fab.steps] == [100, 100, 100]
+    assert apgdt.n_target_classes == 9 and fab.n_target_classes == 9
+    assert square.n_queries == 5000
+    assert apgd.loss == "ce" and fab.multi_targeted
+    small = build_autoattack(tiny_model(), 0.1, num_classes=3, seed=0)
+    assert small.attacks[1].n_target_classes == 2
+
+
+# ---------------------------------------------------------------- suites
+
+
+def test_suite_unknown_keys_list_the_valid_ones():
+    with pytest.raises(UserError, match="unknown key epz.*valid keys: .*eps"):
+        parse_suite({"attack": [{"name": "a", "kind": "pgd", "epz": 0.1}]})
+    with pytest.raises(UserError, match="unknown key bach_size.*valid keys: .*batch_size"):
+        parse_suite({"bach_size": 3, "attack": [{"name": "a", "eps": 0.1}]})
+    with pytest.raises(UserError, match="unknown key step.*valid keys"):
+        parse_suite({"checks": {"step": [1, 2]}, "attack": [{"name": "a", "eps": 0.1}]})
+    with pytest.raises(UserError, match="step_size does not apply to fgsm"):
+        parse_suite({"attack": [{"name": "a", "kind": "fgsm", "eps": 0.1, "step_size": 0.01}]})
+
+
+@pytest.mark.parametrize("eps", [0, -0.1, 1.5, "2/1", "abc", True])
+def test_suite_eps_outside_the_unit_interval_is_refused(eps):
+    with pytest.raises(UserError, match="eps"):
+        parse_suite({"attack": [{"name": "a", "eps": eps}]})
+
+
+def test_suite_resolves_fractions_and_defaults():
+    suite = parse_suite({"attack": [{"name": "a", "eps": "16/255", "steps": 10}, {"name": "b", "eps": "16/255",
+                                                                                  "steps": 100}]})
+    a, b = suite.attacks
+    assert a.eps == pytest.approx(16 / 255)
+    assert a.step_size == pytest.approx(1.6 / 255)  # Feature Denoising: 1/255 raised to eps/steps
+    assert b.step_size == pytest.approx(1 / 255)
+    assert a.random_start and a.restarts == 1 and not a.targeted
+    with pytest.raises(UserError, match="unique"):
+        parse_suite({"attack": [{"name": "a", "eps": 0.1}, {"name": "a", "eps": 0.2}]})
+    with pytest.raises(UserError, match="targeted does not apply to autoattack"):
+        parse_suite({"attack": [{"name": "a", "kind": "autoattack", "eps": 0.1, "targeted": True}]})
+
+
+def test_repository_suites():
+    table9 = load_suite("table9")
+    assert {(a.targeted, round(a.eps * 255, 6), round(a.step_size * 255, 6)) for a in table9.attacks} == {
+        (True, 16, 1), (False, 16, 1)}
+    fd = load_suite(suites_dir() / "fd_steps.toml")
+    assert sorted({a.steps for a in fd.attacks}) == [10, 100, 1000, 2000]
+    assert all(a.targeted for a in fd.attacks) and all(a.eps == pytest.approx(16 / 255) for a in fd.attacks)
+    assert sorted({round(a.step_size * 255, 6) for a in fd.attacks}) == [1.0, 1.6]
+    digits = load_suite("digits")
+    assert {a.targeted for a in digits.attacks if a.kind == "pgd"} == {True, False}
+    from lrrobust.training.config import PRESETS
+
+    assert {a.eps for a in digits.attacks} == {PRESETS["digits"].eps}  # the eps the demo's models trained at
