@@ -1,0 +1,70 @@
+"""Parameter and FLOP counts (paper Tables 2, 7, 8; the local relation layer's cost from Eq. 6).
+
+FLOPs here are multiply-adds: convolutions and linear layers by their output size, and the local
+relation aggregation by the k^2 term of Eq. 6. The shapes come from a forward pass on the "meta" device,
+so nothing is computed and a 224x224 LR-Net-101 is counted in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from lrrobust.models.local_relation import LocalRelation2d
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (buffers such as BN statistics and mean/std excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def local_relation_flops(channels: int, kernel_size: int, m: int, stride: int, height: int, width: int) -> float:
+    """Eq. 6 with its constant set to 1: ((1 + s^2)/m + 1) C (C + k^2) HW / s^2.
+
+    The C^2 part is the layer's three channel transforms (query at the output and key at the input
+    resolution, C/m channels each; value at the output resolution); the k^2 part is the aggregation.
+    """
+    s2 = stride * stride
+    return ((1 + s2) / m + 1) * channels * (channels + kernel_size**2) * height * width / s2
+
+
+def aggregation_flops(layer: LocalRelation2d, height: int, width: int) -> float:
+    """The k^2 (aggregation) part of Eq. 6 for ``layer`` on an H x W input."""
+    k = layer.window(height, width)
+    s2 = layer.stride**2
+    m = layer.in_channels / layer.groups
+    return ((1 + s2) / m + 1) * layer.in_channels * k * k * height * width / s2
+
+
+def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
+    """Multiply-adds of one image: convs, linear layers and the LR aggregation (Eq. 6's k^2 term).
+
+    Batch norm, ReLU, pooling, the residual sums and the geometric prior (a fixed table at inference,
+    Sec. 4) are not counted.
+    """
+    meta = copy.deepcopy(model).to("meta").eval()
+    total = [0.0]
+
+    def conv_hook(mod: nn.Conv2d, inputs, output) -> None:
+        per_out = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        total[0] += per_out * output.numel()
+
+    def linear_hook(mod: nn.Linear, inputs, output) -> None:
+        total[0] += mod.in_features * output.numel()
+
+    def lr_hook(mod: LocalRelation2d, inputs, output) -> None:
+        h, w = inputs[0].shape[-2:]
+        total[0] += aggregation_flops(mod, h, w) * inputs[0].shape[0]
+
+    for mod in meta.modules():
+        if isinstance(mod, nn.Conv2d):
+            mod.register_forward_hook(conv_hook)
+        elif isinstance(mod, nn.Linear):
+            mod.register_forward_hook(linear_hook)
+        elif isinstance(mod, LocalRelation2d):
+            mod.register_forward_hook(lr_hook)
+    with torch.no_grad():
+        meta(torch.zeros(1, *input_size, device="meta"))
+    return round(total[0])
