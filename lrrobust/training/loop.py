@@ -1,0 +1,346 @@
+"""The training loop: regular and PGD adversarial training (paper appendix and Sec. 6.2), resumable.
+
+``train(config)`` runs one training run into a run directory::
+
+    RUN/config.json     the resolved configuration
+    RUN/manifest.json   versions, git commit, device, seed, command line, world size (and each resume)
+    RUN/metrics.jsonl   one line per epoch: loss, clean and adversarial training accuracy, test accuracy, images/s, lr
+    RUN/last.pt         the checkpoint after the last completed epoch (written atomically)
+    RUN/best.pt         the checkpoint with the highest clean test accuracy
+
+A run killed at any moment resumes from ``last.pt`` with ``resume=True``; on CPU the resumed run ends with the
+same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from lrrobust.checkpoint import read_checkpoint, save_checkpoint
+from lrrobust.data import DatasetInfo, dataset_info, load_dataset
+from lrrobust.errors import UserError
+from lrrobust.io import append_jsonl, atomic_path, atomic_write_json, atomic_write_text
+from lrrobust.training import distributed as D
+from lrrobust.training.adversarial import AttackSettings, adversarial_examples
+from lrrobust.training.config import TrainConfig, merge_for_resume, resolve_config
+from lrrobust.training.manifest import build_manifest
+from lrrobust.training.progress import EpochProgress
+from lrrobust.training.state import capture_rng, derived_seed, restore_rng, seed_everything
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+def train(config: TrainConfig, progress: bool | None = None) -> Path:
+    """Train as ``config`` says and return the run directory. ``progress``: rich bars (default: on a terminal)."""
+    ctx = D.init_distributed(config.device)
+    try:
+        return _train(config, ctx, progress)
+    finally:
+        D.cleanup(ctx)
+
+
+def build_model(cfg: TrainConfig, info: DatasetInfo, num_classes: int) -> nn.Module:
+    """The zoo model for this run: the dataset's channels, mean, std and stem, then the user's overrides."""
+    from lrrobust.models import create_model
+
+    kwargs = {"in_chans": info.in_chans, "mean": list(info.mean), "std": list(info.std), "stem": info.stem,
+              **cfg.model_kwargs}
+    return create_model(cfg.model, num_classes, **kwargs)
+
+
+def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: float, milestones: list[int]) -> float:
+    """Linear warm-up over ``warmup_epochs``, then x0.1 at each milestone epoch (paper appendix)."""
+    warmup_steps = warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    epoch = step / steps_per_epoch
+    return 0.1 ** sum(epoch >= m for m in milestones)
+
+
+def attack_settings(cfg: TrainConfig) -> AttackSettings | None:
+    if not cfg.adversarial:
+        return None
+    return AttackSettings(cfg.eps, cfg.alpha, cfg.steps, cfg.random_start, cfg.targeted)
+
+
+def autocast(device: torch.device, amp: bool):
+    """bfloat16 autocast on GPU when ``amp``; nothing otherwise (bfloat16 on CPU is slower, not faster)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_step(
+    model: nn.Module,
+    attack_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    attack: AttackSettings | None,
+    num_classes: int,
+    generator: torch.Generator | None,
+    amp: bool = False,
+    ctx: D.DistContext | None = None,
+) -> dict[str, torch.Tensor]:
+    """One SGD step, on PGD images when ``attack`` is given (then the attack runs on ``attack_model`` in eval mode).
+
+    ``model`` may be the DDP wrapper of ``attack_model``. Returns the loss and the correct counts as tensors.
+    Raises TrainingDiverged (before updating the weights) when the loss is not finite on any process.
+    """
+    device = images.device
+    out: dict[str, torch.Tensor] = {}
+    inputs = images
+    if attack is not None:
+        attack_model.eval()  # BatchNorm frozen for the clean pass and the attack (torchattacks keeps eval too)
+        with torch.no_grad(), autocast(device, amp):
+            out["clean_correct"] = (attack_model(images).argmax(1) == labels).sum()
+        with autocast(device, amp):
+            inputs, _ = adversarial_examples(attack_model, images, labels, attack, num_classes, generator)
+    model.train()
+    with autocast(device, amp):
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.float(), labels)
+    bad = not bool(torch.isfinite(loss))
+    if ctx is not None:
+        bad = D.any_true(ctx, bad)
+    if bad:
+        raise TrainingDiverged(f"loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    correct = (logits.argmax(1) == labels).sum()
+    out["loss"] = loss.detach()
+    if attack is not None:
+        out["adv_correct"] = correct
+    else:
+        out["clean_correct"] = correct
+    return out
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, loader: DataLoader, ctx: D.DistContext, amp: bool, channels_last: bool) -> float:
+    """Clean accuracy over the loader's shards, summed over processes."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    for images, labels in loader:
+        images, labels = _to_device(images, labels, ctx.device, channels_last)
+        with autocast(ctx.device, amp):
+            totals[0] += (model(images).argmax(1) == labels).sum()
+        totals[1] += len(labels)
+    totals = D.all_reduce_sum(ctx, totals)
+    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+
+
+def _to_device(images, labels, device, channels_last):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def _prepare_config(config: TrainConfig, world_size: int) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The resolved config, and the stored run's manifest when resuming. Checks the run directory."""
+    cfg = resolve_config(config, world_size)
+    run = Path(cfg.out)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"--out {run} is a file; give a directory for the run")
+    if not (run.is_dir() and any(run.iterdir())):
+        return cfg, None
+    if not config.resume:
+        raise UserError(f"run directory {run} exists; pass --resume to continue it, or choose another --out")
+    stored_config = run / "config.json"
+    if not stored_config.is_file():
+        raise UserError(f"{run} exists but holds no config.json: not an lrrobust run; choose another --out")
+    stored = json.loads(stored_config.read_text())
+    merged = merge_for_resume(stored, dataclasses.replace(config, out=str(run)))
+    cfg = resolve_config(merged, world_size)
+    manifest_path = run / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    return cfg, manifest
+
+
+def _loaders(cfg, ctx, train_set: Dataset, test_set: Dataset):
+    per_rank = cfg.batch_size // ctx.world_size
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    generator = torch.Generator()
+    pin = ctx.device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
+                              drop_last=True, generator=generator, pin_memory=pin)
+    shard = Subset(test_set, range(ctx.rank, len(test_set), ctx.world_size))
+    test_loader = DataLoader(shard, batch_size=per_rank, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
+    if len(train_loader) == 0:
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
+    return train_loader, sampler, generator, test_loader
+
+
+def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Path:
+    cfg, old_manifest = _prepare_config(config, ctx.world_size)
+    run = Path(cfg.out)
+    last_path, best_path = run / "last.pt", run / "best.pt"
+    info = dataset_info(cfg.dataset, cfg.root)
+    if cfg.download and ctx.is_main:  # rank 0 downloads, the others wait and read
+        load_dataset(cfg.dataset, "train", cfg.root, download=True)
+        load_dataset(cfg.dataset, "test", cfg.root, download=True)
+    D.barrier(ctx)
+    train_set = load_dataset(cfg.dataset, "train", cfg.root)
+    test_set = load_dataset(cfg.dataset, "test", cfg.root)
+    num_classes = info.num_classes or len(train_set.classes)
+    attack = attack_settings(cfg)
+    if cfg.sync_bn and ctx.enabled and ctx.device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU implementation); drop it on CPU")
+
+    seed_everything(cfg.seed)  # the same initial weights on every process
+    raw = build_model(cfg, info, num_classes)
+    ckpt = read_checkpoint(last_path, map_location="cpu") if cfg.resume and last_path.is_file() else None
+    if ckpt is not None:
+        raw.load_state_dict(ckpt["model_state"])
+    if cfg.sync_bn and ctx.enabled:
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    raw.to(ctx.device)
+    if cfg.channels_last:
+        raw.to(memory_format=torch.channels_last)
+    attack_model = torch.compile(raw) if cfg.compile else raw
+    model = attack_model
+    if ctx.enabled:
+        model = DistributedDataParallel(attack_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                                        else None)
+
+    train_loader, sampler, loader_gen, test_loader = _loaders(cfg, ctx, train_set, test_set)
+    steps_per_epoch = len(train_loader)
+    optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_factor, steps_per_epoch=steps_per_epoch, warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones))
+    target_gen = torch.Generator().manual_seed(derived_seed(cfg.seed, ctx.rank, 1))
+    seed_everything(derived_seed(cfg.seed, ctx.rank, 2))  # random starts and augmentation differ between ranks
+
+    start_epoch, best_acc, best_epoch, history = 0, -1.0, 0, []
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
+        history = list(ckpt["history"])
+        rngs = ckpt["rng"]
+        if len(rngs) == ctx.world_size:
+            restore_rng(rngs[ctx.rank], ctx.device, target_gen)
+        else:  # another world size: the RNG streams cannot continue, reseed them from the epoch
+            seed_everything(derived_seed(cfg.seed, ctx.rank, 3, start_epoch))
+            target_gen.manual_seed(derived_seed(cfg.seed, ctx.rank, 4, start_epoch))
+
+    manifest = build_manifest(ctx.device, cfg.seed, ctx.world_size)
+    if old_manifest is not None:
+        resumes = old_manifest.pop("resumes", [])
+        resumes.append({k: manifest[k] for k in ("command_line", "started", "device", "world_size", "git_commit")})
+        manifest = {**old_manifest, "resumes": resumes}
+    if ctx.is_main:
+        atomic_write_json(run / "config.json", cfg.to_dict())
+        atomic_write_json(run / "manifest.json", manifest)
+        atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+    D.barrier(ctx)
+
+    training = "adversarial" if attack is not None else "regular"
+    show = ctx.is_main and (progress if progress is not None else _is_terminal())
+    bar = EpochProgress(enabled=show, adversarial=attack is not None)
+    with bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            loader_gen.manual_seed(derived_seed(cfg.seed, epoch, ctx.rank))
+            try:
+                sums, seconds = _run_epoch(model, attack_model, optimizer, scheduler, train_loader, cfg, ctx, attack,
+                                           num_classes, target_gen, bar, epoch)
+            except TrainingDiverged as e:
+                kept = f"{last_path} keeps epoch {start_epoch}" if last_path.is_file() else "no checkpoint was written"
+                raise TrainingDiverged(f"{e} in epoch {epoch + 1}; run stopped, {kept} (the last good weights); "
+                                       "lower --lr or check the data") from None
+            test_acc = evaluate_accuracy(attack_model, test_loader, ctx, cfg.amp, cfg.channels_last)
+            record = _epoch_record(epoch, sums, seconds, test_acc, optimizer, attack is not None)
+            history.append(record)
+            bar.epoch_done(record, cfg.epochs)
+            improved = test_acc > best_acc
+            if improved:
+                best_acc, best_epoch = test_acc, epoch + 1
+            rngs = D.gather_objects(ctx, capture_rng(ctx.device, target_gen))
+            if ctx.is_main:
+                state = {
+                    "model_spec": raw.spec, "model_state": raw.state_dict(), "dataset": cfg.dataset,
+                    "num_classes": num_classes, "training": training,
+                    "attack": attack.to_dict() if attack is not None else None, "epoch": epoch + 1,
+                    "config": cfg.to_dict(), "manifest": manifest, "metrics": record, "history": history,
+                    "best_acc": best_acc, "best_epoch": best_epoch, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": None, "rng": rngs,
+                }
+                save_checkpoint(last_path, state)  # the order keeps every crash point resumable
+                if improved:
+                    with atomic_path(best_path) as tmp:
+                        shutil.copyfile(last_path, tmp)
+                append_jsonl(run / "metrics.jsonl", record)
+            start_epoch = epoch + 1
+            D.barrier(ctx)
+    return run
+
+
+def _run_epoch(model, attack_model, optimizer, scheduler, loader, cfg, ctx, attack, num_classes, target_gen, bar,
+               epoch):
+    sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss*n, n, clean correct, adv correct, steps
+    bar.start_epoch(epoch, cfg.epochs, len(loader))
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    start = time.perf_counter()
+    for images, labels in loader:
+        images, labels = _to_device(images, labels, ctx.device, cfg.channels_last)
+        out = train_step(model, attack_model, optimizer, images, labels, attack=attack, num_classes=num_classes,
+                         generator=target_gen, amp=cfg.amp, ctx=ctx)
+        scheduler.step()
+        n = len(labels)
+        sums[0] += out["loss"] * n
+        sums[1] += n
+        sums[2] += out["clean_correct"]
+        sums[3] += out.get("adv_correct", 0)
+        sums[4] += 1
+        if bar.enabled:
+            bar.step(float(out["loss"]), float(out.get("adv_correct", out["clean_correct"])) / n, n * ctx.world_size)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    seconds = time.perf_counter() - start
+    return D.all_reduce_sum(ctx, sums), seconds
+
+
+def _epoch_record(epoch, sums, seconds, test_acc, optimizer, adversarial) -> dict[str, Any]:
+    loss_sum, n, clean, adv, _ = (float(v) for v in sums)
+    record = {
+        "epoch": epoch + 1,
+        "loss": loss_sum / n,
+        "train_acc": clean / n,
+        "test_acc": test_acc,
+        "images_per_s": n / seconds,
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": seconds,
+    }
+    if adversarial:
+        record["adv_train_acc"] = adv / n
+    if not math.isfinite(record["loss"]):
+        raise TrainingDiverged(f"epoch {epoch + 1} ended with a non-finite mean loss")
+    return record
+
+
+def _is_terminal() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
