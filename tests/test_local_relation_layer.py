@@ -72,11 +72,18 @@ def randomise(layer: torch.nn.Module) -> torch.nn.Module:
 
 
 CASES = [
-    dict(kernel_size=3, stride=1, m=4, composability="sqdiff", geo_prior="mlp", normalize="softmax"),
-    dict(kernel_size=5, stride=2, m=4, composability="absdiff", geo_prior="table", normalize="softmax"),
-    dict(kernel_size=3, stride=2, m=2, composability="product", geo_prior="none", normalize="none"),
-    dict(kernel_size="full", stride=1, m=3, composability="sqdiff", geo_prior="table", normalize="softmax"),
-    dict(kernel_size=7, stride=1, m=4, composability="sqdiff", geo_prior="mlp", normalize="none"),
+    {"kernel_size": 3, "stride": 1, "m": 4, "composability": "sqdiff", "geo_prior": "mlp", "normalize": "softmax"},
+    {"kernel_size": 5, "stride": 2, "m": 4, "composability": "absdiff", "geo_prior": "table", "normalize": "softmax"},
+    {"kernel_size": 3, "stride": 2, "m": 2, "composability": "product", "geo_prior": "none", "normalize": "none"},
+    {
+        "kernel_size": "full",
+        "stride": 1,
+        "m": 3,
+        "composability": "sqdiff",
+        "geo_prior": "table",
+        "normalize": "softmax",
+    },
+    {"kernel_size": 7, "stride": 1, "m": 4, "composability": "sqdiff", "geo_prior": "mlp", "normalize": "none"},
 ]
 
 
@@ -190,11 +197,11 @@ def test_no_prior_has_no_parameters():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        (dict(kernel_size=4), "3, 5, 7, 9, 'full'"),
-        (dict(composability="dot"), "'sqdiff', 'absdiff', 'product'"),
-        (dict(geo_prior="learned"), "'mlp', 'table', 'none'"),
-        (dict(normalize="sigmoid"), "'softmax', 'none'"),
-        (dict(m=0), "positive integer"),
+        ({"kernel_size": 4}, "3, 5, 7, 9, 'full'"),
+        ({"composability": "dot"}, "'sqdiff', 'absdiff', 'product'"),
+        ({"geo_prior": "learned"}, "'mlp', 'table', 'none'"),
+        ({"normalize": "sigmoid"}, "'softmax', 'none'"),
+        ({"m": 0}, "positive integer"),
     ],
 )
 def test_bad_options_name_the_valid_ones(kwargs, needle):
