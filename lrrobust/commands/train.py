@@ -1,7 +1,220 @@
-"""Placeholder until this area's work lands: registers no command."""
+"""``lrrobust train``, ``lrrobust train-adv`` and ``lrrobust bench train`` (issue 4; paper appendix, Sec. 6.2).
+
+The two training commands share their options, declared once below as ``Annotated`` aliases; train-adv adds the
+attack. Every option left out takes the preset's value (``--preset``, by default the dataset's).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+from lrrobust.commands import console, err_console, is_terminal, parse_fraction, user_errors
+from lrrobust.errors import UserError
+
+Model = Annotated[str, typer.Option("--model", "-m", help="Zoo model name (see `lrrobust models`).")]
+Width = Annotated[float | None, typer.Option(help="Width multiplier of the model (preset: 0.25 on digits).")]
+Stem = Annotated[str | None, typer.Option(help="Model stem: imagenet or small (default: the dataset's).")]
+KernelSize = Annotated[str | None, typer.Option(help="Spatial kernel size: 3, 5, 7, 9 or full (LR-Nets).")]
+ModelOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model-opt", help="Any create_model option as KEY=VALUE, e.g. geo_prior=none (repeatable)."),
+]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="digits, cifar10, imagenet or imagefolder.")]
+Root = Annotated[Path | None, typer.Option(help="Dataset root (cifar10: holds cifar-10-batches-py; "
+                                                   "imagenet/imagefolder: holds train/ and val/).")]
+Download = Annotated[bool, typer.Option("--download", help="Download CIFAR-10 into --root if missing.")]
+Preset = Annotated[str | None, typer.Option(help="Defaults to start from: imagenet, cifar10, digits "
+                                                    "(default: the dataset's).")]
+Epochs = Annotated[int | None, typer.Option(help="Epochs (preset: 110 imagenet, 60 cifar10, 12 digits).")]
+BatchSize = Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")]
+Lr = Annotated[float | None, typer.Option(help="Learning rate (preset: 0.4 per 1024 images, scaled linearly).")]
+WeightDecay = Annotated[float | None, typer.Option(help="SGD weight decay.")]
+Momentum = Annotated[float | None, typer.Option(help="SGD momentum.")]
+Warmup = Annotated[float | None, typer.Option(help="Linear warm-up epochs.")]
+Milestones = Annotated[str | None, typer.Option(help="Epochs where the lr is multiplied by 0.1, e.g. 30,60,90.")]
+Seed = Annotated[int | None, typer.Option(help="Seed of every random number generator (default 0).")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/DATASET-MODEL-KIND).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+Amp = Annotated[bool, typer.Option("--amp", help="bfloat16 autocast on GPU (no effect on CPU).")]
+ChannelsLast = Annotated[bool, typer.Option("--channels-last", help="Channels-last memory format.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
+SyncBn = Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across GPUs under torchrun.")]
+Workers = Annotated[int | None, typer.Option(help="DataLoader worker processes per training process.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda when available).")]
+Progress = Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="Progress bars (default: when stdout is a terminal).")]
+Eps = Annotated[str | None, typer.Option(help="L-inf budget on [0, 1] pixels, e.g. 16/255 (preset: 16/255 "
+                                                 "imagenet, 8/255 cifar10, 0.2 digits).")]
+Alpha = Annotated[str | None, typer.Option(help="PGD step size (default 1/255, raised to eps/steps if larger).")]
+Steps = Annotated[int | None, typer.Option(help="PGD steps (default 16).")]
+RandomStart = Annotated[bool | None, typer.Option("--random-start/--no-random-start",
+                                                     help="Start PGD at a random point of the eps-ball (default).")]
+Targeted = Annotated[bool | None, typer.Option("--targeted/--untargeted",
+                                                  help="Targeted PGD to a random wrong class (default) or not.")]
+
+
+def parse_model_opts(items: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE is read as JSON when it can be (numbers, lists, true), else kept as text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--model-opt takes KEY=VALUE, e.g. geo_prior=none; got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def parse_milestones(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--milestones takes comma-separated epochs like 30,60,90; got {text!r}") from None
+
+
+def build_config(adversarial: bool, **options: Any):
+    """A TrainConfig from the command's options (model overrides gathered into model_kwargs)."""
+    from lrrobust.training import TrainConfig
+
+    kwargs = parse_model_opts(options.pop("model_opt"))
+    for key in ("width", "stem"):
+        if options[key] is not None:
+            kwargs[key] = options[key]
+    kernel_size = options.pop("kernel_size")
+    if kernel_size is not None:
+        kwargs["kernel_size"] = int(kernel_size) if kernel_size.isdigit() else kernel_size
+    attack = {}
+    if adversarial:
+        attack = {
+            "eps": None if options["eps"] is None else parse_fraction(options["eps"], "--eps"),
+            "alpha": None if options["alpha"] is None else parse_fraction(options["alpha"], "--alpha"),
+            "steps": options["steps"], "random_start": options["random_start"], "targeted": options["targeted"],
+        }
+    return TrainConfig(
+        model=options["model"], model_kwargs=kwargs, dataset=options["dataset"],
+        root=None if options["root"] is None else str(options["root"]), download=options["download"],
+        preset=options["preset"], epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
+        weight_decay=options["weight_decay"], momentum=options["momentum"], warmup_epochs=options["warmup_epochs"],
+        milestones=parse_milestones(options["milestones"]), seed=options["seed"],
+        out=None if options["out"] is None else str(options["out"]), resume=options["resume"], amp=options["amp"],
+        channels_last=options["channels_last"], compile=options["compile"], sync_bn=options["sync_bn"],
+        num_workers=options["num_workers"], device=options["device"], adversarial=adversarial, **attack,
+    )
+
+
+def check_model_name(name: str) -> None:
+    from lrrobust.models import list_models
+
+    if name not in list_models():
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+
+def run_training(adversarial: bool, progress: bool | None, options: dict[str, Any]) -> None:
+    from lrrobust.training import TrainingDiverged, resolve_config, train
+
+    config = build_config(adversarial, **options)
+    check_model_name(config.model)
+    resolve_config(config)  # every option checked before any work starts
+    try:
+        run = train(config, progress=progress)
+    except TrainingDiverged as e:
+        err_console.print(f"[bold red]training stopped:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"run directory: {run}", highlight=False, soft_wrap=True)
+
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    return None
+    @app.command("train")
+    @user_errors
+    def train_cmd(
+        model: Model = "lrnet26", width: Width = None, stem: Stem = None, kernel_size: KernelSize = None,
+        model_opt: ModelOpt = None, dataset: Dataset = "digits", root: Root = None, download: Download = False,
+        preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
+        weight_decay: WeightDecay = None, momentum: Momentum = None, warmup_epochs: Warmup = None,
+        milestones: Milestones = None, seed: Seed = None, out: Out = None, resume: Resume = False, amp: Amp = False,
+        channels_last: ChannelsLast = False, compile: Compile = False, sync_bn: SyncBn = False,
+        num_workers: Workers = None, device: Device = None, progress: Progress = None,
+    ) -> None:
+        """Regular training (paper appendix recipe as the imagenet preset). Runs under torchrun unchanged."""
+        options = dict(locals())
+        run_training(False, options.pop("progress"), options)
+
+    @app.command("train-adv")
+    @user_errors
+    def train_adv_cmd(
+        model: Model = "lrnet26", width: Width = None, stem: Stem = None, kernel_size: KernelSize = None,
+        model_opt: ModelOpt = None, dataset: Dataset = "digits", root: Root = None, download: Download = False,
+        preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
+        weight_decay: WeightDecay = None, momentum: Momentum = None, warmup_epochs: Warmup = None,
+        milestones: Milestones = None, seed: Seed = None, out: Out = None, resume: Resume = False, amp: Amp = False,
+        channels_last: ChannelsLast = False, compile: Compile = False, sync_bn: SyncBn = False,
+        num_workers: Workers = None, device: Device = None, progress: Progress = None,
+        eps: Eps = None, alpha: Alpha = None, steps: Steps = None, random_start: RandomStart = None,
+        targeted: Targeted = None,
+    ) -> None:
+        """Adversarial training with targeted PGD-16 at eps 16/255 by default (paper Sec. 6.2; Feature Denoising)."""
+        options = dict(locals())
+        run_training(True, options.pop("progress"), options)
+
+    @bench.command("train")
+    @user_errors
+    def bench_train_cmd(
+        device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+        models: Annotated[str, typer.Option(help="Comma-separated zoo models.")] = "lrnet26,resnet26",
+        batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+        width: Annotated[float, typer.Option(help="Width multiplier (1.0: the paper's networks).")] = 1.0,
+        steps: Annotated[int, typer.Option(help="PGD steps of the adversarial step.")] = 16,
+        iters: Annotated[int, typer.Option(help="Timed steps per measurement.")] = 3,
+        warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per measurement.")] = 1,
+        amp: Amp = False,
+        channels_last: ChannelsLast = False,
+        threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
+        json_out: Annotated[Path | None, typer.Option("--json", help="Write the records to this JSON file.")] = None,
+    ) -> None:
+        """Images/s of a clean and a PGD adversarial training step at 32x32 (small stem), and their ratio."""
+        import torch
+        from rich.console import Console
+        from rich.table import Table
+
+        from lrrobust.training.bench import TARGET_RATIO, bench_train
+        from lrrobust.training.distributed import resolve_device
+
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        for name in names:
+            check_model_name(name)
+        if batch_size < 1 or steps < 1 or iters < 1 or warmup < 0 or width <= 0:
+            raise UserError("--batch-size, --steps and --iters must be >= 1, --warmup >= 0 and --width > 0")
+        dev = resolve_device(device)
+        if threads is not None:
+            if threads < 1:
+                raise UserError(f"--threads must be at least 1, got {threads}")
+            torch.set_num_threads(threads)
+
+        def report(r: dict) -> None:
+            err_console.print(f"[dim]{r['model']}: clean {r['clean_images_per_s']:.1f} img/s, PGD-{r['pgd_steps']} "
+                              f"{r['adv_images_per_s']:.1f} img/s, ratio {r['ratio']:.2f}x[/]", highlight=False)
+
+        records = bench_train(str(dev), tuple(names), batch_size, width, steps, warmup, iters, amp, channels_last,
+                              progress=report)
+        table = Table(title=f"training step, 32x32, small stem, width {width:g}, batch {batch_size}, {dev}"
+                            f"{', amp' if amp else ''}{', channels-last' if channels_last else ''}")
+        for column in ("model", "clean img/s", f"PGD-{steps} img/s", "adv/clean", f"target <= {TARGET_RATIO:g}x"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for r in records:
+            ok = "ok" if r["ratio"] <= TARGET_RATIO else "MISSED"
+            table.add_row(r["model"], f"{r['clean_images_per_s']:.1f}", f"{r['adv_images_per_s']:.1f}",
+                          f"{r['ratio']:.2f}x", ok)
+        (console if is_terminal() else Console(width=160)).print(table)
+        if json_out is not None:
+            from lrrobust.io import atomic_write_json
+
+            atomic_write_json(json_out, records)
+            err_console.print(f"wrote {len(records)} records to {json_out}", highlight=False)

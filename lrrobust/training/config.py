@@ -172,16 +172,18 @@ def _check_numbers(c: TrainConfig, world_size: int) -> None:
 def merge_for_resume(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
     """The stored run's config with the runtime fields the user set now; a changed recipe is a UserError."""
     old = TrainConfig.from_dict(stored)
+    if given.adversarial != old.adversarial:
+        kind, command = ("an adversarial", "train-adv") if old.adversarial else ("a regular", "train")
+        raise UserError(f"{old.out} holds {kind} run; resume it with `lrrobust {command} --resume`")
     changes = {}
     for f in dataclasses.fields(TrainConfig):
         value, before = getattr(given, f.name), getattr(old, f.name)
         if f.name in RUNTIME_FIELDS:
             if value is not None and value != f.default:
                 changes[f.name] = value
-        elif f.name == "adversarial" and value != before:
-            kind, command = ("an adversarial", "train-adv") if before else ("a regular", "train")
-            raise UserError(f"{old.out} holds {kind} run; resume it with `lrrobust {command} --resume`")
-        elif value not in (None, {}) and value != before and not (f.name == "model_kwargs" and _within(value, before)):
+        elif value in (None, {}, f.default) or value == before:  # not given (or the default): keep the stored value
+            continue
+        elif not (f.name == "model_kwargs" and _within(value, before)):
             flag = "--" + f.name.replace("_", "-")
             raise UserError(f"{flag} {value} differs from the run being resumed ({before}); "
                             f"drop it to resume, or start a new run with another --out")

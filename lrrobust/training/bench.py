@@ -1,0 +1,86 @@
+"""``lrrobust bench train``: images/s of a clean and of a PGD-16 adversarial training step (paper Sec. 6.2).
+
+A PGD-k step costs k attack passes (forward and input-gradient backward, in eval mode) plus the clean-accuracy
+forward and one update; the target is at most 13x a clean step for k = 16. Models are the CIFAR-10 variants:
+32x32 inputs, small stem, 10 classes. The step timed is ``lrrobust.training.loop.train_step``, the one training runs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from lrrobust.data import dataset_info
+from lrrobust.pgd import default_step_size
+from lrrobust.training.adversarial import AttackSettings
+from lrrobust.training.loop import train_step
+
+BENCH_MODELS = ("lrnet26", "resnet26")
+TARGET_RATIO = 13.0
+
+
+def _time_steps(model, optimizer, images, labels, attack, amp, generator, warmup: int, iters: int) -> float:
+    """Seconds per training step, the mean of ``iters`` steps after ``warmup`` untimed ones."""
+    def step() -> None:
+        train_step(model, model, optimizer, images, labels, attack=attack, num_classes=10, generator=generator,
+                   amp=amp)
+
+    for _ in range(warmup):
+        step()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+    return (time.perf_counter() - start) / iters
+
+
+def bench_train(
+    device: str = "cpu",
+    models: tuple[str, ...] = BENCH_MODELS,
+    batch_size: int = 32,
+    width: float = 1.0,
+    steps: int = 16,
+    warmup: int = 1,
+    iters: int = 3,
+    amp: bool = False,
+    channels_last: bool = False,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """One record per model: clean and adversarial images/s and their ratio (adversarial step time / clean)."""
+    from lrrobust.models import create_model
+    from lrrobust.ops import kernel_available
+
+    dev = torch.device(device)
+    info = dataset_info("cifar10")
+    eps = 16 / 255
+    attack = AttackSettings(eps=eps, alpha=default_step_size(eps, steps), steps=steps, random_start=True,
+                            targeted=True)
+    records = []
+    for name in models:
+        torch.manual_seed(0)
+        model = create_model(name, 10, stem="small", width=width, mean=list(info.mean), std=list(info.std)).to(dev)
+        images = torch.rand(batch_size, 3, 32, 32, device=dev)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = torch.randint(0, 10, (batch_size,), device=dev)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        generator = torch.Generator().manual_seed(0)
+        clean = _time_steps(model, optimizer, images, labels, None, amp, generator, warmup, iters)
+        adv = _time_steps(model, optimizer, images, labels, attack, amp, generator, warmup, iters)
+        record = {
+            "model": name, "device": str(dev), "batch_size": batch_size, "width": width, "image_size": 32,
+            "pgd_steps": steps, "amp": amp, "channels_last": channels_last, "threads": torch.get_num_threads(),
+            "clean_images_per_s": batch_size / clean, "adv_images_per_s": batch_size / adv,
+            "clean_step_s": clean, "adv_step_s": adv, "ratio": adv / clean,
+            "compiled_op_kernel": kernel_available(dev.type), "torch_version": str(torch.__version__),
+        }
+        records.append(record)
+        if progress is not None:
+            progress(record)
+    return records
