@@ -250,6 +250,8 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
         resumes.append({k: manifest[k] for k in ("command_line", "started", "device", "world_size", "git_commit")})
         manifest = {**old_manifest, "resumes": resumes}
     if ctx.is_main:
+        for stale in run.glob(".*.tmp"):  # temporary files of a killed write: never complete, never read
+            stale.unlink()
         atomic_write_json(run / "config.json", cfg.to_dict())
         atomic_write_json(run / "manifest.json", manifest)
         atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))

@@ -1,0 +1,43 @@
+"""Shared fixtures.
+
+- ``one_thread``: torch on one CPU thread for the test (restored after): deterministic and faster for the tiny
+  models of the tests on a shared 2-core machine.
+- ``digits_runs``: two real short training runs on the digits data, made once per session:
+  ``{"regular": RUN_DIR, "adversarial": RUN_DIR}`` (resnet18, small stem, width 0.25, 5 epochs; the adversarial run
+  uses targeted PGD-4 at eps 0.2). Each RUN_DIR holds config.json, manifest.json, metrics.jsonl, last.pt and
+  best.pt. Treat them as read-only (copy a run before changing it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+DIGITS_RUN_OPTIONS = {"model": "resnet18", "model_kwargs": {"width": 0.25}, "epochs": 5}
+DIGITS_ADV_OPTIONS = {"eps": 0.2, "steps": 4}
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from lrrobust.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("digits_runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        regular = train(TrainConfig(**DIGITS_RUN_OPTIONS, out=str(root / "regular")), progress=False)
+        adversarial = train(TrainConfig(**DIGITS_RUN_OPTIONS, **DIGITS_ADV_OPTIONS, adversarial=True,
+                                         out=str(root / "adversarial")), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return {"regular": regular, "adversarial": adversarial}

@@ -1,0 +1,120 @@
+"""Checkpoints: the model is rebuilt from the file alone; bad files give one clear line."""
+
+from __future__ import annotations
+
+import pickle
+from fractions import Fraction
+
+import pytest
+import torch
+
+import lrrobust
+from lrrobust.checkpoint import FORMAT, load_checkpoint, read_checkpoint, save_checkpoint
+from lrrobust.errors import UserError
+from lrrobust.models import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _state(model) -> dict:
+    return {
+        "model_spec": model.spec, "model_state": model.state_dict(), "dataset": "digits", "num_classes": 10,
+        "training": "regular", "attack": None, "epoch": 1, "config": {"model": model.spec["name"]},
+        "manifest": {"torch_version": torch.__version__},  # a str subclass: saved as plain str
+    }
+
+
+@pytest.fixture
+def trained(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lrnet18", 10, in_chans=1, mean=[0.3], std=[0.4], stem="small", width=0.125)
+    model.train()
+    model(torch.rand(16, 1, 8, 8))  # move the BatchNorm statistics away from their initial values
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _state(model))
+    return model.eval(), path
+
+
+def test_rebuilds_the_model_alone_in_eval_mode(trained):
+    model, path = trained
+    x = torch.rand(4, 1, 8, 8)
+    for loaded in (load_checkpoint(path), lrrobust.load_checkpoint(path, map_location="cpu")):
+        assert not loaded.training
+        assert loaded.spec == model.spec
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_read_checkpoint_is_checked_and_plain(trained):
+    _, path = trained
+    state = read_checkpoint(path)
+    assert state["format"] == FORMAT and state["epoch"] == 1
+    assert type(state["manifest"]["torch_version"]) is str
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_truncated_file(trained):
+    _, path = trained
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a readable lrrobust checkpoint") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_foreign_files(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, plain)
+    with pytest.raises(UserError, match="not an lrrobust checkpoint"):
+        read_checkpoint(plain)
+    code = tmp_path / "code.pt"
+    with open(code, "wb") as f:  # a pickle that would run code: weights_only refuses it
+        pickle.dump({"format": FORMAT, "x": Fraction(1, 3)}, f)
+    with pytest.raises(UserError, match="not a readable lrrobust checkpoint"):
+        read_checkpoint(code)
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UserError, match="not a readable lrrobust checkpoint"):
+        read_checkpoint(noise)
+
+
+def test_other_format_version_and_missing_keys(trained, tmp_path):
+    _, path = trained
+    state = torch.load(path, weights_only=True)
+    future = tmp_path / "future.pt"
+    torch.save({**state, "format": "lrrobust-checkpoint/99"}, future)
+    with pytest.raises(UserError, match="checkpoint format 'lrrobust-checkpoint/99'"):
+        read_checkpoint(future)
+    partial = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in state.items() if k != "model_state"}, partial)
+    with pytest.raises(UserError, match="missing model_state"):
+        read_checkpoint(partial)
+
+
+def test_weights_that_do_not_fit_the_spec(trained, tmp_path):
+    _, path = trained
+    state = torch.load(path, weights_only=True)
+    state["model_spec"] = {**state["model_spec"], "num_classes": 7}
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(UserError, match="weights do not fit"):
+        load_checkpoint(bad)
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(trained, monkeypatch):
+    model, path = trained
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, _state(model))
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind

@@ -1,0 +1,282 @@
+"""Training on the digits data: it learns, adversarial training resists PGD, runs resume exactly, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from lrrobust import load_checkpoint
+from lrrobust.checkpoint import read_checkpoint
+from lrrobust.cli import app
+from lrrobust.data import load_dataset
+from lrrobust.errors import UserError
+from lrrobust.models import create_model
+from lrrobust.pgd import default_step_size, pgd_perturb
+from lrrobust.training import TrainConfig, resolve_config, train
+from lrrobust.training import loop as loop_module
+from lrrobust.training.adversarial import AttackSettings, adversarial_examples
+from lrrobust.training.loop import lr_factor, train_step
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# A tiny adversarial run (PGD-2) for the resume tests: every RNG stream (init, order, targets, random starts) is used.
+RESUME_ARGS = ["train-adv", "-m", "resnet18", "--width", "0.125", "--epochs", "3", "--steps", "2", "--eps", "0.2"]
+RESUME_CONFIG = {"model": "resnet18", "model_kwargs": {"width": 0.125}, "epochs": 3, "steps": 2, "eps": 0.2,
+                 "adversarial": True}
+TIMING_KEYS = ("seconds", "images_per_s")
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = read_checkpoint(a), read_checkpoint(b)
+    assert sa["epoch"] == sb["epoch"]
+    for key, value in sa["model_state"].items():
+        assert torch.equal(value, sb["model_state"][key]), key
+    for key, value in sa["optimizer"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], sb["optimizer"]["state"][key]["momentum_buffer"])
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def test_regular_run_learns_and_writes_its_run_directory(digits_runs):
+    run = digits_runs["regular"]
+    metrics = _metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert metrics[-1]["loss"] < 0.5 * metrics[0]["loss"]
+    assert metrics[-1]["test_acc"] > 0.8 and metrics[-1]["train_acc"] > 0.8  # chance is 0.1
+    assert all(m["images_per_s"] > 0 and m["lr"] > 0 and "adv_train_acc" not in m for m in metrics)
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "digits" and config["lr"] == 0.1 and config["model_kwargs"]["stem"] == "small"
+    manifest = json.loads((run / "manifest.json").read_text())
+    for key in ("lrrobust_version", "git_commit", "torch_version", "device", "seed", "command_line", "world_size"):
+        assert key in manifest
+    last, best = read_checkpoint(run / "last.pt"), read_checkpoint(run / "best.pt")
+    assert last["epoch"] == 5 and last["training"] == "regular" and last["attack"] is None
+    assert best["epoch"] == 1 + max(range(5), key=lambda i: metrics[i]["test_acc"])
+    assert last["num_classes"] == 10 and last["dataset"] == "digits" and last["config"] == config
+
+
+def test_adversarial_training_raises_pgd_accuracy(digits_runs):
+    test = load_dataset("digits", "test")
+    accuracy = {}
+    for kind, run in digits_runs.items():
+        model = load_checkpoint(run / "last.pt")
+        torch.manual_seed(0)
+        adv = pgd_perturb(model, test.images, test.labels, eps=0.2, alpha=0.02, steps=10)
+        with torch.no_grad():
+            accuracy[kind] = float((model(adv).argmax(1) == test.labels).float().mean())
+    assert accuracy["adversarial"] > accuracy["regular"] + 0.2, accuracy
+    state = read_checkpoint(digits_runs["adversarial"] / "last.pt")
+    assert state["training"] == "adversarial"
+    assert state["attack"] == {"name": "pgd", "norm": "linf", "eps": 0.2, "alpha": default_step_size(0.2, 4),
+                               "steps": 4, "random_start": True, "targeted": True}
+    assert all(0 <= m["adv_train_acc"] <= 1 for m in _metrics(digits_runs["adversarial"]))
+
+
+class ModeRecorder(nn.Module):
+    """Records, for every forward, whether the model was in train mode and gradients were on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[tuple[bool, bool]] = []
+
+    def forward(self, x):
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        return self.inner(x)
+
+
+def test_attack_runs_in_eval_mode_and_the_update_in_train_mode():
+    torch.manual_seed(0)
+    model = ModeRecorder(create_model("resnet18", 10, in_chans=1, mean=[0.3], std=[0.4], stem="small", width=0.125))
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    tracked = int(bn.num_batches_tracked)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    images, labels = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    attack = AttackSettings(eps=0.2, alpha=0.05, steps=3)
+    out = train_step(model, model, optimizer, images, labels, attack=attack, num_classes=10,
+                     generator=torch.Generator().manual_seed(0))
+    # clean accuracy pass (eval, no grad), 3 attack passes (eval), one update (train)
+    assert model.calls == [(False, False), (False, True), (False, True), (False, True), (True, True)]
+    assert int(bn.num_batches_tracked) == tracked + 1  # only the update moved the BatchNorm statistics
+    assert model.training and set(out) == {"loss", "clean_correct", "adv_correct"}
+
+
+def test_training_targets_are_seeded_and_never_the_label():
+    model = create_model("resnet18", 10, in_chans=1, mean=[0.3], std=[0.4], stem="small", width=0.125).eval()
+    images, labels = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
+    attack = AttackSettings(eps=0.1, alpha=0.05, steps=2)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        results.append(adversarial_examples(model, images, labels, attack, 10, torch.Generator().manual_seed(3)))
+    (adv, targets), (adv2, targets2) = results
+    assert torch.equal(targets, targets2) and torch.equal(adv, adv2)
+    assert not (targets == labels).any() and len(set(targets.tolist())) > 2
+    assert (adv - images).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    untargeted, none = adversarial_examples(model, images, labels, AttackSettings(0.1, 0.05, 2, targeted=False), 10)
+    assert none is None and untargeted.shape == images.shape
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """The tiny adversarial run, uninterrupted."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(TrainConfig(**RESUME_CONFIG, out=str(tmp_path_factory.mktemp("ref") / "run")), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_resumed_run_ends_with_the_same_weights(reference_run, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**{**RESUME_CONFIG, "epochs": 1}, out=str(run)), progress=False)
+    assert read_checkpoint(run / "last.pt")["epoch"] == 1
+    train(TrainConfig(**RESUME_CONFIG, out=str(run), resume=True), progress=False)
+    _assert_same_weights(run / "last.pt", reference_run / "last.pt")
+    assert _without_timing(_metrics(run)) == _without_timing(_metrics(reference_run))
+    assert len(json.loads((run / "manifest.json").read_text())["resumes"]) == 1
+
+
+def test_sigkill_mid_run_then_resume(reference_run, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lrrobust.cli", *RESUME_ARGS, "-o", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = read_checkpoint(run / "last.pt")["epoch"]
+    assert 1 <= killed_at < 3  # killed mid-run, with a complete checkpoint
+    result = CliRunner().invoke(app, [*RESUME_ARGS, "-o", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    _assert_same_weights(run / "last.pt", reference_run / "last.pt")
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2, 3]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_step = loop_module.train_step
+    calls = {"n": 0}
+
+    def poisoned_step(model, attack_model, optimizer, images, labels, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 22:  # the digits preset makes 22 steps per epoch: poison the second epoch
+            images = images * float("nan")
+        return real_step(model, attack_model, optimizer, images, labels, **kwargs)
+
+    monkeypatch.setattr(loop_module, "train_step", poisoned_step)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "-m", "resnet18", "--width", "0.125", "--epochs", "3", "-o", str(run)])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "nan" in result.output
+    assert "keeps epoch 1" in result.output
+    state = read_checkpoint(run / "last.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model_state"].values())
+    assert len(_metrics(run)) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "-m", "lrnet27"], "unknown model 'lrnet27'"),
+        (["train", "-d", "mnist"], "unknown dataset 'mnist'"),
+        (["train-adv", "--eps", "0"], "--eps must be in (0, 1]"),
+        (["train-adv", "--eps", "300/255"], "--eps must be in (0, 1]"),
+        (["train-adv", "--eps", "sixteen"], "--eps must be a number or a fraction"),
+        (["train-adv", "--steps", "0"], "--steps must be at least 1"),
+        (["train", "--epochs", "0"], "--epochs must be at least 1"),
+        (["train", "--model-opt", "geo_prior"], "--model-opt takes KEY=VALUE"),
+        (["train", "--model-opt", "geo_prior=cubic"], "geo_prior"),
+        (["train", "-d", "cifar10"], "needs --root"),
+        (["train", "--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(args, message, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and message in result.output
+    assert not out.exists()  # nothing written
+
+
+def test_existing_run_directory_needs_resume(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["train", "-o", str(out)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "exists; pass --resume" in result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_resume_refuses_a_changed_recipe(digits_runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_runs["regular"], run)
+    for args, message in ((["train", "-m", "resnet26"], "--model resnet26 differs"),
+                          (["train-adv"], "holds a regular run"), (["train", "--lr", "0.3"], "--lr 0.3 differs")):
+        result = CliRunner().invoke(app, [*args, "-o", str(run), "--resume"])
+        assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_presets_are_defaults_the_user_overrides():
+    paper = resolve_config(TrainConfig(dataset="imagenet", root="/data"))
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.momentum, paper.weight_decay) == (110, 1024, 0.4, 0.9, 1e-4)
+    assert (paper.warmup_epochs, paper.milestones, paper.model_kwargs) == (5, [30, 60, 90], {})
+    assert resolve_config(TrainConfig(dataset="imagenet", batch_size=256)).lr == pytest.approx(0.1)  # linear scaling
+    assert resolve_config(TrainConfig(dataset="imagenet", batch_size=256, lr=0.3)).lr == 0.3
+    adv = resolve_config(TrainConfig(preset="imagenet", adversarial=True))
+    assert (adv.eps, adv.steps, adv.alpha, adv.targeted, adv.random_start) == (16 / 255, 16, 1 / 255, True, True)
+    digits = resolve_config(TrainConfig(adversarial=True, model_kwargs={"width": 0.5}, steps=4))
+    assert digits.eps == 0.2 and digits.alpha == 0.05 and digits.model_kwargs == {"stem": "small", "width": 0.5}
+    assert resolve_config(TrainConfig(eps=0.5)).eps is None  # regular training has no attack
+    with pytest.raises(UserError, match="unknown preset"):
+        resolve_config(TrainConfig(preset="mnist"))
+
+
+def test_lr_schedule_warms_up_linearly_then_steps_down():
+    factors = [lr_factor(step, 10, 2, [5, 8]) for step in range(100)]
+    assert factors[:20] == pytest.approx([(s + 1) / 20 for s in range(20)])
+    assert factors[20:50] == [1.0] * 30 and factors[50:80] == pytest.approx([0.1] * 30)
+    assert factors[80:] == pytest.approx([0.01] * 20)
+    assert lr_factor(0, 10, 0, [5]) == 1.0
+
+
+def test_bench_train_writes_records(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "train", "--models", "resnet18", "--width", "0.125", "--batch-size",
+                                      "4", "--steps", "2", "--iters", "1", "--warmup", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(out.read_text())
+    assert record["model"] == "resnet18" and record["pgd_steps"] == 2
+    assert record["clean_images_per_s"] > 0 and record["adv_images_per_s"] > 0
+    assert record["ratio"] == pytest.approx(record["adv_step_s"] / record["clean_step_s"])
+    bad = CliRunner().invoke(app, ["bench", "train", "--models", "vgg16"])
+    assert bad.exit_code == 2 and "unknown model 'vgg16'" in bad.output
