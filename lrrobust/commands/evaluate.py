@@ -1,7 +1,166 @@
-"""Placeholder until this area's work lands: registers no command."""
+"""``lrrobust eval-attack``, ``lrrobust report`` and ``lrrobust demo`` (paper Sec. 6.2, Table 9)."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from lrrobust.commands import console, is_terminal, parse_fraction, user_errors
+from lrrobust.errors import UserError
+
+
+class AttackKind(str, Enum):
+    pgd = "pgd"
+    fgsm = "fgsm"
+    autoattack = "autoattack"
+
+
+class Mode(str, Enum):
+    targeted = "targeted"
+    untargeted = "untargeted"
+    both = "both"
+
+
+# Attack options, used when no --suite is given. None means "not given", so mixing them with --suite is caught.
+AttackOpt = Annotated[AttackKind | None, typer.Option("--attack", help="Attack without a suite: pgd (default), "
+                                                         "fgsm or autoattack.")]
+EpsOpt = Annotated[str | None, typer.Option("--eps", help="L-inf budget on [0, 1] pixels, e.g. 16/255 (default).")]
+StepOpt = Annotated[str | None, typer.Option("--step-size", help="PGD step, e.g. 1/255 (default: 1/255 raised to "
+                                                "eps/steps).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="PGD steps (default 10; AutoAttack 100).")]
+StartOpt = Annotated[bool | None, typer.Option("--random-start/--no-random-start", help="PGD random start "
+                                                  "(default on).")]
+RestartsOpt = Annotated[int | None, typer.Option("--restarts", help="PGD restarts, per-sample worst case "
+                                                    "(default 1).")]
+ModeOpt = Annotated[Mode | None, typer.Option("--mode", help="targeted, untargeted or both (default both; "
+                                                 "AutoAttack is untargeted).")]
+
+
+def _suite_from_options(attack, eps, step_size, steps, random_start, restarts, mode):
+    from lrrobust.evaluation.suite import Suite, make_attack
+
+    kind = (attack or AttackKind.pgd).value
+    eps_value = parse_fraction(eps or "16/255", "--eps")
+    modes = {"targeted": [True], "untargeted": [False], "both": [True, False]}[(mode or Mode.both).value]
+    if kind == "autoattack":
+        if mode == Mode.targeted:
+            raise UserError("--attack autoattack is untargeted; drop --mode targeted")
+        modes = [False]
+    if kind != "pgd" and any(v is not None for v in (step_size, random_start, restarts)):
+        raise UserError(f"--step-size, --random-start and --restarts apply to pgd, not {kind}")
+    if kind == "fgsm" and steps is not None:
+        raise UserError("--steps does not apply to fgsm (one step of size eps)")
+    attacks = []
+    for targeted in modes:
+        extra = {}
+        if kind == "pgd":
+            extra = {"step_size": None if step_size is None else parse_fraction(step_size, "--step-size"),
+                     "random_start": random_start, "restarts": 1 if restarts is None else restarts}
+        if kind != "fgsm":
+            extra["steps"] = steps
+        spec = make_attack(kind, kind, eps_value, targeted=targeted, **extra)
+        name = f"{kind}{spec.steps if kind != 'fgsm' else ''}-{'targeted' if targeted else 'untargeted'}"
+        attacks.append(dataclasses.replace(spec, name=name))
+    return Suite(name="cli", attacks=tuple(attacks), description="attack options given on the command line")
+
+
+def eval_attack(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (RUN/best.pt) or a run directory (its best.pt).")],
+    out: Annotated[Path, typer.Option("--out", help="Evaluation directory (resumed when it exists).")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="digits, cifar10, imagenet or imagefolder "
+                                                   "(default: the checkpoint's).")] = None,
+    root: Annotated[str | None, typer.Option("--root", help="Where the dataset lies (not for digits).")] = None,
+    suite: Annotated[str | None, typer.Option("--suite", help="A suite: attacks/NAME.toml or a bare NAME "
+                                                 "(table9, fd_steps, digits).")] = None,
+    attack: AttackOpt = None,
+    eps: EpsOpt = None,
+    step_size: StepOpt = None,
+    steps: StepsOpt = None,
+    random_start: StartOpt = None,
+    restarts: RestartsOpt = None,
+    mode: ModeOpt = None,
+    checks: Annotated[bool | None, typer.Option("--checks/--no-checks", help="Run the gradient-masking checks "
+                                                   "(default: as the suite says).")] = None,
+    transfer_from: Annotated[Path | None, typer.Option("--transfer-from", help="Second checkpoint for the "
+                                                          "transfer check (implies --checks).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of targets and random starts.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch (per rank).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate a seeded random subset of N samples.")
+                     ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="test (default) or train.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+) -> None:
+    """White-box attack evaluation: per-sample records, summary, resumable, torchrun-ready (Table 9)."""
+    from lrrobust.evaluation.evaluate import evaluate
+    from lrrobust.evaluation.suite import load_suite, parse_eps
+
+    options = (attack, eps, step_size, steps, random_start, restarts, mode)
+    if suite is not None and any(v is not None for v in options):
+        raise UserError("give either --suite or attack options (--attack, --eps, --steps, ...), not both")
+    if suite is not None:
+        chosen = load_suite(suite)
+    else:
+        if eps is not None:
+            parse_eps(eps, "--eps")
+        if step_size is not None:
+            parse_eps(step_size, "--step-size")
+        chosen = _suite_from_options(*options)
+    changes = {}
+    for name, value, minimum in (("seed", seed, 0), ("batch_size", batch_size, 1), ("limit", limit, 1)):
+        if value is not None:
+            if value < minimum:
+                raise UserError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+            changes[name] = value
+    if split is not None:
+        if split not in ("train", "test"):
+            raise UserError(f"--split must be train or test, got {split!r}")
+        changes["split"] = split
+    if checks is False and transfer_from is not None:
+        raise UserError("--transfer-from runs the transfer check: drop --no-checks")
+    if checks is not None or transfer_from is not None:
+        changes["checks"] = dataclasses.replace(chosen.checks, enabled=checks is not False)
+    if workers < 0:
+        raise UserError(f"--workers must be >= 0, got {workers}")
+    chosen = chosen.replace(**changes)
+    summary = evaluate(checkpoint, dataset, chosen, out, root=root,
+                       transfer_from=None if transfer_from is None else str(transfer_from), device=device,
+                       progress=is_terminal(), workers=workers)
+    if summary is not None:
+        from lrrobust.evaluation.display import print_summary
+
+        print_summary(summary, console)
+        console.print(f"wrote {out}/summary.json, summary.csv and samples.csv")
+
+
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Evaluation directories (summary.json) and/or training run "
+                                               "directories (their evaluations are found inside).")],
+    out: Annotated[Path, typer.Option("--out", help="Report directory, e.g. reports/NAME.")],
+) -> None:
+    """Table 9 style report: table9.md, table9.csv, plots, masking checks and manifests."""
+    from lrrobust.report import write_report
+
+    path = write_report(dirs, out)
+    console.print(f"wrote {path}")
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path("reports/digits"),
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="Keep runs and evaluations here (resumed "
+                                                    "when it exists); default: a temporary directory.")] = None,
+) -> None:
+    """The whole pipeline on the embedded digits: train, attack, report (what `make demo` runs)."""
+    from lrrobust.demo import run_demo
+
+    run_demo(out=out, workdir=workdir)
+
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    return None
+    app.command("eval-attack")(user_errors(eval_attack))
+    app.command("report")(user_errors(report))
+    app.command("demo")(user_errors(demo))

@@ -17,7 +17,6 @@ import itertools
 from typing import Any
 
 from lrrobust.evaluation.suite import AttackSpec, CheckConfig, Suite, make_attack
-from lrrobust.pgd import default_step_size
 
 
 def base_eps(suite: Suite) -> float:
@@ -30,14 +29,22 @@ def base_eps(suite: Suite) -> float:
     return suite.attacks[0].eps
 
 
+def check_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s step, 2.5 eps / steps: from a random start PGD can cross the whole ball in ``steps`` steps.
+
+    (Feature Denoising's eps / steps can travel only eps, which leaves short PGD weaker than FGSM.)
+    """
+    return min(1.0, 2.5 * eps / steps)
+
+
 def _pgd(name: str, eps: float, steps: int, restarts: int = 1, source: str | None = None) -> AttackSpec:
-    return make_attack(name, "pgd", eps, step_size=default_step_size(eps, steps), steps=steps, random_start=True,
+    return make_attack(name, "pgd", eps, step_size=check_step_size(eps, steps), steps=steps, random_start=True,
                        restarts=restarts, source=source, role="check")
 
 
 def check_attacks(suite: Suite, transfer_from: str | None = None) -> dict[str, list[tuple[Any, AttackSpec]]]:
-    """The attacks each check needs, as (x value, attack) pairs per check; untargeted PGD with the
-    Feature Denoising step rule (1/255 raised to eps/steps)."""
+    """The attacks each check needs, as (x value, attack) pairs per check: untargeted PGD with random start
+    and step 2.5 eps / steps, and FGSM."""
     cfg: CheckConfig = suite.checks
     eps = base_eps(suite)
     longest = max(cfg.steps)

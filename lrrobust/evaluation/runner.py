@@ -357,15 +357,15 @@ def summarize(
     label = torch.tensor([v for b in order for v in records[(b, CLEAN)]["label"]])
     clean = torch.tensor([v for b in order for v in records[(b, CLEAN)]["clean_pred"]])
     n = len(label)
-    clean_accuracy = float((clean == label).float().mean())
+    clean_accuracy = int((clean == label).sum()) / n
     rows = []
     for spec in attacks:
         adv = torch.tensor([v for b in order for v in records[(b, spec.name)]["adv_pred"]])
         success = torch.tensor([v for b in order for v in records[(b, spec.name)]["success"]], dtype=torch.bool)
         row = {"attack": spec.name, **spec.hyper_parameters(), "num_samples": n, "seed": suite.seed,
-               "clean_accuracy": clean_accuracy, "accuracy": float((adv == label).float().mean()),
-               "success_rate": float(success.float().mean()),
-               "targeted_success_rate": float(success.float().mean()) if spec.targeted else None}
+               "clean_accuracy": clean_accuracy, "accuracy": int((adv == label).sum()) / n,
+               "success_rate": int(success.sum()) / n,
+               "targeted_success_rate": int(success.sum()) / n if spec.targeted else None}
         rows.append(row)
     accuracy = {row["attack"]: row["accuracy"] for row in rows}
     return {

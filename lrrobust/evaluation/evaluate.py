@@ -1,0 +1,145 @@
+"""``evaluate``: a checkpoint, a dataset and a suite in, an evaluation directory out (paper Sec. 6.2, Table 9).
+
+Everything the user gives is checked before the output directory is touched: the checkpoint (a file, or a run
+directory whose best.pt is taken), its class count and channels against the dataset's, the transfer source.
+Under torchrun the process group is started here (NCCL on GPUs, gloo on CPU) and each rank evaluates a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lrrobust.errors import UserError
+from lrrobust.evaluation.runner import EvalTarget, run_evaluation
+from lrrobust.evaluation.suite import Suite
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a training run directory (its best.pt, else last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"{path} is a directory without best.pt or last.pt; pass a checkpoint or a run directory")
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path} (pass RUN/best.pt, RUN/last.pt or a run directory)")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_target(path: str | os.PathLike) -> tuple[EvalTarget, dict[str, Any]]:
+    """The model of a checkpoint (eval mode, on the CPU) with what the checkpoint says about it."""
+    from lrrobust.checkpoint import load_checkpoint, read_checkpoint
+
+    path = resolve_checkpoint(path)
+    state = read_checkpoint(path, map_location="cpu")
+    model = load_checkpoint(path, map_location="cpu")
+    info = {
+        "checkpoint": str(path),
+        "run_dir": str(path.parent) if path.name in ("best.pt", "last.pt") else None,
+        "sha256": file_sha256(path),
+        "model_spec": state["model_spec"],
+        "num_classes": state["num_classes"],
+        "training": state["training"],
+        "dataset": state["dataset"],
+        "epoch": state["epoch"],
+        "training_attack": state["attack"],
+        "config": state["config"],
+        "manifest": state["manifest"],
+        "metrics": state.get("metrics"),
+    }
+    return EvalTarget(model, int(state["num_classes"]), info), state
+
+
+def check_compatible(info: dict[str, Any], dataset: str, classes: int | None, in_chans: int, what: str) -> None:
+    """The checkpoint must output the dataset's classes and read its channels."""
+    if classes is not None and classes != info["num_classes"]:
+        raise UserError(f"{what} {info['checkpoint']} has {info['num_classes']} classes (trained on "
+                        f"{info['dataset']}) but {dataset} has {classes}; evaluate it on its own dataset")
+    chans = info["model_spec"].get("kwargs", {}).get("in_chans", 3)
+    if chans != in_chans:
+        raise UserError(f"{what} {info['checkpoint']} reads {chans}-channel images (trained on {info['dataset']}) "
+                        f"but {dataset} has {in_chans}; evaluate it on its own dataset")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available; use --device cpu")
+        if "LOCAL_RANK" in os.environ and name == "cuda":
+            name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    elif name != "cpu":
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def _start_distributed(device: torch.device) -> bool:
+    """Join torchrun's process group when launched by it; True when this call started it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    dataset: str | None,
+    suite: Suite,
+    out: str | os.PathLike,
+    *,
+    root: str | None = None,
+    transfer_from: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    workers: int = 0,
+) -> dict[str, Any] | None:
+    """Evaluate a checkpoint on ``dataset`` (default: the one it was trained on) with ``suite``; see run_evaluation.
+
+    Returns the summary on rank 0, None on the other ranks.
+    """
+    from lrrobust.data import dataset_info, load_dataset
+
+    target, state = load_target(checkpoint)
+    dataset = dataset or str(state["dataset"])
+    info = dataset_info(dataset, root)
+    data = load_dataset(dataset, suite.split, root)
+    classes = len(data.classes) if hasattr(data, "classes") else (info.num_classes or None)
+    check_compatible(target.info, dataset, classes, info.in_chans, "checkpoint")
+    sources: dict[str, nn.Module] = {}
+    wanted = {a.source for a in suite.attacks if a.source} | ({transfer_from} if transfer_from else set())
+    source_info = {}
+    for name in sorted(wanted):
+        source, _ = load_target(name)
+        check_compatible(source.info, dataset, classes, info.in_chans, "transfer source")
+        sources[name] = source.model
+        source_info[name] = {k: source.info[k] for k in ("checkpoint", "sha256", "model_spec", "training", "dataset")}
+    torch_device = _device(device)
+    started = _start_distributed(torch_device)
+    try:
+        return run_evaluation(
+            target, data, suite, out, transfer_from=transfer_from, sources=sources, device=torch_device,
+            progress=progress, workers=workers,
+            extra={"dataset": dataset, "dataset_root": root, "sources": source_info},
+        )
+    finally:
+        if started:
+            dist.destroy_process_group()

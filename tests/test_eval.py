@@ -1,0 +1,204 @@
+"""The evaluation runner: outputs, exact reproduction, resume after a kill, checks; the eval-attack CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from lrrobust.errors import UserError
+from lrrobust.evaluation import runner
+from lrrobust.evaluation.runner import EvalTarget, run_evaluation
+from lrrobust.evaluation.suite import parse_suite
+
+NUM_CLASSES = 4
+
+
+class Blobs(Dataset):
+    """Four classes of 1x8x8 images: a bright quadrant per class plus noise; easy, so clean accuracy is high."""
+
+    def __init__(self, n: int = 40, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % NUM_CLASSES
+        self.images = 0.3 * torch.rand(n, 1, 8, 8, generator=g)
+        for i, label in enumerate(self.labels.tolist()):
+            r, c = divmod(label, 2)
+            self.images[i, 0, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 0.3
+        self.images.clamp_(0, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+def quadrant_model(seed: int = 0) -> nn.Module:
+    """A model that reads the quadrants (so it is accurate) through a conv and BatchNorm (so modes matter)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(4),
+                          nn.Flatten(), nn.Linear(16, NUM_CLASSES))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[:, 0, 1, 1] = 1.0
+        model[0].bias.zero_()
+        model[5].weight.zero_()
+        for k in range(NUM_CLASSES):
+            model[5].weight[k, k * 4 + k] = 20.0  # channel k, quadrant k
+        model[5].weight.add_(0.5 * torch.randn(NUM_CLASSES, 16))
+    return model.eval()
+
+
+SUITE = {
+    "name": "tiny",
+    "seed": 3,
+    "batch_size": 7,
+    "attack": [
+        {"name": "pgd-t", "kind": "pgd", "targeted": True, "eps": 0.15, "steps": 3, "restarts": 2},
+        {"name": "pgd-u", "kind": "pgd", "eps": 0.15, "steps": 3},
+        {"name": "fgsm", "kind": "fgsm", "eps": 0.15},
+    ],
+}
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def evaluate(out, suite=SUITE, **kw):
+    target = EvalTarget(quadrant_model(), NUM_CLASSES, {"name": "quadrants"})
+    return run_evaluation(target, Blobs(), parse_suite(suite), out, **kw)
+
+
+def test_outputs_hold_every_sample_and_hyper_parameter(tmp_path):
+    summary = evaluate(tmp_path / "e")
+    samples = read_csv(tmp_path / "e" / "samples.csv")
+    assert list(samples[0]) == ["index", "label", "clean_pred", "attack", "target", "adv_pred", "success"]
+    assert len(samples) == 40 * 3
+    data = Blobs()
+    for row in samples:
+        assert int(row["label"]) == data[int(row["index"])][1]
+        if row["attack"] == "pgd-t":
+            assert row["target"] != "" and int(row["target"]) != int(row["label"])
+            assert int(row["success"]) == (row["adv_pred"] == row["target"])
+        else:
+            assert row["target"] == ""
+            assert int(row["success"]) == (row["adv_pred"] != row["label"])
+    assert sorted({int(r["index"]) for r in samples}) == list(range(40))
+    rows = {r["attack"]: r for r in read_csv(tmp_path / "e" / "summary.csv")}
+    assert set(rows) == {"pgd-t", "pgd-u", "fgsm"}
+    assert rows["pgd-t"]["restarts"] == "2" and rows["pgd-t"]["steps"] == "3" and rows["pgd-t"]["seed"] == "3"
+    assert float(rows["pgd-t"]["eps"]) == pytest.approx(0.15)
+    assert rows["pgd-u"]["targeted_success_rate"] == ""
+    on_disk = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert on_disk["clean_accuracy"] == summary["clean_accuracy"] > 0.9
+    for attack in on_disk["attacks"]:
+        mine = [r for r in samples if r["attack"] == attack["attack"]]
+        assert attack["accuracy"] == pytest.approx(sum(r["adv_pred"] == r["label"] for r in mine) / 40)
+        assert attack["num_samples"] == 40
+    pgd_u = next(a for a in on_disk["attacks"] if a["attack"] == "pgd-u")
+    assert pgd_u["accuracy"] < summary["clean_accuracy"]  # the attack does something
+    assert on_disk["environment"]["torch"] == torch.__version__
+
+
+def test_seeded_runs_reproduce_exactly(tmp_path):
+    evaluate(tmp_path / "a")
+    evaluate(tmp_path / "b")
+    assert (tmp_path / "a" / "samples.csv").read_text() == (tmp_path / "b" / "samples.csv").read_text()
+    evaluate(tmp_path / "c", suite={**SUITE, "seed": 4})
+    a, c = read_csv(tmp_path / "a" / "samples.csv"), read_csv(tmp_path / "c" / "samples.csv")
+    assert [r["target"] for r in a] != [r["target"] for r in c]
+
+
+def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    evaluate(tmp_path / "whole")
+    real_append = runner.append_jsonl
+    calls = {"n": 0}
+
+    def dying_append(path, record):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            with open(path, "a") as f:
+                f.write('{"batch": 2, "attack": "pgd-u", "adv_')  # a line torn by the kill
+            raise KeyboardInterrupt
+        real_append(path, record)
+
+    monkeypatch.setattr(runner, "append_jsonl", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    monkeypatch.setattr(runner, "append_jsonl", real_append)
+
+    attacked = []
+    real_run_attack = runner.run_attack
+    monkeypatch.setattr(runner, "run_attack", lambda *a, **k: attacked.append(a[1].name) or real_run_attack(*a, **k))
+    evaluate(tmp_path / "resumed")
+    total = 6 * 3  # 6 batches of 7 (40 samples), 3 attacks
+    assert len(attacked) == total - (8 - 2)  # 8 records were written: 2 clean, 6 attacks
+    for name in ("samples.csv", "summary.csv"):
+        assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "whole" / name).read_text()
+    evaluate(tmp_path / "resumed")  # everything done: nothing is attacked again
+    assert len(attacked) == total - 6
+
+
+def test_a_different_command_on_the_same_directory_is_refused(tmp_path):
+    evaluate(tmp_path / "e")
+    with pytest.raises(UserError, match="other settings.*seed"):
+        evaluate(tmp_path / "e", suite={**SUITE, "seed": 9})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an evaluation directory"):
+        evaluate(tmp_path / "other")
+
+
+def test_limit_takes_a_seeded_subset(tmp_path):
+    evaluate(tmp_path / "e", suite={**SUITE, "limit": 10})
+    indices = [int(r["index"]) for r in read_csv(tmp_path / "e" / "samples.csv") if r["attack"] == "fgsm"]
+    assert len(indices) == 10 and indices == sorted(indices) and indices != list(range(10))
+
+
+def test_checks_report_pass_and_flag_with_figures(tmp_path):
+    suite = {**SUITE, "attack": SUITE["attack"][1:2],
+             "batch_size": 20,
+             "checks": {"steps": [1, 4], "eps_grid": [0.1, 0.5], "eps_steps": 5, "restarts": 2}}
+    target = EvalTarget(quadrant_model(), NUM_CLASSES)
+    source = quadrant_model(seed=1)
+    summary = run_evaluation(target, Blobs(), parse_suite(suite), tmp_path / "e", transfer_from="src",
+                             sources={"src": source})
+    checks = {c["check"]: c for c in summary["checks"]}
+    assert set(checks) == {"steps", "fgsm", "eps", "restarts", "transfer"}
+    for check in checks.values():
+        assert check["status"] in ("pass", "flag") and check["detail"]
+    assert checks["eps"]["status"] == "pass"  # a real model is broken at eps 0.5
+    assert checks["eps"]["figures"]["accuracy"][-1] <= 0.05
+    assert checks["steps"]["figures"]["steps"] == [1, 4]
+    names = {a["attack"] for a in summary["attacks"]}
+    assert {"check/steps-1", "check/steps-4", "check/fgsm", "check/eps-0.5", "check/restarts-2",
+            "check/transfer"} <= names
+
+
+def test_checks_flag_a_model_that_masks_gradients(tmp_path):
+    """A model whose gradient is zero (a hard threshold before the classifier) hides from PGD; the checks see
+    that accuracy does not fall towards zero as eps grows, and a transfer attack beats white-box."""
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = quadrant_model()
+
+        def forward(self, x):
+            return self.inner((x > 0.5).float() + 0 * x)  # no gradient reaches the input
+
+    suite = {**SUITE, "attack": SUITE["attack"][1:2],
+             "batch_size": 20,
+             "checks": {"steps": [1, 4], "eps_grid": [0.1, 0.5], "eps_steps": 5, "restarts": 2}}
+    summary = run_evaluation(EvalTarget(Masked(), NUM_CLASSES), Blobs(), parse_suite(suite), tmp_path / "e",
+                             transfer_from="src", sources={"src": quadrant_model()})
+    checks = {c["check"]: c["status"] for c in summary["checks"]}
+    assert checks["eps"] == "flag"
+    assert checks["transfer"] == "flag"
