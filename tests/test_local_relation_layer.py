@@ -12,6 +12,15 @@ from lrrobust.models import GeometricPrior, LocalRelation2d
 from lrrobust.models.flops import aggregation_flops, local_relation_flops
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster, and immune to other processes competing for the 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def naive_layer(layer: LocalRelation2d, x: torch.Tensor) -> torch.Tensor:
     """Eq. 2 written out pixel by pixel: softmax over the window of Phi(q, k) + f_g(p - p'), then the value."""
     n, c, h, w = x.shape

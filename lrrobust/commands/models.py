@@ -51,6 +51,12 @@ def zoo_rows(names: list[str], image_size: int, num_classes: int, overrides: dic
     return rows
 
 
+def display_order(name: str) -> tuple[int, int, str]:
+    """resnet18, lrnet18, resnet26, resnet26_dw, lrnet26, ...: each ResNet beside its LR-Net."""
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (int(digits) if digits else 0, name.startswith("lrnet"), name)
+
+
 def _ratio(ours: float, paper: float | None) -> str:
     return f"{100 * (ours / paper - 1):+.1f}%" if paper else ""
 
@@ -76,7 +82,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if image_size < 1:
             raise UserError(f"--image-size must be a positive integer, got {image_size}")
         known = list_models()
-        chosen = list(names) if names else known
+        chosen = list(names) if names else sorted(known, key=display_order)
         unknown = [n for n in chosen if n not in known]
         if unknown:
             raise UserError(f"unknown model {unknown[0]!r}; choose from {', '.join(known)}")

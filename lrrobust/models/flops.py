@@ -68,3 +68,28 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
     with torch.no_grad():
         meta(torch.zeros(1, *input_size, device="meta"))
     return round(total[0])
+
+
+def alpha_for_flops(name: str, flops: float, input_size: tuple[int, int, int] = (3, 224, 224), **overrides) -> float:
+    """The bottleneck ratio alpha that gives ``name`` (with ``overrides``) about ``flops`` multiply-adds.
+
+    The paper adapts alpha so that every architecture of an ablation has the FLOPs of ResNet-26 (Sec. 5,
+    Table 3, A1). FLOPs are a quadratic in alpha (1x1 transforms and the aggregation grow with it, the
+    spatial layer's channel mixing with its square), so three counts fix it; the result is rounded so that
+    res2's spatial layer has a whole number of channels (alpha = w / 64).
+    """
+    from lrrobust.models.registry import create_model
+
+    overrides.pop("alpha", None)
+    points = (0.5, 1.0, 2.0)
+    counts = []
+    for alpha in points:
+        with torch.device("meta"):
+            counts.append(count_flops(create_model(name, alpha=alpha, **overrides), input_size))
+    a, b, c = torch.linalg.solve(
+        torch.tensor([[p * p, p, 1.0] for p in points], dtype=torch.float64, device="cpu"),
+        torch.tensor(counts, dtype=torch.float64, device="cpu"),
+    ).tolist()
+    c -= flops
+    alpha = (-b + (b * b - 4 * a * c) ** 0.5) / (2 * a) if a > 0 else -c / b
+    return max(1, round(64 * alpha)) / 64
