@@ -1,0 +1,43 @@
+// Local relation op (Hu et al., ICCV 2019, Sec. 4): registration of the CUDA kernels.
+// The kernels are in lr_kernels.cuh, their launchers in lr_launch_impl.cuh (one lr_cuda_<dtype>.cu each).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "lr_launch.cuh"
+
+namespace lrrobust {
+namespace {
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "local_relation (CUDA): ", name, " must be a CUDA tensor, got ", t.device());
+}
+
+at::Tensor local_relation_forward_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                       const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride,
+                                       int64_t dilation, int64_t composability) {
+  check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
+  check_cuda(value, "value");
+  const c10::cuda::CUDAGuard guard(value.device());
+  return cuda::lr_forward_checked(query, key, value, geo_prior, kernel_size, stride, dilation, composability,
+                                  cuda::kSharedLimit);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t composability) {
+  check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
+  check_cuda(value, "value");
+  check_cuda(grad_out, "grad_out");
+  const c10::cuda::CUDAGuard guard(value.device());
+  return cuda::lr_backward_checked(grad_out, query, key, value, geo_prior, kernel_size, stride, dilation,
+                                   composability, cuda::kSharedLimit, cuda::kPartialBudget);
+}
+
+}  // namespace
+}  // namespace lrrobust
+
+TORCH_LIBRARY_IMPL(lrrobust, CUDA, m) {
+  m.impl("local_relation_forward", &lrrobust::local_relation_forward_cuda);
+  m.impl("local_relation_backward", &lrrobust::local_relation_backward_cuda);
+}

@@ -1,0 +1,51 @@
+// Portability layer of the CUDA kernels of the local relation op (Hu et al., ICCV 2019, Sec. 4).
+//
+// Under nvcc these are the plain CUDA keywords. Compiled by a host compiler with LR_CUDA_EMULATE defined,
+// the same kernel source runs in the cooperative CPU emulator of emu/lr_emu.cuh (used to check the index
+// math, the shared-memory tiles and the barriers on machines without a GPU).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+
+#define LR_HD __host__ __device__ __forceinline__
+#define LR_DEV __device__ __forceinline__
+#define LR_KERNEL __global__
+#define LR_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+#define LR_SYNC() __syncthreads()
+#define LR_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+
+template <typename T>
+LR_DEV T lr_shfl_xor(T v, int lane_mask) {
+  return __shfl_xor_sync(0xffffffffu, v, lane_mask);
+}
+LR_DEV float lr_exp(float x) { return __expf(x); }
+LR_DEV double lr_exp(double x) { return ::exp(x); }
+LR_DEV float lr_log(float x) { return __logf(x); }
+LR_DEV double lr_log(double x) { return ::log(x); }
+
+#elif defined(LR_CUDA_EMULATE)
+
+#include "emu/lr_emu.cuh"
+
+#define LR_HD inline
+#define LR_DEV inline
+#define LR_KERNEL inline
+#define LR_LAUNCH_BOUNDS(n)
+#define LR_SYNC() ::lremu::syncthreads()
+#define LR_DYNAMIC_SMEM(name) unsigned char* name = ::lremu::dynamic_smem()
+
+template <typename T>
+inline T lr_shfl_xor(T v, int lane_mask) {
+  return ::lremu::shfl_xor(v, lane_mask);
+}
+inline float lr_exp(float x) { return std::exp(x); }
+inline double lr_exp(double x) { return std::exp(x); }
+inline float lr_log(float x) { return std::log(x); }
+inline double lr_log(double x) { return std::log(x); }
+
+#else
+#error "lr_compat.cuh: compile with nvcc, or define LR_CUDA_EMULATE for the CPU emulator"
+#endif

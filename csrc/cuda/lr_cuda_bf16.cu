@@ -1,0 +1,14 @@
+// Local relation op (paper Sec. 4): the CUDA kernels for c10::BFloat16, one translation unit per dtype.
+#include "lr_launch_impl.cuh"
+
+namespace lrrobust {
+namespace cuda {
+
+template at::Tensor lr_forward<c10::BFloat16>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const LrGeom&, int64_t);
+template std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward<c10::BFloat16>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const LrGeom&,
+    int64_t, int64_t);
+
+}  // namespace cuda
+}  // namespace lrrobust

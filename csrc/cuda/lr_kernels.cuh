@@ -1,0 +1,542 @@
+// CUDA kernels of the local relation op (Hu et al., "Local Relation Networks for Image Recognition",
+// ICCV 2019, Sec. 4, Eq. 2-5). Semantics as lrrobust/ops/reference.py:
+//   logit(n,g,i,j,a,b) = Phi(q[n,g,i,j], k[n,g,p]) + geo[g,a,b],  p = (i*s + (a-r)*d, j*s + (b-r)*d),
+//   w = softmax of the logits over the offsets whose pixel p lies in the image,
+//   out[n,c,i,j] = sum_ab w(n, c/m, i, j, a, b) * value[n,c,p].
+//
+// Three passes, all recomputing the weights (no K*K buffer):
+//   lr_forward_kernel  one thread per output pixel: logits, softmax and aggregation fused; the block
+//                      stages the haloed key tile, kChannelChunk value tiles and geo[g] in shared memory.
+//   lr_stats_kernel    backward, per output pixel: the log-sum-exp, D = sum_ab w*dw with
+//                      dw_ab = sum_c grad_out_c * v_c(p_ab), and grad_query = sum_ab w*(dw_ab - D)*dPhi/dq.
+//   lr_gather_kernel   backward, per input pixel y: over the inverse neighbourhood (offset ab and the output
+//                      i with p_ab(i) = y) grad_value_c(y) = sum w*grad_out_c(i) and
+//                      grad_key(y) = sum w*(dw - D)*dPhi/dk; the per-block sums of w*(dw - D) for every
+//                      offset go to a partial-sum buffer, reduced by lr_geo_reduce_kernel: no atomics.
+// Each kernel has a shared-memory variant (TILED) and a variant reading global memory directly, used when
+// the haloed tile would not fit (large K or dilation); the index math is the same.
+#pragma once
+
+#include <type_traits>
+
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "lr_compat.cuh"
+#include "lr_plan.cuh"
+
+namespace lrrobust {
+namespace cuda {
+
+LR_HD int lr_min(int a, int b) { return a < b ? a : b; }
+LR_HD int lr_max(int a, int b) { return a > b ? a : b; }
+// Division rounding towards -inf / +inf, for any sign of a and b > 0.
+LR_HD int lr_floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+LR_HD int lr_ceil_div(int a, int b) { return -lr_floor_div(-a, b); }
+
+// Offsets a in [lo, hi] of the window of output row i whose pixel i*s + (a-r)*d lies in [0, size).
+// The centre offset a = r is always inside (i*s < size since i < ceil(size/s)).
+LR_HD void lr_window_range(int i, int size, int K, int r, int s, int d, int& lo, int& hi) {
+  const int y = i * s;
+  lo = lr_max(0, r - y / d);
+  hi = lr_min(K - 1, r + (size - 1 - y) / d);
+}
+
+// Inverse neighbourhood: the output index i with i*s + delta = y (delta = (a-r)*d); false if none exists.
+LR_HD bool lr_inverse_index(int y, int delta, int s, int out_size, int& i) {
+  const int t = y - delta;
+  if (t < 0) return false;
+  if (s == 1) {
+    i = t;
+  } else {
+    if (t % s != 0) return false;
+    i = t / s;
+  }
+  return i < out_size;
+}
+
+// Appearance composability Phi(q, k) (Eq. 3-5) and its derivatives. KIND >= 0 fixes the kind at compile
+// time; KIND = -1 reads it from `kind` (the global-memory kernels, which are not the fast path).
+template <int KIND>
+LR_HD int lr_kind(int kind) {
+  return KIND >= 0 ? KIND : kind;
+}
+template <typename T>
+LR_HD T lr_sign(T x) {
+  return static_cast<T>(x > T(0)) - static_cast<T>(x < T(0));
+}
+template <int KIND, typename T>
+LR_HD T lr_phi(T q, T k, int kind) {
+  const int kd = lr_kind<KIND>(kind);
+  const T diff = q - k;
+  if (kd == 0) return -diff * diff;         // Eq. 3: -(q-k)^2
+  if (kd == 1) return diff < T(0) ? diff : -diff;  // Eq. 4: -|q-k|
+  return q * k;                             // Eq. 5: q*k
+}
+template <int KIND, typename T>
+LR_HD T lr_dphi_dq(T q, T k, int kind) {
+  const int kd = lr_kind<KIND>(kind);
+  if (kd == 0) return T(-2) * (q - k);
+  if (kd == 1) return -lr_sign(q - k);  // d|x|/dx = 0 at x = 0, as torch
+  return k;
+}
+template <int KIND, typename T>
+LR_HD T lr_dphi_dk(T q, T k, int kind) {
+  const int kd = lr_kind<KIND>(kind);
+  if (kd == 0) return T(2) * (q - k);
+  if (kd == 1) return lr_sign(q - k);
+  return q;
+}
+
+// Butterfly sum over the 32 lanes of a warp: every lane gets the same, deterministic, result.
+template <typename T>
+LR_DEV T lr_warp_sum(T v) {
+  for (int mask = 16; mask > 0; mask >>= 1) v += lr_shfl_xor(v, mask);
+  return v;
+}
+
+// Copies the rows x cols window at (y0, x0) of a height x width plane into dst (pitch cols); pixels outside
+// the plane read as 0 (they are never used: the kernels only visit in-image offsets). All threads call it.
+template <typename T>
+LR_DEV void lr_stage_plane(T* dst, const T* __restrict__ src, int y0, int x0, int rows, int cols, int height,
+                           int width) {
+  for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
+    const int y = y0 + ry;
+    const bool row_in = y >= 0 && y < height;
+    for (int rx = threadIdx.x; rx < cols; rx += blockDim.x) {
+      const int x = x0 + rx;
+      dst[ry * cols + rx] = (row_in && x >= 0 && x < width) ? src[y * width + x] : static_cast<T>(0.0f);
+    }
+  }
+}
+
+// Block index -> (tile, group, image or batch chunk): blocks are numbered tile-fastest.
+struct LrBlock {
+  int tile_i, tile_j, group, outer;
+};
+LR_DEV LrBlock lr_block(const LrTile& t, int groups) {
+  const int64_t blk = blockIdx.x;
+  const int tiles = t.tiles_x * t.tiles_y;
+  const int tile = static_cast<int>(blk % tiles);
+  LrBlock b;
+  b.tile_i = tile / t.tiles_x;
+  b.tile_j = tile % t.tiles_x;
+  b.group = static_cast<int>((blk / tiles) % groups);
+  b.outer = static_cast<int>(blk / tiles / groups);
+  return b;
+}
+
+// The window of one output pixel: offsets [a_lo, a_hi] x [b_lo, b_hi] are in the image, and the element of
+// offset (a, b) sits at plane[centre + (a - r) * row_step + (b - r) * d] in the staged tile (TILED) or in
+// the global plane.
+struct LrWindow {
+  int a_lo, a_hi, b_lo, b_hi, centre, row_step;
+};
+template <bool TILED>
+LR_DEV LrWindow lr_window(const LrGeom& g, const LrTile& t, int i, int j) {
+  LrWindow w;
+  lr_window_range(i, g.height, g.ksize, g.radius, g.stride, g.dilation, w.a_lo, w.a_hi);
+  lr_window_range(j, g.width, g.ksize, g.radius, g.stride, g.dilation, w.b_lo, w.b_hi);
+  if (TILED) {
+    // The tile starts at pixel (tile_i*th*s - r*d, tile_j*tw*s - r*d): pixel (i*s, j*s) is at
+    // (threadIdx.y*s + r*d, threadIdx.x*s + r*d).
+    const int rd = g.radius * g.dilation;
+    w.centre = (static_cast<int>(threadIdx.y) * g.stride + rd) * t.rw + static_cast<int>(threadIdx.x) * g.stride + rd;
+    w.row_step = g.dilation * t.rw;
+  } else {
+    w.centre = i * g.stride * g.width + j * g.stride;
+    w.row_step = g.dilation * g.width;
+  }
+  return w;
+}
+
+// Forward: out[n, c, i, j] for the channels of one group, one thread per output pixel.
+template <typename scalar_t, int KIND, bool TILED>
+LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
+    lr_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
+                      const scalar_t* __restrict__ value, const scalar_t* __restrict__ geo,
+                      scalar_t* __restrict__ out, const LrGeom g, const LrTile t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using index_t = std::conditional_t<TILED, int, int64_t>;
+  LR_DYNAMIC_SMEM(smem);
+  const int K = g.ksize, KK = K * K, r = g.radius, d = g.dilation;
+  const LrBlock blk = lr_block(t, g.groups);
+  const int grp = blk.group, n = blk.outer;
+  const int i = blk.tile_i * t.th + static_cast<int>(threadIdx.y);
+  const int j = blk.tile_j * t.tw + static_cast<int>(threadIdx.x);
+  const bool active = i < g.out_h && j < g.out_w;
+  const int c_begin = grp * g.per_group;
+  const int m_g = lr_min(g.per_group, g.channels - c_begin);
+  const int64_t hw = int64_t(g.height) * g.width;
+  const int64_t out_hw = int64_t(g.out_h) * g.out_w;
+  const scalar_t* key_plane = key + (int64_t(n) * g.groups + grp) * hw;
+  const scalar_t* value_plane = value + (int64_t(n) * g.channels + c_begin) * hw;
+  const scalar_t* geo_g = geo + int64_t(grp) * KK;
+
+  // Shared memory (TILED): geo[g] (acc_t), the key tile, kChannelChunk value tiles (scalar_t).
+  acc_t* s_geo = reinterpret_cast<acc_t*>(smem);
+  scalar_t* s_key = reinterpret_cast<scalar_t*>(s_geo + KK);
+  const int tile_elems = t.rh * t.rw;
+  scalar_t* s_value = s_key + tile_elems;
+  const int y0 = blk.tile_i * t.th * g.stride - r * d;
+  const int x0 = blk.tile_j * t.tw * g.stride - r * d;
+  if (TILED) {
+    const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
+    for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
+    lr_stage_plane(s_key, key_plane, y0, x0, t.rh, t.rw, g.height, g.width);
+  }
+  auto geo_at = [&](int ab) -> acc_t {
+    if (TILED) return s_geo[ab];
+    return static_cast<acc_t>(geo_g[ab]);
+  };
+  const scalar_t* kp = TILED ? s_key : key_plane;
+  const LrWindow win = lr_window<TILED>(g, t, active ? i : 0, active ? j : 0);
+  acc_t q = 0;
+  acc_t mx = static_cast<acc_t>(-INFINITY);
+  if (active) q = static_cast<acc_t>(query[(int64_t(n) * g.groups + grp) * out_hw + int64_t(i) * g.out_w + j]);
+
+  for (int cc = 0; cc < m_g; cc += kChannelChunk) {
+    const int mc = lr_min(kChannelChunk, m_g - cc);
+    if (TILED) {
+      if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tiles
+      for (int c = 0; c < mc; ++c) {
+        lr_stage_plane(s_value + c * tile_elems, value_plane + (cc + c) * hw, y0, x0, t.rh, t.rw, g.height,
+                       g.width);
+      }
+      LR_SYNC();
+    }
+    const scalar_t* vp = TILED ? s_value : value_plane + cc * hw;
+    const index_t vstride = TILED ? index_t(tile_elems) : index_t(hw);
+    if (active) {
+      if (cc == 0) {  // the maximum logit, for a stable softmax
+        for (int a = win.a_lo; a <= win.a_hi; ++a) {
+          const int row = win.centre + (a - r) * win.row_step;
+          for (int b = win.b_lo; b <= win.b_hi; ++b) {
+            const acc_t l = lr_phi<KIND>(q, static_cast<acc_t>(kp[row + (b - r) * d]), g.kind) + geo_at(a * K + b);
+            mx = l > mx ? l : mx;
+          }
+        }
+      }
+      acc_t acc[kChannelChunk];
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) acc[c] = 0;
+      acc_t z = 0;
+      for (int a = win.a_lo; a <= win.a_hi; ++a) {
+        const int row = win.centre + (a - r) * win.row_step;
+        for (int b = win.b_lo; b <= win.b_hi; ++b) {
+          const int off = row + (b - r) * d;
+          const acc_t p =
+              lr_exp(lr_phi<KIND>(q, static_cast<acc_t>(kp[off]), g.kind) + geo_at(a * K + b) - mx);
+          z += p;
+#pragma unroll
+          for (int c = 0; c < kChannelChunk; ++c) {
+            if (c < mc) acc[c] += p * static_cast<acc_t>(vp[off + c * vstride]);
+          }
+        }
+      }
+      const acc_t inv = acc_t(1) / z;
+      scalar_t* out_p = out + (int64_t(n) * g.channels + c_begin + cc) * out_hw + int64_t(i) * g.out_w + j;
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) {
+        if (c < mc) out_p[c * out_hw] = static_cast<scalar_t>(acc[c] * inv);
+      }
+    }
+  }
+}
+
+// Backward, per output pixel: lse = log sum exp(logits), dsum = D = sum_ab w*dw,
+// grad_query = sum_ab w*(dw - D)*dPhi/dq. The sums are split into channel chunks (linear in dw), and
+// dPhi/dq is taken relative to its value at the window centre (sum_ab w*(dw - D) = 0), which keeps
+// B - D*S free of cancellation when dPhi/dq is large and nearly constant over the window.
+template <typename scalar_t, int KIND, bool TILED>
+LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
+    lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
+                    const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
+                    const scalar_t* __restrict__ geo, scalar_t* __restrict__ grad_query,
+                    at::opmath_type<scalar_t>* __restrict__ lse, at::opmath_type<scalar_t>* __restrict__ dsum,
+                    const LrGeom g, const LrTile t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using index_t = std::conditional_t<TILED, int, int64_t>;
+  LR_DYNAMIC_SMEM(smem);
+  const int K = g.ksize, KK = K * K, r = g.radius, d = g.dilation;
+  const LrBlock blk = lr_block(t, g.groups);
+  const int grp = blk.group, n = blk.outer;
+  const int i = blk.tile_i * t.th + static_cast<int>(threadIdx.y);
+  const int j = blk.tile_j * t.tw + static_cast<int>(threadIdx.x);
+  const bool active = i < g.out_h && j < g.out_w;
+  const int c_begin = grp * g.per_group;
+  const int m_g = lr_min(g.per_group, g.channels - c_begin);
+  const int64_t hw = int64_t(g.height) * g.width;
+  const int64_t out_hw = int64_t(g.out_h) * g.out_w;
+  const int64_t pix = (int64_t(n) * g.groups + grp) * out_hw + int64_t(i) * g.out_w + j;  // (n, grp, i, j)
+  const scalar_t* key_plane = key + (int64_t(n) * g.groups + grp) * hw;
+  const scalar_t* value_plane = value + (int64_t(n) * g.channels + c_begin) * hw;
+  const scalar_t* geo_g = geo + int64_t(grp) * KK;
+
+  acc_t* s_geo = reinterpret_cast<acc_t*>(smem);
+  scalar_t* s_key = reinterpret_cast<scalar_t*>(s_geo + KK);
+  const int tile_elems = t.rh * t.rw;
+  scalar_t* s_value = s_key + tile_elems;
+  const int y0 = blk.tile_i * t.th * g.stride - r * d;
+  const int x0 = blk.tile_j * t.tw * g.stride - r * d;
+  if (TILED) {
+    const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
+    for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
+    lr_stage_plane(s_key, key_plane, y0, x0, t.rh, t.rw, g.height, g.width);
+  }
+  auto geo_at = [&](int ab) -> acc_t {
+    if (TILED) return s_geo[ab];
+    return static_cast<acc_t>(geo_g[ab]);
+  };
+  const scalar_t* kp = TILED ? s_key : key_plane;
+  const LrWindow win = lr_window<TILED>(g, t, active ? i : 0, active ? j : 0);
+  acc_t q = 0, t0 = 0;
+  acc_t mx = static_cast<acc_t>(-INFINITY);
+  acc_t z = 0, s_sum = 0, a_sum = 0, b_sum = 0;  // sum p, sum p*tq, sum p*dw, sum p*dw*tq
+  if (active) q = static_cast<acc_t>(query[pix]);
+
+  for (int cc = 0; cc < m_g; cc += kChannelChunk) {
+    const int mc = lr_min(kChannelChunk, m_g - cc);
+    if (TILED) {
+      if (cc > 0) LR_SYNC();
+      for (int c = 0; c < mc; ++c) {
+        lr_stage_plane(s_value + c * tile_elems, value_plane + (cc + c) * hw, y0, x0, t.rh, t.rw, g.height,
+                       g.width);
+      }
+      LR_SYNC();
+    }
+    const scalar_t* vp = TILED ? s_value : value_plane + cc * hw;
+    const index_t vstride = TILED ? index_t(tile_elems) : index_t(hw);
+    if (active) {
+      if (cc == 0) {
+        t0 = lr_dphi_dq<KIND>(q, static_cast<acc_t>(kp[win.centre]), g.kind);
+        for (int a = win.a_lo; a <= win.a_hi; ++a) {
+          const int row = win.centre + (a - r) * win.row_step;
+          for (int b = win.b_lo; b <= win.b_hi; ++b) {
+            const acc_t l = lr_phi<KIND>(q, static_cast<acc_t>(kp[row + (b - r) * d]), g.kind) + geo_at(a * K + b);
+            mx = l > mx ? l : mx;
+          }
+        }
+      }
+      acc_t go[kChannelChunk];
+      const scalar_t* go_p = grad_out + (int64_t(n) * g.channels + c_begin + cc) * out_hw + int64_t(i) * g.out_w + j;
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) go[c] = c < mc ? static_cast<acc_t>(go_p[c * out_hw]) : acc_t(0);
+      acc_t zc = 0, sc = 0, ac = 0, bc = 0;
+      for (int a = win.a_lo; a <= win.a_hi; ++a) {
+        const int row = win.centre + (a - r) * win.row_step;
+        for (int b = win.b_lo; b <= win.b_hi; ++b) {
+          const int off = row + (b - r) * d;
+          const acc_t kv = static_cast<acc_t>(kp[off]);
+          const acc_t p = lr_exp(lr_phi<KIND>(q, kv, g.kind) + geo_at(a * K + b) - mx);
+          const acc_t tq = lr_dphi_dq<KIND>(q, kv, g.kind) - t0;
+          acc_t dw = 0;
+#pragma unroll
+          for (int c = 0; c < kChannelChunk; ++c) {
+            if (c < mc) dw += go[c] * static_cast<acc_t>(vp[off + c * vstride]);
+          }
+          const acc_t pd = p * dw;
+          zc += p;
+          sc += p * tq;
+          ac += pd;
+          bc += pd * tq;
+        }
+      }
+      z = zc;  // the same in every chunk
+      s_sum = sc;
+      a_sum += ac;
+      b_sum += bc;
+    }
+  }
+  if (active) {
+    const acc_t inv = acc_t(1) / z;
+    const acc_t D = a_sum * inv;
+    grad_query[pix] = static_cast<scalar_t>((b_sum - D * s_sum) * inv);
+    lse[pix] = mx + lr_log(z);
+    dsum[pix] = D;
+  }
+}
+
+// Backward, per input pixel y = (yy, xx) of one group: grad_key, grad_value over the inverse neighbourhood,
+// and the partial sums of the geo_prior gradient: geo_partial[(g*KK + ab) * slots + slot] = sum over the
+// block's pixels and batch chunk of w*(dw - D). Offsets run in block-uniform order so a warp can reduce
+// each one with shuffles; no atomics anywhere, every sum has a fixed order.
+template <typename scalar_t, int KIND, bool TILED>
+LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
+    lr_gather_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
+                     const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
+                     const scalar_t* __restrict__ geo, const at::opmath_type<scalar_t>* __restrict__ lse,
+                     const at::opmath_type<scalar_t>* __restrict__ dsum, scalar_t* __restrict__ grad_key,
+                     scalar_t* __restrict__ grad_value, at::opmath_type<scalar_t>* __restrict__ geo_partial,
+                     const LrGeom g, const LrTile t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using index_t = std::conditional_t<TILED, int, int64_t>;
+  LR_DYNAMIC_SMEM(smem);
+  const int K = g.ksize, KK = K * K, r = g.radius, s = g.stride, d = g.dilation;
+  const LrBlock blk = lr_block(t, g.groups);
+  const int grp = blk.group;
+  const int n_begin = blk.outer * t.n_per;
+  const int n_end = lr_min(g.n, n_begin + t.n_per);
+  const int64_t slots = int64_t(t.n_chunks) * t.tiles_x * t.tiles_y;
+  const int64_t slot = int64_t(blk.outer) * t.tiles_x * t.tiles_y + int64_t(blk.tile_i) * t.tiles_x + blk.tile_j;
+  const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
+  const int nthreads = t.tw * t.th;
+  const int warp = tid / 32, lane = tid % 32, nwarps = nthreads / 32;
+  const int ty0 = blk.tile_i * t.th, tx0 = blk.tile_j * t.tw;  // first pixel of the tile
+  const int yy = ty0 + static_cast<int>(threadIdx.y), xx = tx0 + static_cast<int>(threadIdx.x);
+  const bool active = yy < g.height && xx < g.width;
+  const int c_begin = grp * g.per_group;
+  const int m_g = lr_min(g.per_group, g.channels - c_begin);
+  const int64_t hw = int64_t(g.height) * g.width;
+  const int64_t out_hw = int64_t(g.out_h) * g.out_w;
+  const int pix = active ? yy * g.width + xx : 0;
+  const scalar_t* geo_g = geo + int64_t(grp) * KK;
+  const int rd = r * d;
+
+  // Outputs whose windows reach the tile: rows [oi_lo, oi_lo + orh), cols [oj_lo, oj_lo + orw); the counts
+  // may be <= 0 (no output reaches the tile) and never exceed the capacity t.rh x t.rw.
+  const int oi_lo = lr_max(0, lr_ceil_div(ty0 - rd, s));
+  const int oj_lo = lr_max(0, lr_ceil_div(tx0 - rd, s));
+  const int orh = lr_min(g.out_h - 1, lr_floor_div(ty0 + t.th - 1 + rd, s)) - oi_lo + 1;
+  const int orw = lr_min(g.out_w - 1, lr_floor_div(tx0 + t.tw - 1 + rd, s)) - oj_lo + 1;
+  // Offsets that can reach any pixel of the tile from any output: (a - r)*d in [ty0 - (Ho-1)*s, last row].
+  const int ra_lo = lr_max(0, r + lr_ceil_div(ty0 - (g.out_h - 1) * s, d));
+  const int ra_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.height - 1, ty0 + t.th - 1), d));
+  const int rb_lo = lr_max(0, r + lr_ceil_div(tx0 - (g.out_w - 1) * s, d));
+  const int rb_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.width - 1, tx0 + t.tw - 1), d));
+
+  // Shared memory: per-warp offset sums; TILED adds geo[g], lse, dsum (acc_t), query and grad_out tiles.
+  acc_t* s_dg = reinterpret_cast<acc_t*>(smem);
+  acc_t* s_geo = s_dg + nwarps * kOffsetChunk;
+  const int cap = t.rh * t.rw;
+  acc_t* s_lse = s_geo + KK;
+  acc_t* s_dsum = s_lse + cap;
+  scalar_t* s_q = reinterpret_cast<scalar_t*>(s_dsum + cap);
+  scalar_t* s_go = s_q + cap;
+  if (TILED) {
+    for (int e = tid; e < KK; e += nthreads) s_geo[e] = static_cast<acc_t>(geo_g[e]);
+  }
+  auto geo_at = [&](int ab) -> acc_t {
+    if (TILED) return s_geo[ab];
+    return static_cast<acc_t>(geo_g[ab]);
+  };
+
+  for (int n = n_begin; n < n_end; ++n) {
+    const int64_t ng = int64_t(n) * g.groups + grp;
+    const scalar_t* q_plane = query + ng * out_hw;
+    const acc_t* lse_plane = lse + ng * out_hw;
+    const acc_t* dsum_plane = dsum + ng * out_hw;
+    if (TILED) {
+      LR_SYNC();  // the previous image's tiles are no longer read
+      lr_stage_plane(s_q, q_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
+      lr_stage_plane(s_lse, lse_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
+      lr_stage_plane(s_dsum, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
+    }
+    const scalar_t* qp = TILED ? s_q : q_plane;
+    const acc_t* lp = TILED ? s_lse : lse_plane;
+    const acc_t* dp = TILED ? s_dsum : dsum_plane;
+    const acc_t kv = active ? static_cast<acc_t>(key[ng * hw + pix]) : acc_t(0);
+    acc_t dk = 0;
+
+    for (int cc = 0; cc < m_g; cc += kChannelChunk) {
+      const int mc = lr_min(kChannelChunk, m_g - cc);
+      const int64_t plane0 = int64_t(n) * g.channels + c_begin + cc;  // first channel plane of the chunk
+      if (TILED) {
+        if (cc > 0) LR_SYNC();
+        for (int c = 0; c < mc; ++c) {
+          lr_stage_plane(s_go + c * cap, grad_out + (plane0 + c) * out_hw, oi_lo, oj_lo, orh, orw, g.out_h,
+                         g.out_w);
+        }
+        LR_SYNC();
+      }
+      const scalar_t* gp = TILED ? s_go : grad_out + plane0 * out_hw;
+      const index_t gstride = TILED ? index_t(cap) : index_t(out_hw);
+      acc_t v[kChannelChunk], dv[kChannelChunk];
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) {
+        v[c] = (active && c < mc) ? static_cast<acc_t>(value[(plane0 + c) * hw + pix]) : acc_t(0);
+        dv[c] = 0;
+      }
+      const bool first = n == n_begin && cc == 0;  // first write of this block's partial sums
+      const bool subtract = cc == 0;               // D enters once per (pixel, image)
+
+      for (int ab0 = 0; ab0 < KK; ab0 += kOffsetChunk) {
+        const int ab1 = lr_min(KK, ab0 + kOffsetChunk);
+        int a = ab0 / K, b = ab0 - (ab0 / K) * K;
+        int oi = 0;
+        bool row_ok = active && lr_inverse_index(yy, (a - r) * d, s, g.out_h, oi);
+        for (int ab = ab0; ab < ab1; ++ab) {
+          acc_t contrib = 0;
+          if (a >= ra_lo && a <= ra_hi && b >= rb_lo && b <= rb_hi) {  // block-uniform
+            int oj = 0;
+            if (row_ok && lr_inverse_index(xx, (b - r) * d, s, g.out_w, oj)) {
+              const int o = TILED ? (oi - oi_lo) * orw + (oj - oj_lo) : oi * g.out_w + oj;
+              const acc_t qv = static_cast<acc_t>(qp[o]);
+              const acc_t w = lr_exp(lr_phi<KIND>(qv, kv, g.kind) + geo_at(ab) - lp[o]);
+              acc_t dw = 0;
+#pragma unroll
+              for (int c = 0; c < kChannelChunk; ++c) {
+                if (c < mc) {
+                  const acc_t go = static_cast<acc_t>(gp[o + c * gstride]);
+                  dw += go * v[c];
+                  dv[c] += w * go;
+                }
+              }
+              const acc_t dl = w * (subtract ? dw - dp[o] : dw);  // d loss / d logit (this chunk's share)
+              dk += dl * lr_dphi_dk<KIND>(qv, kv, g.kind);
+              contrib = dl;
+            }
+            contrib = lr_warp_sum(contrib);
+          }
+          if (lane == 0) s_dg[warp * kOffsetChunk + (ab - ab0)] = contrib;
+          if (++b == K) {
+            b = 0;
+            ++a;
+            row_ok = active && lr_inverse_index(yy, (a - r) * d, s, g.out_h, oi);
+          }
+        }
+        LR_SYNC();
+        for (int e = tid; e < ab1 - ab0; e += nthreads) {
+          acc_t sum = 0;
+          for (int w = 0; w < nwarps; ++w) sum += s_dg[w * kOffsetChunk + e];
+          acc_t* dst = geo_partial + (int64_t(grp) * KK + ab0 + e) * slots + slot;
+          *dst = first ? sum : *dst + sum;
+        }
+        LR_SYNC();
+      }
+      if (active) {
+#pragma unroll
+        for (int c = 0; c < kChannelChunk; ++c) {
+          if (c < mc) grad_value[(plane0 + c) * hw + pix] = static_cast<scalar_t>(dv[c]);
+        }
+      }
+    }
+    if (active) grad_key[ng * hw + pix] = static_cast<scalar_t>(dk);
+  }
+}
+
+// grad_geo[e] = sum of partial[e * slots + 0 .. slots), one block per (group, offset), fixed-order tree sum.
+template <typename scalar_t>
+LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
+    lr_geo_reduce_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, int64_t slots,
+                         scalar_t* __restrict__ grad_geo) {
+  using acc_t = at::opmath_type<scalar_t>;
+  LR_DYNAMIC_SMEM(smem);
+  acc_t* red = reinterpret_cast<acc_t*>(smem);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int nthreads = static_cast<int>(blockDim.x);  // a power of two
+  const acc_t* p = partial + int64_t(blockIdx.x) * slots;
+  acc_t sum = 0;
+  for (int64_t e = tid; e < slots; e += nthreads) sum += p[e];
+  red[tid] = sum;
+  LR_SYNC();
+  for (int stride = nthreads / 2; stride > 0; stride >>= 1) {
+    if (tid < stride) red[tid] += red[tid + stride];
+    LR_SYNC();
+  }
+  if (tid == 0) grad_geo[blockIdx.x] = static_cast<scalar_t>(red[0]);
+}
+
+}  // namespace cuda
+}  // namespace lrrobust
