@@ -7,6 +7,7 @@ attack. Every option left out takes the preset's value (``--preset``, by default
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -128,7 +129,8 @@ def run_training(adversarial: bool, progress: bool | None, options: dict[str, An
     except TrainingDiverged as e:
         err_console.print(f"[bold red]training stopped:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(f"run directory: {run}", highlight=False, soft_wrap=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone speaks
+        console.print(f"run directory: {run}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

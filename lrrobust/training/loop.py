@@ -331,6 +331,7 @@ def _epoch_record(epoch, sums, seconds, test_acc, optimizer, adversarial) -> dic
         "loss": loss_sum / n,
         "train_acc": clean / n,
         "test_acc": test_acc,
+        "images": int(n),
         "images_per_s": n / seconds,
         "lr": optimizer.param_groups[0]["lr"],
         "seconds": seconds,
