@@ -193,6 +193,7 @@ def _loaders(cfg, ctx, train_set: Dataset, test_set: Dataset):
 
 def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Path:
     cfg, old_manifest = _prepare_config(config, ctx.world_size)
+    D.barrier(ctx)  # every process has checked the run directory before rank 0 writes into it
     run = Path(cfg.out)
     last_path, best_path = run / "last.pt", run / "best.pt"
     info = dataset_info(cfg.dataset, cfg.root)
