@@ -6,6 +6,8 @@ torchattacks puts the model in eval mode (BatchNorm frozen) while it attacks and
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,10 +39,27 @@ def adversarial_examples(
     num_classes: int,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """PGD images for one batch and the targets used (None when untargeted). ``generator`` is a CPU generator."""
+    """PGD images for one batch and the targets used (None when untargeted). ``generator`` is a CPU generator.
+
+    The parameters are frozen while the attack runs: its backward passes then compute input gradients only.
+    """
     targets = random_targets(labels, num_classes, generator) if attack.targeted else None
-    adv = pgd_perturb(
-        model, images, labels, eps=attack.eps, alpha=attack.alpha, steps=attack.steps,
-        random_start=attack.random_start, targets=targets,
-    )
+    with frozen_parameters(model):
+        adv = pgd_perturb(
+            model, images, labels, eps=attack.eps, alpha=attack.alpha, steps=attack.steps,
+            random_start=attack.random_start, targets=targets,
+        )
     return adv, targets
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Turn ``requires_grad`` off for the model's trainable parameters, and back on after."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
