@@ -89,15 +89,16 @@ def test_adversarial_training_raises_pgd_accuracy(digits_runs):
 
 
 class ModeRecorder(nn.Module):
-    """Records, for every forward, whether the model was in train mode and gradients were on."""
+    """Records, for every forward: train mode, gradients on, parameters trainable."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
-        self.calls: list[tuple[bool, bool]] = []
+        self.calls: list[tuple[bool, bool, bool]] = []
 
     def forward(self, x):
-        self.calls.append((self.training, torch.is_grad_enabled()))
+        trainable = all(p.requires_grad for p in self.parameters())
+        self.calls.append((self.training, torch.is_grad_enabled(), trainable))
         return self.inner(x)
 
 
@@ -111,8 +112,10 @@ def test_attack_runs_in_eval_mode_and_the_update_in_train_mode():
     attack = AttackSettings(eps=0.2, alpha=0.05, steps=3)
     out = train_step(model, model, optimizer, images, labels, attack=attack, num_classes=10,
                      generator=torch.Generator().manual_seed(0))
-    # clean accuracy pass (eval, no grad), 3 attack passes (eval), one update (train)
-    assert model.calls == [(False, False), (False, True), (False, True), (False, True), (True, True)]
+    # clean accuracy pass (eval, no grad), 3 attack passes (eval, input gradients only), one update (train)
+    attack_pass = (False, True, False)
+    assert model.calls == [(False, False, True), attack_pass, attack_pass, attack_pass, (True, True, True)]
+    assert all(p.requires_grad for p in model.parameters())
     assert int(bn.num_batches_tracked) == tracked + 1  # only the update moved the BatchNorm statistics
     assert model.training and set(out) == {"loss", "clean_correct", "adv_correct"}
 
