@@ -33,7 +33,7 @@ PAPER_TABLE9 = {
     "lrnet26": (52.1, 44.2, 26.8, 75.7),
 }
 PRETTY = {"resnet": "ResNet-", "lrnet": "LR-Net-"}
-HIDDEN_KWARGS = ("in_chans", "mean", "std")
+HIDDEN_KWARGS = ("in_chans", "mean", "std", "stem")  # set by the dataset
 TRAININGS = ("adversarial", "regular")
 CSV_COLUMNS = (
     "network", "model", "dataset", "suite",
@@ -63,7 +63,7 @@ class Entry:
 
 
 def network_name(spec: dict[str, Any]) -> str:
-    """'lrnet26' -> 'LR-Net-26', with the overrides that change the network: 'LR-Net-26 (stem small, width 0.25)'."""
+    """'lrnet26' -> 'LR-Net-26', with the overrides the user chose: 'LR-Net-26 (width 0.25)'."""
     name = spec["name"]
     pretty = name
     for prefix, label in PRETTY.items():
@@ -143,6 +143,7 @@ def collect(dirs: list[str | os.PathLike]) -> list[Entry]:
     datasets = sorted({e.dataset for e in entries})
     if len(datasets) > 1:
         raise UserError(f"the runs are on different datasets ({', '.join(datasets)}); make one report per dataset")
+    _rows(entries)  # two entries for one cell are refused here, before anything is written
     return entries
 
 
