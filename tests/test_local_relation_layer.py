@@ -229,3 +229,28 @@ def test_eq6_flops_split_into_transforms_and_aggregation():
         transforms = 64 * 8 * (ho * wo + h * w) + 64 * 64 * ho * wo
         total = transforms + aggregation_flops(layer, h, w)
         assert total == pytest.approx(local_relation_flops(64, 7, 8, stride, h, w))
+
+
+def test_mode_switch_drops_the_cache_even_when_a_fused_optimizer_keeps_version_counters():
+    torch.manual_seed(7)
+    layer = LocalRelation2d(8, kernel_size=3, m=4)
+    x = torch.rand(2, 8, 4, 4)
+    layer.eval()
+    first = layer.prior(3, x).clone()
+    layer.train()
+    layer(x).square().mean().backward()
+    torch.optim.Adam(layer.parameters(), lr=0.1, fused=True).step()
+    layer.eval()
+    second = layer.prior(3, x)
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(second, prior_by_formula(layer.prior, 3, torch.float32))
+
+
+def test_init_starts_from_the_prior():
+    """Zero query: the appearance term starts small and the key still learns (a zero key too would freeze both)."""
+    layer = LocalRelation2d(8, kernel_size=3, m=4)
+    layer.reset_query_key()
+    assert layer.query.weight.abs().sum() == 0 and layer.key.weight.abs().sum() > 0
+    x = torch.rand(2, 8, 4, 4)
+    layer(x).square().sum().backward()
+    assert layer.query.weight.grad.abs().sum() > 0 and layer.key.weight.grad.abs().sum() > 0

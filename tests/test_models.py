@@ -41,6 +41,9 @@ def test_registry_names():
 @pytest.mark.parametrize("name", list_models())
 def test_forward_backward_on_small_input(name):
     model = small_model(name).train()
+    with torch.no_grad():  # move off the zero inits (last BN of each block, query) so every path carries gradient
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
     x = torch.rand(2, 1, 16, 16, requires_grad=True)
     out = model(x)
     assert out.shape == (2, 5)
@@ -49,6 +52,9 @@ def test_forward_backward_on_small_input(name):
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient for {missing[:5]}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # a constant added to every logit of a window cancels in the softmax: the prior's output bias alone gets none
+    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0 and not n.endswith("prior.bias2")]
+    assert not zero, f"zero gradient for {zero[:5]}"
     assert x.grad is not None and x.grad.abs().sum() > 0, "attacks need the input gradient"
 
 

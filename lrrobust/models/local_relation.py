@@ -93,6 +93,11 @@ class GeometricPrior(nn.Module):
                 self._cache = (key, self._mlp(kernel_size).to(like.dtype))
         return self._cache[1]
 
+    def train(self, mode: bool = True) -> GeometricPrior:
+        """Switching mode drops the eval-mode table (optimizers with fused kernels keep ``_version``)."""
+        self._cache = None
+        return super().train(mode)
+
     def _mlp(self, kernel_size: int) -> torch.Tensor:
         pos = relative_positions(kernel_size, self.weight1.device, self.weight1.dtype)
         hidden = F.relu(F.linear(pos, self.weight1, self.bias1))
@@ -164,8 +169,10 @@ class LocalRelation2d(nn.Module):
         self.value = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
     def reset_query_key(self) -> None:
-        """PyTorch's default init for query and key (small logits at the start, a soft window)."""
-        self.query.reset_parameters()
+        """Query zero, key PyTorch's default: the aggregation starts close to the geometric prior and the
+        appearance term grows from there (the paper gives no init; this keeps early training stable)."""
+        nn.init.zeros_(self.query.weight)
+        nn.init.zeros_(self.query.bias)
         self.key.reset_parameters()
 
     def window(self, height: int, width: int) -> int:
@@ -180,8 +187,9 @@ class LocalRelation2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.window(x.shape[-2], x.shape[-1])
         s = self.stride
-        query = self.query(x[:, :, ::s, ::s] if s > 1 else x)
-        key = self.key(x)
+        # under autocast the 1x1 transforms may return another dtype than x: the op takes one dtype
+        query = self.query(x[:, :, ::s, ::s] if s > 1 else x).to(x.dtype)
+        key = self.key(x).to(x.dtype)
         prior = self.prior(k, x)
         if self.normalize == "softmax":
             out = local_relation(query, key, x, prior, k, s, 1, self.composability)

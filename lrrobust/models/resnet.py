@@ -110,6 +110,10 @@ class ResNet(nn.Module):
         for mod in self.modules():
             if isinstance(mod, LocalRelation2d):
                 mod.reset_query_key()
+            elif isinstance(mod, Bottleneck):
+                nn.init.zeros_(mod.bn3.weight)  # each residual block starts as the identity (Goyal et al.)
+            elif isinstance(mod, BasicBlock):
+                nn.init.zeros_(mod.bn2.weight)
             elif isinstance(mod, nn.BatchNorm2d):
                 nn.init.ones_(mod.weight)
                 nn.init.zeros_(mod.bias)
