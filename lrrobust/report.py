@@ -310,7 +310,12 @@ def plot(lines: list[tuple[str, list[float], list[float]]], path: Path, xlabel: 
         style = "--" if ", regular" in label else "-"
         ax.plot(xs, ys, style, marker="o", label=label)
     if log_x:
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
         ax.set_xscale("log")
+        ax.set_xticks(sorted({x for _, xs, _ in lines for x in xs}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(-2, 102)

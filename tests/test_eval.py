@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +21,15 @@ from lrrobust.evaluation.runner import EvalTarget, run_evaluation
 from lrrobust.evaluation.suite import parse_suite
 
 NUM_CLASSES = 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and two cores shared with other tests make threads spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Blobs(Dataset):
@@ -202,3 +216,98 @@ def test_checks_flag_a_model_that_masks_gradients(tmp_path):
     checks = {c["check"]: c["status"] for c in summary["checks"]}
     assert checks["eps"] == "flag"
     assert checks["transfer"] == "flag"
+
+
+# ---------------------------------------------------------------- the eval-attack command on real checkpoints
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from test_report import real_runs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield real_runs(tmp_path_factory.getbasetemp() / "lrrobust-eval-fixture")
+    torch.set_num_threads(threads)
+
+
+def cli(*args: str):
+    from typer.testing import CliRunner
+
+    from lrrobust.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_eval_attack_takes_a_run_directory_and_writes_the_outputs(runs, tmp_path):
+    out = tmp_path / "e"
+    result = cli("eval-attack", runs / "resnet18-adversarial", "--out", out, "--dataset", "digits", "--eps", "0.2",
+                 "--steps", "2", "--limit", "20", "--restarts", "2")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["checkpoint"].endswith("resnet18-adversarial/best.pt")
+    assert summary["model"]["training"] == "adversarial" and summary["num_samples"] == 20
+    assert [a["attack"] for a in summary["attacks"]] == ["pgd2-targeted", "pgd2-untargeted"]
+    assert all(a["restarts"] == 2 and a["eps"] == 0.2 for a in summary["attacks"])
+    assert "pgd2-targeted" in result.output and "clean accuracy" in result.output  # the rich summary table
+    assert len(read_csv(out / "samples.csv")) == 40
+
+
+def _bad_inputs(runs: Path, tmp: Path) -> dict[str, tuple[list, str]]:
+    ckpt = runs / "resnet18-regular" / "best.pt"
+    (tmp / "random.pt").write_bytes(b"\x00garbage" * 100)
+    torch.save({"weights": torch.zeros(3)}, tmp / "foreign.pt")
+    for split in ("train", "val"):  # an ImageFolder tree with 3 classes for a 10-class checkpoint
+        for c in "abc":
+            (tmp / "folder" / split / c).mkdir(parents=True)
+            from PIL import Image
+
+            Image.new("L", (8, 8)).save(tmp / "folder" / split / c / "x.png")
+    (tmp / "typo.toml").write_text('[[attack]]\nname = "a"\nepz = 0.1\n')
+    (tmp / "big.toml").write_text('[[attack]]\nname = "a"\neps = 2\n')
+    return {
+        "missing": ([tmp / "nope.pt"], "checkpoint not found"),
+        "random bytes": ([tmp / "random.pt"], "not a readable lrrobust checkpoint"),
+        "foreign": ([tmp / "foreign.pt"], "not an lrrobust checkpoint"),
+        "classes": ([ckpt, "--dataset", "imagefolder", "--root", tmp / "folder"], "has 10 classes"),
+        "unknown dataset": ([ckpt, "--dataset", "mnist"], "unknown dataset"),
+        "suite keys": ([ckpt, "--suite", tmp / "typo.toml"], "unknown key epz.*valid keys"),
+        "suite eps": ([ckpt, "--suite", tmp / "big.toml"], r"eps must lie in \(0, 1\]"),
+        "eps zero": ([ckpt, "--eps", "0"], r"eps must lie in \(0, 1\]"),
+        "eps above one": ([ckpt, "--eps", "300/255"], r"eps must lie in \(0, 1\]"),
+        "eps text": ([ckpt, "--eps", "big"], "eps must be a number"),
+        "suite and options": ([ckpt, "--suite", "digits", "--steps", "3"], "either --suite or attack options"),
+        "no suite": ([ckpt, "--suite", "nosuch"], "suite 'nosuch' not found"),
+    }
+
+
+def test_bad_inputs_give_one_line_exit_2_and_write_nothing(runs, tmp_path):
+    for name, (args, message) in _bad_inputs(runs, tmp_path).items():
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        result = cli("eval-attack", *args, "--out", out)
+        assert result.exit_code == 2, (name, result.output)
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, result.output)
+        assert re.search(message, " ".join(result.output.split())), (name, result.output)
+        assert not out.exists(), name
+
+
+def test_torchrun_shards_gather_to_the_single_process_result(runs, tmp_path):
+    """Two gloo ranks on the CPU, each a shard of the batches: the gathered result equals one process's."""
+    suite = runs.parent / "tiny.toml"
+    args = [runs / "resnet18-regular" / "best.pt", "--suite", suite, "--no-checks", "--batch-size", "8",
+            "--limit", "30", "--device", "cpu"]
+    assert cli("eval-attack", *args, "--out", tmp_path / "one").exit_code == 0
+    script = Path(sys.executable).parent / "lrrobust"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         "eval-attack", *map(str, args), "--out", str(tmp_path / "two")],
+        check=False, capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (tmp_path / "two" / ".state").glob("rank-*.jsonl")) == ["rank-0.jsonl",
+                                                                                          "rank-1.jsonl"]
+    assert (tmp_path / "two" / "samples.csv").read_text() == (tmp_path / "one" / "samples.csv").read_text()
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["world_size"] == 2

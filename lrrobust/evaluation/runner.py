@@ -144,11 +144,8 @@ def _open_state(path: Path) -> None:
                 f.write("\n")
 
 
-def prepare_out(out: Path, fingerprint: dict[str, Any], rank: int) -> None:
-    """Check that ``out`` is new or holds a state of the same settings; rank 0 pins the settings.
-
-    Call after every input is validated: a refused command leaves nothing in ``out``.
-    """
+def check_out(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse an ``out`` that is neither new nor a state of the same settings (every rank checks, none writes)."""
     config = out / STATE_DIR / "config.json"
     if config.exists():
         try:
@@ -161,7 +158,12 @@ def prepare_out(out: Path, fingerprint: dict[str, Any], rank: int) -> None:
                             "use the same command to resume, or choose another --out")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not an evaluation directory; choose a new --out")
-    if rank == 0 and not config.exists():
+
+
+def pin_settings(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Rank 0 records the settings the state in ``out`` belongs to (after every input was validated)."""
+    config = out / STATE_DIR / "config.json"
+    if not config.exists():
         atomic_write_json(config, fingerprint)
 
 
@@ -309,7 +311,11 @@ def run_evaluation(
         "indices": hashlib.sha256(json.dumps(indices).encode()).hexdigest(),
         "attacks": [{"name": a.name, **a.hyper_parameters()} for a in attacks],
     }
-    prepare_out(out, fingerprint, rank)
+    check_out(out, fingerprint)
+    if size > 1:
+        dist.barrier()  # every rank has looked at out before rank 0 writes into it
+    if rank == 0:
+        pin_settings(out, fingerprint)
     if size > 1:
         dist.barrier()
     state_file = out / STATE_DIR / f"rank-{rank}.jsonl"
