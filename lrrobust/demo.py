@@ -10,6 +10,7 @@ when it exists (training with ``--resume``, evaluation skipping finished batches
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -28,19 +29,31 @@ EPOCHS = {"regular": 12, "adversarial": 8}
 ADV_STEPS = 8
 
 
-def train_configs(workdir: Path) -> list[Any]:
-    """The four training runs (digits preset; adversarial: its eps, targeted PGD with ADV_STEPS steps)."""
+@dataclasses.dataclass(frozen=True)
+class DemoPlan:
+    """What the demo trains and how it attacks; the defaults are the demo, smaller plans serve the tests."""
+
+    models: tuple[str, ...] = MODELS
+    model_kwargs: tuple[tuple[str, Any], ...] = ()  # overrides on top of the digits preset (stem small, width 0.25)
+    epochs: tuple[tuple[str, int], ...] = tuple(EPOCHS.items())
+    adv_steps: int = ADV_STEPS
+    suite: str = SUITE
+
+
+def train_configs(workdir: Path, plan: DemoPlan = DemoPlan()) -> list[Any]:
+    """The training runs: each model regularly and with targeted PGD (the digits preset's eps), resumable."""
     from lrrobust.training import TrainConfig
 
+    epochs = dict(plan.epochs)
     configs = []
-    for model in MODELS:
+    for model in plan.models:
         for training in TRAININGS:
             out = workdir / f"{model}-{training}"
             adversarial = training == "adversarial"
             configs.append(TrainConfig(
-                model=model, dataset="digits", epochs=EPOCHS[training], seed=0, out=str(out),
-                resume=(out / "last.pt").is_file(), adversarial=adversarial,
-                steps=ADV_STEPS if adversarial else None, device="cpu",
+                model=model, model_kwargs=dict(plan.model_kwargs), dataset="digits", epochs=epochs[training], seed=0,
+                out=str(out), resume=(out / "last.pt").is_file(), adversarial=adversarial,
+                steps=plan.adv_steps if adversarial else None, device="cpu",
             ))
     return configs
 
@@ -60,7 +73,7 @@ def robustness_verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool
 
 
 def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLike | None = None,
-             console: Console | None = None) -> Path:
+             console: Console | None = None, plan: DemoPlan = DemoPlan()) -> Path:
     """Train, evaluate and report; returns the report's markdown path. Progress and tables go to ``console``."""
     from lrrobust.evaluation.display import print_summary
     from lrrobust.evaluation.evaluate import evaluate
@@ -69,7 +82,7 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
     from lrrobust.training import train
 
     console = console or Console()
-    suite = load_suite(SUITE)
+    suite = load_suite(plan.suite)
     started = time.time()
     with contextlib.ExitStack() as stack:
         if workdir is None:
@@ -77,7 +90,7 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         console.rule(f"lrrobust demo: digits, work directory {workdir}")
-        configs = train_configs(workdir)
+        configs = train_configs(workdir, plan)
         for i, config in enumerate(configs, 1):
             kind = "adversarial" if config.adversarial else "regular"
             console.print(f"[bold]train {i}/{len(configs)}[/]: {config.model}, {kind} training, "
@@ -87,9 +100,9 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
             console.print(f"  done in {time.time() - t:.0f} s")
         for i, config in enumerate(configs, 1):
             run = Path(config.out)
-            console.print(f"[bold]evaluate {i}/{len(configs)}[/]: {run.name} with attacks/{SUITE}.toml")
+            console.print(f"[bold]evaluate {i}/{len(configs)}[/]: {run.name} with suite {suite.name}")
             t = time.time()
-            summary = evaluate(run, "digits", suite, run / f"eval-{SUITE}", device="cpu", progress=True)
+            summary = evaluate(run, "digits", suite, run / f"eval-{suite.name}", device="cpu", progress=True)
             print_summary(summary, console)
             console.print(f"  done in {time.time() - t:.0f} s")
         report = write_report([workdir], out)

@@ -70,6 +70,7 @@ def test_every_attack_keeps_its_invariants(spec, batch):
     assert float((adv - images).abs().max()) <= spec.eps + 1e-6
     assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
     assert [m.training for m in model.modules()] == before
+    assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
     assert source.training  # the source model's mode is restored too
     model.eval()
     assert torch.equal(outcome.adv_pred, predict(model, adv))

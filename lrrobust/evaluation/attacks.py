@@ -57,6 +57,19 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
                 module.training = training
 
 
+@contextlib.contextmanager
+def frozen(*models: nn.Module) -> Iterator[None]:
+    """Parameters need no gradient while an attack runs (only the input's); restored afterwards."""
+    saved = [(p, p.requires_grad) for model in models for p in model.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Top-1 class of each image."""
@@ -124,7 +137,7 @@ def run_attack(
         raise ValueError("a target equals the true label")
     crafter = source if source is not None else model
     goal = targets if spec.targeted else labels
-    with eval_mode(model, crafter):
+    with eval_mode(model, crafter), frozen(model, crafter):
         kept = images.clone()
         kept_pred = torch.empty_like(labels)
         success = torch.zeros_like(labels, dtype=torch.bool)

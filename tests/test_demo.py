@@ -1,0 +1,77 @@
+"""The demo's parts: its plan, its verdicts, and the whole pipeline on a tiny plan (the real demo takes minutes)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+import torch
+from rich.console import Console
+
+from lrrobust.demo import MODELS, DemoPlan, robustness_verdicts, run_demo, train_configs
+from lrrobust.evaluation.suite import load_suite
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_demo_trains_each_model_regularly_and_adversarially(tmp_path):
+    from lrrobust.training import resolve_config
+    from lrrobust.training.config import PRESETS
+
+    configs = train_configs(tmp_path)
+    assert [(c.model, c.adversarial) for c in configs] == [(m, a) for m in MODELS for a in (False, True)]
+    assert set(MODELS) == {"lrnet26", "resnet26"}
+    for config in configs:
+        resolved = resolve_config(config)
+        assert resolved.dataset == "digits" and resolved.model_kwargs["stem"] == "small"
+        if config.adversarial:
+            assert resolved.targeted and resolved.eps == PRESETS["digits"].eps
+            # the demo's suite attacks at the eps the models were trained against
+            assert {a.eps for a in load_suite("digits").attacks} == {resolved.eps}
+    assert not any(c.resume for c in configs)
+    (tmp_path / "lrnet26-regular").mkdir()
+    (tmp_path / "lrnet26-regular" / "last.pt").write_bytes(b"")
+    assert [c.resume for c in train_configs(tmp_path)] == [True, False, False, False]
+
+
+def test_robustness_verdicts():
+    rows = [{"network": "A", "adv_targeted": 70.0, "reg_targeted": 5.0, "adv_untargeted": 40.0,
+             "reg_untargeted": 30.0},
+            {"network": "B", "adv_targeted": None, "reg_targeted": 5.0, "adv_untargeted": 60.0,
+             "reg_untargeted": 0.0}]
+    verdicts = {(n, a): ok for n, a, ok, _ in robustness_verdicts(rows)}
+    assert verdicts == {("A", "targeted"): True, ("A", "untargeted"): False, ("B", "targeted"): False,
+                        ("B", "untargeted"): True}
+
+
+def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
+    from test_report import TINY_SUITE
+
+    (tmp_path / "tiny.toml").write_text(TINY_SUITE)
+    plan = DemoPlan(models=("resnet18",), model_kwargs=(("width", 0.125),),
+                    epochs=(("regular", 2), ("adversarial", 2)), adv_steps=2, suite=str(tmp_path / "tiny.toml"))
+    screen = io.StringIO()
+    report = run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=screen, width=150),
+                      plan=plan)
+    assert report == tmp_path / "report" / "table9.md"
+    for name in ("table9.md", "table9.csv", "accuracy_vs_steps.png", "accuracy_vs_eps.png"):
+        assert (tmp_path / "report" / name).is_file()
+    with open(tmp_path / "report" / "table9.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["network"] for r in rows] == ["ResNet-18 (width 0.125)"]
+    assert all(rows[0][k] != "" for k in ("adv_clean", "adv_targeted", "adv_untargeted", "reg_clean",
+                                          "reg_targeted", "reg_untargeted"))
+    text = screen.getvalue()
+    assert "train 4/2" not in text and "train 2/2" in text and "evaluate 2/2" in text
+    assert "adversarial training far more robust than regular" in text and "wall time" in text
+    first = (tmp_path / "report" / "table9.csv").read_text()
+    # Run again in the same work directory: training resumes (nothing left to do), evaluation skips its batches.
+    run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=io.StringIO()), plan=plan)
+    assert (tmp_path / "report" / "table9.csv").read_text() == first
