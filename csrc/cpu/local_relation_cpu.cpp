@@ -1,12 +1,12 @@
 // CPU kernels of the local relation op (Hu et al., "Local Relation Networks for Image Recognition", ICCV 2019,
 // Sec. 4, Eq. 2-5). Schemas are in ../local_relation.cpp; semantics as in lrrobust/ops/reference.py.
 //
-// Layout: value (and the gradient of value) are copied once into a group-major, channels-inner buffer
-// [N][G][H*W][m] (the last group zero-padded to m channels), so the m channels that share one group's weights
-// are one short vector at every pixel; query and key stay [N][G][rows][cols]. That copy is 1x the input.
-// Forward: per output pixel, the window's logits, softmax and weighted sum in one pass; only a per-thread scratch
-// of K*K logits exists. Backward recomputes the weights and scatters into the key and value gradients; every
-// parallel task owns one (n, group), so the result is deterministic.
+// The work unit is a chunk: kLanes neighbouring output pixels of one row, for one (n, group). Every loop runs
+// across the chunk's pixels, so each arithmetic step is one vector wide. Per chunk, the forward computes the
+// window's logits (one row of kLanes per window offset), their softmax and the weighted sum of the group's
+// value channels, all in a per-thread scratch of about K*K*kLanes numbers; nothing of size K*K times the input
+// is ever allocated. The backward recomputes the weights and scatters into the key and value gradients; every
+// parallel task owns one (n, group), so the result is deterministic. Tensors keep their NCHW layout.
 // The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 (GCC function multiversioning picks one at
 // load time), so the library runs on any x86-64 machine without -march=native.
 #include <ATen/ATen.h>
@@ -18,8 +18,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <tuple>
-#include <vector>
+#include <type_traits>
 
 #include "../local_relation_checks.h"
 
@@ -37,52 +38,250 @@
 namespace lrrobust {
 namespace {
 
+// Output pixels of one row handled together: one AVX-512 register of float (two of AVX2, four of SSE).
+constexpr int64_t kLanes = 16;
+
+// kLanes numbers as one GCC vector, and a lane mask of the same width (all bits set or clear per lane).
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(kLanes * sizeof(float))));
+  typedef int32_t M __attribute__((vector_size(kLanes * sizeof(float))));
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(kLanes * sizeof(double))));
+  typedef int64_t M __attribute__((vector_size(kLanes * sizeof(double))));
+};
+template <typename T>
+using Vec = typename Simd<T>::V;
+template <typename T>
+using Mask = typename Simd<T>::M;
+
+template <typename T>
+LR_INLINE Vec<T> vload(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+LR_INLINE void vstore(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <typename T>
+LR_INLINE Vec<T> splat(T x) {
+  return Vec<T>{} + x;
+}
+
+// Lanes [lo, hi) set, 0 <= lo, hi <= kLanes: two windows into a table of 16 zeros, 16 ones, 16 zeros.
+template <typename T>
+LR_INLINE Mask<T> lane_mask(int64_t lo, int64_t hi) {
+  using Int = std::remove_reference_t<decltype(Mask<T>{}[0])>;
+  alignas(64) static const Int table[3 * kLanes] = {0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+                                                    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                    0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
+  Mask<T> from_lo, below_hi;
+  std::memcpy(&from_lo, table + kLanes - lo, sizeof(from_lo));
+  std::memcpy(&below_hi, table + 2 * kLanes - hi, sizeof(below_hi));
+  return from_lo & below_hi;
+}
+
+// x in the lanes of the mask, +0 elsewhere (whatever x holds there, NaN included).
+template <typename T>
+LR_INLINE Vec<T> keep(const Mask<T>& mask, const Vec<T>& x) {
+  return (Vec<T>)((Mask<T>)x & mask);
+}
+
+// x in the lanes of the mask, `other` elsewhere.
+template <typename T>
+LR_INLINE Vec<T> blend(const Mask<T>& mask, const Vec<T>& x, const Vec<T>& other) {
+  return (Vec<T>)(((Mask<T>)x & mask) | ((Mask<T>)other & ~mask));
+}
+
+template <typename T>
+LR_INLINE T lane_sum(const Vec<T>& v) {
+  T sum = 0;
+  for (int64_t l = 0; l < kLanes; ++l) sum += v[l];
+  return sum;
+}
+
+// exp(x) for x <= 0 (logits minus their maximum): Cephes' single-precision polynomial on whole vectors; below -87
+// (and for -inf, offsets outside the image) it returns 0.
+LR_INLINE Vec<float> exp_nonpositive(Vec<float> x) {
+  using V = Vec<float>;
+  using M = Mask<float>;
+  const M underflow = x < -87.0f;
+  x = underflow ? splat(-87.0f) : x;
+  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
+  const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  V p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const M bits = (__builtin_convertvector(n, M) + 127) << 23;
+  return underflow ? V{} : p * (V)bits;
+}
+
+LR_INLINE Vec<double> exp_nonpositive(Vec<double> x) {
+  for (int64_t l = 0; l < kLanes; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+
 struct Geometry {
   int64_t groups, channels, m, height, width, out_height, out_width, kernel, stride, dilation, radius;
 };
 
-// The in-image part of one output pixel's window: offsets a in [a0, a1), b in [b0, b1); offset (a, b) reads
-// pixel (y0 + a * dilation, x0 + b * dilation).
-struct Window {
-  int64_t y0, x0, a0, a1, b0, b1;
+LR_INLINE int64_t floor_div(int64_t a, int64_t b) {
+  if (b == 1) return a;
+  return a >= 0 ? a / b : -((b - 1 - a) / b);
+}
+LR_INLINE int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// Output pixels (i, j0 + l), l < width, and the part of their windows inside the image: window rows [a0, a1)
+// (the same for all lanes) and window columns [b0, b1) (inside the image for at least one lane).
+// Window offset (a, b) of lane l reads pixel (y0 + a * dilation, x0 + b * dilation + l * stride).
+struct Chunk {
+  int64_t i, j0, width, y0, x0, a0, a1, b0, b1;
 };
 
-// Offsets a in [lo, hi) whose pixel centre + (a - radius) * dilation lies in [0, size); centre is in the image.
-LR_INLINE void window_range(int64_t centre, int64_t size, const Geometry& g, int64_t& lo, int64_t& hi) {
-  lo = std::max<int64_t>(0, g.radius - centre / g.dilation);
-  hi = std::min<int64_t>(g.kernel, g.radius + (size - 1 - centre) / g.dilation + 1);
+LR_INLINE Chunk chunk_of(int64_t i, int64_t j0, const Geometry& g) {
+  Chunk c{};
+  c.i = i;
+  c.j0 = j0;
+  c.width = std::min(kLanes, g.out_width - j0);
+  c.y0 = i * g.stride - g.radius * g.dilation;
+  c.x0 = j0 * g.stride - g.radius * g.dilation;
+  c.a0 = std::max<int64_t>(0, ceil_div(-c.y0, g.dilation));
+  c.a1 = std::min<int64_t>(g.kernel, floor_div(g.height - 1 - c.y0, g.dilation) + 1);
+  c.b0 = std::max<int64_t>(0, ceil_div(-(c.x0 + (c.width - 1) * g.stride), g.dilation));
+  c.b1 = std::min<int64_t>(g.kernel, floor_div(g.width - 1 - c.x0, g.dilation) + 1);
+  return c;
 }
 
-LR_INLINE Window window_of(int64_t i, int64_t j, const Geometry& g) {
-  Window w{};
-  w.y0 = i * g.stride - g.radius * g.dilation;
-  w.x0 = j * g.stride - g.radius * g.dilation;
-  window_range(i * g.stride, g.height, g, w.a0, w.a1);
-  window_range(j * g.stride, g.width, g, w.b0, w.b1);
-  return w;
+// Most window rows and columns a chunk can keep: at most H window rows and W + (kLanes - 1) * stride columns
+// are in the image for some lane.
+LR_INLINE int64_t max_rows(const Geometry& g) { return std::min(g.kernel, g.height); }
+LR_INLINE int64_t max_cols(const Geometry& g) {
+  return std::min(g.kernel, (g.width - 1 + (kLanes - 1) * g.stride) / g.dilation + 1);
+}
+
+// Per-thread scratch: kLanes numbers per kept window offset, per window offset (prior) or per chunk.
+template <typename T>
+struct Scratch {
+  T* weights;   // [offsets][kLanes]: logits, then softmax numerators or weights
+  T* keys;      // [offsets][kLanes]: the key under each offset (backward)
+  T* dweights;  // [offsets][kLanes]: the weights' gradient (backward)
+  T* dprior;    // [K*K][kLanes]: per-lane sums of geo_prior's gradient (backward)
+  T* query;     // [kLanes]
+  T* inv_sum;   // [kLanes]: 1 / sum of the softmax numerators (0 for unused lanes)
+  int64_t* lanes;  // [columns][2]: lanes [lo, hi) inside the image at each window column
+
+  static int64_t size(const Geometry& g, bool backward) {
+    const int64_t offsets = max_rows(g) * max_cols(g);
+    return (backward ? 3 * offsets + g.kernel * g.kernel + 2 : offsets + 2) * kLanes;
+  }
+  static int64_t lanes_size(const Geometry& g) { return 2 * max_cols(g); }
+
+  Scratch(T* base, int64_t* lane_base, const Geometry& g, bool backward) {
+    const int64_t offsets = max_rows(g) * max_cols(g) * kLanes;
+    weights = base;
+    keys = backward ? weights + offsets : nullptr;
+    dweights = backward ? keys + offsets : nullptr;
+    dprior = backward ? dweights + offsets : nullptr;
+    query = (backward ? dprior + g.kernel * g.kernel * kLanes : weights + offsets);
+    inv_sum = query + kLanes;
+    lanes = lane_base;
+  }
+};
+
+// For each window column b of the chunk, the lanes whose pixel at that column lies in the image.
+LR_INLINE void chunk_lanes(const Chunk& c, const Geometry& g, int64_t* lanes) {
+  for (int64_t b = c.b0; b < c.b1; ++b) {
+    const int64_t x = c.x0 + b * g.dilation;
+    const int64_t lo = std::max<int64_t>(0, ceil_div(-x, g.stride));
+    const int64_t hi = std::min<int64_t>(c.width, floor_div(g.width - 1 - x, g.stride) + 1);
+    lanes[2 * (b - c.b0)] = lo < hi ? lo : 0;  // an empty range as [0, 0), inside lane_mask's table
+    lanes[2 * (b - c.b0) + 1] = lo < hi ? hi : 0;
+  }
+}
+
+// Whether all kLanes reads from plane index `start` (lane l at start + l * stride) stay in a plane of `size`.
+LR_INLINE bool in_plane(int64_t start, int64_t stride, int64_t size) {
+  return start >= 0 && start + (kLanes - 1) * stride < size;
+}
+
+// Lane l = p[l * stride]. With `whole` all kLanes are read (lanes outside [lo, hi) hold neighbouring pixels, for
+// the caller to mask); otherwise only lanes [lo, hi) are read and the others are 0.
+template <bool kUnitStride, typename T>
+LR_INLINE Vec<T> load_lanes(const T* p, int64_t stride, bool whole, int64_t lo, int64_t hi) {
+  if (kUnitStride && whole) return vload(p);
+  T tmp[kLanes] = {};
+  if (whole) {
+    for (int64_t l = 0; l < kLanes; ++l) tmp[l] = p[l * stride];
+  } else {
+    for (int64_t l = lo; l < hi; ++l) tmp[l] = p[l * stride];
+  }
+  return vload(tmp);
+}
+
+// p[l * stride] += delta[l] for lanes [lo, hi); delta is 0 in the other lanes. With `whole` (the kLanes
+// positions lie in a plane this task owns) all lanes are written.
+template <bool kUnitStride, typename T>
+LR_INLINE void add_lanes(T* p, int64_t stride, bool whole, int64_t lo, int64_t hi, const Vec<T>& delta) {
+  if (kUnitStride && whole) {
+    vstore(p, vload(p) + delta);
+  } else {
+    for (int64_t l = lo; l < hi; ++l) p[l * stride] += delta[l];
+  }
+}
+
+// The first `width` lanes from p, 0 in the others.
+template <typename T>
+LR_INLINE Vec<T> load_row(const T* p, int64_t width) {
+  if (width == kLanes) return vload(p);
+  T tmp[kLanes] = {};
+  for (int64_t l = 0; l < width; ++l) tmp[l] = p[l];
+  return vload(tmp);
+}
+
+template <typename T>
+LR_INLINE void store_row(T* p, const Vec<T>& v, int64_t width) {
+  if (width == kLanes) {
+    vstore(p, v);
+  } else {
+    for (int64_t l = 0; l < width; ++l) p[l] = v[l];
+  }
 }
 
 // Phi(q, k) of Eq. 3-5 up to a term constant over the window: for sqdiff, -(q-k)^2 = -q^2 + k(2q - k), and the
 // -q^2 cancels in the softmax.
-template <int kPhi, typename T>
-LR_INLINE T logit_of(T q, T k) {
+template <int kPhi, typename V>
+LR_INLINE V logit_of(const V& q, const V& k) {
   if constexpr (kPhi == kSqDiff) {
     return k * (q + q - k);
   } else if constexpr (kPhi == kAbsDiff) {
-    return -std::abs(q - k);
+    const V diff = q - k;
+    return diff < 0 ? diff : -diff;
   } else {
     return q * k;
   }
 }
 
 // d Phi / d q and d Phi / d k of the true Phi (sign(0) = 0, as torch's abs).
-template <int kPhi, typename T>
-LR_INLINE void logit_grads(T q, T k, T& dq, T& dk) {
+template <int kPhi, typename V>
+LR_INLINE void logit_grads(const V& q, const V& k, V& dq, V& dk) {
   if constexpr (kPhi == kSqDiff) {
-    dq = T(2) * (k - q);
+    dq = (k - q) * 2;
     dk = -dq;
   } else if constexpr (kPhi == kAbsDiff) {
-    const T sign = q > k ? T(1) : (q < k ? T(-1) : T(0));
+    const V zero{};
+    const V sign = q > k ? zero + 1 : (q < k ? zero - 1 : zero);
     dq = -sign;
     dk = sign;
   } else {
@@ -91,247 +290,259 @@ LR_INLINE void logit_grads(T q, T k, T& dq, T& dk) {
   }
 }
 
-// exp(x) for x <= 0 (logits minus their maximum): Cephes' single-precision polynomial, branch-free so that the
-// loops around it vectorise; below -87 it returns exp(-87) (about 1e-38), a weight no sum can see.
-LR_INLINE float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-LR_INLINE double exp_nonpositive(double x) { return std::exp(x); }
-
-// The logits of the in-image window, packed row by row into `logits`; returns how many there are.
-template <int kPhi, typename T>
-LR_INLINE int64_t window_logits(const T* key, const T* prior, T q, const Window& w, const Geometry& g, T* logits) {
-  const int64_t nb = w.b1 - w.b0, d = g.dilation;
-  int64_t count = 0;
-  for (int64_t a = w.a0; a < w.a1; ++a) {
-    const T* krow = key + (w.y0 + a * d) * g.width + w.x0 + w.b0 * d;
-    const T* prow = prior + a * g.kernel + w.b0;
-    T* out = logits + count;
-#pragma omp simd
-    for (int64_t t = 0; t < nb; ++t) out[t] = logit_of<kPhi>(q, krow[t * d]) + prow[t];
-    count += nb;
+// The chunk's logits, one vector per kept window offset (window rows outer, columns inner), -inf in lanes
+// whose pixel is outside the image; with `keys`, also the key under each offset (0 outside). Returns the count.
+template <int kPhi, bool kUnitStride, typename T>
+LR_INLINE int64_t chunk_logits(const Chunk& c, const Geometry& g, const T* key, const T* prior, Scratch<T>& s,
+                               bool keys) {
+  using V = Vec<T>;
+  const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
+  const V q = vload(s.query);
+  const V minus_inf = splat(-std::numeric_limits<T>::infinity());
+  int64_t row = 0;
+  for (int64_t a = c.a0; a < c.a1; ++a) {
+    const int64_t row_start = (c.y0 + a * g.dilation) * g.width + c.x0;
+    for (int64_t u = 0; u < cols; ++u, ++row) {
+      const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1], start = row_start + (c.b0 + u) * g.dilation;
+      const Mask<T> mask = lane_mask<T>(lo, hi);
+      const V k = keep<T>(mask, load_lanes<kUnitStride>(key + start, stride, in_plane(start, stride, hw), lo, hi));
+      const V logit = logit_of<kPhi>(q, k) + prior[a * g.kernel + c.b0 + u];
+      vstore(s.weights + row * kLanes, blend<T>(mask, logit, minus_inf));
+      if (keys) vstore(s.keys + row * kLanes, k);
+    }
   }
-  return count;
+  return row;
 }
 
-// Softmax numerators exp(l - max) in place; returns 1 / their sum.
+// Softmax numerators exp(l - max) in place, per lane; sets inv_sum.
 template <typename T>
-LR_INLINE T softmax_numerators(T* logits, int64_t count) {
-  T top = logits[0];
-#pragma omp simd reduction(max : top)
-  for (int64_t t = 0; t < count; ++t) top = logits[t] > top ? logits[t] : top;
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t t = 0; t < count; ++t) {
-    const T e = exp_nonpositive(logits[t] - top);
-    logits[t] = e;
+LR_INLINE void chunk_softmax(int64_t rows, Scratch<T>& s) {
+  using V = Vec<T>;
+  V top = splat(-std::numeric_limits<T>::infinity());
+  for (int64_t r = 0; r < rows; ++r) {
+    const V logit = vload(s.weights + r * kLanes);
+    top = logit > top ? logit : top;
+  }
+  top = top == -std::numeric_limits<T>::infinity() ? V{} : top;  // lanes past the row's end
+  V sum{};
+  for (int64_t r = 0; r < rows; ++r) {
+    const V e = exp_nonpositive(vload(s.weights + r * kLanes) - top);
+    vstore(s.weights + r * kLanes, e);
     sum += e;
   }
-  return T(1) / sum;
+  vstore(s.inv_sum, sum > 0 ? T(1) / sum : V{});
 }
 
-// Softmax weights of one output pixel's window (packed as window_logits); returns 1 / (sum of numerators).
-template <typename T>
-LR_INLINE T window_weights(const T* key, const T* prior, T q, const Window& w, const Geometry& g, int64_t phi,
-                           T* weights) {
-  int64_t count;
+// Loads the chunk's query and lane ranges, computes its logits and their softmax numerators; returns the count.
+template <bool kUnitStride, typename T>
+LR_INLINE int64_t chunk_weights(const Chunk& c, const Geometry& g, int64_t phi, const T* query_row, const T* key,
+                                const T* prior, Scratch<T>& s, bool keys) {
+  vstore(s.query, load_row(query_row + c.j0, c.width));
+  chunk_lanes(c, g, s.lanes);
+  int64_t rows;
   if (phi == kSqDiff) {
-    count = window_logits<kSqDiff>(key, prior, q, w, g, weights);
+    rows = chunk_logits<kSqDiff, kUnitStride>(c, g, key, prior, s, keys);
   } else if (phi == kAbsDiff) {
-    count = window_logits<kAbsDiff>(key, prior, q, w, g, weights);
+    rows = chunk_logits<kAbsDiff, kUnitStride>(c, g, key, prior, s, keys);
   } else {
-    count = window_logits<kProduct>(key, prior, q, w, g, weights);
+    rows = chunk_logits<kProduct, kUnitStride>(c, g, key, prior, s, keys);
   }
-  return softmax_numerators(weights, count);
+  chunk_softmax(rows, s);
+  return rows;
+}
+
+// Weighted sums over the window of NC value channels (planes hw apart) for the chunk, into out (planes howo
+// apart). NC independent accumulators stay in registers.
+template <int NC, bool kUnitStride, typename T>
+LR_INLINE void aggregate(const Chunk& c, const Geometry& g, const Scratch<T>& s, const T* planes, T* out) {
+  using V = Vec<T>;
+  const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
+  V acc[NC] = {};
+  for (int64_t a = c.a0; a < c.a1; ++a) {
+    const int64_t row_start = (c.y0 + a * g.dilation) * g.width + c.x0;
+    const T* wrow = s.weights + (a - c.a0) * cols * kLanes;
+    for (int64_t u = 0; u < cols; ++u) {
+      const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1], start = row_start + (c.b0 + u) * g.dilation;
+      if (lo >= hi) continue;
+      const bool whole = in_plane(start, stride, hw);
+      const Mask<T> mask = lane_mask<T>(lo, hi);
+      const V w = vload(wrow + u * kLanes);
+#pragma GCC unroll 4
+      for (int k = 0; k < NC; ++k) {
+        acc[k] += w * keep<T>(mask, load_lanes<kUnitStride>(planes + k * hw + start, stride, whole, lo, hi));
+      }
+    }
+  }
+  const V inv_sum = vload(s.inv_sum);
+  const int64_t howo = g.out_height * g.out_width;
+#pragma GCC unroll 4
+  for (int k = 0; k < NC; ++k) store_row(out + k * howo, acc[k] * inv_sum, c.width);
 }
 
 // Forward over rows [begin, end) of the flattened (n, group, output row) range.
-// M is the number of channels per group when known at compile time (0: g.m at run time).
-template <typename T, int M>
-LR_MULTIVERSION void forward_rows(const Geometry& g, int64_t phi, const T* query, const T* key, const T* value_t,
-                                  const T* prior, T* out, int64_t begin, int64_t end, T* scratch) {
-  const int64_t m = M > 0 ? M : g.m, hw = g.height * g.width, howo = g.out_height * g.out_width;
-  const int64_t kk = g.kernel * g.kernel, d = g.dilation;
-  T* weights = scratch;
-  T acc_fixed[M > 0 ? M : 1];
-  T* acc = M > 0 ? acc_fixed : scratch + kk;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t i = row % g.out_height, ng = row / g.out_height, grp = ng % g.groups, n = ng / g.groups;
+template <typename T, bool kUnitStride>
+LR_MULTIVERSION void forward_rows(const Geometry& g, int64_t phi, const T* query, const T* key, const T* value,
+                                  const T* prior, T* out, int64_t begin, int64_t end, T* scratch,
+                                  int64_t* lane_scratch) {
+  const int64_t hw = g.height * g.width, howo = g.out_height * g.out_width, kk = g.kernel * g.kernel;
+  Scratch<T> s(scratch, lane_scratch, g, /*backward=*/false);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t i = task % g.out_height, ng = task / g.out_height, grp = ng % g.groups, n = ng / g.groups;
+    const int64_t c0 = grp * g.m, mg = std::min(g.m, g.channels - c0);
     const T* key_ng = key + ng * hw;
-    const T* val_ng = value_t + ng * hw * m;
     const T* prior_g = prior + grp * kk;
-    const T* q_row = query + ng * howo + i * g.out_width;
-    const int64_t c0 = grp * m, mg = std::min(m, g.channels - c0);
+    const T* query_row = query + ng * howo + i * g.out_width;
+    const T* value_g = value + (n * g.channels + c0) * hw;
     T* out_row = out + (n * g.channels + c0) * howo + i * g.out_width;
-    for (int64_t j = 0; j < g.out_width; ++j) {
-      const Window w = window_of(i, j, g);
-      const T inv_sum = window_weights(key_ng, prior_g, q_row[j], w, g, phi, weights);
-      for (int64_t c = 0; c < m; ++c) acc[c] = 0;
-      int64_t idx = 0;
-      for (int64_t a = w.a0; a < w.a1; ++a) {
-        const T* vrow = val_ng + ((w.y0 + a * d) * g.width + w.x0) * m;
-        for (int64_t b = w.b0; b < w.b1; ++b, ++idx) {
-          const T wt = weights[idx];
-          const T* vp = vrow + b * d * m;
-#pragma omp simd
-          for (int64_t c = 0; c < m; ++c) acc[c] += wt * vp[c];
+    for (int64_t j0 = 0; j0 < g.out_width; j0 += kLanes) {
+      const Chunk c = chunk_of(i, j0, g);
+      chunk_weights<kUnitStride>(c, g, phi, query_row, key_ng, prior_g, s, /*keys=*/false);
+      for (int64_t ch = 0; ch < mg; ch += 4) {
+        const T* planes = value_g + ch * hw;
+        T* dst = out_row + ch * howo + j0;
+        switch (std::min<int64_t>(4, mg - ch)) {
+          case 4:
+            aggregate<4, kUnitStride>(c, g, s, planes, dst);
+            break;
+          case 3:
+            aggregate<3, kUnitStride>(c, g, s, planes, dst);
+            break;
+          case 2:
+            aggregate<2, kUnitStride>(c, g, s, planes, dst);
+            break;
+          default:
+            aggregate<1, kUnitStride>(c, g, s, planes, dst);
         }
       }
-      for (int64_t c = 0; c < mg; ++c) out_row[c * howo + j] = acc[c] * inv_sum;
     }
   }
 }
 
-// Backward over (n, group) pairs [begin, end): fills grad_query, and this pair's slices of grad_key,
-// grad_value_t and the per-(n, group) partial sums of geo_prior's gradient.
-template <typename T, int M>
+// For NC value channels of the chunk: the weights' gradient grad_out . value (added to s.dweights) and value's
+// gradient weight * grad_out (added to grad_planes). Window columns outer, rows inner, so that the overlapping
+// vector updates of neighbouring columns lie several stores apart.
+template <int NC, bool kUnitStride, typename T>
+LR_INLINE void values_backward(const Chunk& c, const Geometry& g, Scratch<T>& s, const T* grad_out,
+                               const T* planes, T* grad_planes) {
+  using V = Vec<T>;
+  const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
+  const int64_t howo = g.out_height * g.out_width;
+  V go[NC];
+#pragma GCC unroll 4
+  for (int k = 0; k < NC; ++k) go[k] = load_row(grad_out + k * howo, c.width);
+  for (int64_t u = 0; u < cols; ++u) {
+    const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1];
+    if (lo >= hi) continue;
+    const Mask<T> mask = lane_mask<T>(lo, hi);
+    for (int64_t a = c.a0; a < c.a1; ++a) {
+      const int64_t start = (c.y0 + a * g.dilation) * g.width + c.x0 + (c.b0 + u) * g.dilation;
+      const int64_t row = (a - c.a0) * cols + u;
+      const bool whole = in_plane(start, stride, hw);
+      const V w = vload(s.weights + row * kLanes);
+      V dw = vload(s.dweights + row * kLanes);
+#pragma GCC unroll 4
+      for (int k = 0; k < NC; ++k) {
+        dw += go[k] * keep<T>(mask, load_lanes<kUnitStride>(planes + k * hw + start, stride, whole, lo, hi));
+        add_lanes<kUnitStride>(grad_planes + k * hw + start, stride, whole, lo, hi, keep<T>(mask, w * go[k]));
+      }
+      vstore(s.dweights + row * kLanes, dw);
+    }
+  }
+}
+
+// Softmax backward for the chunk (d logit = w * (dw - sum(w * dw))) into query's, key's and geo_prior's
+// gradients (the last as per-lane sums in s.dprior).
+template <int kPhi, bool kUnitStride, typename T>
+LR_INLINE void logits_backward(const Chunk& c, const Geometry& g, int64_t rows, Scratch<T>& s, T* grad_key,
+                               T* grad_query_row) {
+  using V = Vec<T>;
+  const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
+  V weighted{};
+  for (int64_t r = 0; r < rows; ++r) weighted += vload(s.weights + r * kLanes) * vload(s.dweights + r * kLanes);
+  const V q = vload(s.query);
+  V gq{};
+  for (int64_t u = 0; u < cols; ++u) {
+    const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1];
+    if (lo >= hi) continue;
+    const Mask<T> mask = lane_mask<T>(lo, hi);
+    for (int64_t a = c.a0; a < c.a1; ++a) {
+      const int64_t start = (c.y0 + a * g.dilation) * g.width + c.x0 + (c.b0 + u) * g.dilation;
+      const int64_t row = (a - c.a0) * cols + u;
+      const V dl = vload(s.weights + row * kLanes) * (vload(s.dweights + row * kLanes) - weighted);
+      V dq, dk;
+      logit_grads<kPhi>(q, vload(s.keys + row * kLanes), dq, dk);
+      gq += dl * dq;
+      T* dprior = s.dprior + (a * g.kernel + c.b0 + u) * kLanes;
+      vstore(dprior, vload(dprior) + dl);
+      add_lanes<kUnitStride>(grad_key + start, stride, in_plane(start, stride, hw), lo, hi, keep<T>(mask, dl * dk));
+    }
+  }
+  store_row(grad_query_row + c.j0, gq, c.width);
+}
+
+// Backward over (n, group) pairs [begin, end): fills grad_query and this pair's slices of grad_key and
+// grad_value, and its partial sums of geo_prior's gradient.
+template <typename T, bool kUnitStride>
 LR_MULTIVERSION void backward_groups(const Geometry& g, int64_t phi, const T* grad_out, const T* query, const T* key,
-                                     const T* value_t, const T* prior, T* grad_query, T* grad_key, T* grad_value_t,
-                                     T* grad_prior_parts, int64_t begin, int64_t end, T* scratch) {
-  const int64_t m = M > 0 ? M : g.m, hw = g.height * g.width, howo = g.out_height * g.out_width;
-  const int64_t kk = g.kernel * g.kernel, d = g.dilation;
-  T* weights = scratch;
-  T* dweights = scratch + kk;
-  T go_fixed[M > 0 ? M : 1];
-  T* go = M > 0 ? go_fixed : scratch + 2 * kk;
+                                     const T* value, const T* prior, T* grad_query, T* grad_key, T* grad_value,
+                                     T* grad_prior_parts, int64_t begin, int64_t end, T* scratch,
+                                     int64_t* lane_scratch) {
+  using V = Vec<T>;
+  const int64_t hw = g.height * g.width, howo = g.out_height * g.out_width, kk = g.kernel * g.kernel;
+  Scratch<T> s(scratch, lane_scratch, g, /*backward=*/true);
   for (int64_t ng = begin; ng < end; ++ng) {
     const int64_t grp = ng % g.groups, n = ng / g.groups;
-    const int64_t c0 = grp * m, mg = std::min(m, g.channels - c0);
+    const int64_t c0 = grp * g.m, mg = std::min(g.m, g.channels - c0);
     const T* key_ng = key + ng * hw;
-    const T* val_ng = value_t + ng * hw * m;
     const T* prior_g = prior + grp * kk;
-    const T* go_ng = grad_out + (n * g.channels + c0) * howo;
+    const T* value_g = value + (n * g.channels + c0) * hw;
+    const T* go_g = grad_out + (n * g.channels + c0) * howo;
     T* gkey_ng = grad_key + ng * hw;
-    T* gval_ng = grad_value_t + ng * hw * m;
-    T* gprior = grad_prior_parts + ng * kk;
+    T* gvalue_g = grad_value + (n * g.channels + c0) * hw;
     std::fill(gkey_ng, gkey_ng + hw, T(0));
-    std::fill(gval_ng, gval_ng + hw * m, T(0));
-    std::fill(gprior, gprior + kk, T(0));
-    for (int64_t c = mg; c < m; ++c) go[c] = 0;
+    std::fill(gvalue_g, gvalue_g + mg * hw, T(0));
+    std::fill(s.dprior, s.dprior + kk * kLanes, T(0));
     for (int64_t i = 0; i < g.out_height; ++i) {
-      for (int64_t j = 0; j < g.out_width; ++j) {
-        const int64_t o = i * g.out_width + j;
-        const T q = query[ng * howo + o];
-        const Window w = window_of(i, j, g);
-        const int64_t nb = w.b1 - w.b0;
-        const T inv_sum = window_weights(key_ng, prior_g, q, w, g, phi, weights);
-        for (int64_t c = 0; c < mg; ++c) go[c] = go_ng[c * howo + o];
-        // Weights' gradient (grad_out . value) and value's gradient (weight * grad_out), window pixel by pixel.
-        T weighted = 0;
-        int64_t idx = 0;
-        for (int64_t a = w.a0; a < w.a1; ++a) {
-          const int64_t offset = ((w.y0 + a * d) * g.width + w.x0) * m;
-          for (int64_t b = w.b0; b < w.b1; ++b, ++idx) {
-            const T wt = weights[idx] * inv_sum;
-            const T* vp = val_ng + offset + b * d * m;
-            T* gvp = gval_ng + offset + b * d * m;
-            T dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t c = 0; c < m; ++c) {
-              dot += go[c] * vp[c];
-              gvp[c] += wt * go[c];
-            }
-            weights[idx] = wt;
-            dweights[idx] = dot;
-            weighted += wt * dot;
+      const T* query_row = query + ng * howo + i * g.out_width;
+      for (int64_t j0 = 0; j0 < g.out_width; j0 += kLanes) {
+        const Chunk c = chunk_of(i, j0, g);
+        const int64_t rows = chunk_weights<kUnitStride>(c, g, phi, query_row, key_ng, prior_g, s, /*keys=*/true);
+        const V inv_sum = vload(s.inv_sum);
+        for (int64_t r = 0; r < rows; ++r) {
+          vstore(s.weights + r * kLanes, vload(s.weights + r * kLanes) * inv_sum);
+          vstore(s.dweights + r * kLanes, V{});
+        }
+        for (int64_t ch = 0; ch < mg; ch += 4) {
+          const T* go = go_g + ch * howo + i * g.out_width + j0;
+          const T* planes = value_g + ch * hw;
+          T* grad_planes = gvalue_g + ch * hw;
+          switch (std::min<int64_t>(4, mg - ch)) {
+            case 4:
+              values_backward<4, kUnitStride>(c, g, s, go, planes, grad_planes);
+              break;
+            case 3:
+              values_backward<3, kUnitStride>(c, g, s, go, planes, grad_planes);
+              break;
+            case 2:
+              values_backward<2, kUnitStride>(c, g, s, go, planes, grad_planes);
+              break;
+            default:
+              values_backward<1, kUnitStride>(c, g, s, go, planes, grad_planes);
           }
         }
-        // Softmax backward: d logit = w * (dw - sum(w * dw)), then into query, key and geo_prior.
-        T gq = 0;
-        idx = 0;
-        for (int64_t a = w.a0; a < w.a1; ++a, idx += nb) {
-          const int64_t pix = (w.y0 + a * d) * g.width + w.x0 + w.b0 * d;
-          const T* krow = key_ng + pix;
-          T* gkrow = gkey_ng + pix;
-          T* gprow = gprior + a * g.kernel + w.b0;
-          const T* wrow = weights + idx;
-          const T* dwrow = dweights + idx;
-          if (phi == kSqDiff) {
-#pragma omp simd reduction(+ : gq)
-            for (int64_t t = 0; t < nb; ++t) {
-              const T dl = wrow[t] * (dwrow[t] - weighted);
-              T dq, dk;
-              logit_grads<kSqDiff>(q, krow[t * d], dq, dk);
-              gprow[t] += dl;
-              gq += dl * dq;
-              gkrow[t * d] += dl * dk;
-            }
-          } else if (phi == kAbsDiff) {
-#pragma omp simd reduction(+ : gq)
-            for (int64_t t = 0; t < nb; ++t) {
-              const T dl = wrow[t] * (dwrow[t] - weighted);
-              T dq, dk;
-              logit_grads<kAbsDiff>(q, krow[t * d], dq, dk);
-              gprow[t] += dl;
-              gq += dl * dq;
-              gkrow[t * d] += dl * dk;
-            }
-          } else {
-#pragma omp simd reduction(+ : gq)
-            for (int64_t t = 0; t < nb; ++t) {
-              const T dl = wrow[t] * (dwrow[t] - weighted);
-              T dq, dk;
-              logit_grads<kProduct>(q, krow[t * d], dq, dk);
-              gprow[t] += dl;
-              gq += dl * dq;
-              gkrow[t * d] += dl * dk;
-            }
-          }
-        }
-        grad_query[ng * howo + o] = gq;
-      }
-    }
-  }
-}
-
-// value [N][C][H*W] -> [N][G][H*W][m], the last group zero-padded.
-template <typename T>
-void to_group_major(const T* src, T* dst, const Geometry& g, int64_t batch) {
-  const int64_t hw = g.height * g.width, m = g.m;
-  at::parallel_for(0, batch * g.groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t ng = begin; ng < end; ++ng) {
-      const int64_t grp = ng % g.groups, n = ng / g.groups, c0 = grp * m, mg = std::min(m, g.channels - c0);
-      T* out = dst + ng * hw * m;
-      for (int64_t c = 0; c < m; ++c) {
-        if (c < mg) {
-          const T* in = src + (n * g.channels + c0 + c) * hw;
-          for (int64_t p = 0; p < hw; ++p) out[p * m + c] = in[p];
+        T* gq_row = grad_query + ng * howo + i * g.out_width;
+        if (phi == kSqDiff) {
+          logits_backward<kSqDiff, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
+        } else if (phi == kAbsDiff) {
+          logits_backward<kAbsDiff, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
         } else {
-          for (int64_t p = 0; p < hw; ++p) out[p * m + c] = T(0);
+          logits_backward<kProduct, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
         }
       }
     }
-  });
-}
-
-// [N][G][H*W][m] -> [N][C][H*W], dropping the padding.
-template <typename T>
-void from_group_major(const T* src, T* dst, const Geometry& g, int64_t batch) {
-  const int64_t hw = g.height * g.width, m = g.m;
-  at::parallel_for(0, batch * g.groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t ng = begin; ng < end; ++ng) {
-      const int64_t grp = ng % g.groups, n = ng / g.groups, c0 = grp * m, mg = std::min(m, g.channels - c0);
-      const T* in = src + ng * hw * m;
-      for (int64_t c = 0; c < mg; ++c) {
-        T* out = dst + (n * g.channels + c0 + c) * hw;
-        for (int64_t p = 0; p < hw; ++p) out[p] = in[p * m + c];
-      }
-    }
-  });
+    T* gprior = grad_prior_parts + ng * kk;
+    for (int64_t o = 0; o < kk; ++o) gprior[o] = lane_sum<T>(vload(s.dprior + o * kLanes));
+  }
 }
 
 Geometry geometry_of(const LocalRelationShape& s) {
@@ -343,55 +554,35 @@ bool is_reduced_float(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
 }
 
-template <typename T, int M>
-void forward_impl(const Geometry& g, int64_t phi, int64_t batch, const T* query, const T* key, const T* value_t,
-                  const T* prior, T* out) {
-  const int64_t scratch_size = g.kernel * g.kernel + g.m;
-  at::parallel_for(0, batch * g.groups * g.out_height, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(scratch_size);
-    forward_rows<T, M>(g, phi, query, key, value_t, prior, out, begin, end, scratch.data());
-  });
-}
-
-template <typename T, int M>
-void backward_impl(const Geometry& g, int64_t phi, int64_t batch, const T* grad_out, const T* query, const T* key,
-                   const T* value_t, const T* prior, T* grad_query, T* grad_key, T* grad_value_t, T* grad_prior_parts) {
-  const int64_t scratch_size = 2 * g.kernel * g.kernel + g.m;
-  at::parallel_for(0, batch * g.groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(scratch_size);
-    backward_groups<T, M>(g, phi, grad_out, query, key, value_t, prior, grad_query, grad_key, grad_value_t,
-                          grad_prior_parts, begin, end, scratch.data());
-  });
+// Per-thread scratch from the tensor allocator (so memory statistics see it); row t belongs to thread t.
+at::Tensor thread_scratch(int64_t per_thread, const at::TensorOptions& options) {
+  return at::empty({at::get_num_threads(), per_thread}, options);
 }
 
 at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                       const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride,
                                       int64_t dilation, int64_t composability) {
-  const LocalRelationShape s =
+  const LocalRelationShape shape =
       check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   if (is_reduced_float(value)) {  // float16 / bfloat16: computed in float32, returned in the input dtype
     return local_relation_forward_cpu(query.to(at::kFloat), key.to(at::kFloat), value.to(at::kFloat),
                                       geo_prior.to(at::kFloat), kernel_size, stride, dilation, composability)
         .to(value.scalar_type());
   }
-  at::Tensor out = at::empty({s.n, s.channels, s.out_height, s.out_width}, value.options());
+  at::Tensor out = at::empty({shape.n, shape.channels, shape.out_height, shape.out_width}, value.options());
   if (out.numel() == 0) return out;
-  const Geometry g = geometry_of(s);
+  const Geometry g = geometry_of(shape);
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous(), p = geo_prior.contiguous();
-  at::Tensor value_t = at::empty({s.n * s.groups * s.height * s.width * s.per_group}, value.options());
+  at::Tensor scratch = thread_scratch(Scratch<float>::size(g, /*backward=*/false), value.options());
+  at::Tensor lane_scratch = thread_scratch(Scratch<float>::lanes_size(g), value.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "local_relation_forward_cpu", [&] {
-    to_group_major(v.data_ptr<scalar_t>(), value_t.data_ptr<scalar_t>(), g, s.n);
-    const auto run = [&](auto impl) {
-      impl(g, composability, s.n, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), value_t.data_ptr<scalar_t>(),
-           p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
-    };
-    if (g.m == 8) {
-      run(forward_impl<scalar_t, 8>);
-    } else if (g.m == 16) {
-      run(forward_impl<scalar_t, 16>);
-    } else {
-      run(forward_impl<scalar_t, 0>);
-    }
+    at::parallel_for(0, shape.n * shape.groups * shape.out_height, 1, [&](int64_t begin, int64_t end) {
+      const int64_t t = at::get_thread_num();
+      const auto run = g.stride == 1 ? forward_rows<scalar_t, true> : forward_rows<scalar_t, false>;
+      run(g, composability, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+          p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), begin, end, scratch.data_ptr<scalar_t>() + t * scratch.size(1),
+          lane_scratch.data_ptr<int64_t>() + t * lane_scratch.size(1));
+    });
   });
   return out;
 }
@@ -399,11 +590,11 @@ at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t composability) {
-  const LocalRelationShape s =
+  const LocalRelationShape shape =
       check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({s.n, s.channels, s.out_height, s.out_width}),
-              "local_relation_backward: grad_out ", grad_out.sizes(), " must be the output's shape (", s.n, ", ",
-              s.channels, ", ", s.out_height, ", ", s.out_width, ")");
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({shape.n, shape.channels, shape.out_height, shape.out_width}),
+              "local_relation_backward: grad_out ", grad_out.sizes(), " must be the output's shape (", shape.n, ", ",
+              shape.channels, ", ", shape.out_height, ", ", shape.out_width, ")");
   TORCH_CHECK(grad_out.device() == value.device(), "local_relation_backward: grad_out must be on the inputs' device");
   if (is_reduced_float(value)) {
     const at::ScalarType dtype = value.scalar_type();
@@ -419,30 +610,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backwa
   if (query.numel() == 0 || grad_value.numel() == 0) {
     return {grad_query.zero_(), grad_key.zero_(), grad_value.zero_(), at::zeros_like(geo_prior)};
   }
-  const Geometry g = geometry_of(s);
+  const Geometry g = geometry_of(shape);
   const at::Tensor go = grad_out.to(value.scalar_type()).contiguous(), q = query.contiguous(), k = key.contiguous(),
                    v = value.contiguous(), p = geo_prior.contiguous();
-  const int64_t padded = s.n * s.groups * s.height * s.width * s.per_group;
-  at::Tensor value_t = at::empty({padded}, value.options());
-  at::Tensor grad_value_t = at::empty({padded}, value.options());
-  at::Tensor grad_prior_parts = at::empty({s.n * s.groups, s.kernel_size, s.kernel_size}, value.options());
+  at::Tensor grad_prior_parts = at::empty({shape.n * shape.groups, kernel_size, kernel_size}, value.options());
+  at::Tensor scratch = thread_scratch(Scratch<float>::size(g, /*backward=*/true), value.options());
+  at::Tensor lane_scratch = thread_scratch(Scratch<float>::lanes_size(g), value.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "local_relation_backward_cpu", [&] {
-    to_group_major(v.data_ptr<scalar_t>(), value_t.data_ptr<scalar_t>(), g, s.n);
-    const auto run = [&](auto impl) {
-      impl(g, composability, s.n, go.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-           value_t.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), grad_query.data_ptr<scalar_t>(),
-           grad_key.data_ptr<scalar_t>(), grad_value_t.data_ptr<scalar_t>(), grad_prior_parts.data_ptr<scalar_t>());
-    };
-    if (g.m == 8) {
-      run(backward_impl<scalar_t, 8>);
-    } else if (g.m == 16) {
-      run(backward_impl<scalar_t, 16>);
-    } else {
-      run(backward_impl<scalar_t, 0>);
-    }
-    from_group_major(grad_value_t.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(), g, s.n);
+    at::parallel_for(0, shape.n * shape.groups, 1, [&](int64_t begin, int64_t end) {
+      const int64_t t = at::get_thread_num();
+      const auto run = g.stride == 1 ? backward_groups<scalar_t, true> : backward_groups<scalar_t, false>;
+      run(g, composability, go.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+          v.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), grad_query.data_ptr<scalar_t>(),
+          grad_key.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(), grad_prior_parts.data_ptr<scalar_t>(),
+          begin, end, scratch.data_ptr<scalar_t>() + t * scratch.size(1),
+          lane_scratch.data_ptr<int64_t>() + t * lane_scratch.size(1));
+    });
   });
-  at::Tensor grad_prior = grad_prior_parts.view({s.n, s.groups, s.kernel_size, s.kernel_size}).sum(0);
+  at::Tensor grad_prior = grad_prior_parts.view({shape.n, shape.groups, kernel_size, kernel_size}).sum(0);
   return {grad_query, grad_key, grad_value, grad_prior};
 }
 
