@@ -1,22 +1,50 @@
-"""The local relation op (paper Sec. 4). Public API: ``local_relation`` and ``kernel_available``.
+"""The local relation op (Hu et al., "Local Relation Networks for Image Recognition", ICCV 2019, Sec. 4).
 
-(Initial version: serves the pure-PyTorch reference; the compiled kernels are wired in by the op work.)
+Public API: ``local_relation`` (Eq. 2-5, fused compiled kernels with a pure-PyTorch fallback),
+``kernel_available`` and ``build_info``.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from lrrobust.ops.reference import local_relation_reference
+from lrrobust.ops.checks import check_inputs
+from lrrobust.ops.library import KERNELS, LOAD_ERROR, LOADED, PHI_CODES, build_info
+from lrrobust.ops.reference import COMPOSABILITIES, local_relation_reference
+
+__all__ = ["COMPOSABILITIES", "build_info", "kernel_available", "local_relation", "local_relation_reference"]
+
+_warned_fallback = False
 
 
-def kernel_available(device_type: str) -> bool:
-    """Whether the compiled kernel (not the fallback) serves ``device_type`` ("cpu" or "cuda")."""
-    return False
+def kernel_available(device_type: str | torch.device) -> bool:
+    """Whether the compiled kernel (not the reference fallback) serves ``device_type`` ("cpu" or "cuda")."""
+    if isinstance(device_type, torch.device):
+        device_type = device_type.type
+    return KERNELS.get(device_type, False)
 
 
-def build_info() -> str:
-    return "reference only"
+def _warn_fallback(device_type: str) -> None:
+    global _warned_fallback
+    if _warned_fallback:
+        return
+    _warned_fallback = True
+    reason = LOAD_ERROR if not LOADED else f"lrrobust._C has no {device_type} kernel"
+    warnings.warn(
+        f"lrrobust: no compiled local relation kernel for {device_type} ({reason}); using the slow pure-PyTorch "
+        "reference. Build the extension with `pip install --no-build-isolation -e .` (or `make install`).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _common_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return tuple(tensor if tensor.dtype == dtype else tensor.to(dtype) for tensor in tensors)
 
 
 def local_relation(
@@ -29,4 +57,34 @@ def local_relation(
     dilation: int = 1,
     composability: str = "sqdiff",
 ) -> torch.Tensor:
+    """Local relation aggregation (Sec. 4, Eq. 2-5), differentiable in all four tensors.
+
+    Output pixel (i, j) looks at the K x K window centred on input pixel (i*stride, j*stride), offsets
+    ``dilation`` apart. Its weights are the softmax, over the offsets inside the image, of
+    Phi(query, key) + geo_prior; channel c of ``value`` uses the weights of group c // ceil(C/G).
+
+    Args:
+        query: (N, G, ceil(H/stride), ceil(W/stride)), one scalar per group and output pixel.
+        key: (N, G, H, W).
+        value: (N, C, H, W); every group must get at least one channel.
+        geo_prior: (G, K, K), the geometric prior term per group and window offset.
+        kernel_size: K, odd; any size, up to and beyond the whole map (K >= 2*max(H, W) - 1).
+        stride: output pixel spacing s.
+        dilation: spacing d of the window's offsets.
+        composability: "sqdiff" -(q-k)^2 (Eq. 3), "absdiff" -|q-k| (Eq. 4) or "product" q*k (Eq. 5).
+
+    Returns:
+        (N, C, ceil(H/stride), ceil(W/stride)). Tensors of different floating dtypes are promoted to a common
+        one. On the CPU, float16 and bfloat16 are computed in float32 and returned in their own dtype. Where no
+        compiled kernel serves the device, the pure-PyTorch reference computes the same (one warning).
+    """
+    check_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability)
+    query, key, value, geo_prior = _common_dtype(query, key, value, geo_prior)
+    device_type = value.device.type
+    if kernel_available(device_type) or (device_type == "meta" and LOADED):
+        return torch.ops.lrrobust.local_relation_forward(
+            query, key, value, geo_prior, int(kernel_size), int(stride), int(dilation), PHI_CODES[composability]
+        )
+    if not torch.compiler.is_compiling():
+        _warn_fallback(device_type)
     return local_relation_reference(query, key, value, geo_prior, kernel_size, stride, dilation, composability)

@@ -1,0 +1,75 @@
+"""The compiled local relation op (paper Sec. 4): loads ``lrrobust._C`` and registers its fake and autograd kernels.
+
+``lrrobust._C`` defines ``lrrobust::local_relation_forward`` and ``lrrobust::local_relation_backward`` with CPU
+(and, when built with nvcc, CUDA) kernels. This module adds what PyTorch needs around them, following
+pytorch/extension-cpp: fake (meta) kernels, so ``torch.compile`` traces the op without a graph break, and an
+autograd formula whose backward is the backward op (the weights are recomputed there, not saved).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from lrrobust import _C  # noqa: F401  (loading the library runs its TORCH_LIBRARY registrations)
+
+    LOAD_ERROR: str | None = None
+except (ImportError, OSError) as error:  # not built, or built against another torch
+    LOAD_ERROR = f"{type(error).__name__}: {error}"
+
+LOADED = LOAD_ERROR is None
+FORWARD = "lrrobust::local_relation_forward"
+BACKWARD = "lrrobust::local_relation_backward"
+
+# composability name -> the schema's int (csrc/local_relation.cpp)
+PHI_CODES = {"sqdiff": 0, "absdiff": 1, "product": 2}
+
+
+def _has_kernel(dispatch_key: str) -> bool:
+    return LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(FORWARD, dispatch_key)
+
+
+# Looked up once: torch.compile reads this dict while tracing, it could not trace the dispatcher query.
+KERNELS = {"cpu": _has_kernel("CPU"), "cuda": _has_kernel("CUDA")}
+
+
+def _forward_fake(query, key, value, geo_prior, kernel_size, stride, dilation, composability):
+    n, channels, height, width = value.shape
+    torch._check(query.shape[0] == n and key.shape[0] == n, lambda: "local_relation: batch sizes differ")
+    return value.new_empty((n, channels, -(-height // stride), -(-width // stride)))
+
+
+def _backward_fake(grad_out, query, key, value, geo_prior, kernel_size, stride, dilation, composability):
+    torch._check(grad_out.shape[1] == value.shape[1], lambda: "local_relation_backward: grad_out has wrong channels")
+    return (
+        query.new_empty(query.shape),
+        key.new_empty(key.shape),
+        value.new_empty(value.shape),
+        geo_prior.new_empty(geo_prior.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    query, key, value, geo_prior, kernel_size, stride, dilation, composability = inputs
+    ctx.save_for_backward(query, key, value, geo_prior)
+    ctx.options = (kernel_size, stride, dilation, composability)
+
+
+def _backward(ctx, grad_out):
+    query, key, value, geo_prior = ctx.saved_tensors
+    grads = torch.ops.lrrobust.local_relation_backward(grad_out, query, key, value, geo_prior, *ctx.options)
+    return (*grads, None, None, None, None)
+
+
+if LOADED:
+    torch.library.register_fake(FORWARD)(_forward_fake)
+    torch.library.register_fake(BACKWARD)(_backward_fake)
+    torch.library.register_autograd(FORWARD, _backward, setup_context=_setup_context)
+
+
+def build_info() -> str:
+    """One line: which compiled kernels this installation has (used by ``make install``)."""
+    if not LOADED:
+        return f"lrrobust._C not loaded ({LOAD_ERROR}); the pure-PyTorch reference serves every device"
+    kernels = ", ".join(f"{name.upper()} kernel {'compiled' if has else 'not compiled'}" for name, has in KERNELS.items())
+    return f"lrrobust._C loaded: {kernels}"
