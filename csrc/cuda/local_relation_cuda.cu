@@ -1,10 +1,10 @@
 // Local relation op (Hu et al., ICCV 2019, Sec. 4): registration of the CUDA kernels.
-// The kernels are in lr_kernels.cuh, their launchers in lr_launch_impl.cuh (one lr_cuda_<dtype>.cu each).
+// The kernels are in lr_kernels.cuh (compiled in lr_cuda_<dtype>.cu), the host side in lr_host.cuh.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "lr_launch.cuh"
+#include "lr_host.cuh"
 
 namespace lrrobust {
 namespace {

@@ -13,7 +13,6 @@
 #define LR_HD __host__ __device__ __forceinline__
 #define LR_DEV __device__ __forceinline__
 #define LR_KERNEL __global__
-#define LR_LAUNCH_BOUNDS(n) __launch_bounds__(n)
 #define LR_SYNC() __syncthreads()
 #define LR_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 
@@ -33,7 +32,6 @@ LR_DEV double lr_log(double x) { return ::log(x); }
 #define LR_HD inline
 #define LR_DEV inline
 #define LR_KERNEL inline
-#define LR_LAUNCH_BOUNDS(n)
 #define LR_SYNC() ::lremu::syncthreads()
 #define LR_DYNAMIC_SMEM(name) unsigned char* name = ::lremu::dynamic_smem()
 

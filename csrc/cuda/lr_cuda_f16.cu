@@ -1,14 +1,17 @@
 // Local relation op (paper Sec. 4): the CUDA kernels for c10::Half, one translation unit per dtype.
-#include "lr_launch_impl.cuh"
+#include "lr_run_impl.cuh"
 
 namespace lrrobust {
 namespace cuda {
 
-template at::Tensor lr_forward<c10::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                   const LrGeom&, int64_t);
-template std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward<c10::Half>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const LrGeom&,
-    int64_t, int64_t);
+using T = c10::Half;
+using A = at::opmath_type<T>;
+template void lr_run_forward<T>(const T*, const T*, const T*, const T*, T*, const LrGeom&, const LrTile&, LrStream);
+template void lr_run_stats<T>(const T*, const T*, const T*, const T*, const T*, T*, A*, A*, const LrGeom&,
+                              const LrTile&, LrStream);
+template void lr_run_gather<T>(const T*, const T*, const T*, const T*, const T*, const A*, const A*, T*, T*, A*,
+                               const LrGeom&, const LrTile&, LrStream);
+template void lr_run_geo_reduce<T>(const A*, int64_t, int64_t, T*, LrStream);
 
 }  // namespace cuda
 }  // namespace lrrobust

@@ -111,6 +111,59 @@ LR_DEV void lr_stage_plane(T* dst, const T* __restrict__ src, int y0, int x0, in
   }
 }
 
+// kChannelChunk channels of one pixel, interleaved in shared memory so that one pixel is one (or a few)
+// 16-byte loads. Channels past the chunk's count are 0, so the kernels can use all kChannelChunk.
+template <typename T>
+struct alignas(16) LrVec {
+  T v[kChannelChunk];
+};
+
+// Like lr_stage_plane, for the channels [0, mc) of planes src + c * plane_stride, interleaved.
+template <typename T>
+LR_DEV void lr_stage_channels(LrVec<T>* dst, const T* __restrict__ src, int64_t plane_stride, int mc, int y0,
+                              int x0, int rows, int cols, int height, int width) {
+  for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
+    const int y = y0 + ry;
+    const bool row_in = y >= 0 && y < height;
+    for (int rx = threadIdx.x; rx < cols; rx += blockDim.x) {
+      const int x = x0 + rx;
+      const bool in = row_in && x >= 0 && x < width;
+      const T* p = src + (in ? y * width + x : 0);
+      LrVec<T> e;
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) e.v[c] = (in && c < mc) ? p[c * plane_stride] : static_cast<T>(0.0f);
+      dst[ry * cols + rx] = e;
+    }
+  }
+}
+
+// Per-output statistics of the gather pass, one 16-byte (float) load per output: the query, the
+// log-sum-exp of its logits and D = sum_ab w*dw.
+template <typename A>
+struct alignas(16) LrStats {
+  A q, lse, dsum, pad;
+};
+
+template <typename T, typename A>
+LR_DEV void lr_stage_stats(LrStats<A>* dst, const T* __restrict__ q, const A* __restrict__ lse,
+                           const A* __restrict__ dsum, int y0, int x0, int rows, int cols, int height, int width) {
+  for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
+    const int y = y0 + ry;
+    const bool row_in = y >= 0 && y < height;
+    for (int rx = threadIdx.x; rx < cols; rx += blockDim.x) {
+      const int x = x0 + rx;
+      LrStats<A> e;
+      e.q = e.lse = e.dsum = e.pad = A(0);
+      if (row_in && x >= 0 && x < width) {
+        e.q = static_cast<A>(q[y * width + x]);
+        e.lse = lse[y * width + x];
+        e.dsum = dsum[y * width + x];
+      }
+      dst[ry * cols + rx] = e;
+    }
+  }
+}
+
 // Block index -> (tile, group, image or batch chunk): blocks are numbered tile-fastest.
 struct LrBlock {
   int tile_i, tile_j, group, outer;
@@ -153,12 +206,10 @@ LR_DEV LrWindow lr_window(const LrGeom& g, const LrTile& t, int i, int j) {
 
 // Forward: out[n, c, i, j] for the channels of one group, one thread per output pixel.
 template <typename scalar_t, int KIND, bool TILED>
-LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
-    lr_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
-                      const scalar_t* __restrict__ value, const scalar_t* __restrict__ geo,
-                      scalar_t* __restrict__ out, const LrGeom g, const LrTile t) {
+LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
+                                 const scalar_t* __restrict__ value, const scalar_t* __restrict__ geo,
+                                 scalar_t* __restrict__ out, const LrGeom g, const LrTile t) {
   using acc_t = at::opmath_type<scalar_t>;
-  using index_t = std::conditional_t<TILED, int, int64_t>;
   LR_DYNAMIC_SMEM(smem);
   const int K = g.ksize, KK = K * K, r = g.radius, d = g.dilation;
   const LrBlock blk = lr_block(t, g.groups);
@@ -174,11 +225,10 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
   const scalar_t* value_plane = value + (int64_t(n) * g.channels + c_begin) * hw;
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
 
-  // Shared memory (TILED): geo[g] (acc_t), the key tile, kChannelChunk value tiles (scalar_t).
+  // Shared memory (TILED): geo[g], the key tile, the interleaved value tile of one channel chunk.
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem);
-  scalar_t* s_key = reinterpret_cast<scalar_t*>(s_geo + KK);
-  const int tile_elems = t.rh * t.rw;
-  scalar_t* s_value = s_key + tile_elems;
+  scalar_t* s_key = reinterpret_cast<scalar_t*>(smem + t.off_a);
+  LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
   const int y0 = blk.tile_i * t.th * g.stride - r * d;
   const int x0 = blk.tile_j * t.tw * g.stride - r * d;
   if (TILED) {
@@ -198,16 +248,19 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
 
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
+    const scalar_t* vp = value_plane + cc * hw;
     if (TILED) {
-      if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tiles
-      for (int c = 0; c < mc; ++c) {
-        lr_stage_plane(s_value + c * tile_elems, value_plane + (cc + c) * hw, y0, x0, t.rh, t.rw, g.height,
-                       g.width);
-      }
+      if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tile
+      lr_stage_channels(s_value, vp, hw, mc, y0, x0, t.rh, t.rw, g.height, g.width);
       LR_SYNC();
     }
-    const scalar_t* vp = TILED ? s_value : value_plane + cc * hw;
-    const index_t vstride = TILED ? index_t(tile_elems) : index_t(hw);
+    auto values_at = [&](int off) -> LrVec<scalar_t> {
+      if (TILED) return s_value[off];
+      LrVec<scalar_t> e;
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) e.v[c] = c < mc ? vp[c * hw + off] : static_cast<scalar_t>(0.0f);
+      return e;
+    };
     if (active) {
       if (cc == 0) {  // the maximum logit, for a stable softmax
         for (int a = win.a_lo; a <= win.a_hi; ++a) {
@@ -229,10 +282,9 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
           const acc_t p =
               lr_exp(lr_phi<KIND>(q, static_cast<acc_t>(kp[off]), g.kind) + geo_at(a * K + b) - mx);
           z += p;
+          const LrVec<scalar_t> vv = values_at(off);
 #pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) {
-            if (c < mc) acc[c] += p * static_cast<acc_t>(vp[off + c * vstride]);
-          }
+          for (int c = 0; c < kChannelChunk; ++c) acc[c] += p * static_cast<acc_t>(vv.v[c]);
         }
       }
       const acc_t inv = acc_t(1) / z;
@@ -250,14 +302,12 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
 // dPhi/dq is taken relative to its value at the window centre (sum_ab w*(dw - D) = 0), which keeps
 // B - D*S free of cancellation when dPhi/dq is large and nearly constant over the window.
 template <typename scalar_t, int KIND, bool TILED>
-LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
-    lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
-                    const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
-                    const scalar_t* __restrict__ geo, scalar_t* __restrict__ grad_query,
-                    at::opmath_type<scalar_t>* __restrict__ lse, at::opmath_type<scalar_t>* __restrict__ dsum,
-                    const LrGeom g, const LrTile t) {
+LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
+                               const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
+                               const scalar_t* __restrict__ geo, scalar_t* __restrict__ grad_query,
+                               at::opmath_type<scalar_t>* __restrict__ lse,
+                               at::opmath_type<scalar_t>* __restrict__ dsum, const LrGeom g, const LrTile t) {
   using acc_t = at::opmath_type<scalar_t>;
-  using index_t = std::conditional_t<TILED, int, int64_t>;
   LR_DYNAMIC_SMEM(smem);
   const int K = g.ksize, KK = K * K, r = g.radius, d = g.dilation;
   const LrBlock blk = lr_block(t, g.groups);
@@ -275,9 +325,8 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
 
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem);
-  scalar_t* s_key = reinterpret_cast<scalar_t*>(s_geo + KK);
-  const int tile_elems = t.rh * t.rw;
-  scalar_t* s_value = s_key + tile_elems;
+  scalar_t* s_key = reinterpret_cast<scalar_t*>(smem + t.off_a);
+  LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
   const int y0 = blk.tile_i * t.th * g.stride - r * d;
   const int x0 = blk.tile_j * t.tw * g.stride - r * d;
   if (TILED) {
@@ -298,16 +347,19 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
 
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
+    const scalar_t* vp = value_plane + cc * hw;
     if (TILED) {
       if (cc > 0) LR_SYNC();
-      for (int c = 0; c < mc; ++c) {
-        lr_stage_plane(s_value + c * tile_elems, value_plane + (cc + c) * hw, y0, x0, t.rh, t.rw, g.height,
-                       g.width);
-      }
+      lr_stage_channels(s_value, vp, hw, mc, y0, x0, t.rh, t.rw, g.height, g.width);
       LR_SYNC();
     }
-    const scalar_t* vp = TILED ? s_value : value_plane + cc * hw;
-    const index_t vstride = TILED ? index_t(tile_elems) : index_t(hw);
+    auto values_at = [&](int off) -> LrVec<scalar_t> {
+      if (TILED) return s_value[off];
+      LrVec<scalar_t> e;
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) e.v[c] = c < mc ? vp[c * hw + off] : static_cast<scalar_t>(0.0f);
+      return e;
+    };
     if (active) {
       if (cc == 0) {
         t0 = lr_dphi_dq<KIND>(q, static_cast<acc_t>(kp[win.centre]), g.kind);
@@ -331,11 +383,10 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
           const acc_t kv = static_cast<acc_t>(kp[off]);
           const acc_t p = lr_exp(lr_phi<KIND>(q, kv, g.kind) + geo_at(a * K + b) - mx);
           const acc_t tq = lr_dphi_dq<KIND>(q, kv, g.kind) - t0;
+          const LrVec<scalar_t> vv = values_at(off);
           acc_t dw = 0;
 #pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) {
-            if (c < mc) dw += go[c] * static_cast<acc_t>(vp[off + c * vstride]);
-          }
+          for (int c = 0; c < kChannelChunk; ++c) dw += go[c] * static_cast<acc_t>(vv.v[c]);
           const acc_t pd = p * dw;
           zc += p;
           sc += p * tq;
@@ -363,15 +414,13 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
 // block's pixels and batch chunk of w*(dw - D). Offsets run in block-uniform order so a warp can reduce
 // each one with shuffles; no atomics anywhere, every sum has a fixed order.
 template <typename scalar_t, int KIND, bool TILED>
-LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
-    lr_gather_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
-                     const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
-                     const scalar_t* __restrict__ geo, const at::opmath_type<scalar_t>* __restrict__ lse,
-                     const at::opmath_type<scalar_t>* __restrict__ dsum, scalar_t* __restrict__ grad_key,
-                     scalar_t* __restrict__ grad_value, at::opmath_type<scalar_t>* __restrict__ geo_partial,
-                     const LrGeom g, const LrTile t) {
+LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
+                                const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
+                                const scalar_t* __restrict__ geo, const at::opmath_type<scalar_t>* __restrict__ lse,
+                                const at::opmath_type<scalar_t>* __restrict__ dsum, scalar_t* __restrict__ grad_key,
+                                scalar_t* __restrict__ grad_value, at::opmath_type<scalar_t>* __restrict__ geo_partial,
+                                const LrGeom g, const LrTile t) {
   using acc_t = at::opmath_type<scalar_t>;
-  using index_t = std::conditional_t<TILED, int, int64_t>;
   LR_DYNAMIC_SMEM(smem);
   const int K = g.ksize, KK = K * K, r = g.radius, s = g.stride, d = g.dilation;
   const LrBlock blk = lr_block(t, g.groups);
@@ -406,14 +455,11 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
   const int rb_lo = lr_max(0, r + lr_ceil_div(tx0 - (g.out_w - 1) * s, d));
   const int rb_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.width - 1, tx0 + t.tw - 1), d));
 
-  // Shared memory: per-warp offset sums; TILED adds geo[g], lse, dsum (acc_t), query and grad_out tiles.
+  // Shared memory: per-warp offset sums; TILED adds geo[g], the statistics and grad_out tiles.
   acc_t* s_dg = reinterpret_cast<acc_t*>(smem);
-  acc_t* s_geo = s_dg + nwarps * kOffsetChunk;
-  const int cap = t.rh * t.rw;
-  acc_t* s_lse = s_geo + KK;
-  acc_t* s_dsum = s_lse + cap;
-  scalar_t* s_q = reinterpret_cast<scalar_t*>(s_dsum + cap);
-  scalar_t* s_go = s_q + cap;
+  acc_t* s_geo = reinterpret_cast<acc_t*>(smem + t.off_a);
+  LrStats<acc_t>* s_stats = reinterpret_cast<LrStats<acc_t>*>(smem + t.off_b);
+  LrVec<scalar_t>* s_go = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_c);
   if (TILED) {
     for (int e = tid; e < KK; e += nthreads) s_geo[e] = static_cast<acc_t>(geo_g[e]);
   }
@@ -429,29 +475,38 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
     const acc_t* dsum_plane = dsum + ng * out_hw;
     if (TILED) {
       LR_SYNC();  // the previous image's tiles are no longer read
-      lr_stage_plane(s_q, q_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
-      lr_stage_plane(s_lse, lse_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
-      lr_stage_plane(s_dsum, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
+      lr_stage_stats(s_stats, q_plane, lse_plane, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
     }
-    const scalar_t* qp = TILED ? s_q : q_plane;
-    const acc_t* lp = TILED ? s_lse : lse_plane;
-    const acc_t* dp = TILED ? s_dsum : dsum_plane;
+    auto stats_at = [&](int o) -> LrStats<acc_t> {
+      if (TILED) return s_stats[o];
+      LrStats<acc_t> e;
+      e.q = static_cast<acc_t>(q_plane[o]);
+      e.lse = lse_plane[o];
+      e.dsum = dsum_plane[o];
+      e.pad = 0;
+      return e;
+    };
     const acc_t kv = active ? static_cast<acc_t>(key[ng * hw + pix]) : acc_t(0);
     acc_t dk = 0;
 
     for (int cc = 0; cc < m_g; cc += kChannelChunk) {
       const int mc = lr_min(kChannelChunk, m_g - cc);
       const int64_t plane0 = int64_t(n) * g.channels + c_begin + cc;  // first channel plane of the chunk
+      const scalar_t* go_planes = grad_out + plane0 * out_hw;
       if (TILED) {
         if (cc > 0) LR_SYNC();
-        for (int c = 0; c < mc; ++c) {
-          lr_stage_plane(s_go + c * cap, grad_out + (plane0 + c) * out_hw, oi_lo, oj_lo, orh, orw, g.out_h,
-                         g.out_w);
-        }
+        lr_stage_channels(s_go, go_planes, out_hw, mc, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
         LR_SYNC();
       }
-      const scalar_t* gp = TILED ? s_go : grad_out + plane0 * out_hw;
-      const index_t gstride = TILED ? index_t(cap) : index_t(out_hw);
+      auto go_at = [&](int o) -> LrVec<scalar_t> {
+        if (TILED) return s_go[o];
+        LrVec<scalar_t> e;
+#pragma unroll
+        for (int c = 0; c < kChannelChunk; ++c) {
+          e.v[c] = c < mc ? go_planes[c * out_hw + o] : static_cast<scalar_t>(0.0f);
+        }
+        return e;
+      };
       acc_t v[kChannelChunk], dv[kChannelChunk];
 #pragma unroll
       for (int c = 0; c < kChannelChunk; ++c) {
@@ -472,19 +527,18 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
             int oj = 0;
             if (row_ok && lr_inverse_index(xx, (b - r) * d, s, g.out_w, oj)) {
               const int o = TILED ? (oi - oi_lo) * orw + (oj - oj_lo) : oi * g.out_w + oj;
-              const acc_t qv = static_cast<acc_t>(qp[o]);
-              const acc_t w = lr_exp(lr_phi<KIND>(qv, kv, g.kind) + geo_at(ab) - lp[o]);
+              const LrStats<acc_t> st = stats_at(o);
+              const acc_t w = lr_exp(lr_phi<KIND>(st.q, kv, g.kind) + geo_at(ab) - st.lse);
+              const LrVec<scalar_t> gov = go_at(o);
               acc_t dw = 0;
 #pragma unroll
               for (int c = 0; c < kChannelChunk; ++c) {
-                if (c < mc) {
-                  const acc_t go = static_cast<acc_t>(gp[o + c * gstride]);
-                  dw += go * v[c];
-                  dv[c] += w * go;
-                }
+                const acc_t go = static_cast<acc_t>(gov.v[c]);
+                dw += go * v[c];
+                dv[c] += w * go;
               }
-              const acc_t dl = w * (subtract ? dw - dp[o] : dw);  // d loss / d logit (this chunk's share)
-              dk += dl * lr_dphi_dk<KIND>(qv, kv, g.kind);
+              const acc_t dl = w * (subtract ? dw - st.dsum : dw);  // d loss / d logit (this chunk's share)
+              dk += dl * lr_dphi_dk<KIND>(st.q, kv, g.kind);
               contrib = dl;
             }
             contrib = lr_warp_sum(contrib);
@@ -518,9 +572,8 @@ LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
 
 // grad_geo[e] = sum of partial[e * slots + 0 .. slots), one block per (group, offset), fixed-order tree sum.
 template <typename scalar_t>
-LR_KERNEL void LR_LAUNCH_BOUNDS(kMaxThreads)
-    lr_geo_reduce_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, int64_t slots,
-                         scalar_t* __restrict__ grad_geo) {
+LR_KERNEL void lr_geo_reduce_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, int64_t slots,
+                                    scalar_t* __restrict__ grad_geo) {
   using acc_t = at::opmath_type<scalar_t>;
   LR_DYNAMIC_SMEM(smem);
   acc_t* red = reinterpret_cast<acc_t*>(smem);

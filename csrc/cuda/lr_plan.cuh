@@ -24,7 +24,8 @@ struct LrGeom {
 };
 
 // One pass's launch: a block of tw x th threads covers a tile of tw x th pixels (output pixels for the
-// forward and statistics passes, input pixels for the gather pass).
+// forward and statistics passes, input pixels for the gather pass). The shared-memory layout (byte
+// offsets) is decided here and only read by the kernels.
 struct LrTile {
   int tw, th;            // block shape (threads = pixels of the tile)
   int tiles_x, tiles_y;  // tiles over the pixel grid
@@ -32,7 +33,14 @@ struct LrTile {
   int tiled;             // 1: stage tiles in shared memory; 0: read global memory directly (tile too big)
   int64_t smem;          // dynamic shared memory bytes of the launch
   int n_chunks, n_per;   // gather pass: the batch is split into n_chunks chunks of n_per images
+  // Window passes: geo[g] (KK acc_t) at 0, the key tile (rh*rw scalars) at off_a, the value tile
+  // (rh*rw pixels x kChannelChunk channels, channel-interleaved) at off_b.
+  // Gather pass: per-warp offset sums (warps*kOffsetChunk acc_t) at 0, geo[g] at off_a, the per-output
+  // statistics (rh*rw x {q, lse, D, 0} acc_t) at off_b, the grad_out tile (rh*rw x kChannelChunk) at off_c.
+  int off_a, off_b, off_c;
 };
+
+inline int64_t lr_align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
 inline int lr_ceil_div_pos(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
@@ -58,17 +66,17 @@ inline bool lr_fit_block(int& tw, int& th, int64_t limit, Bytes bytes) {
   return true;
 }
 
-// Forward and statistics passes: one thread per output pixel; the tile stages the haloed key plane,
-// kChannelChunk value planes and the group's geo_prior.
+// Forward and statistics passes: one thread per output pixel; the tile stages the haloed key plane, the
+// haloed kChannelChunk value planes (interleaved: one vector load per pixel) and the group's geo_prior.
 inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t acc_bytes, int64_t limit) {
   const int64_t kk = int64_t(g.ksize) * g.ksize;
   const int64_t halo = 2 * int64_t(g.radius) * g.dilation;
-  const int64_t planes = 1 + std::min(g.per_group, kChannelChunk);
-  auto bytes = [&](int tw, int th) {
-    const int64_t rh = int64_t(th - 1) * g.stride + halo + 1;
-    const int64_t rw = int64_t(tw - 1) * g.stride + halo + 1;
-    return kk * acc_bytes + rh * rw * planes * scalar_bytes;
+  auto cap = [&](int tw, int th) {
+    return (int64_t(th - 1) * g.stride + halo + 1) * (int64_t(tw - 1) * g.stride + halo + 1);
   };
+  auto off_a = [&](int, int) { return lr_align16(kk * acc_bytes); };
+  auto off_b = [&](int tw, int th) { return lr_align16(off_a(tw, th) + cap(tw, th) * scalar_bytes); };
+  auto bytes = [&](int tw, int th) { return off_b(tw, th) + cap(tw, th) * kChannelChunk * scalar_bytes; };
   LrTile t{};
   lr_block_shape(g.out_h, g.out_w, t.tw, t.th);
   int tw = t.tw, th = t.th;
@@ -79,6 +87,8 @@ inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
     t.rh = static_cast<int>(int64_t(th - 1) * g.stride + halo + 1);
     t.rw = static_cast<int>(int64_t(tw - 1) * g.stride + halo + 1);
     t.smem = bytes(tw, th);
+    t.off_a = static_cast<int>(off_a(tw, th));
+    t.off_b = static_cast<int>(off_b(tw, th));
   }
   t.tiles_x = lr_ceil_div_pos(g.out_w, t.tw);
   t.tiles_y = lr_ceil_div_pos(g.out_h, t.th);
@@ -87,20 +97,19 @@ inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
   return t;
 }
 
-// Gather pass (gradients of key, value and geo_prior): one thread per input pixel; the tile stages the
-// query, log-sum-exp, sum(w*dw) and kChannelChunk grad_out planes over the outputs whose windows reach
-// the tile, and the group's geo_prior. Every launch also holds the per-warp geo_prior partial sums.
+// Gather pass (gradients of key, value and geo_prior): one thread per input pixel; the tile stages, over
+// the outputs whose windows reach it, the statistics {q, lse, D} and kChannelChunk grad_out planes
+// (interleaved), and the group's geo_prior. Every launch also holds the per-warp geo_prior partial sums.
 inline LrTile lr_plan_gather_pass(const LrGeom& g, int64_t scalar_bytes, int64_t acc_bytes, int64_t limit,
                                   int64_t partial_budget) {
   const int64_t kk = int64_t(g.ksize) * g.ksize;
   const int64_t halo = 2 * int64_t(g.radius) * g.dilation;
-  const int64_t planes = 1 + std::min(g.per_group, kChannelChunk);
   auto rows = [&](int th) { return std::min<int64_t>(g.out_h, (th - 1 + halo) / g.stride + 1); };
   auto cols = [&](int tw) { return std::min<int64_t>(g.out_w, (tw - 1 + halo) / g.stride + 1); };
-  auto base_bytes = [&](int tw, int th) { return int64_t(tw) * th / 32 * kOffsetChunk * acc_bytes; };
-  auto bytes = [&](int tw, int th) {
-    return base_bytes(tw, th) + kk * acc_bytes + rows(th) * cols(tw) * (2 * acc_bytes + planes * scalar_bytes);
-  };
+  auto off_a = [&](int tw, int th) { return int64_t(tw) * th / 32 * kOffsetChunk * acc_bytes; };
+  auto off_b = [&](int tw, int th) { return lr_align16(off_a(tw, th) + kk * acc_bytes); };
+  auto off_c = [&](int tw, int th) { return off_b(tw, th) + rows(th) * cols(tw) * 4 * acc_bytes; };
+  auto bytes = [&](int tw, int th) { return off_c(tw, th) + rows(th) * cols(tw) * kChannelChunk * scalar_bytes; };
   LrTile t{};
   lr_block_shape(g.height, g.width, t.tw, t.th);
   int tw = t.tw, th = t.th;
@@ -111,8 +120,11 @@ inline LrTile lr_plan_gather_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
     t.rh = static_cast<int>(rows(th));
     t.rw = static_cast<int>(cols(tw));
     t.smem = bytes(tw, th);
+    t.off_a = static_cast<int>(off_a(tw, th));
+    t.off_b = static_cast<int>(off_b(tw, th));
+    t.off_c = static_cast<int>(off_c(tw, th));
   } else {
-    t.smem = base_bytes(t.tw, t.th);
+    t.smem = off_a(t.tw, t.th);
   }
   t.tiles_x = lr_ceil_div_pos(g.width, t.tw);
   t.tiles_y = lr_ceil_div_pos(g.height, t.th);

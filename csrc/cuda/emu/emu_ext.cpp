@@ -1,0 +1,54 @@
+// Python binding of the CPU emulation of the local relation CUDA kernels (development check only; built by
+// check_emulated.py with torch.utils.cpp_extension.load, never by setup.py). The launchers and kernels are
+// the very code nvcc compiles (lr_host.cuh, lr_run_impl.cuh, lr_kernels.cuh); only the execution is emulated.
+#include <torch/extension.h>
+
+#define LR_CUDA_EMULATE 1
+#include "../lr_run_impl.cuh"
+#include "../lr_host.cuh"
+
+namespace {
+
+using lrrobust::cuda::LrGeom;
+using lrrobust::cuda::LrTile;
+
+at::Tensor forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& geo,
+                   int64_t kernel_size, int64_t stride, int64_t dilation, int64_t kind, int64_t smem_limit) {
+  return lrrobust::cuda::lr_forward_checked(query, key, value, geo, kernel_size, stride, dilation, kind, smem_limit);
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
+                                 const at::Tensor& value, const at::Tensor& geo, int64_t kernel_size, int64_t stride,
+                                 int64_t dilation, int64_t kind, int64_t smem_limit, int64_t partial_budget) {
+  auto g = lrrobust::cuda::lr_backward_checked(grad_out, query, key, value, geo, kernel_size, stride, dilation, kind,
+                                               smem_limit, partial_budget);
+  return {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g)};
+}
+
+// The plans of the window passes and the gather pass: {tw, th, tiled, smem, rh, rw, n_chunks, n_per} each.
+std::vector<int64_t> plan(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                          const at::Tensor& geo, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t kind,
+                          int64_t smem_limit, int64_t partial_budget) {
+  const auto shape =
+      lrrobust::check_local_relation_inputs(query, key, value, geo, kernel_size, stride, dilation, kind);
+  const LrGeom g = lrrobust::cuda::lr_geom(shape, kind);
+  const int64_t scalar_bytes = value.element_size();
+  const int64_t acc_bytes = value.scalar_type() == at::kDouble ? 8 : 4;
+  const LrTile w = lrrobust::cuda::lr_plan_window_pass(g, scalar_bytes, acc_bytes, smem_limit);
+  const LrTile a = lrrobust::cuda::lr_plan_gather_pass(g, scalar_bytes, acc_bytes, smem_limit, partial_budget);
+  return {w.tw, w.th, w.tiled, w.smem, w.rh, w.rw, w.n_chunks, w.n_per,
+          a.tw, a.th, a.tiled, a.smem, a.rh, a.rw, a.n_chunks, a.n_per};
+}
+
+void set_schedule(int64_t thread_order, int64_t block_order, int64_t seed) {
+  lremu::set_schedule(static_cast<int>(thread_order), static_cast<int>(block_order), static_cast<uint64_t>(seed));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward);
+  m.def("backward", &backward);
+  m.def("plan", &plan);
+  m.def("set_schedule", &set_schedule);
+}

@@ -1,0 +1,195 @@
+"""The CUDA kernels of the local relation op (paper Sec. 4, Eq. 2-5) against the pure-PyTorch reference.
+
+Every test needs a CUDA GPU and is skipped without one. Shapes cover strides 1-3, dilations 1-2, K = 3, 5,
+7, 9 and windows beyond the whole map, m = 1, 2, 8 and more than 8 (channel chunks), C not a multiple of G,
+odd and non-square maps, all three composability terms, both kernel variants (shared-memory tiles, and
+direct global reads when a tile would not fit), and the LR-Net-26 stage shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lrrobust.ops as ops
+from lrrobust.ops import local_relation
+from lrrobust.ops.reference import local_relation_reference
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+KINDS = ("sqdiff", "absdiff", "product")
+
+# (n, c, g, h, w, k, s, d): m = ceil(c / g)
+CASES = [
+    (2, 6, 3, 7, 9, 3, 1, 1),     # m = 2
+    (2, 5, 2, 9, 6, 5, 1, 1),     # m = 3, last group of 2
+    (1, 8, 1, 6, 7, 3, 2, 1),     # m = 8, stride 2
+    (2, 7, 7, 5, 8, 5, 3, 1),     # m = 1, stride 3
+    (1, 4, 2, 11, 10, 7, 1, 2),   # dilation 2
+    (1, 6, 2, 10, 13, 9, 2, 2),   # stride 2, dilation 2
+    (1, 3, 1, 8, 5, 5, 3, 2),     # stride 3, dilation 2: some pixels are in no window
+    (1, 20, 2, 6, 6, 3, 1, 1),    # m = 10: two channel chunks
+    (2, 17, 1, 5, 7, 3, 2, 1),    # m = 17: three channel chunks
+    (1, 13, 2, 4, 4, 5, 1, 1),    # m = 7, last group of 6
+    (1, 16, 2, 12, 12, 9, 3, 2),  # m = 8, K = 9, s = 3, d = 2: no tile fits in float64
+    (1, 3, 3, 5, 4, 11, 1, 1),    # K = 11 > 2*max(H, W) - 1: the whole map
+    (1, 2, 1, 3, 6, 13, 2, 1),    # K = 13, stride 2
+    (2, 3, 1, 18, 40, 3, 1, 1),   # several tiles each way, partial tiles
+    (1, 4, 2, 1, 9, 3, 1, 1),     # a single row
+    (1, 2, 2, 4, 5, 1, 1, 1),     # K = 1
+]
+
+GRADCHECK_CASES = [
+    (1, 4, 2, 5, 4, 3, 1, 1),
+    (1, 3, 1, 6, 5, 5, 2, 1),
+    (2, 2, 2, 4, 5, 3, 3, 2),
+    (1, 3, 1, 4, 3, 9, 1, 1),  # K = 9 > the whole map
+    (1, 10, 1, 3, 4, 3, 1, 1),  # m = 10
+]
+
+
+def make_inputs(case, dtype, seed=0, device="cuda"):
+    n, c, g, h, w, k, s, _ = case
+    gen = torch.Generator().manual_seed(seed)
+    ho, wo = -(-h // s), -(-w // s)
+    shapes = [(n, g, ho, wo), (n, g, h, w), (n, c, h, w), (g, k, k), (n, c, ho, wo)]
+    return [torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype) for shape in shapes]
+
+
+def run(inputs, case, kind, grad_out=None):
+    """Output and, with grad_out, the gradients of query, key, value and geo_prior."""
+    *_, k, s, d = case
+    leaves = [x.detach().clone().requires_grad_(grad_out is not None) for x in inputs]
+    out = local_relation(*leaves, k, s, d, kind)
+    if grad_out is None:
+        return out.detach(), None
+    return out.detach(), torch.autograd.grad(out, leaves, grad_out)
+
+
+def reference(inputs, case, kind, grad_out):
+    *_, k, s, d = case
+    leaves = [x.detach().double().requires_grad_(True) for x in inputs]
+    out = local_relation_reference(*leaves, k, s, d, kind)
+    return out.detach(), torch.autograd.grad(out, leaves, grad_out.double())
+
+
+def assert_close(got, ref, tol, what):
+    scale = ref.abs().max().item() + 1.0
+    err = (got.double() - ref.double()).abs().max().item() / scale
+    assert torch.isfinite(got).all(), f"{what}: not finite"
+    assert err <= tol, f"{what}: max error {err:.3g} of scale {scale:.3g}"
+
+
+def test_kernel_available():
+    assert ops.kernel_available("cuda")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("lrrobust::local_relation_forward", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("lrrobust::local_relation_backward", "CUDA")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_gradients_match_reference(case, kind, dtype):
+    *inputs, grad_out = make_inputs(case, dtype)
+    out, grads = run(inputs, case, kind, grad_out)
+    ref_out, ref_grads = reference(inputs, case, kind, grad_out)
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    assert out.dtype == dtype and out.shape == ref_out.shape
+    assert_close(out, ref_out, tol, "out")
+    for name, got, ref in zip(("query", "key", "value", "geo_prior"), grads, ref_grads):
+        assert got.shape == ref.shape and got.dtype == dtype
+        assert_close(got, ref, tol, f"grad {name}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", GRADCHECK_CASES)
+def test_gradcheck_float64(case, kind):
+    *inputs, _ = make_inputs(case, torch.float64, seed=1)
+    leaves = [x.requires_grad_(True) for x in inputs]
+    *_, k, s, d = case
+    assert torch.autograd.gradcheck(lambda q, key, v, g: local_relation(q, key, v, g, k, s, d, kind), leaves,
+                                    eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", [(2, 16, 2, 9, 10, 7, 1, 1), (1, 12, 3, 8, 9, 5, 2, 2), (1, 4, 1, 6, 5, 13, 1, 1)])
+def test_low_precision_agrees_with_float32(case, kind, dtype):
+    *inputs, grad_out = make_inputs(case, torch.float32, seed=2)
+    inputs32 = [x.to(dtype).float() for x in inputs]  # the same values in both precisions
+    grad32 = grad_out.to(dtype).float()
+    out32, grads32 = run(inputs32, case, kind, grad32)
+    out, grads = run([x.to(dtype) for x in inputs32], case, kind, grad32.to(dtype))
+    tol = 2e-2 if dtype == torch.float16 else 6e-2
+    assert out.dtype == dtype
+    assert_close(out, out32, tol, "out")
+    for name, got, ref in zip(("query", "key", "value", "geo_prior"), grads, grads32):
+        assert got.dtype == dtype
+        assert_close(got, ref, tol, f"grad {name}")
+
+
+@pytest.mark.parametrize("channels,size", [(100, 56), (200, 28), (400, 14), (800, 7)])
+def test_lr_net26_stage_shapes_bfloat16(channels, size):
+    """The benchmark shapes (m = 8, K = 7; the last group of C=100 holds 4 channels): bf16 against fp32."""
+    groups = -(-channels // 8)
+    case = (2, channels, groups, size, size, 7, 1, 1)
+    *inputs, grad_out = make_inputs(case, torch.float32, seed=3)
+    inputs = [x.bfloat16().float() for x in inputs]
+    grad_out = grad_out.bfloat16().float()
+    out32, grads32 = run(inputs, case, "sqdiff", grad_out)
+    ref_out, ref_grads = reference(inputs, case, "sqdiff", grad_out)
+    assert_close(out32, ref_out, 2e-4, "fp32 out")
+    for got, ref in zip(grads32, ref_grads):
+        assert_close(got, ref, 2e-4, "fp32 grad")
+    out, grads = run([x.bfloat16() for x in inputs], case, "sqdiff", grad_out.bfloat16())
+    assert_close(out, out32, 6e-2, "bf16 out")
+    for got, ref in zip(grads, grads32):
+        assert_close(got, ref, 6e-2, "bf16 grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("case", [(3, 24, 3, 37, 45, 7, 1, 1), (2, 10, 1, 20, 21, 5, 2, 2), (1, 4, 2, 6, 7, 15, 1, 1)])
+def test_backward_is_deterministic(case, dtype):
+    *inputs, grad_out = make_inputs(case, dtype, seed=4)
+    first = run(inputs, case, "sqdiff", grad_out)[1]
+    second = run(inputs, case, "sqdiff", grad_out)[1]
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_non_contiguous_inputs():
+    case = (2, 6, 3, 9, 11, 5, 2, 1)
+    *inputs, grad_out = make_inputs(case, torch.float64, seed=5)
+    ref_out, ref_grads = reference(inputs, case, "sqdiff", grad_out)
+    # The same values in non-contiguous layouts: a transposed copy seen through a transpose, a channel slice.
+    q = inputs[0].transpose(2, 3).contiguous().transpose(2, 3)
+    key = inputs[1].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    wide = torch.zeros(2, 12, 9, 11, dtype=torch.float64, device="cuda")
+    wide[:, ::2] = inputs[2]
+    value = wide[:, ::2]
+    geo = inputs[3].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not any(x.is_contiguous() for x in (q, key, value, geo))
+    out, grads = run([q, key, value, geo], case, "sqdiff", grad_out.transpose(2, 3).contiguous().transpose(2, 3))
+    assert_close(out, ref_out, 1e-10, "out")
+    for got, ref in zip(grads, ref_grads):
+        assert_close(got, ref, 1e-10, "grad")
+
+
+def test_empty_batch():
+    case = (0, 4, 2, 6, 7, 3, 1, 1)
+    *inputs, grad_out = make_inputs(case, torch.float32)
+    out, grads = run(inputs, case, "sqdiff", grad_out)
+    assert out.shape == (0, 4, 6, 7) and out.device.type == "cuda"
+    for got, x in zip(grads, inputs):
+        assert got.shape == x.shape
+    assert torch.equal(grads[3], torch.zeros_like(inputs[3]))
+
+
+def test_inputs_on_two_devices_are_rejected():
+    *inputs, _ = make_inputs((1, 4, 2, 6, 7, 3, 1, 1), torch.float32)
+    inputs[3] = inputs[3].cpu()
+    with pytest.raises((RuntimeError, ValueError), match="(?i)device"):
+        local_relation(*inputs, 3)
