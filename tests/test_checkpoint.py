@@ -72,7 +72,7 @@ def test_foreign_files(tmp_path):
         read_checkpoint(plain)
     code = tmp_path / "code.pt"
     with open(code, "wb") as f:  # a pickle that would run code: weights_only refuses it
-        pickle.dump({"format": FORMAT, "x": Fraction(1, 3)}, f)
+        pickle.dump({"format": FORMAT, "x": Fraction(1, 3)}, f, protocol=2)
     with pytest.raises(UserError, match="not a readable lrrobust checkpoint"):
         read_checkpoint(code)
     noise = tmp_path / "noise.pt"

@@ -214,6 +214,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
         (["train-adv", "--eps", "sixteen"], "--eps must be a number or a fraction"),
         (["train-adv", "--steps", "0"], "--steps must be at least 1"),
         (["train", "--epochs", "0"], "--epochs must be at least 1"),
+        (["train", "--grad-clip", "-1"], "--grad-clip must be >= 0"),
         (["train", "--model-opt", "geo_prior"], "--model-opt takes KEY=VALUE"),
         (["train", "--model-opt", "geo_prior=cubic"], "geo_prior"),
         (["train", "-d", "cifar10"], "needs --root"),
@@ -260,6 +261,7 @@ def test_presets_are_defaults_the_user_overrides():
     digits = resolve_config(TrainConfig(adversarial=True, model_kwargs={"width": 0.5}, steps=4))
     assert digits.eps == 0.2 and digits.alpha == 0.05 and digits.model_kwargs == {"stem": "small", "width": 0.5}
     assert resolve_config(TrainConfig(eps=0.5)).eps is None  # regular training has no attack
+    assert (digits.grad_clip, paper.grad_clip, resolve_config(TrainConfig(grad_clip=0)).grad_clip) == (1.0, 0.0, 0)
     with pytest.raises(UserError, match="unknown preset"):
         resolve_config(TrainConfig(preset="mnist"))
 

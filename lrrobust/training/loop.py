@@ -98,6 +98,7 @@ def train_step(
     generator: torch.Generator | None,
     amp: bool = False,
     ctx: D.DistContext | None = None,
+    grad_clip: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """One SGD step, on PGD images when ``attack`` is given (then the attack runs on ``attack_model`` in eval mode).
 
@@ -124,6 +125,9 @@ def train_step(
         raise TrainingDiverged(f"loss became {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     correct = (logits.argmax(1) == labels).sum()
     out["loss"] = loss.detach()
@@ -309,7 +313,7 @@ def _run_epoch(model, attack_model, optimizer, scheduler, loader, cfg, ctx, atta
     for images, labels in loader:
         images, labels = _to_device(images, labels, ctx.device, cfg.channels_last)
         out = train_step(model, attack_model, optimizer, images, labels, attack=attack, num_classes=num_classes,
-                         generator=target_gen, amp=cfg.amp, ctx=ctx)
+                         generator=target_gen, amp=cfg.amp, ctx=ctx, grad_clip=cfg.grad_clip)
         scheduler.step()
         n = len(labels)
         sums[0] += out["loss"] * n
