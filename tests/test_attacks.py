@@ -126,6 +126,9 @@ def test_restarts_keep_the_first_successful_restart_per_sample(targeted):
     unchanged = first.success | ~best.success  # succeeded at once, or never: restart 0's example is kept
     assert torch.equal(best.adv_images[unchanged], first.adv_images[unchanged])
     assert torch.equal(best.adv_pred[unchanged], first.adv_pred[unchanged])
+    reused = run_attack(model, many, images, labels, first=first, **kw)  # restart 0 given, not recomputed
+    for field in ("adv_images", "adv_pred", "success"):
+        assert torch.equal(getattr(reused, field), getattr(best, field))
     goal = targets if targeted else labels
     gained = best.success & ~first.success
     if targeted:

@@ -26,7 +26,7 @@ def test_the_demo_trains_each_model_regularly_and_adversarially(tmp_path):
     from lrrobust.training.config import PRESETS
 
     configs = train_configs(tmp_path)
-    assert [(c.model, c.adversarial) for c in configs] == [(m, a) for m in MODELS for a in (False, True)]
+    assert [(c.model, c.adversarial) for c in configs] == [(m, a) for m in MODELS for a in (True, False)]
     assert set(MODELS) == {"lrnet26", "resnet26"}
     for config in configs:
         resolved = resolve_config(config)
@@ -38,7 +38,7 @@ def test_the_demo_trains_each_model_regularly_and_adversarially(tmp_path):
     assert not any(c.resume for c in configs)
     (tmp_path / "lrnet26-regular").mkdir()
     (tmp_path / "lrnet26-regular" / "last.pt").write_bytes(b"")
-    assert [c.resume for c in train_configs(tmp_path)] == [True, False, False, False]
+    assert [c.resume for c in train_configs(tmp_path)] == [False, True, False, False]
 
 
 def test_robustness_verdicts():
@@ -59,7 +59,7 @@ def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
                     epochs=(("regular", 2), ("adversarial", 2)), adv_steps=2, suite=str(tmp_path / "tiny.toml"))
     screen = io.StringIO()
     report = run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=screen, width=150),
-                      plan=plan)
+                      plan=plan, jobs=2)  # two worker processes
     assert report == tmp_path / "report" / "table9.md"
     for name in ("table9.md", "table9.csv", "accuracy_vs_steps.png", "accuracy_vs_eps.png"):
         assert (tmp_path / "report" / name).is_file()
@@ -69,9 +69,11 @@ def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
     assert all(rows[0][k] != "" for k in ("adv_clean", "adv_targeted", "adv_untargeted", "reg_clean",
                                           "reg_targeted", "reg_untargeted"))
     text = screen.getvalue()
-    assert "train 4/2" not in text and "train 2/2" in text and "evaluate 2/2" in text
+    assert "resnet18: adversarial training (targeted PGD-2), 2 epochs, then the tiny suite" in text
+    assert "resnet18 regular: done" in text and "resnet18 adversarial: done" in text
     assert "adversarial training far more robust than regular" in text and "wall time" in text
     first = (tmp_path / "report" / "table9.csv").read_text()
     # Run again in the same work directory: training resumes (nothing left to do), evaluation skips its batches.
-    run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=io.StringIO()), plan=plan)
+    run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=io.StringIO()), plan=plan,
+             jobs=1)  # in this process
     assert (tmp_path / "report" / "table9.csv").read_text() == first

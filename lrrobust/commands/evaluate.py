@@ -152,12 +152,16 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path("reports/digits"),
     workdir: Annotated[Path | None, typer.Option("--workdir", help="Keep runs and evaluations here (resumed "
-                                                    "when it exists); default: a temporary directory.")] = None,
+                                                 "when it exists); default: a temporary directory.")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", help="Models trained and attacked at a time, one thread "
+                                             "each (default: one per CPU core, at most 4).")] = None,
 ) -> None:
     """The whole pipeline on the embedded digits: train, attack, report (what `make demo` runs)."""
     from lrrobust.demo import run_demo
 
-    run_demo(out=out, workdir=workdir)
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    run_demo(out=out, workdir=workdir, console=console, jobs=jobs)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

@@ -116,6 +116,7 @@ def run_attack(
     targets: torch.Tensor | None = None,
     seed_for: Callable[[int], int] = lambda restart: restart,
     source: nn.Module | None = None,
+    first: AttackOutcome | None = None,
 ) -> AttackOutcome:
     """Attack ``model`` on a batch with ``spec.restarts`` restarts, keeping each sample's worst case.
 
@@ -127,6 +128,8 @@ def run_attack(
         targets: one wrong class per sample, required when ``spec.targeted``.
         seed_for: the global-RNG seed of restart r (torchattacks' random start uses the global RNG).
         source: craft the examples on this model instead (a transfer attack); predictions are ``model``'s.
+        first: the outcome of restart 0, when already computed (the same attack with one restart and the same
+            seeds); restart 0 is then not run again.
 
     Returns:
         AttackOutcome with the kept adversarial images, their predictions by ``model`` and success flags.
@@ -141,7 +144,9 @@ def run_attack(
         kept = images.clone()
         kept_pred = torch.empty_like(labels)
         success = torch.zeros_like(labels, dtype=torch.bool)
-        for restart in range(spec.restarts):
+        if first is not None:
+            kept, kept_pred, success = first.adv_images.clone(), first.adv_pred.clone(), first.success.clone()
+        for restart in range(0 if first is None else 1, spec.restarts):
             todo = torch.arange(len(labels), device=labels.device) if restart == 0 else (~success).nonzero()[:, 0]
             if len(todo) == 0:
                 break

@@ -216,6 +216,7 @@ def _evaluate_shard(
                 done[(b, CLEAN)] = record
                 progress.advance(task)
             targets = (labels + offsets[index].to(device)) % classes
+            single: dict[str, Any] = {}  # this batch's one-restart outcomes: restart 0 of a multi-restart attack
             for spec in attacks:
                 if (b, spec.name) in done:
                     continue
@@ -225,7 +226,10 @@ def _evaluate_shard(
                     targets=targets if spec.targeted else None,
                     seed_for=_restart_seeds(seed, b, spec),
                     source=sources.get(spec.source) if spec.source else None,
+                    first=single.get(spec.seed_key()) if spec.restarts > 1 else None,
                 )
+                if spec.restarts == 1:
+                    single[spec.seed_key()] = outcome
                 record = {"batch": b, "attack": spec.name, "adv_pred": outcome.adv_pred.tolist(),
                           "success": outcome.success.int().tolist(),
                           "target": None if outcome.targets is None else outcome.targets.tolist()}
