@@ -30,9 +30,10 @@ from lrrobust.training.loop import lr_factor, train_step
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # A tiny adversarial run (PGD-2) for the resume tests: every RNG stream (init, order, targets, random starts) is used.
-RESUME_ARGS = ["train-adv", "-m", "resnet18", "--width", "0.125", "--epochs", "3", "--steps", "2", "--eps", "0.2"]
+RESUME_ARGS = ["train-adv", "-m", "resnet18", "--width", "0.125", "--epochs", "3", "--steps", "2", "--eps", "0.2",
+               "--milestones", "2"]
 RESUME_CONFIG = {"model": "resnet18", "model_kwargs": {"width": 0.125}, "epochs": 3, "steps": 2, "eps": 0.2,
-                 "adversarial": True}
+                 "adversarial": True, "milestones": [2]}
 TIMING_KEYS = ("seconds", "images_per_s")
 
 
@@ -154,6 +155,7 @@ def test_resumed_run_ends_with_the_same_weights(reference_run, tmp_path):
     train(TrainConfig(**RESUME_CONFIG, out=str(run), resume=True), progress=False)
     _assert_same_weights(run / "last.pt", reference_run / "last.pt")
     assert _without_timing(_metrics(run)) == _without_timing(_metrics(reference_run))
+    assert [m["lr"] for m in _metrics(run)] == pytest.approx([0.1, 0.1, 0.01])  # warm-up done, x0.1 at epoch 2
     assert len(json.loads((run / "manifest.json").read_text())["resumes"]) == 1
 
 

@@ -270,14 +270,14 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
             sampler.set_epoch(epoch)
             loader_gen.manual_seed(derived_seed(cfg.seed, epoch, ctx.rank))
             try:
-                sums, seconds = _run_epoch(model, attack_model, optimizer, scheduler, train_loader, cfg, ctx, attack,
+                sums, seconds, lr = _run_epoch(model, attack_model, optimizer, scheduler, train_loader, cfg, ctx, attack,
                                            num_classes, target_gen, bar, epoch)
             except TrainingDiverged as e:
                 kept = f"{last_path} keeps epoch {start_epoch}" if last_path.is_file() else "no checkpoint was written"
                 raise TrainingDiverged(f"{e} in epoch {epoch + 1}; run stopped, {kept} (the last good weights); "
                                        "lower --lr or check the data") from None
             test_acc = evaluate_accuracy(attack_model, test_loader, ctx, cfg.amp, cfg.channels_last)
-            record = _epoch_record(epoch, sums, seconds, test_acc, optimizer, attack is not None)
+            record = _epoch_record(epoch, sums, seconds, test_acc, lr, attack is not None)
             history.append(record)
             bar.epoch_done(record, cfg.epochs)
             improved = test_acc > best_acc
@@ -310,8 +310,10 @@ def _run_epoch(model, attack_model, optimizer, scheduler, loader, cfg, ctx, atta
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     start = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"]
     for images, labels in loader:
         images, labels = _to_device(images, labels, ctx.device, cfg.channels_last)
+        lr = optimizer.param_groups[0]["lr"]  # the lr of this step
         out = train_step(model, attack_model, optimizer, images, labels, attack=attack, num_classes=num_classes,
                          generator=target_gen, amp=cfg.amp, ctx=ctx, grad_clip=cfg.grad_clip)
         scheduler.step()
@@ -326,10 +328,10 @@ def _run_epoch(model, attack_model, optimizer, scheduler, loader, cfg, ctx, atta
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     seconds = time.perf_counter() - start
-    return D.all_reduce_sum(ctx, sums), seconds
+    return D.all_reduce_sum(ctx, sums), seconds, lr
 
 
-def _epoch_record(epoch, sums, seconds, test_acc, optimizer, adversarial) -> dict[str, Any]:
+def _epoch_record(epoch, sums, seconds, test_acc, lr, adversarial) -> dict[str, Any]:
     loss_sum, n, clean, adv, _ = (float(v) for v in sums)
     record = {
         "epoch": epoch + 1,
@@ -338,7 +340,7 @@ def _epoch_record(epoch, sums, seconds, test_acc, optimizer, adversarial) -> dic
         "test_acc": test_acc,
         "images": int(n),
         "images_per_s": n / seconds,
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": lr,  # of the epoch's last step
         "seconds": seconds,
     }
     if adversarial:
