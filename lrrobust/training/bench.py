@@ -1,12 +1,14 @@
 """``lrrobust bench train``: images/s of a clean and of a PGD-16 adversarial training step (paper Sec. 6.2).
 
 A PGD-k step costs k attack passes (forward and input-gradient backward, in eval mode) plus the clean-accuracy
-forward and one update; the target is at most 13x a clean step for k = 16. Models are the CIFAR-10 variants:
+forward and one update; the target is at most 13x a clean step for k = 16. Clean and adversarial steps are timed
+alternately and the median step time of each is reported. Models are the CIFAR-10 variants:
 32x32 inputs, small stem, 10 classes. The step timed is ``lrrobust.training.loop.train_step``, the one training runs.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -21,22 +23,15 @@ BENCH_MODELS = ("lrnet26", "resnet26")
 TARGET_RATIO = 13.0
 
 
-def _time_steps(model, optimizer, images, labels, attack, amp, generator, warmup: int, iters: int) -> float:
-    """Seconds per training step, the mean of ``iters`` steps after ``warmup`` untimed ones."""
-    def step() -> None:
-        train_step(model, model, optimizer, images, labels, attack=attack, num_classes=10, generator=generator,
-                   amp=amp)
-
-    for _ in range(warmup):
-        step()
+def _time_step(model, optimizer, images, labels, attack, amp, generator) -> float:
+    """Seconds of one training step (``train_step``, synchronised on GPU)."""
     if images.device.type == "cuda":
         torch.cuda.synchronize(images.device)
     start = time.perf_counter()
-    for _ in range(iters):
-        step()
+    train_step(model, model, optimizer, images, labels, attack=attack, num_classes=10, generator=generator, amp=amp)
     if images.device.type == "cuda":
         torch.cuda.synchronize(images.device)
-    return (time.perf_counter() - start) / iters
+    return time.perf_counter() - start
 
 
 def bench_train(
@@ -71,8 +66,13 @@ def bench_train(
         labels = torch.randint(0, 10, (batch_size,), device=dev)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         generator = torch.Generator().manual_seed(0)
-        clean = _time_steps(model, optimizer, images, labels, None, amp, generator, warmup, iters)
-        adv = _time_steps(model, optimizer, images, labels, attack, amp, generator, warmup, iters)
+        times: dict[str, list[float]] = {"clean": [], "adv": []}
+        for i in range(warmup + iters):  # clean and adversarial steps interleaved: both see the same machine load
+            for kind, settings in (("clean", None), ("adv", attack)):
+                seconds = _time_step(model, optimizer, images, labels, settings, amp, generator)
+                if i >= warmup:
+                    times[kind].append(seconds)
+        clean, adv = statistics.median(times["clean"]), statistics.median(times["adv"])
         record = {
             "model": name, "device": str(dev), "batch_size": batch_size, "width": width, "image_size": 32,
             "pgd_steps": steps, "amp": amp, "channels_last": channels_last, "threads": torch.get_num_threads(),
