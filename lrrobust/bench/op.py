@@ -152,8 +152,8 @@ def run_op_bench(
 
     Each measurement takes ``warmup`` untimed calls, one memory call, then up to ``repeats`` timed calls, cut
     to about ``max_seconds`` of timed calls but never fewer than 3 (the reference at stage 1 takes seconds per
-    call). Records: ``stage``, ``impl``, ``pass``, ``ms`` (median), ``peak_mb`` and the context (channels,
-    size, groups, batch, device, dtype, repeats, threads; ``kernel`` = "compiled" or "fallback" for lr_fused).
+    call). Records: ``stage``, ``impl``, ``pass``, ``ms`` (median), ``peak_mb`` and the context (``ms_min``,
+    ``ms_max``, channels, size, groups, batch, device, dtype, repeats, threads; ``kernel`` = "compiled" or "fallback" for lr_fused).
     ``threads`` sets torch's intra-op CPU threads for the run (default: leave torch's setting).
     """
     dtype = check_options(device, batch, dtype, repeats, warmup, max_seconds)
@@ -182,7 +182,8 @@ def run_op_bench(
                     record = {"stage": stage.stage, "impl": impl, "pass": pass_, "ms": m.ms, "peak_mb": m.peak_mb}
                     record.update(channels=stage.channels, size=stage.size, groups=stage.groups)
                     record.update(kernel_size=KERNEL_SIZE, batch=batch, device=device, dtype=dtype)
-                    record.update(repeats=m.repeats, threads=torch.get_num_threads())
+                    record.update(ms_min=min(m.times_ms), ms_max=max(m.times_ms), repeats=m.repeats)
+                    record.update(threads=torch.get_num_threads())
                     if impl == "lr_fused":
                         record["kernel"] = kernel
                     records.append(record)
