@@ -191,7 +191,7 @@ LR_DEV LrWindow lr_window(const LrGeom& g, const LrTile& t, int i, int j) {
   LrWindow w;
   lr_window_range(i, g.height, g.ksize, g.radius, g.stride, g.dilation, w.a_lo, w.a_hi);
   lr_window_range(j, g.width, g.ksize, g.radius, g.stride, g.dilation, w.b_lo, w.b_hi);
-  if (TILED) {
+  if constexpr (TILED) {
     // The tile starts at pixel (tile_i*th*s - r*d, tile_j*tw*s - r*d): pixel (i*s, j*s) is at
     // (threadIdx.y*s + r*d, threadIdx.x*s + r*d).
     const int rd = g.radius * g.dilation;
@@ -231,14 +231,17 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
   LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
   const int y0 = blk.tile_i * t.th * g.stride - r * d;
   const int x0 = blk.tile_j * t.tw * g.stride - r * d;
-  if (TILED) {
+  if constexpr (TILED) {
     const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
     for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
     lr_stage_plane(s_key, key_plane, y0, x0, t.rh, t.rw, g.height, g.width);
   }
   auto geo_at = [&](int ab) -> acc_t {
-    if (TILED) return s_geo[ab];
-    return static_cast<acc_t>(geo_g[ab]);
+    if constexpr (TILED) {
+      return s_geo[ab];
+    } else {
+      return static_cast<acc_t>(geo_g[ab]);
+    }
   };
   const scalar_t* kp = TILED ? s_key : key_plane;
   const LrWindow win = lr_window<TILED>(g, t, active ? i : 0, active ? j : 0);
@@ -249,17 +252,20 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
     const scalar_t* vp = value_plane + cc * hw;
-    if (TILED) {
+    if constexpr (TILED) {
       if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tile
       lr_stage_channels(s_value, vp, hw, mc, y0, x0, t.rh, t.rw, g.height, g.width);
       LR_SYNC();
     }
     auto values_at = [&](int off) -> LrVec<scalar_t> {
-      if (TILED) return s_value[off];
-      LrVec<scalar_t> e;
+      if constexpr (TILED) {
+        return s_value[off];
+      } else {
+        LrVec<scalar_t> e;
 #pragma unroll
-      for (int c = 0; c < kChannelChunk; ++c) e.v[c] = c < mc ? vp[c * hw + off] : static_cast<scalar_t>(0.0f);
-      return e;
+        for (int c = 0; c < kChannelChunk; ++c) e.v[c] = c < mc ? vp[c * hw + off] : static_cast<scalar_t>(0.0f);
+        return e;
+      }
     };
     if (active) {
       if (cc == 0) {  // the maximum logit, for a stable softmax
@@ -329,14 +335,17 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
   LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
   const int y0 = blk.tile_i * t.th * g.stride - r * d;
   const int x0 = blk.tile_j * t.tw * g.stride - r * d;
-  if (TILED) {
+  if constexpr (TILED) {
     const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
     for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
     lr_stage_plane(s_key, key_plane, y0, x0, t.rh, t.rw, g.height, g.width);
   }
   auto geo_at = [&](int ab) -> acc_t {
-    if (TILED) return s_geo[ab];
-    return static_cast<acc_t>(geo_g[ab]);
+    if constexpr (TILED) {
+      return s_geo[ab];
+    } else {
+      return static_cast<acc_t>(geo_g[ab]);
+    }
   };
   const scalar_t* kp = TILED ? s_key : key_plane;
   const LrWindow win = lr_window<TILED>(g, t, active ? i : 0, active ? j : 0);
@@ -348,17 +357,20 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
     const scalar_t* vp = value_plane + cc * hw;
-    if (TILED) {
+    if constexpr (TILED) {
       if (cc > 0) LR_SYNC();
       lr_stage_channels(s_value, vp, hw, mc, y0, x0, t.rh, t.rw, g.height, g.width);
       LR_SYNC();
     }
     auto values_at = [&](int off) -> LrVec<scalar_t> {
-      if (TILED) return s_value[off];
-      LrVec<scalar_t> e;
+      if constexpr (TILED) {
+        return s_value[off];
+      } else {
+        LrVec<scalar_t> e;
 #pragma unroll
-      for (int c = 0; c < kChannelChunk; ++c) e.v[c] = c < mc ? vp[c * hw + off] : static_cast<scalar_t>(0.0f);
-      return e;
+        for (int c = 0; c < kChannelChunk; ++c) e.v[c] = c < mc ? vp[c * hw + off] : static_cast<scalar_t>(0.0f);
+        return e;
+      }
     };
     if (active) {
       if (cc == 0) {
@@ -460,12 +472,15 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem + t.off_a);
   LrStats<acc_t>* s_stats = reinterpret_cast<LrStats<acc_t>*>(smem + t.off_b);
   LrVec<scalar_t>* s_go = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_c);
-  if (TILED) {
+  if constexpr (TILED) {
     for (int e = tid; e < KK; e += nthreads) s_geo[e] = static_cast<acc_t>(geo_g[e]);
   }
   auto geo_at = [&](int ab) -> acc_t {
-    if (TILED) return s_geo[ab];
-    return static_cast<acc_t>(geo_g[ab]);
+    if constexpr (TILED) {
+      return s_geo[ab];
+    } else {
+      return static_cast<acc_t>(geo_g[ab]);
+    }
   };
 
   for (int n = n_begin; n < n_end; ++n) {
@@ -473,18 +488,21 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
     const scalar_t* q_plane = query + ng * out_hw;
     const acc_t* lse_plane = lse + ng * out_hw;
     const acc_t* dsum_plane = dsum + ng * out_hw;
-    if (TILED) {
+    if constexpr (TILED) {
       LR_SYNC();  // the previous image's tiles are no longer read
       lr_stage_stats(s_stats, q_plane, lse_plane, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
     }
     auto stats_at = [&](int o) -> LrStats<acc_t> {
-      if (TILED) return s_stats[o];
-      LrStats<acc_t> e;
-      e.q = static_cast<acc_t>(q_plane[o]);
-      e.lse = lse_plane[o];
-      e.dsum = dsum_plane[o];
-      e.pad = 0;
-      return e;
+      if constexpr (TILED) {
+        return s_stats[o];
+      } else {
+        LrStats<acc_t> e;
+        e.q = static_cast<acc_t>(q_plane[o]);
+        e.lse = lse_plane[o];
+        e.dsum = dsum_plane[o];
+        e.pad = 0;
+        return e;
+      }
     };
     const acc_t kv = active ? static_cast<acc_t>(key[ng * hw + pix]) : acc_t(0);
     acc_t dk = 0;
@@ -493,19 +511,22 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
       const int mc = lr_min(kChannelChunk, m_g - cc);
       const int64_t plane0 = int64_t(n) * g.channels + c_begin + cc;  // first channel plane of the chunk
       const scalar_t* go_planes = grad_out + plane0 * out_hw;
-      if (TILED) {
+      if constexpr (TILED) {
         if (cc > 0) LR_SYNC();
         lr_stage_channels(s_go, go_planes, out_hw, mc, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
         LR_SYNC();
       }
       auto go_at = [&](int o) -> LrVec<scalar_t> {
-        if (TILED) return s_go[o];
-        LrVec<scalar_t> e;
+        if constexpr (TILED) {
+          return s_go[o];
+        } else {
+          LrVec<scalar_t> e;
 #pragma unroll
-        for (int c = 0; c < kChannelChunk; ++c) {
-          e.v[c] = c < mc ? go_planes[c * out_hw + o] : static_cast<scalar_t>(0.0f);
+          for (int c = 0; c < kChannelChunk; ++c) {
+            e.v[c] = c < mc ? go_planes[c * out_hw + o] : static_cast<scalar_t>(0.0f);
+          }
+          return e;
         }
-        return e;
       };
       acc_t v[kChannelChunk], dv[kChannelChunk];
 #pragma unroll
