@@ -180,6 +180,7 @@ def test_sigkill_mid_run_then_resume(reference_run, tmp_path):
     assert 1 <= killed_at < 3  # killed mid-run, with a complete checkpoint
     result = CliRunner().invoke(app, [*RESUME_ARGS, "-o", str(run), "--resume"])
     assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines() == [f"run directory: {run}"]  # no progress bars off a terminal
     _assert_same_weights(run / "last.pt", reference_run / "last.pt")
     assert [m["epoch"] for m in _metrics(run)] == [1, 2, 3]
     assert not list(run.glob(".*.tmp"))
@@ -229,6 +230,19 @@ def test_bad_options_exit_2_with_one_line(args, message, tmp_path):
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and message in result.output
     assert not out.exists()  # nothing written
+
+
+def test_cli_reads_eps_as_a_fraction_and_resolves_the_step_size(tmp_path):
+    out = tmp_path / "run"
+    args = ["train-adv", "-m", "resnet18", "--width", "0.125", "--epochs", "1", "--eps", "16/255", "--steps", "1",
+            "--untargeted", "--no-random-start", "--model-opt", "kernel_size=3", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["eps"] == pytest.approx(16 / 255) and config["alpha"] == pytest.approx(16 / 255)  # eps/steps > 1/255
+    assert (config["steps"], config["targeted"], config["random_start"]) == (1, False, False)
+    assert config["model_kwargs"] == {"stem": "small", "width": 0.125, "kernel_size": 3}
+    assert read_checkpoint(out / "last.pt")["attack"]["targeted"] is False
 
 
 def test_existing_run_directory_needs_resume(tmp_path):
