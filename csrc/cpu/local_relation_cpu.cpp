@@ -554,6 +554,13 @@ bool is_reduced_float(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
 }
 
+// Tasks per parallel chunk such that a chunk does at least about 2^16 channel-offset steps: a small problem
+// runs on the calling thread, where a parallel region would cost more than it saves.
+int64_t grain_size(const Geometry& g, int64_t pixels_per_task) {
+  const int64_t work = pixels_per_task * max_rows(g) * std::min(g.kernel, g.width) * (g.m + 4);
+  return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work));
+}
+
 // Per-thread scratch from the tensor allocator (so memory statistics see it); row t belongs to thread t.
 at::Tensor thread_scratch(int64_t per_thread, const at::TensorOptions& options) {
   return at::empty({at::get_num_threads(), per_thread}, options);
@@ -576,7 +583,8 @@ at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor&
   at::Tensor scratch = thread_scratch(Scratch<float>::size(g, /*backward=*/false), value.options());
   at::Tensor lane_scratch = thread_scratch(Scratch<float>::lanes_size(g), value.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "local_relation_forward_cpu", [&] {
-    at::parallel_for(0, shape.n * shape.groups * shape.out_height, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = grain_size(g, shape.out_width);
+    at::parallel_for(0, shape.n * shape.groups * shape.out_height, grain, [&](int64_t begin, int64_t end) {
       const int64_t t = at::get_thread_num();
       const auto run = g.stride == 1 ? forward_rows<scalar_t, true> : forward_rows<scalar_t, false>;
       run(g, composability, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
@@ -617,7 +625,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backwa
   at::Tensor scratch = thread_scratch(Scratch<float>::size(g, /*backward=*/true), value.options());
   at::Tensor lane_scratch = thread_scratch(Scratch<float>::lanes_size(g), value.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "local_relation_backward_cpu", [&] {
-    at::parallel_for(0, shape.n * shape.groups, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = grain_size(g, shape.out_height * shape.out_width);
+    at::parallel_for(0, shape.n * shape.groups, grain, [&](int64_t begin, int64_t end) {
       const int64_t t = at::get_thread_num();
       const auto run = g.stride == 1 ? backward_groups<scalar_t, true> : backward_groups<scalar_t, false>;
       run(g, composability, go.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
