@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lrrobust.ops as ops
+from lrrobust import ops
 from lrrobust.ops import local_relation
 from lrrobust.ops.reference import local_relation_reference
 
