@@ -1,0 +1,310 @@
+"""The local relation op on the CPU (paper Sec. 4, Eq. 2-5): the compiled kernel against the pure-PyTorch reference.
+
+Covers strides 1-3, dilations 1-2, K = 1, 3, 5, 7, 9 and windows covering the whole map, m = 1, 2, 7, 8,
+C not a multiple of G, odd and non-square maps, rows wider than one 16-pixel chunk, all three composability
+terms; gradcheck, opcheck, torch.compile, bad inputs, non-contiguous and empty inputs, memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lrrobust import ops
+from lrrobust.ops import local_relation
+from lrrobust.ops.reference import local_relation_reference
+
+KINDS = ("sqdiff", "absdiff", "product")
+CODES = {"sqdiff": 0, "absdiff": 1, "product": 2}
+
+# (n, c, g, h, w, k, s, d); m = ceil(c / g)
+CASES = [
+    (2, 8, 1, 5, 7, 3, 1, 1),  # m = 8
+    (1, 4, 2, 6, 5, 5, 2, 1),  # m = 2, stride 2
+    (2, 3, 3, 7, 4, 3, 3, 1),  # m = 1, stride 3
+    (1, 20, 3, 5, 6, 3, 1, 2),  # m = 7, last group of 6, dilation 2
+    (1, 16, 2, 9, 8, 7, 1, 1),  # m = 8, K = 7
+    (1, 2, 2, 6, 7, 9, 2, 2),  # m = 1, K = 9, stride 2, dilation 2
+    (1, 4, 1, 3, 21, 5, 1, 1),  # m = 4, a row wider than one 16-pixel chunk
+    (1, 6, 2, 4, 5, 1, 1, 1),  # K = 1: the output is the value
+    (1, 3, 1, 4, 3, 11, 1, 1),  # K = 11 > 2*max(H, W) - 1: the whole map
+]
+
+# Forward-only shapes that exercise more of the chunking: long rows, partial chunks, wide windows.
+FORWARD_CASES = CASES + [
+    (2, 16, 2, 5, 37, 7, 1, 1),
+    (1, 24, 3, 11, 40, 5, 2, 1),
+    (1, 8, 1, 19, 34, 9, 1, 2),
+    (1, 12, 4, 6, 50, 3, 3, 2),
+    (1, 9, 3, 12, 18, 35, 1, 1),
+    (1, 100, 13, 9, 9, 7, 1, 1),  # LR-Net-26 stage-1 grouping: 13 groups, the last of 4 channels
+]
+
+
+def make_inputs(case, dtype=torch.float64, seed=0, requires_grad=False):
+    n, c, g, h, w, k, s, _ = case
+    gen = torch.Generator().manual_seed(seed)
+    ho, wo = -(-h // s), -(-w // s)
+    shapes = [(n, g, ho, wo), (n, g, h, w), (n, c, h, w), (g, k, k)]
+    return [torch.randn(shape, generator=gen, dtype=dtype).requires_grad_(requires_grad) for shape in shapes]
+
+
+def options(case, kind):
+    _, _, _, _, _, k, s, d = case
+    return {"kernel_size": k, "stride": s, "dilation": d, "composability": kind}
+
+
+def test_cpu_is_served_by_the_compiled_kernel(monkeypatch):
+    assert ops.kernel_available("cpu"), ops.build_info()
+    assert "CPU kernel compiled" in ops.build_info()
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference ran instead of the compiled kernel")
+
+    monkeypatch.setattr(ops, "local_relation_reference", no_reference)
+    case = CASES[0]
+    x = make_inputs(case, requires_grad=True)
+    out = local_relation(*x, **options(case, "sqdiff"))
+    out.sum().backward()
+    assert all(t.grad is not None for t in x)
+    monkeypatch.undo()
+    torch.testing.assert_close(out, local_relation_reference(*x, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=str)
+def test_forward_matches_reference(case, kind, dtype):
+    x = make_inputs(case, dtype)
+    got = local_relation(*x, **options(case, kind))
+    want = local_relation_reference(*x, case[5], case[6], case[7], kind)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_gradients_match_reference(case, kind):
+    x = make_inputs(case, requires_grad=True)
+    out = local_relation(*x, **options(case, kind))
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, x, grad_out)
+    want = torch.autograd.grad(local_relation_reference(*x, case[5], case[6], case[7], kind), x, grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+GRADCHECK_CASES = [CASES[i] for i in (0, 1, 2, 3, 5, 6, 8)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=str)
+def test_gradcheck(case, kind):
+    x = make_inputs(case, seed=1, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: local_relation(*t, **options(case, kind)), x)
+
+
+def test_opcheck():
+    # Schema, fake kernels, autograd registration and AOT dispatch; the composability does not change them.
+    case = CASES[3]
+    x = make_inputs(case, requires_grad=True)
+    options_ = (case[5], case[6], case[7], CODES["absdiff"])
+    torch.library.opcheck(torch.ops.lrrobust.local_relation_forward.default, (*x, *options_))
+    grad_out = torch.randn(local_relation_reference(*x, case[5], case[6], case[7]).shape, dtype=torch.float64)
+    inputs = [t.detach() for t in x]
+    torch.library.opcheck(torch.ops.lrrobust.local_relation_backward.default, (grad_out, *inputs, *options_))
+
+
+def test_compile_fullgraph_matches_eager():
+    case = CASES[1]
+
+    def layer(query, key, value, geo_prior):
+        return local_relation(query * 2, key, value.relu(), geo_prior, 5, stride=2).sum()
+
+    x = make_inputs(case, torch.float32, requires_grad=True)
+    # aot_eager: Dynamo (no graph break allowed) and AOT autograd through the fake and autograd registrations,
+    # without Inductor's code generation, which would dominate this test's time.
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    got = compiled(*x)
+    got_grads = torch.autograd.grad(got, x)
+    want = layer(*x)
+    want_grads = torch.autograd.grad(want, x)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+
+
+def test_non_contiguous_inputs():
+    case = (2, 6, 3, 7, 9, 3, 1, 1)
+    x = make_inputs(case, requires_grad=True)
+    # Transposed, then sliced views holding the same values as x.
+    views = [t.detach().transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_() for t in x]
+    wide = torch.randn(2, 12, 7, 9, dtype=torch.float64)
+    wide[:, ::2] = x[2].detach()
+    views[2] = wide[:, ::2].requires_grad_()
+    assert not any(v.is_contiguous() for v in views[:3])
+    out = local_relation(*views, 3)
+    torch.testing.assert_close(out, local_relation(*x, 3), rtol=0, atol=0)
+    grad_out = torch.randn_like(out).transpose(-1, -2).contiguous().transpose(-1, -2)
+    got = torch.autograd.grad(out, views, grad_out)
+    want = torch.autograd.grad(local_relation_reference(*x, 3), x, grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+def test_empty_batch():
+    case = (0, 4, 2, 5, 6, 3, 1, 1)
+    x = make_inputs(case, requires_grad=True)
+    out = local_relation(*x, 3)
+    assert out.shape == (0, 4, 5, 6)
+    out.sum().backward()
+    assert x[2].grad.shape == (0, 4, 5, 6)
+    assert torch.equal(x[3].grad, torch.zeros(2, 3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_full_image_window(kind):
+    # K = 2*max(H, W) - 1: every output pixel sees the whole map; K + 4: beyond it.
+    for k in (2 * 7 - 1, 2 * 7 + 3):
+        case = (1, 4, 2, 5, 7, k, 1, 1)
+        x = make_inputs(case, requires_grad=True)
+        out = local_relation(*x, k, composability=kind)
+        want = local_relation_reference(*x, k, 1, 1, kind)
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+        grad_out = torch.randn_like(out)
+        for g, w in zip(torch.autograd.grad(out, x, grad_out), torch.autograd.grad(want, x, grad_out)):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_is_computed_in_float32(dtype):
+    case = (1, 8, 2, 6, 20, 5, 1, 1)
+    x = [t.to(dtype).requires_grad_() for t in make_inputs(case, torch.float32)]
+    out = local_relation(*x, 5)
+    assert out.dtype == dtype
+    want = local_relation(*[t.detach().float() for t in x], 5)
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert all(t.grad.dtype == dtype for t in x)
+
+
+def test_mixed_float_dtypes_are_promoted():
+    case = CASES[0]
+    x = make_inputs(case)
+    out = local_relation(x[0].float(), x[1].float(), x[2], x[3].float(), 3)
+    assert out.dtype == torch.float64
+
+
+def test_meta_tensors_give_the_output_shape():
+    x = [t.to("meta") for t in make_inputs(CASES[1])]
+    out = local_relation(*x, 5, stride=2)
+    assert out.device.type == "meta" and out.shape == (1, 4, 3, 3)
+
+
+def test_backward_is_deterministic():
+    case = (2, 16, 2, 9, 20, 5, 1, 1)
+    x = make_inputs(case, torch.float32, requires_grad=True)
+    out = local_relation(*x, 5)
+    grad_out = torch.randn_like(out)
+    first = torch.autograd.grad(out, x, grad_out, retain_graph=True)
+    second = torch.autograd.grad(out, x, grad_out)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_fallback_warns_once_and_matches(monkeypatch):
+    monkeypatch.setitem(ops.library.KERNELS, "cpu", False)
+    monkeypatch.setattr(ops, "_warned_fallback", False)
+    case = CASES[2]
+    x = make_inputs(case)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = local_relation(*x, 3, stride=3)
+        local_relation(*x, 3, stride=3)
+    assert len([w for w in caught if "pure-PyTorch reference" in str(w.message)]) == 1
+    torch.testing.assert_close(first, local_relation_reference(*x, 3, 3))
+
+
+def _good():
+    return {"query": torch.randn(1, 2, 4, 5), "key": torch.randn(1, 2, 4, 5), "value": torch.randn(1, 8, 4, 5),
+            "geo_prior": torch.randn(2, 3, 3), "kernel_size": 3}
+
+
+BAD_INPUTS = [
+    ("query 3-D", {"query": torch.randn(2, 4, 5)}, ValueError, "query must be 4-D"),
+    ("key 5-D", {"key": torch.randn(1, 2, 4, 5, 1)}, ValueError, "key must be 4-D"),
+    ("value 2-D", {"value": torch.randn(8, 20)}, ValueError, "value must be 4-D"),
+    ("prior 2-D", {"geo_prior": torch.randn(2, 9)}, ValueError, "geo_prior must be 3-D"),
+    ("even K", {"kernel_size": 4, "geo_prior": torch.randn(2, 4, 4)}, ValueError, "kernel_size must be odd"),
+    ("K not int", {"kernel_size": 3.0}, TypeError, "kernel_size must be an int"),
+    ("stride 0", {"stride": 0}, ValueError, "stride must be >= 1"),
+    ("dilation 0", {"dilation": 0}, ValueError, "dilation must be >= 1"),
+    ("unknown phi", {"composability": "dot"}, ValueError, "'sqdiff', 'absdiff', 'product'"),
+    ("query spatial", {"query": torch.randn(1, 2, 4, 4)}, ValueError, "query must be (N, G, ceil(H/stride)"),
+    ("query groups", {"query": torch.randn(1, 3, 4, 5)}, ValueError, "query must be (N, G, ceil(H/stride)"),
+    ("query at input size, stride 2", {"stride": 2}, ValueError, "query must be (N, G, ceil(H/stride)"),
+    ("value size", {"value": torch.randn(1, 8, 5, 5)}, ValueError, "must agree in N, H and W"),
+    ("value batch", {"value": torch.randn(2, 8, 4, 5)}, ValueError, "must agree in N, H and W"),
+    ("prior groups", {"geo_prior": torch.randn(3, 3, 3)}, ValueError, "geo_prior must be (G, K, K)"),
+    ("prior size", {"geo_prior": torch.randn(2, 5, 5)}, ValueError, "geo_prior must be (G, K, K)"),
+    ("group without channels",
+     {"query": torch.randn(1, 4, 4, 5), "key": torch.randn(1, 4, 4, 5), "value": torch.randn(1, 6, 4, 5),
+      "geo_prior": torch.randn(4, 3, 3)},
+     ValueError, "leave the last group without channels"),
+    ("no channels", {"value": torch.randn(1, 0, 4, 5)}, ValueError, "at least one channel"),
+    ("integer value", {"value": torch.ones(1, 8, 4, 5, dtype=torch.int64)}, ValueError, "floating-point"),
+    ("bool key", {"key": torch.ones(1, 2, 4, 5, dtype=torch.bool)}, ValueError, "floating-point"),
+    ("value on meta", {"value": torch.randn(1, 8, 4, 5, device="meta")}, ValueError, "on one device"),
+    ("prior not a tensor", {"geo_prior": [[0.0]]}, TypeError, "geo_prior must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("name,change,error,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_raise_clear_errors(name, change, error, message):
+    args = {**_good(), **change}
+    with pytest.raises(error, match="local_relation: .*" + re.escape(message)):
+        local_relation(**args)
+
+
+def test_compiled_op_checks_inputs_too():
+    args = _good()
+    with pytest.raises(RuntimeError, match="kernel_size must be odd"):
+        torch.ops.lrrobust.local_relation_forward(args["query"], args["key"], args["value"], args["geo_prior"], 4, 1,
+                                                  1, 0)
+    with pytest.raises(RuntimeError, match="must be \\(N, G, ceil"):
+        torch.ops.lrrobust.local_relation_forward(args["query"], args["key"], args["value"], args["geo_prior"], 3, 2,
+                                                  1, 0)
+
+
+def _peak_allocated_bytes(fn, trace_path) -> int:
+    """Peak of the CPU allocator's live bytes (allocated while profiling) during fn(), from the profiler trace."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    prof.export_chrome_trace(str(trace_path))
+    with open(trace_path) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("name") == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e["ts"]):
+        live += event["args"]["Bytes"]
+        peak = max(peak, live)
+    return peak
+
+
+def test_memory_stays_far_below_a_window_copy(tmp_path):
+    # A whole-map window on a 40 x 40 map: K*K = 6241 copies of value would be 1.3 GB. The kernels allocate
+    # their outputs, the per-(n, group) partial sums of geo_prior's gradient and a per-thread scratch of
+    # O(K*K * 16) numbers (all through the tensor allocator, so the profiler sees them).
+    n, c, g, h, w, k = 1, 32, 4, 40, 40, 79
+    x = make_inputs((n, c, g, h, w, k, 1, 1), torch.float32, requires_grad=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        peak = _peak_allocated_bytes(lambda: local_relation(*x, k).sum().backward(), tmp_path / "trace.json")
+    finally:
+        torch.set_num_threads(threads)
+    window_copy = k * k * x[2].numel() * 4
+    assert 0 < peak < window_copy / 100, (peak, window_copy)
