@@ -6,12 +6,15 @@
   ``{"regular": RUN_DIR, "adversarial": RUN_DIR}`` (resnet18, small stem, width 0.25, 5 epochs; the adversarial run
   uses targeted PGD-4 at eps 0.2). Each RUN_DIR holds config.json, manifest.json, metrics.jsonl, last.pt and
   best.pt. Treat them as read-only (copy a run before changing it).
+- ``make_image_tree(root, classes=("cat", "dog"), per_class=2, size=(300, 260))``: writes an ImageFolder tree
+  ``root/{train,val}/CLASS/i.png`` of random RGB images and returns ``root``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,3 +44,21 @@ def digits_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     finally:
         torch.set_num_threads(threads)
     return {"regular": regular, "adversarial": adversarial}
+
+
+@pytest.fixture
+def make_image_tree():
+    def make(root: Path, classes=("cat", "dog"), per_class: int = 2, size: tuple[int, int] = (300, 260)) -> Path:
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for split in ("train", "val"):
+            for c in classes:
+                folder = root / split / c
+                folder.mkdir(parents=True)
+                for i in range(per_class):
+                    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(folder / f"{i}.png")
+        return root
+
+    return make

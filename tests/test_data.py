@@ -71,22 +71,8 @@ def test_cifar10_malformed_root(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def _image_tree(root: Path, classes=("cat", "dog"), per_class=2, size=(300, 260)) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in classes:
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
-def test_image_folder_paper_augmentation(tmp_path):
-    root = _image_tree(tmp_path)
+def test_image_folder_paper_augmentation(tmp_path, make_image_tree):
+    root = make_image_tree(tmp_path)
     train, test = load_dataset("imagefolder", "train", root), load_dataset("imagenet", "test", root)
     assert len(train) == 4 and len(test) == 4
     for ds in (train, test):
@@ -108,3 +94,33 @@ def test_image_folder_missing_or_empty_split(tmp_path):
         load_dataset("imagefolder", "test", tmp_path)
     with pytest.raises(UserError, match="malformed ImageFolder"):  # a class folder without images
         load_dataset("imagefolder", "train", tmp_path)
+
+
+def _cifar_tree(root: Path, per_batch: int = 6) -> Path:
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), "labels": [i % 10 for i in
+                                                                                           range(per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return root
+
+
+def test_cifar10_from_a_local_root(tmp_path, monkeypatch):
+    from torchvision.datasets import cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)  # fake batches: no official md5
+    root = _cifar_tree(tmp_path)
+    train, test = load_dataset("cifar10", "train", root), load_dataset("cifar10", "test", root)
+    assert (len(train), len(test)) == (30, 6)
+    image, label = test[1]
+    assert image.shape == (3, 32, 32) and label == 1 and 0 <= float(image.min()) and float(image.max()) <= 1
+    raw = torch.from_numpy(test.data[1]).permute(2, 0, 1).float() / 255  # the test split is not augmented
+    assert torch.equal(image, raw)
+    assert train[0][0].shape == (3, 32, 32)

@@ -301,3 +301,16 @@ def test_bench_train_writes_records(tmp_path):
     assert record["ratio"] == pytest.approx(record["adv_step_s"] / record["clean_step_s"])
     bad = CliRunner().invoke(app, ["bench", "train", "--models", "vgg16"])
     assert bad.exit_code == 2 and "unknown model 'vgg16'" in bad.output
+
+
+def test_image_folder_run_uses_the_imagenet_preset(tmp_path, make_image_tree):
+    root = make_image_tree(tmp_path / "data", classes=("a", "b", "c"), per_class=2, size=(64, 48))
+    config = TrainConfig(model="resnet18", model_kwargs={"width": 0.125}, dataset="imagefolder", root=str(root),
+                         epochs=1, batch_size=2, num_workers=0, out=str(tmp_path / "run"))
+    run = train(config, progress=False)
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["preset"] == "imagenet" and resolved["lr"] == pytest.approx(0.4 * 2 / 1024)
+    state = read_checkpoint(run / "last.pt")
+    assert state["num_classes"] == 3 and state["model_spec"]["kwargs"]["stem"] == "imagenet"
+    model = load_checkpoint(run / "best.pt")
+    assert model(torch.rand(1, 3, 224, 224)).shape == (1, 3)
