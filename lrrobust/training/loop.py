@@ -270,8 +270,8 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
             sampler.set_epoch(epoch)
             loader_gen.manual_seed(derived_seed(cfg.seed, epoch, ctx.rank))
             try:
-                sums, seconds, lr = _run_epoch(model, attack_model, optimizer, scheduler, train_loader, cfg, ctx, attack,
-                                           num_classes, target_gen, bar, epoch)
+                sums, seconds, lr = _run_epoch(model, attack_model, optimizer, scheduler, train_loader, cfg, ctx,
+                                               attack, num_classes, target_gen, bar, epoch)
             except TrainingDiverged as e:
                 kept = f"{last_path} keeps epoch {start_epoch}" if last_path.is_file() else "no checkpoint was written"
                 raise TrainingDiverged(f"{e} in epoch {epoch + 1}; run stopped, {kept} (the last good weights); "
