@@ -179,6 +179,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per measurement.")] = 1,
         amp: Amp = False,
         channels_last: ChannelsLast = False,
+        all_variants: Annotated[bool, typer.Option("--all-variants", help="Time float32, --amp, --channels-last "
+                                                   "and both, with the speed-up of each over float32.")] = False,
         threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
         json_out: Annotated[Path | None, typer.Option("--json", help="Write the records to this JSON file.")] = None,
     ) -> None:
@@ -205,16 +207,27 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             err_console.print(f"[dim]{r['model']}: clean {r['clean_images_per_s']:.1f} img/s, PGD-{r['pgd_steps']} "
                               f"{r['adv_images_per_s']:.1f} img/s, ratio {r['ratio']:.2f}x[/]", highlight=False)
 
+        variants = ((False, False), (True, False), (False, True), (True, True)) if all_variants else None
+        if (amp or all_variants) and dev.type != "cuda":
+            err_console.print("note: --amp (bfloat16 autocast) acts on GPU only; on CPU its rows run in float32",
+                              highlight=False)
         records = bench_train(str(dev), tuple(names), batch_size, width, steps, warmup, iters, amp, channels_last,
-                              progress=report)
+                              progress=report, variants=variants)
+        base = {r["model"]: r for r in records if not r["amp"] and not r["channels_last"]}
         table = Table(title=f"training step, 32x32, small stem, width {width:g}, batch {batch_size}, {dev}"
                             f"{', amp' if amp else ''}{', channels-last' if channels_last else ''}")
-        for column in ("model", "clean img/s", f"PGD-{steps} img/s", "adv/clean", f"target <= {TARGET_RATIO:g}x"):
-            table.add_column(column, justify="left" if column == "model" else "right")
+        columns = ("model", "variant", "clean img/s", f"PGD-{steps} img/s", "adv/clean",
+                   f"target <= {TARGET_RATIO:g}x", "clean / fp32", "adv / fp32")
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("model", "variant") else "right")
         for r in records:
             ok = "ok" if r["ratio"] <= TARGET_RATIO else "MISSED"
-            table.add_row(r["model"], f"{r['clean_images_per_s']:.1f}", f"{r['adv_images_per_s']:.1f}",
-                          f"{r['ratio']:.2f}x", ok)
+            variant = " + ".join(n for n, on in (("amp", r["amp"]), ("channels-last", r["channels_last"])) if on)
+            b = base.get(r["model"])
+            gains = ([f"{r['clean_images_per_s'] / b['clean_images_per_s']:.2f}x",
+                      f"{r['adv_images_per_s'] / b['adv_images_per_s']:.2f}x"] if b else ["", ""])
+            table.add_row(r["model"], variant or "float32", f"{r['clean_images_per_s']:.1f}",
+                          f"{r['adv_images_per_s']:.1f}", f"{r['ratio']:.2f}x", ok, *gains)
         (console if is_terminal() else Console(width=160)).print(table)
         if json_out is not None:
             from lrrobust.io import atomic_write_json
