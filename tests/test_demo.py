@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import pytest
 import torch
 from rich.console import Console
 
-from lrrobust.demo import MODELS, DemoPlan, robustness_verdicts, run_demo, train_configs
+from lrrobust.demo import MODELS, DemoPlan, robustness_verdicts, run_demo, train_configs, transfer_sources
 from lrrobust.evaluation.suite import load_suite
 
 
@@ -39,24 +40,30 @@ def test_the_demo_trains_each_model_regularly_and_adversarially(tmp_path):
     (tmp_path / "lrnet26-regular").mkdir()
     (tmp_path / "lrnet26-regular" / "last.pt").write_bytes(b"")
     assert [c.resume for c in train_configs(tmp_path)] == [False, True, False, False]
+    # the transfer check of each model attacks it from the other architecture with the same training
+    assert [Path(s).parent.name for s in transfer_sources(configs)] == [
+        "resnet26-adversarial", "resnet26-regular", "lrnet26-adversarial", "lrnet26-regular"]
+    assert transfer_sources(train_configs(tmp_path, DemoPlan(models=("resnet18",)))) == [None, None]
 
 
 def test_robustness_verdicts():
     rows = [{"network": "A", "adv_targeted": 70.0, "reg_targeted": 5.0, "adv_untargeted": 40.0,
-             "reg_untargeted": 30.0},
-            {"network": "B", "adv_targeted": None, "reg_targeted": 5.0, "adv_untargeted": 60.0,
-             "reg_untargeted": 0.0}]
+             "reg_untargeted": 32.0},
+            {"network": "B", "adv_targeted": None, "reg_targeted": 5.0, "adv_untargeted": 15.0,
+             "reg_untargeted": 1.0},
+            {"network": "C", "adv_targeted": 8.0, "reg_targeted": 0.0, "adv_untargeted": 60.0,
+             "reg_untargeted": 40.0}]
     verdicts = {(n, a): ok for n, a, ok, _ in robustness_verdicts(rows)}
     assert verdicts == {("A", "targeted"): True, ("A", "untargeted"): False, ("B", "targeted"): False,
-                        ("B", "untargeted"): True}
+                        ("B", "untargeted"): True, ("C", "targeted"): False, ("C", "untargeted"): False}
 
 
 def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
     from test_report import TINY_SUITE
 
-    (tmp_path / "tiny.toml").write_text(TINY_SUITE)
+    (tmp_path / "tiny.toml").write_text(TINY_SUITE.replace("limit = 60", "limit = 30"))
     plan = DemoPlan(models=("resnet18",), model_kwargs=(("width", 0.125),),
-                    epochs=(("regular", 2), ("adversarial", 2)), adv_steps=2, suite=str(tmp_path / "tiny.toml"))
+                    epochs=(("regular", 1), ("adversarial", 1)), adv_steps=2, suite=str(tmp_path / "tiny.toml"))
     screen = io.StringIO()
     report = run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=screen, width=150),
                       plan=plan, jobs=2)  # two worker processes
@@ -69,7 +76,7 @@ def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
     assert all(rows[0][k] != "" for k in ("adv_clean", "adv_targeted", "adv_untargeted", "reg_clean",
                                           "reg_targeted", "reg_untargeted"))
     text = screen.getvalue()
-    assert "resnet18: adversarial training (targeted PGD-2), 2 epochs, then the tiny suite" in text
+    assert "resnet18: adversarial training (targeted PGD-2), 1 epoch, then the tiny suite" in text
     assert "resnet18 regular: done" in text and "resnet18 adversarial: done" in text
     assert "adversarial training far more robust than regular" in text and "wall time" in text
     first = (tmp_path / "report" / "table9.csv").read_text()
