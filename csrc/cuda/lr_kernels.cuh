@@ -6,7 +6,8 @@
 //
 // Three passes, all recomputing the weights (no K*K buffer):
 //   lr_forward_kernel  one thread per output pixel: logits, softmax and aggregation fused; the block
-//                      stages the haloed key tile, kChannelChunk value tiles and geo[g] in shared memory.
+//                      stages the haloed key tile, the haloed value tile (kChannelChunk channels
+//                      interleaved, one vector load per pixel) and geo[g] in shared memory.
 //   lr_stats_kernel    backward, per output pixel: the log-sum-exp, D = sum_ab w*dw with
 //                      dw_ab = sum_c grad_out_c * v_c(p_ab), and grad_query = sum_ab w*(dw_ab - D)*dPhi/dq.
 //   lr_gather_kernel   backward, per input pixel y: over the inverse neighbourhood (offset ab and the output
@@ -14,7 +15,10 @@
 //                      grad_key(y) = sum w*(dw - D)*dPhi/dk; the per-block sums of w*(dw - D) for every
 //                      offset go to a partial-sum buffer, reduced by lr_geo_reduce_kernel: no atomics.
 // Each kernel has a shared-memory variant (TILED) and a variant reading global memory directly, used when
-// the haloed tile would not fit (large K or dilation); the index math is the same.
+// the haloed tile would not fit (large K or dilation); the index math is the same. Accumulation is in
+// at::opmath_type (float for half/bfloat16/float, double for double). Phi is evaluated exactly, also for
+// sqdiff: -(q-k)^2 + g is a subtract and a fused multiply-add, as cheap as 2qk - k^2 + g and free of its
+// cancellation. The same source runs on the CPU in emu/ (see emu/check_emulated.py).
 #pragma once
 
 #include <type_traits>
