@@ -134,7 +134,7 @@ LR_INLINE Vec<double> exp_nonpositive(Vec<double> x) {
 }
 
 struct Geometry {
-  int64_t groups, channels, m, height, width, out_height, out_width, kernel, stride, dilation, radius;
+  int64_t batch, groups, channels, m, height, width, out_height, out_width, kernel, stride, dilation, radius;
 };
 
 LR_INLINE int64_t floor_div(int64_t a, int64_t b) {
@@ -181,6 +181,8 @@ struct Scratch {
   T* query;     // [kLanes]
   T* inv_sum;   // [kLanes]: 1 / sum of the softmax numerators (0 for unused lanes)
   int64_t* lanes;  // [columns][2]: lanes [lo, hi) inside the image at each window column
+  // The key and value tensors: whole-vector loads may read any of their elements (and mask what they do not need).
+  const T *key_begin = nullptr, *key_end = nullptr, *value_begin = nullptr, *value_end = nullptr;
 
   static int64_t size(const Geometry& g, bool backward) {
     const int64_t offsets = max_rows(g) * max_cols(g);
@@ -198,6 +200,14 @@ struct Scratch {
     inv_sum = query + kLanes;
     lanes = lane_base;
   }
+
+  void set_bounds(const T* key, const T* value, const Geometry& g) {
+    const int64_t hw = g.height * g.width;
+    key_begin = key;
+    key_end = key + g.batch * g.groups * hw;
+    value_begin = value;
+    value_end = value + g.batch * g.channels * hw;
+  }
 };
 
 // For each window column b of the chunk, the lanes whose pixel at that column lies in the image.
@@ -211,9 +221,10 @@ LR_INLINE void chunk_lanes(const Chunk& c, const Geometry& g, int64_t* lanes) {
   }
 }
 
-// Whether all kLanes reads from plane index `start` (lane l at start + l * stride) stay in a plane of `size`.
-LR_INLINE bool in_plane(int64_t start, int64_t stride, int64_t size) {
-  return start >= 0 && start + (kLanes - 1) * stride < size;
+// Whether all kLanes positions p + l * stride lie in [begin, end).
+template <typename T>
+LR_INLINE bool spans(const T* p, int64_t stride, const T* begin, const T* end) {
+  return p >= begin && p + (kLanes - 1) * stride < end;
 }
 
 // Lane l = p[l * stride]. With `whole` all kLanes are read (lanes outside [lo, hi) hold neighbouring pixels, for
@@ -296,7 +307,7 @@ template <int kPhi, bool kUnitStride, typename T>
 LR_INLINE int64_t chunk_logits(const Chunk& c, const Geometry& g, const T* key, const T* prior, Scratch<T>& s,
                                bool keys) {
   using V = Vec<T>;
-  const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
+  const int64_t stride = kUnitStride ? 1 : g.stride, cols = c.b1 - c.b0;
   const V q = vload(s.query);
   const V minus_inf = splat(-std::numeric_limits<T>::infinity());
   int64_t row = 0;
@@ -305,7 +316,8 @@ LR_INLINE int64_t chunk_logits(const Chunk& c, const Geometry& g, const T* key, 
     for (int64_t u = 0; u < cols; ++u, ++row) {
       const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1], start = row_start + (c.b0 + u) * g.dilation;
       const Mask<T> mask = lane_mask<T>(lo, hi);
-      const V k = keep<T>(mask, load_lanes<kUnitStride>(key + start, stride, in_plane(start, stride, hw), lo, hi));
+      const T* kp = key + start;
+      const V k = keep<T>(mask, load_lanes<kUnitStride>(kp, stride, spans(kp, stride, s.key_begin, s.key_end), lo, hi));
       const V logit = logit_of<kPhi>(q, k) + prior[a * g.kernel + c.b0 + u];
       vstore(s.weights + row * kLanes, blend<T>(mask, logit, minus_inf));
       if (keys) vstore(s.keys + row * kLanes, k);
@@ -364,12 +376,13 @@ LR_INLINE void aggregate(const Chunk& c, const Geometry& g, const Scratch<T>& s,
     for (int64_t u = 0; u < cols; ++u) {
       const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1], start = row_start + (c.b0 + u) * g.dilation;
       if (lo >= hi) continue;
-      const bool whole = in_plane(start, stride, hw);
       const Mask<T> mask = lane_mask<T>(lo, hi);
       const V w = vload(wrow + u * kLanes);
 #pragma GCC unroll 4
       for (int k = 0; k < NC; ++k) {
-        acc[k] += w * keep<T>(mask, load_lanes<kUnitStride>(planes + k * hw + start, stride, whole, lo, hi));
+        const T* vp = planes + k * hw + start;
+        const bool whole = spans(vp, stride, s.value_begin, s.value_end);
+        acc[k] += w * keep<T>(mask, load_lanes<kUnitStride>(vp, stride, whole, lo, hi));
       }
     }
   }
@@ -386,6 +399,7 @@ LR_MULTIVERSION void forward_rows(const Geometry& g, int64_t phi, const T* query
                                   int64_t* lane_scratch) {
   const int64_t hw = g.height * g.width, howo = g.out_height * g.out_width, kk = g.kernel * g.kernel;
   Scratch<T> s(scratch, lane_scratch, g, /*backward=*/false);
+  s.set_bounds(key, value, g);
   for (int64_t task = begin; task < end; ++task) {
     const int64_t i = task % g.out_height, ng = task / g.out_height, grp = ng % g.groups, n = ng / g.groups;
     const int64_t c0 = grp * g.m, mg = std::min(g.m, g.channels - c0);
@@ -423,7 +437,7 @@ LR_MULTIVERSION void forward_rows(const Geometry& g, int64_t phi, const T* query
 // vector updates of neighbouring columns lie several stores apart.
 template <int NC, bool kUnitStride, typename T>
 LR_INLINE void values_backward(const Chunk& c, const Geometry& g, Scratch<T>& s, const T* grad_out,
-                               const T* planes, T* grad_planes) {
+                               const T* planes, T* grad_planes, const T* owned_begin, const T* owned_end) {
   using V = Vec<T>;
   const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
   const int64_t howo = g.out_height * g.out_width;
@@ -437,13 +451,16 @@ LR_INLINE void values_backward(const Chunk& c, const Geometry& g, Scratch<T>& s,
     for (int64_t a = c.a0; a < c.a1; ++a) {
       const int64_t start = (c.y0 + a * g.dilation) * g.width + c.x0 + (c.b0 + u) * g.dilation;
       const int64_t row = (a - c.a0) * cols + u;
-      const bool whole = in_plane(start, stride, hw);
       const V w = vload(s.weights + row * kLanes);
       V dw = vload(s.dweights + row * kLanes);
 #pragma GCC unroll 4
       for (int k = 0; k < NC; ++k) {
-        dw += go[k] * keep<T>(mask, load_lanes<kUnitStride>(planes + k * hw + start, stride, whole, lo, hi));
-        add_lanes<kUnitStride>(grad_planes + k * hw + start, stride, whole, lo, hi, keep<T>(mask, w * go[k]));
+        const T* vp = planes + k * hw + start;
+        T* gp = grad_planes + k * hw + start;
+        dw += go[k] * keep<T>(mask, load_lanes<kUnitStride>(vp, stride, spans(vp, stride, s.value_begin, s.value_end),
+                                                             lo, hi));
+        const bool owned = spans<T>(gp, stride, owned_begin, owned_end);
+        add_lanes<kUnitStride>(gp, stride, owned, lo, hi, keep<T>(mask, w * go[k]));
       }
       vstore(s.dweights + row * kLanes, dw);
     }
@@ -474,7 +491,8 @@ LR_INLINE void logits_backward(const Chunk& c, const Geometry& g, int64_t rows, 
       gq += dl * dq;
       T* dprior = s.dprior + (a * g.kernel + c.b0 + u) * kLanes;
       vstore(dprior, vload(dprior) + dl);
-      add_lanes<kUnitStride>(grad_key + start, stride, in_plane(start, stride, hw), lo, hi, keep<T>(mask, dl * dk));
+      T* gkp = grad_key + start;
+      add_lanes<kUnitStride>(gkp, stride, spans<T>(gkp, stride, grad_key, grad_key + hw), lo, hi, keep<T>(mask, dl * dk));
     }
   }
   store_row(grad_query_row + c.j0, gq, c.width);
@@ -490,6 +508,7 @@ LR_MULTIVERSION void backward_groups(const Geometry& g, int64_t phi, const T* gr
   using V = Vec<T>;
   const int64_t hw = g.height * g.width, howo = g.out_height * g.out_width, kk = g.kernel * g.kernel;
   Scratch<T> s(scratch, lane_scratch, g, /*backward=*/true);
+  s.set_bounds(key, value, g);
   for (int64_t ng = begin; ng < end; ++ng) {
     const int64_t grp = ng % g.groups, n = ng / g.groups;
     const int64_t c0 = grp * g.m, mg = std::min(g.m, g.channels - c0);
@@ -518,16 +537,16 @@ LR_MULTIVERSION void backward_groups(const Geometry& g, int64_t phi, const T* gr
           T* grad_planes = gvalue_g + ch * hw;
           switch (std::min<int64_t>(4, mg - ch)) {
             case 4:
-              values_backward<4, kUnitStride>(c, g, s, go, planes, grad_planes);
+              values_backward<4, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, gvalue_g + mg * hw);
               break;
             case 3:
-              values_backward<3, kUnitStride>(c, g, s, go, planes, grad_planes);
+              values_backward<3, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, gvalue_g + mg * hw);
               break;
             case 2:
-              values_backward<2, kUnitStride>(c, g, s, go, planes, grad_planes);
+              values_backward<2, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, gvalue_g + mg * hw);
               break;
             default:
-              values_backward<1, kUnitStride>(c, g, s, go, planes, grad_planes);
+              values_backward<1, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, gvalue_g + mg * hw);
           }
         }
         T* gq_row = grad_query + ng * howo + i * g.out_width;
@@ -546,7 +565,7 @@ LR_MULTIVERSION void backward_groups(const Geometry& g, int64_t phi, const T* gr
 }
 
 Geometry geometry_of(const LocalRelationShape& s) {
-  return Geometry{s.groups, s.channels, s.per_group, s.height, s.width, s.out_height, s.out_width, s.kernel_size,
+  return Geometry{s.n, s.groups, s.channels, s.per_group, s.height, s.width, s.out_height, s.out_width, s.kernel_size,
                   s.stride, s.dilation, (s.kernel_size - 1) / 2};
 }
 
