@@ -84,3 +84,13 @@ def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
     run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=io.StringIO()), plan=plan,
              jobs=1)  # in this process
     assert (tmp_path / "report" / "table9.csv").read_text() == first
+
+
+def test_demo_cli_refuses_bad_jobs(tmp_path):
+    from typer.testing import CliRunner
+
+    from lrrobust.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--jobs", "0", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--jobs must be at least 1" in result.output
+    assert not (tmp_path / "r").exists()

@@ -168,6 +168,8 @@ def test_a_different_command_on_the_same_directory_is_refused(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not an evaluation directory"):
         evaluate(tmp_path / "other")
+    with pytest.raises(UserError, match="is a file"):
+        evaluate(tmp_path / "other" / "notes.txt")
 
 
 def test_limit_takes_a_seeded_subset(tmp_path):

@@ -147,6 +147,8 @@ def _open_state(path: Path) -> None:
 def check_out(out: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse an ``out`` that is neither new nor a state of the same settings (every rank checks, none writes)."""
     config = out / STATE_DIR / "config.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory for the evaluation")
     if config.exists():
         try:
             old = json.loads(config.read_text())
