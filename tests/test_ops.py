@@ -139,6 +139,22 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_narrower_instruction_sets_agree(isa, monkeypatch):
+    # The kernel is compiled for AVX-512, AVX2 and SSE2 with different vector widths; LRROBUST_CPU_ISA makes this
+    # machine run the narrower copies that other machines would pick.
+    monkeypatch.setenv("LRROBUST_CPU_ISA", isa)
+    for case in (FORWARD_CASES[9], FORWARD_CASES[10], (1, 6, 2, 5, 7, 9, 1, 2), (2, 10, 2, 3, 3, 5, 1, 1)):
+        for kind in KINDS:
+            x = make_inputs(case, requires_grad=True)
+            out = local_relation(*x, **options(case, kind))
+            want = local_relation_reference(*x, case[5], case[6], case[7], kind)
+            torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+            grad_out = torch.randn_like(out)
+            for g, w in zip(torch.autograd.grad(out, x, grad_out), torch.autograd.grad(want, x, grad_out)):
+                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
 def test_non_contiguous_inputs():
     case = (2, 6, 3, 7, 9, 3, 1, 1)
     x = make_inputs(case, requires_grad=True)

@@ -1,14 +1,16 @@
 // CPU kernels of the local relation op (Hu et al., "Local Relation Networks for Image Recognition", ICCV 2019,
 // Sec. 4, Eq. 2-5). Schemas are in ../local_relation.cpp; semantics as in lrrobust/ops/reference.py.
 //
-// The work unit is a chunk: kLanes neighbouring output pixels of one row, for one (n, group). Every loop runs
-// across the chunk's pixels, so each arithmetic step is one vector wide. Per chunk, the forward computes the
-// window's logits (one row of kLanes per window offset), their softmax and the weighted sum of the group's
-// value channels, all in a per-thread scratch of about K*K*kLanes numbers; nothing of size K*K times the input
-// is ever allocated. The backward recomputes the weights and scatters into the key and value gradients; every
-// parallel task owns one (n, group), so the result is deterministic. Tensors keep their NCHW layout.
-// The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 (GCC function multiversioning picks one at
-// load time), so the library runs on any x86-64 machine without -march=native.
+// The work unit is a chunk: L neighbouring output pixels of one row, for one (n, group), L being one vector
+// register (16 floats with AVX-512, 8 with AVX2, 4 with SSE). Every loop runs across the chunk's pixels, so each
+// arithmetic step is one vector instruction. Per chunk, the forward computes the window's logits (one vector per
+// window offset), their softmax and the weighted sums of the group's value channels, in a per-thread scratch of
+// about 3*K*K vectors; nothing of size K*K times the input is ever allocated. The backward recomputes the weights
+// and scatters into the key and value gradients; every parallel task owns one (n, group), so the result is
+// deterministic. Tensors keep their NCHW layout.
+// Vectors are GCC/Clang vector extensions. On x86-64 with GCC the hot loops are compiled three times, for
+// AVX-512, AVX2 and baseline SSE2, and the widest the CPU runs is picked at run time (LRROBUST_CPU_ISA=avx2 or
+// =baseline forces a narrower one, for tests), so the library needs no -march=native.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <tuple>
@@ -24,117 +27,90 @@
 
 #include "../local_relation_checks.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__)
-#define LR_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
+#define LR_X86_DISPATCH 1
 #else
-#define LR_MULTIVERSION
+#define LR_X86_DISPATCH 0
 #endif
-#if defined(__GNUC__)
 #define LR_INLINE inline __attribute__((always_inline))
-#else
-#define LR_INLINE inline
-#endif
 
 namespace lrrobust {
 namespace {
 
-// Output pixels of one row handled together: one AVX-512 register of float (two of AVX2, four of SSE).
-constexpr int64_t kLanes = 16;
+// The widest chunk: scratch is sized for it.
+constexpr int64_t kMaxLanes = 16;
 
-// kLanes numbers as one GCC vector, and a lane mask of the same width (all bits set or clear per lane).
-template <typename T>
-struct Simd;
-template <>
-struct Simd<float> {
-  typedef float V __attribute__((vector_size(kLanes * sizeof(float))));
-  typedef int32_t M __attribute__((vector_size(kLanes * sizeof(float))));
+// L numbers of type Scalar as one vector, a lane mask of the same width (all bits set or clear per lane), and the
+// few operations the kernels need on them.
+template <typename Scalar, int L>
+struct Simd {
+  using T = Scalar;
+  using Int = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef T V __attribute__((vector_size(L * sizeof(T))));
+  typedef Int M __attribute__((vector_size(L * sizeof(T))));
+  static constexpr int64_t kLanes = L;
+
+  static LR_INLINE V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static LR_INLINE void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(v)); }
+  static LR_INLINE V splat(T x) { return V{} + x; }
+
+  // Lanes [lo, hi) set, 0 <= lo, hi <= L: two windows into a table of 16 zeros, 16 ones and 16 zeros.
+  static LR_INLINE M mask(int64_t lo, int64_t hi) {
+    alignas(64) static constexpr Int kTable[3 * kMaxLanes] = {
+        0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  -1, -1, -1, -1, -1, -1, -1, -1,
+        -1, -1, -1, -1, -1, -1, -1, -1, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
+    M from_lo, below_hi;
+    std::memcpy(&from_lo, kTable + kMaxLanes - lo, sizeof(from_lo));
+    std::memcpy(&below_hi, kTable + 2 * kMaxLanes - hi, sizeof(below_hi));
+    return from_lo & below_hi;
+  }
+  // x in the lanes of the mask, +0 elsewhere (whatever x holds there, NaN included).
+  static LR_INLINE V keep(const M& m, const V& x) { return (V)((M)x & m); }
+  // x in the lanes of the mask, `other` elsewhere.
+  static LR_INLINE V blend(const M& m, const V& x, const V& other) { return (V)(((M)x & m) | ((M)other & ~m)); }
+  static LR_INLINE T sum(const V& v) {
+    T total = 0;
+    for (int64_t l = 0; l < L; ++l) total += v[l];
+    return total;
+  }
+
+  // exp(x) for x <= 0 (logits minus their maximum); 0 below -87 and for -inf (offsets outside the image).
+  // float: Cephes' single-precision polynomial on the whole vector. double (gradcheck): std::exp per lane.
+  static LR_INLINE V exp_nonpositive(V x) {
+    if constexpr (std::is_same_v<T, float>) {
+      const M underflow = x < -87.0f;
+      x = underflow ? splat(-87.0f) : x;
+      const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
+      const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+      V p = splat(1.9875691500e-4f);
+      p = p * r + 1.3981999507e-3f;
+      p = p * r + 8.3334519073e-3f;
+      p = p * r + 4.1665795894e-2f;
+      p = p * r + 1.6666665459e-1f;
+      p = p * r + 5.0000001201e-1f;
+      p = p * r * r + r + 1.0f;
+      const M bits = (__builtin_convertvector(n, M) + 127) << 23;
+      return underflow ? V{} : p * (V)bits;
+    } else {
+      for (int64_t l = 0; l < L; ++l) x[l] = std::exp(x[l]);
+      return x;
+    }
+  }
 };
-template <>
-struct Simd<double> {
-  typedef double V __attribute__((vector_size(kLanes * sizeof(double))));
-  typedef int64_t M __attribute__((vector_size(kLanes * sizeof(double))));
-};
-template <typename T>
-using Vec = typename Simd<T>::V;
-template <typename T>
-using Mask = typename Simd<T>::M;
-
-template <typename T>
-LR_INLINE Vec<T> vload(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-LR_INLINE void vstore(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-template <typename T>
-LR_INLINE Vec<T> splat(T x) {
-  return Vec<T>{} + x;
-}
-
-// Lanes [lo, hi) set, 0 <= lo, hi <= kLanes: two windows into a table of 16 zeros, 16 ones, 16 zeros.
-template <typename T>
-LR_INLINE Mask<T> lane_mask(int64_t lo, int64_t hi) {
-  using Int = std::remove_reference_t<decltype(Mask<T>{}[0])>;
-  alignas(64) static const Int table[3 * kLanes] = {0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
-                                                    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                                    0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
-  Mask<T> from_lo, below_hi;
-  std::memcpy(&from_lo, table + kLanes - lo, sizeof(from_lo));
-  std::memcpy(&below_hi, table + 2 * kLanes - hi, sizeof(below_hi));
-  return from_lo & below_hi;
-}
-
-// x in the lanes of the mask, +0 elsewhere (whatever x holds there, NaN included).
-template <typename T>
-LR_INLINE Vec<T> keep(const Mask<T>& mask, const Vec<T>& x) {
-  return (Vec<T>)((Mask<T>)x & mask);
-}
-
-// x in the lanes of the mask, `other` elsewhere.
-template <typename T>
-LR_INLINE Vec<T> blend(const Mask<T>& mask, const Vec<T>& x, const Vec<T>& other) {
-  return (Vec<T>)(((Mask<T>)x & mask) | ((Mask<T>)other & ~mask));
-}
-
-template <typename T>
-LR_INLINE T lane_sum(const Vec<T>& v) {
-  T sum = 0;
-  for (int64_t l = 0; l < kLanes; ++l) sum += v[l];
-  return sum;
-}
-
-// exp(x) for x <= 0 (logits minus their maximum): Cephes' single-precision polynomial on whole vectors; below -87
-// (and for -inf, offsets outside the image) it returns 0.
-LR_INLINE Vec<float> exp_nonpositive(Vec<float> x) {
-  using V = Vec<float>;
-  using M = Mask<float>;
-  const M underflow = x < -87.0f;
-  x = underflow ? splat(-87.0f) : x;
-  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
-  const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  V p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const M bits = (__builtin_convertvector(n, M) + 127) << 23;
-  return underflow ? V{} : p * (V)bits;
-}
-
-LR_INLINE Vec<double> exp_nonpositive(Vec<double> x) {
-  for (int64_t l = 0; l < kLanes; ++l) x[l] = std::exp(x[l]);
-  return x;
-}
 
 struct Geometry {
   int64_t batch, groups, channels, m, height, width, out_height, out_width, kernel, stride, dilation, radius;
+};
+
+// The tensors of one call, as raw pointers (contiguous NCHW, (N, G, ...) for query and key).
+template <typename T>
+struct Tensors {
+  const T *grad_out, *query, *key, *value, *prior;
+  T *out, *grad_query, *grad_key, *grad_value, *grad_prior_parts;
 };
 
 LR_INLINE int64_t floor_div(int64_t a, int64_t b) {
@@ -150,11 +126,11 @@ struct Chunk {
   int64_t i, j0, width, y0, x0, a0, a1, b0, b1;
 };
 
-LR_INLINE Chunk chunk_of(int64_t i, int64_t j0, const Geometry& g) {
+LR_INLINE Chunk chunk_of(int64_t i, int64_t j0, int64_t lanes, const Geometry& g) {
   Chunk c{};
   c.i = i;
   c.j0 = j0;
-  c.width = std::min(kLanes, g.out_width - j0);
+  c.width = std::min(lanes, g.out_width - j0);
   c.y0 = i * g.stride - g.radius * g.dilation;
   c.x0 = j0 * g.stride - g.radius * g.dilation;
   c.a0 = std::max<int64_t>(0, ceil_div(-c.y0, g.dilation));
@@ -164,50 +140,49 @@ LR_INLINE Chunk chunk_of(int64_t i, int64_t j0, const Geometry& g) {
   return c;
 }
 
-// Most window rows and columns a chunk can keep: at most H window rows and W + (kLanes - 1) * stride columns
+// Most window rows and columns a chunk can keep: at most H window rows, and W + (kMaxLanes - 1) * stride columns
 // are in the image for some lane.
-LR_INLINE int64_t max_rows(const Geometry& g) { return std::min(g.kernel, g.height); }
-LR_INLINE int64_t max_cols(const Geometry& g) {
-  return std::min(g.kernel, (g.width - 1 + (kLanes - 1) * g.stride) / g.dilation + 1);
+int64_t max_rows(const Geometry& g) { return std::min(g.kernel, g.height); }
+int64_t max_cols(const Geometry& g) {
+  return std::min(g.kernel, (g.width - 1 + (kMaxLanes - 1) * g.stride) / g.dilation + 1);
 }
 
-// Per-thread scratch: kLanes numbers per kept window offset, per window offset (prior) or per chunk.
-template <typename T>
+// Sizes of the per-thread scratch (numbers of T, and of int64_t).
+int64_t scratch_size(const Geometry& g, bool backward) {
+  const int64_t offsets = max_rows(g) * max_cols(g);
+  return (backward ? 3 * offsets + g.kernel * g.kernel + 2 : offsets + 2) * kMaxLanes;
+}
+int64_t lane_scratch_size(const Geometry& g) { return 2 * max_cols(g); }
+
+// A thread's scratch, one vector per kept window offset, per window offset (prior) or per chunk.
+template <typename S>
 struct Scratch {
-  T* weights;   // [offsets][kLanes]: logits, then softmax numerators or weights
-  T* keys;      // [offsets][kLanes]: the key under each offset (backward)
-  T* dweights;  // [offsets][kLanes]: the weights' gradient (backward)
-  T* dprior;    // [K*K][kLanes]: per-lane sums of geo_prior's gradient (backward)
-  T* query;     // [kLanes]
-  T* inv_sum;   // [kLanes]: 1 / sum of the softmax numerators (0 for unused lanes)
+  using T = typename S::T;
+  T* weights;      // [offsets]: logits, then softmax numerators or weights
+  T* keys;         // [offsets]: the key under each offset (backward)
+  T* dweights;     // [offsets]: the weights' gradient (backward)
+  T* dprior;       // [K*K]: per-lane sums of geo_prior's gradient (backward)
+  T* query;        // the chunk's query
+  T* inv_sum;      // 1 / sum of the softmax numerators (0 for unused lanes)
   int64_t* lanes;  // [columns][2]: lanes [lo, hi) inside the image at each window column
   // The key and value tensors: whole-vector loads may read any of their elements (and mask what they do not need).
-  const T *key_begin = nullptr, *key_end = nullptr, *value_begin = nullptr, *value_end = nullptr;
+  const T *key_begin, *key_end, *value_begin, *value_end;
 
-  static int64_t size(const Geometry& g, bool backward) {
-    const int64_t offsets = max_rows(g) * max_cols(g);
-    return (backward ? 3 * offsets + g.kernel * g.kernel + 2 : offsets + 2) * kLanes;
-  }
-  static int64_t lanes_size(const Geometry& g) { return 2 * max_cols(g); }
-
-  Scratch(T* base, int64_t* lane_base, const Geometry& g, bool backward) {
-    const int64_t offsets = max_rows(g) * max_cols(g) * kLanes;
+  Scratch(T* base, int64_t* lane_base, const Geometry& g, const Tensors<T>& t, bool backward) {
+    const int64_t offsets = max_rows(g) * max_cols(g) * S::kLanes, hw = g.height * g.width;
     weights = base;
     keys = backward ? weights + offsets : nullptr;
     dweights = backward ? keys + offsets : nullptr;
     dprior = backward ? dweights + offsets : nullptr;
-    query = (backward ? dprior + g.kernel * g.kernel * kLanes : weights + offsets);
-    inv_sum = query + kLanes;
+    query = backward ? dprior + g.kernel * g.kernel * S::kLanes : weights + offsets;
+    inv_sum = query + S::kLanes;
     lanes = lane_base;
+    key_begin = t.key;
+    key_end = t.key + g.batch * g.groups * hw;
+    value_begin = t.value;
+    value_end = t.value + g.batch * g.channels * hw;
   }
-
-  void set_bounds(const T* key, const T* value, const Geometry& g) {
-    const int64_t hw = g.height * g.width;
-    key_begin = key;
-    key_end = key + g.batch * g.groups * hw;
-    value_begin = value;
-    value_end = value + g.batch * g.channels * hw;
-  }
+  T* row(T* base, int64_t r) const { return base + r * S::kLanes; }
 };
 
 // For each window column b of the chunk, the lanes whose pixel at that column lies in the image.
@@ -216,55 +191,56 @@ LR_INLINE void chunk_lanes(const Chunk& c, const Geometry& g, int64_t* lanes) {
     const int64_t x = c.x0 + b * g.dilation;
     const int64_t lo = std::max<int64_t>(0, ceil_div(-x, g.stride));
     const int64_t hi = std::min<int64_t>(c.width, floor_div(g.width - 1 - x, g.stride) + 1);
-    lanes[2 * (b - c.b0)] = lo < hi ? lo : 0;  // an empty range as [0, 0), inside lane_mask's table
+    lanes[2 * (b - c.b0)] = lo < hi ? lo : 0;  // an empty range as [0, 0), inside the mask table
     lanes[2 * (b - c.b0) + 1] = lo < hi ? hi : 0;
   }
 }
 
-// Whether all kLanes positions p + l * stride lie in [begin, end).
-template <typename T>
+// Whether all L positions p + l * stride lie in [begin, end).
+template <typename S, typename T>
 LR_INLINE bool spans(const T* p, int64_t stride, const T* begin, const T* end) {
-  return p >= begin && p + (kLanes - 1) * stride < end;
+  return p >= begin && p + (S::kLanes - 1) * stride < end;
 }
 
-// Lane l = p[l * stride]. With `whole` all kLanes are read (lanes outside [lo, hi) hold neighbouring pixels, for
-// the caller to mask); otherwise only lanes [lo, hi) are read and the others are 0.
-template <bool kUnitStride, typename T>
-LR_INLINE Vec<T> load_lanes(const T* p, int64_t stride, bool whole, int64_t lo, int64_t hi) {
-  if (kUnitStride && whole) return vload(p);
-  T tmp[kLanes] = {};
+// Lane l = p[l * stride]. With `whole` all L are read (lanes outside [lo, hi) hold other pixels, for the
+// caller to mask); otherwise only lanes [lo, hi) are read and the others are 0.
+template <typename S, bool kUnitStride>
+LR_INLINE typename S::V load_lanes(const typename S::T* p, int64_t stride, bool whole, int64_t lo, int64_t hi) {
+  if (kUnitStride && whole) return S::load(p);
+  typename S::T tmp[S::kLanes] = {};
   if (whole) {
-    for (int64_t l = 0; l < kLanes; ++l) tmp[l] = p[l * stride];
+    for (int64_t l = 0; l < S::kLanes; ++l) tmp[l] = p[l * stride];
   } else {
     for (int64_t l = lo; l < hi; ++l) tmp[l] = p[l * stride];
   }
-  return vload(tmp);
+  return S::load(tmp);
 }
 
-// p[l * stride] += delta[l] for lanes [lo, hi); delta is 0 in the other lanes. With `whole` (the kLanes
-// positions lie in a plane this task owns) all lanes are written.
-template <bool kUnitStride, typename T>
-LR_INLINE void add_lanes(T* p, int64_t stride, bool whole, int64_t lo, int64_t hi, const Vec<T>& delta) {
+// p[l * stride] += delta[l] for lanes [lo, hi); delta is 0 in the other lanes. With `whole` (all L positions
+// lie in memory this task owns) all lanes are written.
+template <typename S, bool kUnitStride>
+LR_INLINE void add_lanes(typename S::T* p, int64_t stride, bool whole, int64_t lo, int64_t hi,
+                         const typename S::V& delta) {
   if (kUnitStride && whole) {
-    vstore(p, vload(p) + delta);
+    S::store(p, S::load(p) + delta);
   } else {
     for (int64_t l = lo; l < hi; ++l) p[l * stride] += delta[l];
   }
 }
 
 // The first `width` lanes from p, 0 in the others.
-template <typename T>
-LR_INLINE Vec<T> load_row(const T* p, int64_t width) {
-  if (width == kLanes) return vload(p);
-  T tmp[kLanes] = {};
+template <typename S>
+LR_INLINE typename S::V load_row(const typename S::T* p, int64_t width) {
+  if (width == S::kLanes) return S::load(p);
+  typename S::T tmp[S::kLanes] = {};
   for (int64_t l = 0; l < width; ++l) tmp[l] = p[l];
-  return vload(tmp);
+  return S::load(tmp);
 }
 
-template <typename T>
-LR_INLINE void store_row(T* p, const Vec<T>& v, int64_t width) {
-  if (width == kLanes) {
-    vstore(p, v);
+template <typename S>
+LR_INLINE void store_row(typename S::T* p, const typename S::V& v, int64_t width) {
+  if (width == S::kLanes) {
+    S::store(p, v);
   } else {
     for (int64_t l = 0; l < width; ++l) p[l] = v[l];
   }
@@ -303,129 +279,133 @@ LR_INLINE void logit_grads(const V& q, const V& k, V& dq, V& dk) {
 
 // The chunk's logits, one vector per kept window offset (window rows outer, columns inner), -inf in lanes
 // whose pixel is outside the image; with `keys`, also the key under each offset (0 outside). Returns the count.
-template <int kPhi, bool kUnitStride, typename T>
-LR_INLINE int64_t chunk_logits(const Chunk& c, const Geometry& g, const T* key, const T* prior, Scratch<T>& s,
-                               bool keys) {
-  using V = Vec<T>;
+template <typename S, int kPhi, bool kUnitStride>
+LR_INLINE int64_t chunk_logits(const Chunk& c, const Geometry& g, const typename S::T* key,
+                               const typename S::T* prior, Scratch<S>& s, bool keys) {
+  using T = typename S::T;
+  using V = typename S::V;
   const int64_t stride = kUnitStride ? 1 : g.stride, cols = c.b1 - c.b0;
-  const V q = vload(s.query);
-  const V minus_inf = splat(-std::numeric_limits<T>::infinity());
+  const V q = S::load(s.query);
+  const V minus_inf = S::splat(-std::numeric_limits<T>::infinity());
   int64_t row = 0;
   for (int64_t a = c.a0; a < c.a1; ++a) {
     const int64_t row_start = (c.y0 + a * g.dilation) * g.width + c.x0;
     for (int64_t u = 0; u < cols; ++u, ++row) {
-      const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1], start = row_start + (c.b0 + u) * g.dilation;
-      const Mask<T> mask = lane_mask<T>(lo, hi);
-      const T* kp = key + start;
-      const V k = keep<T>(mask, load_lanes<kUnitStride>(kp, stride, spans(kp, stride, s.key_begin, s.key_end), lo, hi));
+      const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1];
+      const typename S::M mask = S::mask(lo, hi);
+      const T* kp = key + row_start + (c.b0 + u) * g.dilation;
+      const bool whole = spans<S>(kp, stride, s.key_begin, s.key_end);
+      const V k = S::keep(mask, load_lanes<S, kUnitStride>(kp, stride, whole, lo, hi));
       const V logit = logit_of<kPhi>(q, k) + prior[a * g.kernel + c.b0 + u];
-      vstore(s.weights + row * kLanes, blend<T>(mask, logit, minus_inf));
-      if (keys) vstore(s.keys + row * kLanes, k);
+      S::store(s.row(s.weights, row), S::blend(mask, logit, minus_inf));
+      if (keys) S::store(s.row(s.keys, row), k);
     }
   }
   return row;
 }
 
 // Softmax numerators exp(l - max) in place, per lane; sets inv_sum.
-template <typename T>
-LR_INLINE void chunk_softmax(int64_t rows, Scratch<T>& s) {
-  using V = Vec<T>;
-  V top = splat(-std::numeric_limits<T>::infinity());
+template <typename S>
+LR_INLINE void chunk_softmax(int64_t rows, Scratch<S>& s) {
+  using T = typename S::T;
+  using V = typename S::V;
+  V top = S::splat(-std::numeric_limits<T>::infinity());
   for (int64_t r = 0; r < rows; ++r) {
-    const V logit = vload(s.weights + r * kLanes);
+    const V logit = S::load(s.row(s.weights, r));
     top = logit > top ? logit : top;
   }
   top = top == -std::numeric_limits<T>::infinity() ? V{} : top;  // lanes past the row's end
   V sum{};
   for (int64_t r = 0; r < rows; ++r) {
-    const V e = exp_nonpositive(vload(s.weights + r * kLanes) - top);
-    vstore(s.weights + r * kLanes, e);
+    const V e = S::exp_nonpositive(S::load(s.row(s.weights, r)) - top);
+    S::store(s.row(s.weights, r), e);
     sum += e;
   }
-  vstore(s.inv_sum, sum > 0 ? T(1) / sum : V{});
+  S::store(s.inv_sum, sum > 0 ? T(1) / sum : V{});
 }
 
 // Loads the chunk's query and lane ranges, computes its logits and their softmax numerators; returns the count.
-template <bool kUnitStride, typename T>
-LR_INLINE int64_t chunk_weights(const Chunk& c, const Geometry& g, int64_t phi, const T* query_row, const T* key,
-                                const T* prior, Scratch<T>& s, bool keys) {
-  vstore(s.query, load_row(query_row + c.j0, c.width));
+template <typename S, bool kUnitStride>
+LR_INLINE int64_t chunk_weights(const Chunk& c, const Geometry& g, int64_t phi, const typename S::T* query_row,
+                                const typename S::T* key, const typename S::T* prior, Scratch<S>& s, bool keys) {
+  S::store(s.query, load_row<S>(query_row + c.j0, c.width));
   chunk_lanes(c, g, s.lanes);
   int64_t rows;
   if (phi == kSqDiff) {
-    rows = chunk_logits<kSqDiff, kUnitStride>(c, g, key, prior, s, keys);
+    rows = chunk_logits<S, kSqDiff, kUnitStride>(c, g, key, prior, s, keys);
   } else if (phi == kAbsDiff) {
-    rows = chunk_logits<kAbsDiff, kUnitStride>(c, g, key, prior, s, keys);
+    rows = chunk_logits<S, kAbsDiff, kUnitStride>(c, g, key, prior, s, keys);
   } else {
-    rows = chunk_logits<kProduct, kUnitStride>(c, g, key, prior, s, keys);
+    rows = chunk_logits<S, kProduct, kUnitStride>(c, g, key, prior, s, keys);
   }
   chunk_softmax(rows, s);
   return rows;
 }
 
 // Weighted sums over the window of NC value channels (planes hw apart) for the chunk, into out (planes howo
-// apart). NC independent accumulators stay in registers.
-template <int NC, bool kUnitStride, typename T>
-LR_INLINE void aggregate(const Chunk& c, const Geometry& g, const Scratch<T>& s, const T* planes, T* out) {
-  using V = Vec<T>;
+// apart). The NC accumulators are independent, so consecutive multiply-adds do not wait on each other.
+template <typename S, int NC, bool kUnitStride>
+LR_INLINE void aggregate(const Chunk& c, const Geometry& g, const Scratch<S>& s, const typename S::T* planes,
+                         typename S::T* out) {
+  using T = typename S::T;
+  using V = typename S::V;
   const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
   V acc[NC] = {};
   for (int64_t a = c.a0; a < c.a1; ++a) {
     const int64_t row_start = (c.y0 + a * g.dilation) * g.width + c.x0;
-    const T* wrow = s.weights + (a - c.a0) * cols * kLanes;
+    const int64_t first = (a - c.a0) * cols;
     for (int64_t u = 0; u < cols; ++u) {
       const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1], start = row_start + (c.b0 + u) * g.dilation;
       if (lo >= hi) continue;
-      const Mask<T> mask = lane_mask<T>(lo, hi);
-      const V w = vload(wrow + u * kLanes);
+      const typename S::M mask = S::mask(lo, hi);
+      const V w = S::load(s.row(s.weights, first + u));
 #pragma GCC unroll 4
       for (int k = 0; k < NC; ++k) {
         const T* vp = planes + k * hw + start;
-        const bool whole = spans(vp, stride, s.value_begin, s.value_end);
-        acc[k] += w * keep<T>(mask, load_lanes<kUnitStride>(vp, stride, whole, lo, hi));
+        const bool whole = spans<S>(vp, stride, s.value_begin, s.value_end);
+        acc[k] += w * S::keep(mask, load_lanes<S, kUnitStride>(vp, stride, whole, lo, hi));
       }
     }
   }
-  const V inv_sum = vload(s.inv_sum);
+  const V inv_sum = S::load(s.inv_sum);
   const int64_t howo = g.out_height * g.out_width;
 #pragma GCC unroll 4
-  for (int k = 0; k < NC; ++k) store_row(out + k * howo, acc[k] * inv_sum, c.width);
+  for (int k = 0; k < NC; ++k) store_row<S>(out + k * howo, acc[k] * inv_sum, c.width);
 }
 
 // Forward over rows [begin, end) of the flattened (n, group, output row) range.
-template <typename T, bool kUnitStride>
-LR_MULTIVERSION void forward_rows(const Geometry& g, int64_t phi, const T* query, const T* key, const T* value,
-                                  const T* prior, T* out, int64_t begin, int64_t end, T* scratch,
-                                  int64_t* lane_scratch) {
+template <typename S, bool kUnitStride>
+LR_INLINE void forward_rows(const Geometry& g, int64_t phi, const Tensors<typename S::T>& t, int64_t begin,
+                            int64_t end, typename S::T* scratch, int64_t* lane_scratch) {
+  using T = typename S::T;
   const int64_t hw = g.height * g.width, howo = g.out_height * g.out_width, kk = g.kernel * g.kernel;
-  Scratch<T> s(scratch, lane_scratch, g, /*backward=*/false);
-  s.set_bounds(key, value, g);
+  Scratch<S> s(scratch, lane_scratch, g, t, /*backward=*/false);
   for (int64_t task = begin; task < end; ++task) {
     const int64_t i = task % g.out_height, ng = task / g.out_height, grp = ng % g.groups, n = ng / g.groups;
     const int64_t c0 = grp * g.m, mg = std::min(g.m, g.channels - c0);
-    const T* key_ng = key + ng * hw;
-    const T* prior_g = prior + grp * kk;
-    const T* query_row = query + ng * howo + i * g.out_width;
-    const T* value_g = value + (n * g.channels + c0) * hw;
-    T* out_row = out + (n * g.channels + c0) * howo + i * g.out_width;
-    for (int64_t j0 = 0; j0 < g.out_width; j0 += kLanes) {
-      const Chunk c = chunk_of(i, j0, g);
-      chunk_weights<kUnitStride>(c, g, phi, query_row, key_ng, prior_g, s, /*keys=*/false);
+    const T* key_ng = t.key + ng * hw;
+    const T* prior_g = t.prior + grp * kk;
+    const T* query_row = t.query + ng * howo + i * g.out_width;
+    const T* value_g = t.value + (n * g.channels + c0) * hw;
+    T* out_row = t.out + (n * g.channels + c0) * howo + i * g.out_width;
+    for (int64_t j0 = 0; j0 < g.out_width; j0 += S::kLanes) {
+      const Chunk c = chunk_of(i, j0, S::kLanes, g);
+      chunk_weights<S, kUnitStride>(c, g, phi, query_row, key_ng, prior_g, s, /*keys=*/false);
       for (int64_t ch = 0; ch < mg; ch += 4) {
         const T* planes = value_g + ch * hw;
         T* dst = out_row + ch * howo + j0;
         switch (std::min<int64_t>(4, mg - ch)) {
           case 4:
-            aggregate<4, kUnitStride>(c, g, s, planes, dst);
+            aggregate<S, 4, kUnitStride>(c, g, s, planes, dst);
             break;
           case 3:
-            aggregate<3, kUnitStride>(c, g, s, planes, dst);
+            aggregate<S, 3, kUnitStride>(c, g, s, planes, dst);
             break;
           case 2:
-            aggregate<2, kUnitStride>(c, g, s, planes, dst);
+            aggregate<S, 2, kUnitStride>(c, g, s, planes, dst);
             break;
           default:
-            aggregate<1, kUnitStride>(c, g, s, planes, dst);
+            aggregate<S, 1, kUnitStride>(c, g, s, planes, dst);
         }
       }
     }
@@ -433,140 +413,209 @@ LR_MULTIVERSION void forward_rows(const Geometry& g, int64_t phi, const T* query
 }
 
 // For NC value channels of the chunk: the weights' gradient grad_out . value (added to s.dweights) and value's
-// gradient weight * grad_out (added to grad_planes). Window columns outer, rows inner, so that the overlapping
-// vector updates of neighbouring columns lie several stores apart.
-template <int NC, bool kUnitStride, typename T>
-LR_INLINE void values_backward(const Chunk& c, const Geometry& g, Scratch<T>& s, const T* grad_out,
-                               const T* planes, T* grad_planes, const T* owned_begin, const T* owned_end) {
-  using V = Vec<T>;
+// gradient weight * grad_out (added to grad_planes, whose writable extent is [owned_begin, owned_end)). Window
+// columns outer, rows inner, so that the overlapping vector updates of neighbouring columns lie stores apart.
+template <typename S, int NC, bool kUnitStride>
+LR_INLINE void values_backward(const Chunk& c, const Geometry& g, Scratch<S>& s, const typename S::T* grad_out,
+                               const typename S::T* planes, typename S::T* grad_planes,
+                               const typename S::T* owned_begin, const typename S::T* owned_end) {
+  using T = typename S::T;
+  using V = typename S::V;
   const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
   const int64_t howo = g.out_height * g.out_width;
   V go[NC];
 #pragma GCC unroll 4
-  for (int k = 0; k < NC; ++k) go[k] = load_row(grad_out + k * howo, c.width);
+  for (int k = 0; k < NC; ++k) go[k] = load_row<S>(grad_out + k * howo, c.width);
   for (int64_t u = 0; u < cols; ++u) {
     const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1];
     if (lo >= hi) continue;
-    const Mask<T> mask = lane_mask<T>(lo, hi);
+    const typename S::M mask = S::mask(lo, hi);
     for (int64_t a = c.a0; a < c.a1; ++a) {
       const int64_t start = (c.y0 + a * g.dilation) * g.width + c.x0 + (c.b0 + u) * g.dilation;
       const int64_t row = (a - c.a0) * cols + u;
-      const V w = vload(s.weights + row * kLanes);
-      V dw = vload(s.dweights + row * kLanes);
+      const V w = S::load(s.row(s.weights, row));
+      V dw = S::load(s.row(s.dweights, row));
 #pragma GCC unroll 4
       for (int k = 0; k < NC; ++k) {
         const T* vp = planes + k * hw + start;
         T* gp = grad_planes + k * hw + start;
-        dw += go[k] * keep<T>(mask, load_lanes<kUnitStride>(vp, stride, spans(vp, stride, s.value_begin, s.value_end),
-                                                             lo, hi));
-        const bool owned = spans<T>(gp, stride, owned_begin, owned_end);
-        add_lanes<kUnitStride>(gp, stride, owned, lo, hi, keep<T>(mask, w * go[k]));
+        const bool readable = spans<S>(vp, stride, s.value_begin, s.value_end);
+        dw += go[k] * S::keep(mask, load_lanes<S, kUnitStride>(vp, stride, readable, lo, hi));
+        const bool owned = spans<S>(static_cast<const T*>(gp), stride, owned_begin, owned_end);
+        add_lanes<S, kUnitStride>(gp, stride, owned, lo, hi, S::keep(mask, w * go[k]));
       }
-      vstore(s.dweights + row * kLanes, dw);
+      S::store(s.row(s.dweights, row), dw);
     }
   }
 }
 
 // Softmax backward for the chunk (d logit = w * (dw - sum(w * dw))) into query's, key's and geo_prior's
 // gradients (the last as per-lane sums in s.dprior).
-template <int kPhi, bool kUnitStride, typename T>
-LR_INLINE void logits_backward(const Chunk& c, const Geometry& g, int64_t rows, Scratch<T>& s, T* grad_key,
-                               T* grad_query_row) {
-  using V = Vec<T>;
+template <typename S, int kPhi, bool kUnitStride>
+LR_INLINE void logits_backward(const Chunk& c, const Geometry& g, int64_t rows, Scratch<S>& s,
+                               typename S::T* grad_key, typename S::T* grad_query_row) {
+  using T = typename S::T;
+  using V = typename S::V;
   const int64_t stride = kUnitStride ? 1 : g.stride, hw = g.height * g.width, cols = c.b1 - c.b0;
   V weighted{};
-  for (int64_t r = 0; r < rows; ++r) weighted += vload(s.weights + r * kLanes) * vload(s.dweights + r * kLanes);
-  const V q = vload(s.query);
+  for (int64_t r = 0; r < rows; ++r) weighted += S::load(s.row(s.weights, r)) * S::load(s.row(s.dweights, r));
+  const V q = S::load(s.query);
   V gq{};
   for (int64_t u = 0; u < cols; ++u) {
     const int64_t lo = s.lanes[2 * u], hi = s.lanes[2 * u + 1];
     if (lo >= hi) continue;
-    const Mask<T> mask = lane_mask<T>(lo, hi);
+    const typename S::M mask = S::mask(lo, hi);
     for (int64_t a = c.a0; a < c.a1; ++a) {
-      const int64_t start = (c.y0 + a * g.dilation) * g.width + c.x0 + (c.b0 + u) * g.dilation;
       const int64_t row = (a - c.a0) * cols + u;
-      const V dl = vload(s.weights + row * kLanes) * (vload(s.dweights + row * kLanes) - weighted);
+      const V dl = S::load(s.row(s.weights, row)) * (S::load(s.row(s.dweights, row)) - weighted);
       V dq, dk;
-      logit_grads<kPhi>(q, vload(s.keys + row * kLanes), dq, dk);
+      logit_grads<kPhi>(q, S::load(s.row(s.keys, row)), dq, dk);
       gq += dl * dq;
-      T* dprior = s.dprior + (a * g.kernel + c.b0 + u) * kLanes;
-      vstore(dprior, vload(dprior) + dl);
-      T* gkp = grad_key + start;
-      add_lanes<kUnitStride>(gkp, stride, spans<T>(gkp, stride, grad_key, grad_key + hw), lo, hi, keep<T>(mask, dl * dk));
+      T* dprior = s.row(s.dprior, a * g.kernel + c.b0 + u);
+      S::store(dprior, S::load(dprior) + dl);
+      T* gkp = grad_key + (c.y0 + a * g.dilation) * g.width + c.x0 + (c.b0 + u) * g.dilation;
+      const bool owned = spans<S>(static_cast<const T*>(gkp), stride, grad_key, grad_key + hw);
+      add_lanes<S, kUnitStride>(gkp, stride, owned, lo, hi, S::keep(mask, dl * dk));
     }
   }
-  store_row(grad_query_row + c.j0, gq, c.width);
+  store_row<S>(grad_query_row + c.j0, gq, c.width);
 }
 
 // Backward over (n, group) pairs [begin, end): fills grad_query and this pair's slices of grad_key and
 // grad_value, and its partial sums of geo_prior's gradient.
-template <typename T, bool kUnitStride>
-LR_MULTIVERSION void backward_groups(const Geometry& g, int64_t phi, const T* grad_out, const T* query, const T* key,
-                                     const T* value, const T* prior, T* grad_query, T* grad_key, T* grad_value,
-                                     T* grad_prior_parts, int64_t begin, int64_t end, T* scratch,
-                                     int64_t* lane_scratch) {
-  using V = Vec<T>;
+template <typename S, bool kUnitStride>
+LR_INLINE void backward_groups(const Geometry& g, int64_t phi, const Tensors<typename S::T>& t, int64_t begin,
+                               int64_t end, typename S::T* scratch, int64_t* lane_scratch) {
+  using T = typename S::T;
+  using V = typename S::V;
   const int64_t hw = g.height * g.width, howo = g.out_height * g.out_width, kk = g.kernel * g.kernel;
-  Scratch<T> s(scratch, lane_scratch, g, /*backward=*/true);
-  s.set_bounds(key, value, g);
+  Scratch<S> s(scratch, lane_scratch, g, t, /*backward=*/true);
   for (int64_t ng = begin; ng < end; ++ng) {
     const int64_t grp = ng % g.groups, n = ng / g.groups;
     const int64_t c0 = grp * g.m, mg = std::min(g.m, g.channels - c0);
-    const T* key_ng = key + ng * hw;
-    const T* prior_g = prior + grp * kk;
-    const T* value_g = value + (n * g.channels + c0) * hw;
-    const T* go_g = grad_out + (n * g.channels + c0) * howo;
-    T* gkey_ng = grad_key + ng * hw;
-    T* gvalue_g = grad_value + (n * g.channels + c0) * hw;
+    const T* key_ng = t.key + ng * hw;
+    const T* prior_g = t.prior + grp * kk;
+    const T* value_g = t.value + (n * g.channels + c0) * hw;
+    const T* go_g = t.grad_out + (n * g.channels + c0) * howo;
+    T* gkey_ng = t.grad_key + ng * hw;
+    T* gvalue_g = t.grad_value + (n * g.channels + c0) * hw;
     std::fill(gkey_ng, gkey_ng + hw, T(0));
     std::fill(gvalue_g, gvalue_g + mg * hw, T(0));
-    std::fill(s.dprior, s.dprior + kk * kLanes, T(0));
+    std::fill(s.dprior, s.dprior + kk * S::kLanes, T(0));
     for (int64_t i = 0; i < g.out_height; ++i) {
-      const T* query_row = query + ng * howo + i * g.out_width;
-      for (int64_t j0 = 0; j0 < g.out_width; j0 += kLanes) {
-        const Chunk c = chunk_of(i, j0, g);
-        const int64_t rows = chunk_weights<kUnitStride>(c, g, phi, query_row, key_ng, prior_g, s, /*keys=*/true);
-        const V inv_sum = vload(s.inv_sum);
+      const T* query_row = t.query + ng * howo + i * g.out_width;
+      for (int64_t j0 = 0; j0 < g.out_width; j0 += S::kLanes) {
+        const Chunk c = chunk_of(i, j0, S::kLanes, g);
+        const int64_t rows = chunk_weights<S, kUnitStride>(c, g, phi, query_row, key_ng, prior_g, s, /*keys=*/true);
+        const V inv_sum = S::load(s.inv_sum);
         for (int64_t r = 0; r < rows; ++r) {
-          vstore(s.weights + r * kLanes, vload(s.weights + r * kLanes) * inv_sum);
-          vstore(s.dweights + r * kLanes, V{});
+          S::store(s.row(s.weights, r), S::load(s.row(s.weights, r)) * inv_sum);
+          S::store(s.row(s.dweights, r), V{});
         }
         for (int64_t ch = 0; ch < mg; ch += 4) {
           const T* go = go_g + ch * howo + i * g.out_width + j0;
           const T* planes = value_g + ch * hw;
           T* grad_planes = gvalue_g + ch * hw;
+          const T* owned_end = gvalue_g + mg * hw;
           switch (std::min<int64_t>(4, mg - ch)) {
             case 4:
-              values_backward<4, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, gvalue_g + mg * hw);
+              values_backward<S, 4, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, owned_end);
               break;
             case 3:
-              values_backward<3, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, gvalue_g + mg * hw);
+              values_backward<S, 3, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, owned_end);
               break;
             case 2:
-              values_backward<2, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, gvalue_g + mg * hw);
+              values_backward<S, 2, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, owned_end);
               break;
             default:
-              values_backward<1, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, gvalue_g + mg * hw);
+              values_backward<S, 1, kUnitStride>(c, g, s, go, planes, grad_planes, gvalue_g, owned_end);
           }
         }
-        T* gq_row = grad_query + ng * howo + i * g.out_width;
+        T* gq_row = t.grad_query + ng * howo + i * g.out_width;
         if (phi == kSqDiff) {
-          logits_backward<kSqDiff, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
+          logits_backward<S, kSqDiff, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
         } else if (phi == kAbsDiff) {
-          logits_backward<kAbsDiff, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
+          logits_backward<S, kAbsDiff, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
         } else {
-          logits_backward<kProduct, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
+          logits_backward<S, kProduct, kUnitStride>(c, g, rows, s, gkey_ng, gq_row);
         }
       }
     }
-    T* gprior = grad_prior_parts + ng * kk;
-    for (int64_t o = 0; o < kk; ++o) gprior[o] = lane_sum<T>(vload(s.dprior + o * kLanes));
+    T* gprior = t.grad_prior_parts + ng * kk;
+    for (int64_t o = 0; o < kk; ++o) gprior[o] = S::sum(S::load(s.row(s.dprior, o)));
   }
 }
 
+// One compiled copy of the kernels per instruction set, each with its own vector width.
+enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+#define LR_KERNELS(NAME, ATTRIBUTE, BYTES)                                                                   \
+  template <typename T, bool kUnitStride>                                                                    \
+  ATTRIBUTE void forward_##NAME(const Geometry& g, int64_t phi, const Tensors<T>& t, int64_t begin,          \
+                                int64_t end, T* scratch, int64_t* lanes) {                                   \
+    forward_rows<Simd<T, BYTES / sizeof(T)>, kUnitStride>(g, phi, t, begin, end, scratch, lanes);            \
+  }                                                                                                          \
+  template <typename T, bool kUnitStride>                                                                    \
+  ATTRIBUTE void backward_##NAME(const Geometry& g, int64_t phi, const Tensors<T>& t, int64_t begin,         \
+                                 int64_t end, T* scratch, int64_t* lanes) {                                  \
+    backward_groups<Simd<T, BYTES / sizeof(T)>, kUnitStride>(g, phi, t, begin, end, scratch, lanes);         \
+  }
+
+LR_KERNELS(baseline, , 16)
+#if LR_X86_DISPATCH
+LR_KERNELS(avx2, __attribute__((target("arch=x86-64-v3"))), 32)
+LR_KERNELS(avx512, __attribute__((target("arch=x86-64-v4"))), 64)
+#endif
+#undef LR_KERNELS
+
+// The widest instruction set this CPU (and its OS) runs; LRROBUST_CPU_ISA=avx2 or =baseline asks for a narrower
+// one, so that tests can cover every compiled copy on one machine.
+Isa cpu_isa() {
+  static const Isa supported = [] {
+#if LR_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return Isa::kAvx512;
+    if (__builtin_cpu_supports("x86-64-v3")) return Isa::kAvx2;
+#endif
+    return Isa::kBaseline;
+  }();
+  const char* requested = std::getenv("LRROBUST_CPU_ISA");
+  if (requested != nullptr && std::strcmp(requested, "baseline") == 0) return Isa::kBaseline;
+  if (requested != nullptr && std::strcmp(requested, "avx2") == 0) return std::min(supported, Isa::kAvx2);
+  return supported;
+}
+
+template <typename T>
+using KernelFn = void (*)(const Geometry&, int64_t, const Tensors<T>&, int64_t, int64_t, T*, int64_t*);
+
+// The kernel for this CPU and geometry. A chunk wider than the output row only wastes lanes, so narrow maps take
+// the narrowest vector that still holds a whole row (measured: 7x7 maps run faster with AVX2 than with AVX-512).
+template <typename T>
+KernelFn<T> pick_kernel(bool backward, const Geometry& g) {
+  const bool unit = g.stride == 1;
+  const int64_t row_bytes = g.out_width * static_cast<int64_t>(sizeof(T));
+  Isa isa = cpu_isa();
+  if (isa == Isa::kAvx512 && row_bytes <= 32) isa = Isa::kAvx2;
+  if (isa == Isa::kAvx2 && row_bytes <= 16) isa = Isa::kBaseline;
+#if LR_X86_DISPATCH
+  switch (isa) {
+    case Isa::kAvx512:
+      return backward ? (unit ? backward_avx512<T, true> : backward_avx512<T, false>)
+                      : (unit ? forward_avx512<T, true> : forward_avx512<T, false>);
+    case Isa::kAvx2:
+      return backward ? (unit ? backward_avx2<T, true> : backward_avx2<T, false>)
+                      : (unit ? forward_avx2<T, true> : forward_avx2<T, false>);
+    default:
+      break;
+  }
+#endif
+  return backward ? (unit ? backward_baseline<T, true> : backward_baseline<T, false>)
+                  : (unit ? forward_baseline<T, true> : forward_baseline<T, false>);
+}
+
 Geometry geometry_of(const LocalRelationShape& s) {
-  return Geometry{s.n, s.groups, s.channels, s.per_group, s.height, s.width, s.out_height, s.out_width, s.kernel_size,
-                  s.stride, s.dilation, (s.kernel_size - 1) / 2};
+  return Geometry{s.n,          s.groups,        s.channels, s.per_group, s.height,   s.width,
+                  s.out_height, s.out_width,     s.kernel_size, s.stride,   s.dilation, (s.kernel_size - 1) / 2};
 }
 
 bool is_reduced_float(const at::Tensor& t) {
@@ -580,9 +629,26 @@ int64_t grain_size(const Geometry& g, int64_t pixels_per_task) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work));
 }
 
-// Per-thread scratch from the tensor allocator (so memory statistics see it); row t belongs to thread t.
+// Per-thread scratch from the tensor allocator (so memory statistics see it); row t belongs to thread t. The
+// threads of at::parallel_for have ids below get_num_threads(); called inside a parallel region, it runs inline
+// on the calling thread, whose id may be larger.
 at::Tensor thread_scratch(int64_t per_thread, const at::TensorOptions& options) {
-  return at::empty({at::get_num_threads(), per_thread}, options);
+  const int64_t slots = std::max<int64_t>(at::get_num_threads(), at::get_thread_num() + 1);
+  return at::empty({slots, per_thread}, options);
+}
+
+// Runs the forward or backward kernel over `tasks` parallel tasks.
+template <typename T>
+void run_kernel(bool backward, const Geometry& g, int64_t phi, const Tensors<T>& t, int64_t tasks, int64_t grain,
+                const at::TensorOptions& options) {
+  const at::Tensor scratch = thread_scratch(scratch_size(g, backward), options);
+  const at::Tensor lane_scratch = thread_scratch(lane_scratch_size(g), options.dtype(at::kLong));
+  const KernelFn<T> kernel = pick_kernel<T>(backward, g);
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    const int64_t thread = at::get_thread_num();
+    kernel(g, phi, t, begin, end, scratch.data_ptr<T>() + thread * scratch.size(1),
+           lane_scratch.data_ptr<int64_t>() + thread * lane_scratch.size(1));
+  });
 }
 
 at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
@@ -599,17 +665,15 @@ at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor&
   if (out.numel() == 0) return out;
   const Geometry g = geometry_of(shape);
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous(), p = geo_prior.contiguous();
-  at::Tensor scratch = thread_scratch(Scratch<float>::size(g, /*backward=*/false), value.options());
-  at::Tensor lane_scratch = thread_scratch(Scratch<float>::lanes_size(g), value.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "local_relation_forward_cpu", [&] {
-    const int64_t grain = grain_size(g, shape.out_width);
-    at::parallel_for(0, shape.n * shape.groups * shape.out_height, grain, [&](int64_t begin, int64_t end) {
-      const int64_t t = at::get_thread_num();
-      const auto run = g.stride == 1 ? forward_rows<scalar_t, true> : forward_rows<scalar_t, false>;
-      run(g, composability, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), begin, end, scratch.data_ptr<scalar_t>() + t * scratch.size(1),
-          lane_scratch.data_ptr<int64_t>() + t * lane_scratch.size(1));
-    });
+    Tensors<scalar_t> t{};
+    t.query = q.data_ptr<scalar_t>();
+    t.key = k.data_ptr<scalar_t>();
+    t.value = v.data_ptr<scalar_t>();
+    t.prior = p.data_ptr<scalar_t>();
+    t.out = out.data_ptr<scalar_t>();
+    run_kernel(/*backward=*/false, g, composability, t, shape.n * shape.groups * shape.out_height,
+               grain_size(g, shape.out_width), value.options());
   });
   return out;
 }
@@ -641,19 +705,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backwa
   const at::Tensor go = grad_out.to(value.scalar_type()).contiguous(), q = query.contiguous(), k = key.contiguous(),
                    v = value.contiguous(), p = geo_prior.contiguous();
   at::Tensor grad_prior_parts = at::empty({shape.n * shape.groups, kernel_size, kernel_size}, value.options());
-  at::Tensor scratch = thread_scratch(Scratch<float>::size(g, /*backward=*/true), value.options());
-  at::Tensor lane_scratch = thread_scratch(Scratch<float>::lanes_size(g), value.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "local_relation_backward_cpu", [&] {
-    const int64_t grain = grain_size(g, shape.out_height * shape.out_width);
-    at::parallel_for(0, shape.n * shape.groups, grain, [&](int64_t begin, int64_t end) {
-      const int64_t t = at::get_thread_num();
-      const auto run = g.stride == 1 ? backward_groups<scalar_t, true> : backward_groups<scalar_t, false>;
-      run(g, composability, go.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-          v.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), grad_query.data_ptr<scalar_t>(),
-          grad_key.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(), grad_prior_parts.data_ptr<scalar_t>(),
-          begin, end, scratch.data_ptr<scalar_t>() + t * scratch.size(1),
-          lane_scratch.data_ptr<int64_t>() + t * lane_scratch.size(1));
-    });
+    Tensors<scalar_t> t{};
+    t.grad_out = go.data_ptr<scalar_t>();
+    t.query = q.data_ptr<scalar_t>();
+    t.key = k.data_ptr<scalar_t>();
+    t.value = v.data_ptr<scalar_t>();
+    t.prior = p.data_ptr<scalar_t>();
+    t.grad_query = grad_query.data_ptr<scalar_t>();
+    t.grad_key = grad_key.data_ptr<scalar_t>();
+    t.grad_value = grad_value.data_ptr<scalar_t>();
+    t.grad_prior_parts = grad_prior_parts.data_ptr<scalar_t>();
+    run_kernel(/*backward=*/true, g, composability, t, shape.n * shape.groups,
+               grain_size(g, shape.out_height * shape.out_width), value.options());
   });
   at::Tensor grad_prior = grad_prior_parts.view({shape.n, shape.groups, kernel_size, kernel_size}).sum(0);
   return {grad_query, grad_key, grad_value, grad_prior};
