@@ -196,10 +196,12 @@ LR_INLINE void chunk_lanes(const Chunk& c, const Geometry& g, int64_t* lanes) {
   }
 }
 
-// Whether all L positions p + l * stride lie in [begin, end).
+// Whether all L positions p + l * stride lie in [begin, end) (p itself may point outside: compared as integers).
 template <typename S, typename T>
 LR_INLINE bool spans(const T* p, int64_t stride, const T* begin, const T* end) {
-  return p >= begin && p + (S::kLanes - 1) * stride < end;
+  const auto first = reinterpret_cast<uintptr_t>(p);
+  const auto last = first + static_cast<uintptr_t>((S::kLanes - 1) * stride) * sizeof(T);
+  return first >= reinterpret_cast<uintptr_t>(begin) && last < reinterpret_cast<uintptr_t>(end);
 }
 
 // Lane l = p[l * stride]. With `whole` all L are read (lanes outside [lo, hi) hold other pixels, for the
