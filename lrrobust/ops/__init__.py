@@ -1,7 +1,8 @@
 """The local relation op (Hu et al., "Local Relation Networks for Image Recognition", ICCV 2019, Sec. 4).
 
 Public API: ``local_relation`` (Eq. 2-5, fused compiled kernels with a pure-PyTorch fallback),
-``kernel_available`` and ``build_info``.
+``kernel_available`` and ``build_info``. The CPU kernel carries AVX-512, AVX2 and SSE2 copies and runs the widest
+the CPU supports; the environment variable ``LRROBUST_CPU_ISA=avx2`` (or ``baseline``) forces a narrower one.
 """
 
 from __future__ import annotations
