@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import typer
 from rich.console import Console
