@@ -22,12 +22,23 @@ DIGITS_RUN_OPTIONS = {"model": "resnet18", "model_kwargs": {"width": 0.25}, "epo
 DIGITS_ADV_OPTIONS = {"eps": 0.2, "steps": 4}
 
 
-@pytest.fixture
-def one_thread():
+def _single_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    yield from _single_thread()
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """``one_thread`` for a whole module, its module-scoped fixtures included (tiny models gain nothing from
+    threads, and two cores shared with other tests make threads spin)."""
+    yield from _single_thread()
 
 
 @pytest.fixture(scope="session")

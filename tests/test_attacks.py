@@ -14,13 +14,7 @@ from lrrobust.evaluation.suite import load_suite, make_attack, parse_suite, suit
 NUM_CLASSES = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and two cores shared with other tests make threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

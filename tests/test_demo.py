@@ -7,19 +7,12 @@ import io
 from pathlib import Path
 
 import pytest
-import torch
 from rich.console import Console
 
 from lrrobust.demo import MODELS, DemoPlan, robustness_verdicts, run_demo, train_configs, transfer_sources
 from lrrobust.evaluation.suite import load_suite
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def test_the_demo_trains_each_model_regularly_and_adversarially(tmp_path):

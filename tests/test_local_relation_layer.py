@@ -11,14 +11,7 @@ from lrrobust.errors import UserError
 from lrrobust.models import GeometricPrior, LocalRelation2d
 from lrrobust.models.flops import aggregation_flops, local_relation_flops
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to other processes competing for the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def naive_layer(layer: LocalRelation2d, x: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,7 @@ from lrrobust.models.paper import PAPER_FIGURES
 SMALL = {"in_chans": 1, "stem": "small", "width": 0.125, "mean": [0.5], "std": [0.25]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to other processes competing for the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(name: str, **kw) -> torch.nn.Module:
