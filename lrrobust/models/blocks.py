@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrrobust.models.fold import FoldingSequential, then_bn
 from lrrobust.models.local_relation import LocalRelation2d
 
 SPATIAL_KINDS = ("conv", "dw", "lr")
@@ -26,9 +27,9 @@ def spatial_layer(kind: str, in_ch: int, out_ch: int, stride: int, kernel_size: 
     return nn.Conv2d(in_ch, out_ch, int(kernel_size), stride=stride, padding=pad, groups=groups, bias=False)
 
 
-def conv_bn(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
+def projection(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
     """A 1x1 channel transform followed by BN (the projection shortcut)."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+    return FoldingSequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
 
 
 class Bottleneck(nn.Module):
@@ -46,12 +47,12 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.act = nn.ReLU(inplace=True)
-        self.shortcut = conv_bn(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
+        self.shortcut = projection(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.bn1(self.conv1(x)))
-        y = self.act(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
+        y = self.act(then_bn(self.conv1, self.bn1, x))
+        y = self.act(then_bn(self.conv2, self.bn2, y))
+        y = then_bn(self.conv3, self.bn3, y)
         return self.act(y + self.shortcut(x))
 
 
@@ -71,13 +72,13 @@ class BasicBlock(nn.Module):
         self.layer2 = self._spatial(out_ch, out_ch, 1, spatial, kernel_size, lr)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.act = nn.ReLU(inplace=True)
-        self.shortcut = conv_bn(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
+        self.shortcut = projection(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
 
     @staticmethod
     def _spatial(in_ch: int, out_ch: int, stride: int, spatial: str, kernel_size, lr: dict) -> nn.Module:
         if spatial != "lr":
             return spatial_layer(spatial, in_ch, out_ch, stride, kernel_size)
-        return nn.Sequential(
+        return FoldingSequential(
             nn.Conv2d(in_ch, out_ch, 1, bias=False),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
@@ -85,6 +86,6 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.bn1(self.layer1(x)))
-        y = self.bn2(self.layer2(y))
+        y = self.act(then_bn(self.layer1, self.bn1, x))
+        y = then_bn(self.layer2, self.bn2, y)
         return self.act(y + self.shortcut(x))

@@ -185,6 +185,14 @@ class LocalRelation2d(nn.Module):
         return full if self.kernel_size == "full" else min(int(self.kernel_size), full)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value(self.aggregate(x))
+
+    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
+        """The local relation aggregation of ``x`` (Eq. 2), before the 1x1 value transform.
+
+        The value transform is linear and per pixel, so it is applied after the aggregation, to the
+        (smaller, when strided) output: the same result as aggregating transformed values.
+        """
         k = self.window(x.shape[-2], x.shape[-1])
         s = self.stride
         # under autocast the 1x1 transforms may return another dtype than x: the op takes one dtype
@@ -195,7 +203,7 @@ class LocalRelation2d(nn.Module):
             out = local_relation(query, key, x, prior, k, s, 1, self.composability)
         else:
             out = local_relation_reference(query, key, x, prior, k, s, 1, self.composability, normalize=False)
-        return self.value(out)
+        return out
 
     def extra_repr(self) -> str:
         return (

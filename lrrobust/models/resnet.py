@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lrrobust.models.blocks import BasicBlock, Bottleneck
+from lrrobust.models.fold import FoldingSequential
 from lrrobust.models.local_relation import LocalRelation2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -99,7 +100,7 @@ class ResNet(nn.Module):
         layers += [nn.BatchNorm2d(ch), nn.ReLU(inplace=True)]
         if stem == "imagenet":
             layers.append(nn.MaxPool2d(3, stride=2, padding=1))
-        return nn.Sequential(*layers)
+        return FoldingSequential(*layers)
 
     def _init_weights(self) -> None:
         for mod in self.modules():
