@@ -54,7 +54,8 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=${MAX_JOBS:-
 step build $PY setup.py build_ext --inplace
 step build_info $PY -c "import lrrobust.ops as o; print(o.build_info()); assert o.kernel_available('cuda')"
 sanitize() {  # sanitize TOOL PYTEST_K: small cases of test_ops_cuda.py under compute-sanitizer
-  compute-sanitizer --tool "$1" --error-exitcode 1 --target-processes all \
+  # without PyTorch's caching allocator, so a read past a tensor's end leaves its allocation and is seen
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$1" --error-exitcode 1 --target-processes all \
     $PY -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py -k "$2"
 }
 
