@@ -249,6 +249,22 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
+def _cells(r: dict, impl: str) -> list[str]:
+    """One record's cells, in the column order of ``op_table`` and ``markdown_table``."""
+    return [
+        str(r["stage"]),
+        f"{r['channels']} x {r['size']}^2 ({r['groups']})",
+        r["pass"],
+        impl,
+        f"{r['ms']:.2f}",
+        f"{r['peak_mb']:.1f}",
+        _ratio(r.get("ms_vs_conv3x3")),
+        _ratio(r.get("ms_vs_reference")),
+        _ratio(r.get("mb_vs_reference")),
+        str(r["repeats"]),
+    ]
+
+
 def impl_label(record: dict) -> str:
     """The impl's name for tables; an lr_fused row served by the reference fallback says so."""
     if record["impl"] == "lr_fused" and record.get("kernel") == "fallback":
@@ -269,18 +285,7 @@ def op_table(records: list[dict], title: str = "local relation op vs convolution
         if previous is not None and group != previous:
             table.add_section()
         previous = group
-        table.add_row(
-            str(r["stage"]),
-            f"{r['channels']} x {r['size']}^2 ({r['groups']})",
-            r["pass"],
-            impl_label(r),
-            f"{r['ms']:.2f}",
-            f"{r['peak_mb']:.1f}",
-            _ratio(r.get("ms_vs_conv3x3")),
-            _ratio(r.get("ms_vs_reference")),
-            _ratio(r.get("mb_vs_reference")),
-            str(r["repeats"]),
-        )
+        table.add_row(*_cells(r, impl_label(r)))
     if any(r.get("kernel") == "fallback" for r in records):
         table.caption = "[bold red]lr_fused FALLBACK: the compiled kernel is missing; these rows time the reference.[/]"
     return table
@@ -307,19 +312,7 @@ def markdown_table(records: list[dict]) -> str:
         impl = (
             "lr_fused (FALLBACK: reference)" if r["impl"] == "lr_fused" and r.get("kernel") == "fallback" else r["impl"]
         )
-        cells = [
-            str(r["stage"]),
-            f"{r['channels']} x {r['size']}^2 ({r['groups']})",
-            r["pass"],
-            impl,
-            f"{r['ms']:.2f}",
-            f"{r['peak_mb']:.1f}",
-            _ratio(r.get("ms_vs_conv3x3")),
-            _ratio(r.get("ms_vs_reference")),
-            _ratio(r.get("mb_vs_reference")),
-            str(r["repeats"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cells(r, impl)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,8 +26,8 @@ def then_bn(layer: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``layer``: an ``nn.Conv2d``, a ``LocalRelation2d`` (its value transform), a ``FoldingSequential`` (its last
     layer) or anything else (then nothing is folded).
     """
-    eval_bn = isinstance(bn, _BatchNorm) and not bn.training and bn.running_mean is not None
-    if not eval_bn or bn.running_var is None or _hooked(layer, bn):
+    running_stats = isinstance(bn, _BatchNorm) and not bn.training and bn.running_var is not None
+    if not running_stats or _hooked(layer, bn):
         return bn(layer(x))
     if isinstance(layer, nn.Conv2d):
         return _folded_conv(layer, bn, x)
