@@ -1,10 +1,17 @@
 """Datasets for training and evaluation: images in [0, 1] (CHW float), integer labels.
 
 - ``digits``: scikit-learn's handwritten digits (8x8, 1 channel, 10 classes), embedded, never downloaded; a fixed
-  split (numpy's frozen legacy ``RandomState(0)`` permutation: 360 test, 1437 train), the same on every machine.
-- ``cifar10``: torchvision's CIFAR-10 from a local root; downloads only with ``download=True``.
+  split from numpy's frozen legacy ``RandomState`` streams, the same on every machine: 360 test (seed 0), then
+  180 validation images drawn from the other 1437 (seed 1), and 1257 train.
+- ``cifar10``: torchvision's CIFAR-10 from a local root; downloads only with ``download=True``. Validation: a fixed
+  seeded 5,000 of the 50,000 training images (not augmented); train: the other 45,000.
 - ``imagenet`` / ``imagefolder``: an ImageFolder tree ``root/train`` and ``root/val`` with the paper's augmentation
   (appendix: random-resized crop 224 and flips in training; resize 256 and centre crop 224 in evaluation).
+  Validation: a fixed seeded 10 images per class of ``root/train`` (10,000 for ImageNet), at most half of a class;
+  train: the rest of ``root/train``; test: ``root/val``.
+
+Three splits, never overlapping: ``train`` for training, ``val`` for choosing the checkpoint (best.pt), ``test``
+for evaluation only.
 
 Normalisation is not done here: models hold their dataset's mean and std and normalise inside, so attacks work
 in pixel units (``../shared/PROTOCOL.md``).
@@ -14,16 +21,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from lrrobust.errors import UserError
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 DIGITS_TEST_SIZE = 360
-DIGITS_SPLIT_SEED = 0
+DIGITS_SPLIT_SEED = 0  # the test split's seed (unchanged since the first release)
+DIGITS_VAL_SIZE = 180
+CIFAR10_VAL_SIZE = 5000
+IMAGEFOLDER_VAL_PER_CLASS = 10
+VALIDATION_SEED = 1  # the validation split's seed, every dataset
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,8 @@ class DatasetInfo:
 
 
 _INFOS = {
-    # digits mean/std: of the training split, pixels scaled to [0, 1] (checked by tests/test_data.py).
+    # digits mean/std: of the 1437 images outside the test split, pixels scaled to [0, 1]; the 1257-image training
+    # split's differ by less than 3e-4 (checked by tests/test_data.py).
     "digits": DatasetInfo("digits", 10, 1, 8, (0.3056,), (0.3763,), "small"),
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "small"),
     "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet"),
@@ -64,8 +77,22 @@ def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
     return info
 
 
+def validation_split(name: str) -> dict[str, Any]:
+    """How the validation split of dataset ``name`` is carved from its training data (for the run's config.json).
+
+    ``size`` is None for ``imagefolder``, whose class count depends on the tree; training fills in the real size.
+    """
+    check_dataset_name(name)
+    if name == "digits":
+        return {"source": "digits minus the test split", "seed": VALIDATION_SEED, "size": DIGITS_VAL_SIZE}
+    if name == "cifar10":
+        return {"source": "CIFAR-10 training images", "seed": VALIDATION_SEED, "size": CIFAR10_VAL_SIZE}
+    size = IMAGEFOLDER_VAL_PER_CLASS * _INFOS[name].num_classes or None
+    return {"source": "root/train", "seed": VALIDATION_SEED, "size": size, "per_class": IMAGEFOLDER_VAL_PER_CLASS}
+
+
 def load_dataset(name: str, split: str, root: str | Path | None = None, download: bool = False) -> Dataset:
-    """The ``split`` ("train" or "test") of dataset ``name`` as (image in [0, 1], label) pairs."""
+    """The ``split`` ("train", "val" or "test") of dataset ``name`` as (image in [0, 1], label) pairs."""
     check_dataset_name(name)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
@@ -100,9 +127,43 @@ class DigitsDataset(Dataset):
 
 
 def digits_split_indices(n: int) -> dict[str, np.ndarray]:
-    """Indices of the digits test and train splits: a frozen-stream permutation, identical on every machine."""
+    """Sorted indices of the digits train, val and test splits: frozen-stream permutations, the same everywhere.
+
+    The test split is the first release's (seed 0); validation is a seed-1 draw from the rest.
+    """
     order = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(n)
-    return {"test": np.sort(order[:DIGITS_TEST_SIZE]), "train": np.sort(order[DIGITS_TEST_SIZE:])}
+    rest = np.sort(order[DIGITS_TEST_SIZE:])
+    val = rest[np.random.RandomState(VALIDATION_SEED).permutation(len(rest))[:DIGITS_VAL_SIZE]]
+    return {"train": np.setdiff1d(rest, val), "val": np.sort(val), "test": np.sort(order[:DIGITS_TEST_SIZE])}
+
+
+class SplitSubset(Subset):
+    """A ``Subset`` that keeps its dataset's ``classes`` and lists its own ``targets``."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        super().__init__(dataset, indices)
+        self.classes = dataset.classes
+        self.targets = [dataset.targets[i] for i in indices]
+
+
+def _carve(dataset: Dataset, size: int) -> tuple[list[int], list[int]]:
+    """(train, val) indices: ``size`` seeded indices for validation, the rest for training."""
+    if len(dataset) <= size:
+        raise UserError(f"the training set has {len(dataset)} images, too few to carve a validation split of {size}")
+    order = np.random.RandomState(VALIDATION_SEED).permutation(len(dataset))
+    return sorted(order[size:].tolist()), sorted(order[:size].tolist())
+
+
+def _carve_per_class(targets: list[int], per_class: int) -> tuple[list[int], list[int]]:
+    """(train, val) indices: ``per_class`` seeded images of each class for validation (at most half of a class)."""
+    rng = np.random.RandomState(VALIDATION_SEED)
+    labels = np.asarray(targets)
+    val: list[int] = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        val += members[rng.permutation(len(members))[: min(per_class, len(members) // 2)]].tolist()
+    chosen = set(val)
+    return [i for i in range(len(labels)) if i not in chosen], sorted(val)
 
 
 def _cifar10(root: Path, split: str, download: bool) -> Dataset:
@@ -113,20 +174,22 @@ def _cifar10(root: Path, split: str, download: bool) -> Dataset:
             f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (the python version of CIFAR-10); "
             "pass --download to fetch it into --root"
         )
-    if split == "train":
-        transform = transforms.Compose(
-            [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
-        )
-    else:
-        transform = transforms.ToTensor()
+    augment = transforms.Compose(
+        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+    )
+    transform = augment if split == "train" else transforms.ToTensor()  # val and test: not augmented
     try:
-        return datasets.CIFAR10(str(root), train=split == "train", transform=transform, download=download)
+        data = datasets.CIFAR10(str(root), train=split != "test", transform=transform, download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise UserError(f"CIFAR-10 under {root} is unreadable ({e}); remove it and pass --download") from None
+    if split == "test":
+        return data
+    train, val = _carve(data, CIFAR10_VAL_SIZE)
+    return SplitSubset(data, train if split == "train" else val)
 
 
 def _split_dir(root: Path, split: str) -> Path:
-    folder = root / ("train" if split == "train" else "val")
+    folder = root / ("val" if split == "test" else "train")  # validation is carved from root/train
     if not folder.is_dir():
         raise UserError(f"ImageFolder tree not found: expected {folder} holding one folder of images per class")
     return folder
@@ -151,6 +214,12 @@ def _image_folder(root: Path, split: str) -> Dataset:
     else:
         transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
     try:
-        return datasets.ImageFolder(str(folder), transform=transform)
+        data = datasets.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f"malformed ImageFolder tree {folder}: {e}") from None
+    if split == "test":
+        return data
+    train, val = _carve_per_class(data.targets, IMAGEFOLDER_VAL_PER_CLASS)
+    if not val:
+        raise UserError(f"every class of {folder} has fewer than 2 images: too few to carve a validation split")
+    return SplitSubset(data, train if split == "train" else val)

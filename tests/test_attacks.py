@@ -1,4 +1,5 @@
-"""Attacks of lrrobust.evaluation: invariants of every kind, restarts' per-sample worst case, seeding, suites."""
+"""The attack registry (lrrobust.attacks): invariants of every kind, restarts' per-sample worst case, AutoAttack's
+cascade, seeding, suites."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import torch
 from torch import nn
 
 from lrrobust.errors import UserError
-from lrrobust.evaluation.attacks import build_autoattack, derive_seed, predict, run_attack
-from lrrobust.evaluation.runner import target_offsets
-from lrrobust.evaluation.suite import load_suite, make_attack, parse_suite, suites_dir
+from lrrobust.attacks import KINDS, attack_from_options, attack_from_table, predict
+from lrrobust.attacks.autoattack import AutoAttack
+from lrrobust.core.seeding import derive_seed
+from lrrobust.evaluation.loop import target_offsets
+from lrrobust.evaluation.suite import load_suite, parse_suite, suites_dir
 
 NUM_CLASSES = 5
 
@@ -39,6 +42,14 @@ def batch():
     return images, labels, targets
 
 
+def make_attack(name, kind, eps, **settings):
+    return attack_from_table({"name": name, "kind": kind, "eps": eps, **settings}, 1)
+
+
+def run_attack(model, spec, images, labels, **kw):
+    return spec.run(model, images, labels, **kw)
+
+
 SPECS = [
     make_attack("pgd", "pgd", "16/255", steps=5),
     make_attack("pgd-t", "pgd", 0.1, targeted=True, step_size="2/255", steps=4, restarts=3),
@@ -58,7 +69,7 @@ def test_every_attack_keeps_its_invariants(spec, batch):
     model[1].eval()  # a mixed mode must come back exactly as it was
     before = [m.training for m in model.modules()]
     outcome = run_attack(model, spec, images, labels, num_classes=NUM_CLASSES, targets=targets,
-                         seed_for=lambda r: 10 + r, source=source if spec.source else None)
+                         seed_for=lambda r: 10 + r, source=source if getattr(spec, "source", None) else None)
     adv = outcome.adv_images
     assert adv.shape == images.shape
     assert float((adv - images).abs().max()) <= spec.eps + 1e-6
@@ -68,6 +79,7 @@ def test_every_attack_keeps_its_invariants(spec, batch):
     assert source.training  # the source model's mode is restored too
     model.eval()
     assert torch.equal(outcome.adv_pred, predict(model, adv))
+    assert bool(((outcome.found_at >= 0) <= outcome.success).all())  # a stage is named only for a success
     if spec.targeted:
         assert torch.equal(outcome.targets, targets)
         assert torch.equal(outcome.success, outcome.adv_pred == targets)
@@ -151,21 +163,66 @@ def test_derive_seed_is_stable_across_machines():
 
 
 def test_autoattack_uses_the_dataset_classes_and_the_original_iterations():
-    attack = build_autoattack(tiny_model(), 16 / 255, num_classes=1000, seed=0)
-    apgd, apgdt, fab, square = attack.attacks
+    apgd, apgdt, fab, square = AutoAttack(name="aa", eps=16 / 255).components(tiny_model(), num_classes=1000, seed=0)
     assert [apgd.steps, apgdt.steps, fab.steps] == [100, 100, 100]
     assert apgdt.n_target_classes == 9 and fab.n_target_classes == 9
     assert square.n_queries == 5000
     assert apgd.loss == "ce" and fab.multi_targeted
-    small = build_autoattack(tiny_model(), 0.1, num_classes=3, seed=0)
-    assert small.attacks[1].n_target_classes == 2
+    small = AutoAttack(name="aa", eps=0.1).components(tiny_model(), num_classes=3, seed=0)
+    assert small[1].n_target_classes == 2
+
+
+def test_autoattack_runs_its_components_in_cascade(batch):
+    """Each component attacks only what is still standing; found_at names the component that broke an image."""
+    images, labels, _ = batch
+    model = tiny_model(0).eval()
+    spec = AutoAttack(name="aa", eps=0.1, steps=3, n_queries=20)
+    outcome = spec.run(model, images, labels, num_classes=NUM_CLASSES, seed_for=lambda k: 7 + k)
+    clean_right = predict(model, images) == labels
+    assert bool((outcome.found_at[~clean_right] == -1).all())  # never attacked: already wrong
+    assert bool((outcome.success == (outcome.adv_pred != labels)).all())
+    broken = outcome.found_at >= 0
+    assert bool((broken == (clean_right & outcome.success)).all())
+    assert int(broken.sum()) > 0 and set(outcome.found_at[broken].tolist()) <= set(range(4))
+    assert spec.stages() == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def test_adding_an_attack_kind_is_one_module():
+    """Every module of the package but base and registry registers exactly one kind, found without a list."""
+    import pkgutil
+
+    import lrrobust.attacks as package
+
+    modules = {f"lrrobust.attacks.{m.name}" for m in pkgutil.iter_modules(package.__path__)} - {
+        "lrrobust.attacks.base", "lrrobust.attacks.registry"}
+    assert sorted(cls.__module__ for cls in KINDS.values()) == sorted(modules)
+    assert {"pgd", "fgsm", "autoattack"} <= set(KINDS)
+
+
+def test_cli_options_and_suite_tables_read_the_same_spec():
+    from_table = make_attack("p", "pgd", "8/255", steps=7, restarts=2, targeted=True)
+    from_options = attack_from_options("pgd", "p", {"eps": "8/255", "steps": 7, "restarts": 2, "targeted": True,
+                                                    "step_size": None})
+    assert from_table == from_options and from_table.key() == from_options.key()
+    with pytest.raises(UserError, match="--steps does not apply to fgsm"):
+        attack_from_options("fgsm", "f", {"eps": 0.1, "steps": 3})
+    with pytest.raises(UserError, match="--eps must"):
+        attack_from_options("pgd", "p", {"eps": "2/0"})
+
+
+def test_the_key_follows_every_setting_but_not_the_name():
+    a = make_attack("a", "pgd", 0.1, steps=5)
+    assert make_attack("b", "pgd", 0.1, steps=5).key() == a.key()
+    assert make_attack("a", "pgd", 0.1, steps=6).key() != a.key()
+    assert make_attack("a", "pgd", 0.1, steps=5, restarts=2).key() != a.key()
+    assert make_attack("a", "pgd", 0.1, steps=5, restarts=2).seed_key() == a.seed_key()
 
 
 # ---------------------------------------------------------------- suites
 
 
 def test_suite_unknown_keys_list_the_valid_ones():
-    with pytest.raises(UserError, match="unknown key epz.*valid keys: .*eps"):
+    with pytest.raises(UserError, match="unknown key epz.*valid keys for pgd: .*eps"):
         parse_suite({"attack": [{"name": "a", "kind": "pgd", "epz": 0.1}]})
     with pytest.raises(UserError, match="unknown key bach_size.*valid keys: .*batch_size"):
         parse_suite({"bach_size": 3, "attack": [{"name": "a", "eps": 0.1}]})
@@ -197,14 +254,15 @@ def test_suite_resolves_fractions_and_defaults():
 
 def test_repository_suites():
     table9 = load_suite("table9")
-    assert {(a.targeted, round(a.eps * 255, 6), round(a.step_size * 255, 6)) for a in table9.attacks} == {
-        (True, 16, 1), (False, 16, 1)}
+    assert {(a.targeted, round(a.eps * 255, 6), round(a.step_size * 255, 6)) for a in table9.attacks
+            if a.kind == "pgd"} == {(True, 16, 1), (False, 16, 1)}
     fd = load_suite(suites_dir() / "fd_steps.toml")
     assert sorted({a.steps for a in fd.attacks}) == [10, 100, 1000, 2000]
     assert all(a.targeted for a in fd.attacks) and all(a.eps == pytest.approx(16 / 255) for a in fd.attacks)
     assert sorted({round(a.step_size * 255, 6) for a in fd.attacks}) == [1.0, 1.6]
     digits = load_suite("digits")
     assert {a.targeted for a in digits.attacks if a.kind == "pgd"} == {True, False}
+    assert "autoattack" in {a.kind for a in digits.attacks} and "autoattack" in {a.kind for a in table9.attacks}
     from lrrobust.training.config import PRESETS
 
     assert {a.eps for a in digits.attacks} == {PRESETS["digits"].eps}  # the eps the demo's models trained at

@@ -1,4 +1,6 @@
-"""Datasets: the embedded digits split, CIFAR-10 and ImageFolder roots, errors that say what was expected where."""
+"""Datasets: the embedded digits splits, CIFAR-10 and ImageFolder roots, errors that say what was expected where.
+
+Every dataset has three disjoint splits: train, val (carved from the training data, fixed and seeded) and test."""
 
 from __future__ import annotations
 
@@ -8,19 +10,25 @@ import numpy as np
 import pytest
 import torch
 
-from lrrobust.data import DATASETS, dataset_info, digits_split_indices, load_dataset
+from lrrobust.data import DATASETS, dataset_info, digits_split_indices, load_dataset, validation_split
 from lrrobust.errors import UserError
 
 
-def test_digits_split_is_fixed_disjoint_and_complete():
-    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
-    assert (len(train), len(test)) == (1437, 360)
-    assert set(train.indices).isdisjoint(test.indices)
-    assert sorted(np.concatenate([train.indices, test.indices]).tolist()) == list(range(1797))
-    # numpy's legacy RandomState(0) stream is frozen: these indices are the same on every machine
-    assert test.indices[:8].tolist() == [4, 5, 6, 9, 14, 17, 18, 19]
-    assert np.array_equal(digits_split_indices(1797)["test"], test.indices)
-    assert set(test.targets) == set(range(10)) and set(train.targets) == set(range(10))
+def test_digits_splits_are_fixed_disjoint_and_complete():
+    splits = {name: load_dataset("digits", name) for name in ("train", "val", "test")}
+    train, val, test = (splits[name].indices for name in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (1257, 180, 360)
+    assert set(train).isdisjoint(val) and set(train).isdisjoint(test) and set(val).isdisjoint(test)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(1797))
+    # the test split is the one every earlier release used (numpy's frozen legacy RandomState(0) stream)
+    assert np.array_equal(test, np.sort(np.random.RandomState(0).permutation(1797)[:360]))
+    assert test[:8].tolist() == [4, 5, 6, 9, 14, 17, 18, 19]
+    again = digits_split_indices(1797)
+    for name, indices in (("train", train), ("val", val), ("test", test)):
+        assert np.array_equal(load_dataset("digits", name).indices, indices) and np.array_equal(again[name], indices)
+        assert set(splits[name].targets) == set(range(10))
+    assert val[:5].tolist() == [3, 27, 50, 65, 67]  # numpy's RandomState(1) stream is frozen too
+    assert validation_split("digits") == {"source": "digits minus the test split", "seed": 1, "size": 180}
 
 
 def test_digits_items_are_unit_range_chw_with_int_labels():
@@ -50,8 +58,8 @@ def test_every_dataset_has_info(name):
 def test_unknown_dataset_and_split():
     with pytest.raises(UserError, match="unknown dataset 'mnist'.*digits"):
         load_dataset("mnist", "train")
-    with pytest.raises(UserError, match="unknown split 'val'"):
-        load_dataset("digits", "val")
+    with pytest.raises(UserError, match="unknown split 'validation'.*train, val, test"):
+        load_dataset("digits", "validation")
 
 
 def test_cifar10_missing_root_says_what_and_where(tmp_path):
@@ -72,17 +80,31 @@ def test_cifar10_malformed_root(tmp_path):
 
 
 def test_image_folder_paper_augmentation(tmp_path, make_image_tree):
-    root = make_image_tree(tmp_path)
-    train, test = load_dataset("imagefolder", "train", root), load_dataset("imagenet", "test", root)
-    assert len(train) == 4 and len(test) == 4
-    for ds in (train, test):
+    root = make_image_tree(tmp_path, per_class=4)
+    train, val = load_dataset("imagefolder", "train", root), load_dataset("imagefolder", "val", root)
+    test = load_dataset("imagenet", "test", root)
+    assert (len(train), len(val), len(test)) == (4, 4, 8)  # validation: at most half of a class
+    for ds in (train, val, test):
         image, label = ds[0]
         assert image.shape == (3, 224, 224) and label in (0, 1)
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     # evaluation is deterministic (resize 256, centre crop 224); training is random (crop and flip)
-    assert torch.equal(test[0][0], test[0][0])
+    assert torch.equal(test[0][0], test[0][0]) and torch.equal(val[0][0], val[0][0])
     assert not all(torch.equal(train[0][0], train[0][0]) for _ in range(3))
-    assert dataset_info("imagefolder", root).num_classes == 2
+    assert dataset_info("imagefolder", root).num_classes == 2 and train.classes == val.classes == ["cat", "dog"]
+
+
+def test_image_folder_validation_is_ten_seeded_images_per_class_of_train(tmp_path, make_image_tree):
+    root = make_image_tree(tmp_path, per_class=24, size=(16, 16))
+    train, val = load_dataset("imagefolder", "train", root), load_dataset("imagefolder", "val", root)
+    assert (len(train), len(val)) == (28, 20) and sorted(set(val.targets)) == [0, 1]
+    assert [val.targets.count(c) for c in (0, 1)] == [10, 10]
+    train_files = {train.dataset.samples[i][0] for i in train.indices}
+    val_files = {val.dataset.samples[i][0] for i in val.indices}
+    assert train_files.isdisjoint(val_files) and len(train_files | val_files) == 48
+    assert all(f"{Path(root) / 'train'}" in f for f in val_files)  # carved from root/train; root/val is the test
+    assert load_dataset("imagefolder", "val", root).indices == val.indices  # the same on every call
+    assert validation_split("imagenet")["size"] == 10_000 and validation_split("imagefolder")["per_class"] == 10
 
 
 def test_image_folder_missing_or_empty_split(tmp_path):
@@ -94,9 +116,12 @@ def test_image_folder_missing_or_empty_split(tmp_path):
         load_dataset("imagefolder", "test", tmp_path)
     with pytest.raises(UserError, match="malformed ImageFolder"):  # a class folder without images
         load_dataset("imagefolder", "train", tmp_path)
+    (tmp_path / "train" / "a" / "0.png").write_bytes(b"")
+    with pytest.raises(UserError, match="fewer than 2 images"):  # nothing to carve a validation split from
+        load_dataset("imagefolder", "val", tmp_path)
 
 
-def _cifar_tree(root: Path, per_batch: int = 6) -> Path:
+def _cifar_tree(root: Path, per_batch: int = 1002) -> Path:
     import pickle
 
     folder = root / "cifar-10-batches-py"
@@ -117,10 +142,15 @@ def test_cifar10_from_a_local_root(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)  # fake batches: no official md5
     root = _cifar_tree(tmp_path)
-    train, test = load_dataset("cifar10", "train", root), load_dataset("cifar10", "test", root)
-    assert (len(train), len(test)) == (30, 6)
+    train, val, test = (load_dataset("cifar10", split, root) for split in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (10, 5000, 1002)  # validation: 5,000 of the training images
+    assert set(train.indices).isdisjoint(val.indices) and len(set(train.indices) | set(val.indices)) == 5010
+    assert load_dataset("cifar10", "val", root).indices == val.indices  # fixed and seeded
     image, label = test[1]
     assert image.shape == (3, 32, 32) and label == 1 and 0 <= float(image.min()) and float(image.max()) <= 1
     raw = torch.from_numpy(test.data[1]).permute(2, 0, 1).float() / 255  # the test split is not augmented
     assert torch.equal(image, raw)
-    assert train[0][0].shape == (3, 32, 32)
+    i = val.indices[0]  # nor is the validation split
+    assert torch.equal(val[0][0], torch.from_numpy(val.dataset.data[i]).permute(2, 0, 1).float() / 255)
+    assert val[0][1] == val.targets[0] == i % 1002 % 10
+    assert train[0][0].shape == (3, 32, 32) and len(train.classes) == 10

@@ -16,8 +16,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lrrobust.errors import UserError
-from lrrobust.evaluation import runner
-from lrrobust.evaluation.runner import EvalTarget, run_evaluation
+from lrrobust.attacks.base import AttackSpec
+from lrrobust.evaluation import state
+from lrrobust.evaluation.loop import EvalTarget, run_evaluation
 from lrrobust.evaluation.suite import parse_suite
 
 NUM_CLASSES = 4
@@ -86,7 +87,8 @@ def evaluate(out, suite=SUITE, **kw):
 def test_outputs_hold_every_sample_and_hyper_parameter(tmp_path):
     summary = evaluate(tmp_path / "e")
     samples = read_csv(tmp_path / "e" / "samples.csv")
-    assert list(samples[0]) == ["index", "label", "clean_pred", "attack", "target", "adv_pred", "success"]
+    assert list(samples[0]) == ["index", "label", "clean_pred", "attack", "key", "target", "adv_pred", "success",
+                                "found_at"]
     assert len(samples) == 40 * 3
     data = Blobs()
     for row in samples:
@@ -107,11 +109,17 @@ def test_outputs_hold_every_sample_and_hyper_parameter(tmp_path):
     assert on_disk["clean_accuracy"] == summary["clean_accuracy"] > 0.9
     for attack in on_disk["attacks"]:
         mine = [r for r in samples if r["attack"] == attack["attack"]]
-        assert attack["accuracy"] == pytest.approx(sum(r["adv_pred"] == r["label"] for r in mine) / 40)
+        right = sum(r["adv_pred"] == r["label"] == r["clean_pred"] for r in mine)
+        assert attack["accuracy"] == pytest.approx(right / 40) and attack["correct"] == right
+        assert attack["accuracy_low"] < attack["accuracy"] < attack["accuracy_high"]  # the Wilson interval
         assert attack["num_samples"] == 40
     pgd_u = next(a for a in on_disk["attacks"] if a["attack"] == "pgd-u")
     assert pgd_u["accuracy"] < summary["clean_accuracy"]  # the attack does something
-    assert on_disk["environment"]["torch"] == torch.__version__
+    assert on_disk["provenance"]["torch_version"] == torch.__version__
+    worst = on_disk["worst_case"]  # every attack at eps 0.15 together: no single attack leaves fewer standing
+    assert worst["untargeted"]["correct"] <= min(a["correct"] for a in on_disk["attacks"])
+    assert worst["untargeted"]["n"] == 40 and worst["untargeted_attacks"] == ["pgd-t", "pgd-u", "fgsm"]
+    assert worst["targeted_attacks"] == ["pgd-t"]
 
 
 def test_seeded_runs_reproduce_exactly(tmp_path):
@@ -125,7 +133,7 @@ def test_seeded_runs_reproduce_exactly(tmp_path):
 
 def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     evaluate(tmp_path / "whole")
-    real_append = runner.append_jsonl
+    real_append = state.append_jsonl
     calls = {"n": 0}
 
     def dying_append(path, record):
@@ -136,15 +144,15 @@ def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(tmp_path, monke
             raise KeyboardInterrupt
         real_append(path, record)
 
-    monkeypatch.setattr(runner, "append_jsonl", dying_append)
+    monkeypatch.setattr(state, "append_jsonl", dying_append)
     with pytest.raises(KeyboardInterrupt):
         evaluate(tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "summary.json").exists()
-    monkeypatch.setattr(runner, "append_jsonl", real_append)
+    monkeypatch.setattr(state, "append_jsonl", real_append)
 
     attacked = []
-    real_run_attack = runner.run_attack
-    monkeypatch.setattr(runner, "run_attack", lambda *a, **k: attacked.append(a[1].name) or real_run_attack(*a, **k))
+    real_run = AttackSpec.run
+    monkeypatch.setattr(AttackSpec, "run", lambda self, *a, **k: attacked.append(self.name) or real_run(self, *a, **k))
     evaluate(tmp_path / "resumed")
     total = 6 * 3  # 6 batches of 7 (40 samples), 3 attacks
     assert len(attacked) == total - (8 - 2)  # 8 records were written: 2 clean, 6 attacks
@@ -245,7 +253,7 @@ def test_eval_attack_takes_a_run_directory_and_writes_the_outputs(runs, tmp_path
     assert summary["model"]["training"] == "adversarial" and summary["num_samples"] == 20
     assert [a["attack"] for a in summary["attacks"]] == ["pgd2-targeted", "pgd2-untargeted"]
     assert all(a["restarts"] == 2 and a["eps"] == 0.2 for a in summary["attacks"])
-    assert "pgd2-targeted" in result.output and "clean accuracy" in result.output  # the rich summary table
+    assert "pgd2-targeted" in result.output and "worst case" in result.output  # the rich summary tables
     assert len(read_csv(out / "samples.csv")) == 40
 
 

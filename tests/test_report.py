@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from lrrobust.errors import UserError
-from lrrobust.report import PAPER_TABLE9, collect, headline, network_name, write_report
+from lrrobust.report import PAPER_TABLE9, collect, network_name, write_report
 
 TINY_SUITE = """
 name = "tiny"
@@ -83,55 +83,150 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
         return {r["network"]: r for r in csv.DictReader(f)}
 
 
+def relabel(source: Path, dest: Path, *, model: str | None = None, seed: int | None = None,
+            robust: bool = False, indices: str | None = None) -> Path:
+    """A copy of an evaluation directory relabelled as another model or training seed; ``robust`` makes every
+    attacked image of a clean-right image right (a model no attack breaks)."""
+    shutil.copytree(source, dest)
+    summary = json.loads((dest / "summary.json").read_text())
+    if model is not None:
+        summary["model"]["model_spec"] = {**summary["model"]["model_spec"], "name": model}
+    if seed is not None:
+        summary["model"]["config"] = {**summary["model"]["config"], "seed": seed}
+    if indices is not None:
+        summary["indices_sha256"] = indices
+    (dest / "summary.json").write_text(json.dumps(summary))
+    if robust:
+        with open(dest / "samples.csv") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            if row["clean_pred"] == row["label"]:
+                row.update(adv_pred=row["label"], success="0", found_at="")
+        with open(dest / "samples.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    return dest
+
+
+def worst(directory: Path):
+    from lrrobust.evaluation.summary import read_summary
+
+    return read_summary(directory).worst_case
+
+
 def test_report_from_real_runs(runs, tmp_path):
     out = tmp_path / "report"
     md_path = write_report([runs], out)
     assert md_path == out / "table9.md"
-    for name in ("table9.md", "table9.csv", "manifest.json", "accuracy_vs_steps.png", "accuracy_vs_eps.png"):
+    for name in ("table9.md", "table9.csv", "table9_attacks.csv", "table9_tests.csv", "manifest.json",
+                 "accuracy_vs_steps.png", "accuracy_vs_eps.png"):
         assert (out / name).is_file(), name
     assert (out / "accuracy_vs_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temporaries
 
     rows = read_rows(out / "table9.csv")
     resnet = rows["ResNet-18 (width 0.125)"]
+    with open(out / "table9_attacks.csv") as f:
+        attacks = list(csv.DictReader(f))
     for training, prefix in (("adversarial", "adv"), ("regular", "reg")):
-        summary = json.loads((runs / f"resnet18-{training}" / "eval-tiny" / "summary.json").read_text())
+        evaluation = runs / f"resnet18-{training}" / "eval-tiny"
+        summary = json.loads((evaluation / "summary.json").read_text())
+        figures = worst(evaluation).figures()
+        for name in ("clean", "targeted", "untargeted", "targeted_success"):
+            assert float(resnet[f"{prefix}_{name}"]) == pytest.approx(100 * figures[name].accuracy, abs=0.01)
+            assert resnet[f"{prefix}_{name}_images"] == "60" and resnet[f"{prefix}_{name}_interval"] == "wilson"
+            assert float(resnet[f"{prefix}_{name}_low"]) <= float(resnet[f"{prefix}_{name}"]) <= float(
+                resnet[f"{prefix}_{name}_high"])
         assert float(resnet[f"{prefix}_clean"]) == pytest.approx(100 * summary["clean_accuracy"], abs=0.01)
-        targeted, untargeted = headline(summary, True), headline(summary, False)
-        assert targeted["attack"] == "pgd3-targeted" and untargeted["attack"] == "pgd3-untargeted"
-        assert float(resnet[f"{prefix}_targeted"]) == pytest.approx(100 * targeted["accuracy"], abs=0.01)
-        assert float(resnet[f"{prefix}_untargeted"]) == pytest.approx(100 * untargeted["accuracy"], abs=0.01)
-        assert float(resnet[f"{prefix}_targeted_success"]) == pytest.approx(
-            100 * targeted["targeted_success_rate"], abs=0.01)
-    assert resnet["missing"] == "" and resnet["paper_adv_clean"] == ""  # digits: no paper figures beside
+        # the headline is the worst case: no single attack at the suite's eps leaves fewer images standing
+        at_eps = [a for a in attacks if a["training"] == training and a["stage"] == "all" and a["eps_255"] == "51.0"]
+        assert {a["attack"] for a in at_eps} >= {"pgd3-targeted", "pgd3-untargeted", "check/fgsm"}
+        assert float(resnet[f"{prefix}_untargeted"]) <= min(float(a["accuracy"]) for a in at_eps) + 1e-9
+    assert resnet["paper_adv_clean"] == ""  # digits: no paper figures beside
 
     unevaluated = rows["ResNet-26 (width 0.125)"]
-    metrics = [json.loads(x) for x in (runs / "resnet26-regular" / "metrics.jsonl").read_text().splitlines()]
-    assert float(unevaluated["reg_clean"]) == pytest.approx(100 * max(m["test_acc"] for m in metrics), abs=0.01)
-    assert unevaluated["adv_clean"] == "" and unevaluated["reg_targeted"] == ""
-    assert "adv_clean: no adversarial run" in unevaluated["missing"]
-    assert "reg_targeted: not evaluated" in unevaluated["missing"]
+    assert unevaluated["reg_clean"] == "" and "not evaluated" in unevaluated["reg_clean_missing"]
+    assert "no adversarial run" in unevaluated["adv_clean_missing"]
 
     md = md_path.read_text()
     assert "![Accuracy against PGD steps](accuracy_vs_steps.png)" in md
     assert "![Accuracy against eps](accuracy_vs_eps.png)" in md
     assert "– (no adversarial run)" in md and "– (not evaluated" in md
-    assert "accuracy falls towards zero as eps grows" in md and ("**pass**" in md or "**flag**" in md)
-    assert "pgd3-targeted: pgd targeted, eps 51/255, step 17/255, 3 steps, random start, 1 restart" in md
+    assert "per-image worst case over every attack" in md and "95% interval" in md
+    assert "accuracy falls towards zero as eps grows" in md
+    assert "pgd3-targeted: PGD targeted, eps 51/255, step 17/255, 3 steps, random start, 1 restart" in md
+    assert "No LR-Net and ResNet rows to compare" in md
     manifest = json.loads((out / "manifest.json").read_text())
     evaluated = [m for m in manifest if "evaluation" in m]
     assert len(manifest) == 3 and len(evaluated) == 2
     for item in evaluated:
         ev = item["evaluation"]
         assert ev["seed"] == 0 and ev["num_samples"] == 60 and len(ev["sha256"]) == 64
-        assert ev["environment"]["torch"] == torch.__version__
+        assert ev["provenance"]["torch_version"] == torch.__version__
         assert item["training_config"]["seed"] == 0 and item["training_manifest"]["torch_version"]
+
+
+def test_seeds_are_aggregated_with_their_spread(runs, tmp_path):
+    source = runs / "resnet18-adversarial" / "eval-tiny"
+    dirs = [relabel(source, tmp_path / "s0", seed=10), relabel(source, tmp_path / "s1", seed=11),
+            relabel(source, tmp_path / "s2", seed=12, robust=True)]
+    write_report(dirs, tmp_path / "r")
+    row = read_rows(tmp_path / "r" / "table9.csv")["ResNet-18 (width 0.125)"]
+    values = [worst(d).figures()["untargeted"].accuracy for d in dirs]
+    assert values[2] > values[0] == values[1]  # the robust copy differs
+    mean = sum(values) / 3
+    assert float(row["adv_untargeted"]) == pytest.approx(100 * mean, abs=0.01)
+    assert row["adv_untargeted_seeds"] == "3" and row["adv_untargeted_images"] == "180"
+    assert row["adv_untargeted_interval"] == "t over seeds"
+    assert float(row["adv_untargeted_min"]) == pytest.approx(100 * values[0], abs=0.01)
+    assert float(row["adv_untargeted_max"]) == pytest.approx(100 * values[2], abs=0.01)
+    assert float(row["adv_untargeted_low"]) < float(row["adv_untargeted"]) < float(row["adv_untargeted_high"])
+    assert "seed 10:" in row["adv_untargeted_per_seed"] and "seed 12:" in row["adv_untargeted_per_seed"]
+    md = (tmp_path / "r" / "table9.md").read_text()
+    assert "3 seeds" in md and "seed 11" in md
+
+
+def test_lrnet_and_resnet_are_compared_with_a_paired_test(runs, tmp_path):
+    source = runs / "resnet18-adversarial" / "eval-tiny"
+    resnet = relabel(source, tmp_path / "resnet", model="resnet26")
+    strong = relabel(source, tmp_path / "lrnet", model="lrnet26", robust=True)
+    write_report([resnet, strong], tmp_path / "r")
+    with open(tmp_path / "r" / "table9_tests.csv") as f:
+        tests = {r["column"]: r for r in csv.DictReader(f)}
+    untargeted = tests["adv_untargeted"]
+    gap = worst(strong).figures()["untargeted"].correct - worst(resnet).figures()["untargeted"].correct
+    assert gap >= 10  # the copy no attack breaks keeps at least 10 more images
+    assert untargeted["significant"] == "1" and float(untargeted["pooled_p_value"]) < 0.05
+    assert float(untargeted["difference"]) == pytest.approx(100 * gap / 60, abs=0.01)
+    assert tests["adv_clean"]["significant"] == "0" and float(tests["adv_clean"]["pooled_p_value"]) == 1.0
+    md = (tmp_path / "r" / "table9.md").read_text()
+    significant = md.split("\nSignificant at 5%: ")[1].split("\n")[0]
+    assert "adv. train: untargeted: LR-Net-26 (width 0.125) vs ResNet-26 (width 0.125) (+" in significant
+    assert "adv. train: clean" not in significant
+    assert "Not significant at 5%: adv. train: clean" in md
+
+    same = relabel(source, tmp_path / "lrnet-same", model="lrnet26")
+    write_report([resnet, same], tmp_path / "r2")
+    with open(tmp_path / "r2" / "table9_tests.csv") as f:
+        assert {r["significant"] for r in csv.DictReader(f)} == {"0"}
+
+
+def test_results_measured_differently_never_share_a_table(runs, tmp_path):
+    source = runs / "resnet18-adversarial" / "eval-tiny"
+    a = relabel(source, tmp_path / "a", model="resnet26")
+    b = relabel(source, tmp_path / "b", model="lrnet26", indices="0" * 64)
+    with pytest.raises(UserError, match="other images.*--allow-mixed"):
+        write_report([a, b], tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    write_report([a, b], tmp_path / "r", allow_mixed=True)
+    md = (tmp_path / "r" / "table9.md").read_text()
+    assert "†" in md and "no test (measured differently" in md
 
 
 def test_imagenet_reports_put_the_papers_figures_beside(runs, tmp_path):
     """The same evaluation relabelled as an ImageNet LR-Net-26 gets Table 9's LR-Net-26 figures beside it."""
-    ev = tmp_path / "ev"
-    shutil.copytree(runs / "resnet18-adversarial" / "eval-tiny", ev)
+    ev = relabel(runs / "resnet18-adversarial" / "eval-tiny", tmp_path / "ev", model="lrnet26")
     summary = json.loads((ev / "summary.json").read_text())
     summary["dataset"] = "imagenet"
     summary["model"]["model_spec"] = {"name": "lrnet26", "num_classes": 1000, "kwargs": {}}
@@ -139,10 +234,9 @@ def test_imagenet_reports_put_the_papers_figures_beside(runs, tmp_path):
     write_report([ev], tmp_path / "r")
     row = read_rows(tmp_path / "r" / "table9.csv")["LR-Net-26"]
     paper = PAPER_TABLE9["lrnet26"]
-    assert [float(row[k]) for k in ("paper_adv_clean", "paper_adv_targeted", "paper_adv_untargeted",
-                                    "paper_reg_clean")] == list(paper)
+    assert {k: float(row["paper_" + k]) for k in paper} == paper
     md = (tmp_path / "r" / "table9.md").read_text()
-    assert "paper: targeted" in md and "| 44.2 |" in md
+    assert "paper: adv. train: targeted" in md and "| 44.2 |" in md
 
 
 def test_network_names():
@@ -153,7 +247,7 @@ def test_network_names():
 
 
 def test_bad_report_inputs(runs, tmp_path):
-    with pytest.raises(UserError, match="two adversarial evaluations"):
+    with pytest.raises(UserError, match="two adversarial evaluations.*training seed 0"):
         ev = tmp_path / "copy"
         shutil.copytree(runs / "resnet18-adversarial" / "eval-tiny", ev)
         collect([runs, ev])
@@ -169,6 +263,11 @@ def test_bad_report_inputs(runs, tmp_path):
     (other / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(UserError, match="different datasets"):
         collect([runs / "resnet18-adversarial", other])
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs / "resnet18-regular" / "eval-tiny", damaged)
+    (damaged / "summary.json").write_text("{}")
+    with pytest.raises(UserError, match="not an lrrobust evaluation summary"):
+        collect([damaged])
 
 
 def test_report_cli(runs, tmp_path):

@@ -1,4 +1,5 @@
-"""Training on the digits data: it learns, adversarial training resists PGD, runs resume exactly, bad input is refused."""
+"""Training on the digits data: it learns, adversarial training resists PGD, best.pt is chosen on the validation split
+(never the test split), runs resume exactly, the run files read back typed, bad input is refused."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from lrrobust.training import TrainConfig, resolve_config, train
 from lrrobust.training import loop as loop_module
 from lrrobust.training.adversarial import AttackSettings, adversarial_examples
 from lrrobust.training.loop import lr_factor, train_step
+from lrrobust.training.run_files import EpochRecord, is_run_dir, read_manifest, read_metrics, read_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,21 +61,80 @@ def test_regular_run_learns_and_writes_its_run_directory(digits_runs):
     metrics = _metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
     assert metrics[-1]["loss"] < 0.5 * metrics[0]["loss"]
-    assert metrics[-1]["test_acc"] > 0.8 and metrics[-1]["train_acc"] > 0.8  # chance is 0.1
-    assert all(m["images_per_s"] > 0 and m["lr"] > 0 and "adv_train_acc" not in m for m in metrics)
+    assert metrics[-1]["val_acc"] > 0.8 and metrics[-1]["train_acc"] > 0.8  # chance is 0.1
+    assert all(m["images_per_s"] > 0 and m["lr"] > 0 and m["images"] == 1216 for m in metrics)  # 19 batches of 64
+    assert all("adv_train_acc" not in m and "val_robust_acc" not in m and "test_acc" not in m for m in metrics)
     config = json.loads((run / "config.json").read_text())
     assert config["preset"] == "digits" and config["lr"] == 0.1 and config["model_kwargs"]["stem"] == "small"
+    assert config["validation"] == {"source": "digits minus the test split", "seed": 1, "size": 180,
+                                    "metric": "val_acc", "attack": None}
     manifest = json.loads((run / "manifest.json").read_text())
     for key in ("lrrobust_version", "git_commit", "torch_version", "device", "seed", "command_line", "world_size"):
         assert key in manifest
     last, best = read_checkpoint(run / "last.pt"), read_checkpoint(run / "best.pt")
     assert last["epoch"] == 5 and last["training"] == "regular" and last["attack"] is None
-    assert best["epoch"] == 1 + max(range(5), key=lambda i: metrics[i]["test_acc"])
+    assert best["epoch"] == best["best_epoch"] == 1 + max(range(5), key=lambda i: metrics[i]["val_acc"])
+    assert best["best_metric"] == last["best_metric"] == "val_acc"
+    assert last["best_acc"] == max(m["val_acc"] for m in metrics) and last["best_epoch"] == best["epoch"]
     assert last["num_classes"] == 10 and last["dataset"] == "digits" and last["config"] == config
 
 
+def test_adversarial_best_checkpoint_has_the_highest_robust_validation_accuracy(digits_runs):
+    run = digits_runs["adversarial"]
+    metrics = _metrics(run)
+    assert all(0 <= m["val_robust_acc"] <= m["val_acc"] + 0.05 for m in metrics)
+    assert any(m["val_robust_acc"] < m["val_acc"] for m in metrics)  # the attack did something
+    last, best = read_checkpoint(run / "last.pt"), read_checkpoint(run / "best.pt")
+    assert best["epoch"] == 1 + max(range(5), key=lambda i: metrics[i]["val_robust_acc"])
+    assert last["best_metric"] == "val_robust_acc" and last["best_acc"] == max(m["val_robust_acc"] for m in metrics)
+    # untargeted PGD at the training eps, the training's 4 steps (fewer than 10), step 2.5 eps / steps, random start
+    assert read_run_config(run).validation["attack"] == {"name": "pgd", "norm": "linf", "eps": 0.2, "alpha": 0.125,
+                                                         "steps": 4, "random_start": True, "targeted": False}
+
+
+# Scripted validation results (clean, robust) per epoch: the clean and the robust best are different epochs.
+SCRIPTED_VALIDATION = [(0.5, 0.1), (0.9, 0.2), (0.7, 0.4)]
+
+
+@pytest.mark.parametrize("adversarial, best_epoch", [(False, 2), (True, 3)])
+def test_best_checkpoint_follows_the_selection_metric(adversarial, best_epoch, tmp_path, monkeypatch):
+    def scripted(model, loader, ctx, cfg, attack, epoch):
+        clean, robust = SCRIPTED_VALIDATION[epoch]
+        return clean, robust if attack is not None else None
+
+    monkeypatch.setattr(loop_module, "evaluate_validation", scripted)
+    config = TrainConfig(model="resnet18", model_kwargs={"width": 0.25}, epochs=3, batch_size=256,
+                         adversarial=adversarial, steps=1, out=str(tmp_path / "run"))
+    run = train(config, progress=False)
+    records = read_metrics(run)
+    assert [(r.val_acc, r.val_robust_acc) for r in records] == [
+        (clean, robust if adversarial else None) for clean, robust in SCRIPTED_VALIDATION]
+    best = read_checkpoint(run / "best.pt")
+    assert best["epoch"] == best["best_epoch"] == best_epoch
+    assert best["best_metric"] == ("val_robust_acc" if adversarial else "val_acc")
+    assert best["best_acc"] == (0.4 if adversarial else 0.9)
+
+
+def test_training_never_loads_the_test_split(tmp_path, monkeypatch):
+    real_load = loop_module.load_dataset
+    loaded = []
+
+    def guarded(name, split, *args, **kwargs):
+        if split == "test":
+            raise AssertionError("training loaded the test split")
+        loaded.append(split)
+        return real_load(name, split, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "load_dataset", guarded)
+    config = TrainConfig(model="resnet18", model_kwargs={"width": 0.25}, epochs=1, batch_size=256, adversarial=True,
+                         steps=1, out=str(tmp_path / "run"))
+    run = train(config, progress=False)
+    assert sorted(set(loaded)) == ["train", "val"]
+    assert read_metrics(run)[0].val_robust_acc is not None
+
+
 def test_adversarial_training_raises_pgd_accuracy(digits_runs):
-    test = load_dataset("digits", "test")
+    test = load_dataset("digits", "test")  # evaluation's split: the runs never saw it
     accuracy = {}
     for kind, run in digits_runs.items():
         model = load_checkpoint(run / "last.pt")
@@ -192,7 +253,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
     def poisoned_step(model, attack_model, optimizer, images, labels, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 22:  # the digits preset makes 22 steps per epoch: poison the second epoch
+        if calls["n"] > 19:  # the digits preset makes 19 steps per epoch: poison the second epoch
             images = images * float("nan")
         return real_step(model, attack_model, optimizer, images, labels, **kwargs)
 
@@ -264,6 +325,53 @@ def test_resume_refuses_a_changed_recipe(digits_runs, tmp_path):
                           (["train-adv"], "holds a regular run"), (["train", "--lr", "0.3"], "--lr 0.3 differs")):
         result = CliRunner().invoke(app, [*args, "-o", str(run), "--resume"])
         assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+    config = json.loads((run / "config.json").read_text())
+    del config["validation"]  # a run from before the validation split: its best.pt was chosen on the test set
+    (run / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["train", "-o", str(run), "--resume"])
+    assert result.exit_code == 2 and "before the validation split" in result.output
+
+
+def test_run_files_read_back_typed(digits_runs, tmp_path):
+    run = digits_runs["adversarial"]
+    assert is_run_dir(run) and not is_run_dir(tmp_path) and not is_run_dir(run / "config.json")
+    config = read_run_config(run)
+    assert isinstance(config, TrainConfig) and config.to_dict() == read_checkpoint(run / "last.pt")["config"]
+    assert config.adversarial and config.validation["metric"] == "val_robust_acc"
+    assert read_manifest(run) == json.loads((run / "manifest.json").read_text())
+    records = read_metrics(run)
+    assert all(isinstance(r, EpochRecord) for r in records)
+    assert [r.to_dict() for r in records] == _metrics(run)
+    assert records[0].adv_train_acc is not None and read_metrics(digits_runs["regular"])[0].adv_train_acc is None
+
+
+def test_read_metrics_ignores_a_torn_last_line_and_refuses_damage(digits_runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_runs["regular"], run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:3]) + lines[3][:25])  # killed while appending epoch 4
+    assert [r.epoch for r in read_metrics(run)] == [1, 2, 3]
+    (run / "metrics.jsonl").write_text("".join(lines[:3]) + lines[3][:25] + "\n" + "".join(lines[4:]))
+    with pytest.raises(UserError, match=r"metrics.jsonl is damaged: line 4 is not JSON") as err:
+        read_metrics(run)
+    assert "\n" not in str(err.value)
+    (run / "metrics.jsonl").write_text(lines[0].replace('"val_acc"', '"test_acc"'))  # an older run's line
+    with pytest.raises(UserError, match="line 1 lacks field 'val_acc'"):
+        read_metrics(run)
+    (run / "config.json").write_text('{"model": "resnet18", "epochs": ')
+    with pytest.raises(UserError, match=r"config.json is damaged: not JSON") as err:
+        read_run_config(run)
+    assert str(run / "config.json") in str(err.value) and "\n" not in str(err.value)
+    (run / "config.json").write_text('{"model": "resnet18", "colour": "blue"}')
+    with pytest.raises(UserError, match=r"config.json is damaged: unknown training config keys \['colour'\]"):
+        read_run_config(run)
+    (run / "config.json").unlink()
+    with pytest.raises(UserError, match="not an lrrobust run directory"):
+        read_run_config(run)
+    result = CliRunner().invoke(app, ["train", "-o", str(run), "--resume"])  # resume refuses it in one line
+    assert result.exit_code == 2 and "holds no config.json" in result.output
 
 
 def test_presets_are_defaults_the_user_overrides():
@@ -314,6 +422,7 @@ def test_image_folder_run_uses_the_imagenet_preset(tmp_path, make_image_tree):
     run = train(config, progress=False)
     resolved = json.loads((run / "config.json").read_text())
     assert resolved["preset"] == "imagenet" and resolved["lr"] == pytest.approx(0.4 * 2 / 1024)
+    assert resolved["validation"]["size"] == 3 and resolved["validation"]["per_class"] == 10  # 1 of each class's 2
     state = read_checkpoint(run / "last.pt")
     assert state["num_classes"] == 3 and state["model_spec"]["kwargs"]["stem"] == "imagenet"
     model = load_checkpoint(run / "best.pt")

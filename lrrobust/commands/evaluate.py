@@ -9,14 +9,11 @@ from typing import Annotated
 
 import typer
 
-from lrrobust.commands import console, is_terminal, parse_fraction, user_errors
+from lrrobust.attacks import KINDS
+from lrrobust.commands import console, is_terminal, user_errors
 from lrrobust.errors import UserError
 
-
-class AttackKind(str, Enum):
-    pgd = "pgd"
-    fgsm = "fgsm"
-    autoattack = "autoattack"
+AttackKind = Enum("AttackKind", {kind: kind for kind in sorted(KINDS)}, type=str)  # every registered kind
 
 
 class Mode(str, Enum):
@@ -26,8 +23,8 @@ class Mode(str, Enum):
 
 
 # Attack options, used when no --suite is given. None means "not given", so mixing them with --suite is caught.
-AttackOpt = Annotated[AttackKind | None, typer.Option("--attack", help="Attack without a suite: pgd (default), "
-                                                         "fgsm or autoattack.")]
+AttackOpt = Annotated[AttackKind | None, typer.Option("--attack", help="Attack without a suite: pgd (default) or "
+                                                         "another kind of lrrobust.attacks.")]
 EpsOpt = Annotated[str | None, typer.Option("--eps", help="L-inf budget on [0, 1] pixels, e.g. 16/255 (default).")]
 StepOpt = Annotated[str | None, typer.Option("--step-size", help="PGD step, e.g. 1/255 (default: 1/255 raised to "
                                                 "eps/steps).")]
@@ -41,29 +38,22 @@ ModeOpt = Annotated[Mode | None, typer.Option("--mode", help="targeted, untarget
 
 
 def _suite_from_options(attack, eps, step_size, steps, random_start, restarts, mode):
-    from lrrobust.evaluation.suite import Suite, make_attack
+    """A suite of one attack kind from the CLI options, targeted and/or untargeted; the kind's spec validates."""
+    from lrrobust.attacks import attack_from_options
+    from lrrobust.evaluation.suite import Suite
 
     kind = (attack or AttackKind.pgd).value
-    eps_value = parse_fraction(eps or "16/255", "--eps")
     modes = {"targeted": [True], "untargeted": [False], "both": [True, False]}[(mode or Mode.both).value]
     if kind == "autoattack":
         if mode == Mode.targeted:
             raise UserError("--attack autoattack is untargeted; drop --mode targeted")
-        modes = [False]
-    if kind != "pgd" and any(v is not None for v in (step_size, random_start, restarts)):
-        raise UserError(f"--step-size, --random-start and --restarts apply to pgd, not {kind}")
-    if kind == "fgsm" and steps is not None:
-        raise UserError("--steps does not apply to fgsm (one step of size eps)")
+        modes = [None]
+    options = {"eps": eps or "16/255", "step_size": step_size, "steps": steps, "random_start": random_start,
+               "restarts": restarts}
     attacks = []
     for targeted in modes:
-        extra = {}
-        if kind == "pgd":
-            extra = {"step_size": None if step_size is None else parse_fraction(step_size, "--step-size"),
-                     "random_start": random_start, "restarts": 1 if restarts is None else restarts}
-        if kind != "fgsm":
-            extra["steps"] = steps
-        spec = make_attack(kind, kind, eps_value, targeted=targeted, **extra)
-        name = f"{kind}{spec.steps if kind != 'fgsm' else ''}-{'targeted' if targeted else 'untargeted'}"
+        spec = attack_from_options(kind, kind, {**options, "targeted": targeted})
+        name = f"{kind}{getattr(spec, 'steps', '')}-{'targeted' if spec.targeted else 'untargeted'}"
         attacks.append(dataclasses.replace(spec, name=name))
     return Suite(name="cli", attacks=tuple(attacks), description="attack options given on the command line")
 
@@ -91,13 +81,13 @@ def eval_attack(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch (per rank).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Evaluate a seeded random subset of N samples.")
                      ] = None,
-    split: Annotated[str | None, typer.Option("--split", help="test (default) or train.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="test (default), val or train.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
 ) -> None:
     """White-box attack evaluation: per-sample records, summary, resumable, torchrun-ready (Table 9)."""
     from lrrobust.evaluation.evaluate import evaluate
-    from lrrobust.evaluation.suite import load_suite, parse_eps
+    from lrrobust.evaluation.suite import load_suite
 
     options = (attack, eps, step_size, steps, random_start, restarts, mode)
     if suite is not None and any(v is not None for v in options):
@@ -105,10 +95,6 @@ def eval_attack(
     if suite is not None:
         chosen = load_suite(suite)
     else:
-        if eps is not None:
-            parse_eps(eps, "--eps")
-        if step_size is not None:
-            parse_eps(step_size, "--step-size")
         chosen = _suite_from_options(*options)
     changes = {}
     for name, value, minimum in (("seed", seed, 0), ("batch_size", batch_size, 1), ("limit", limit, 1)):
@@ -117,8 +103,8 @@ def eval_attack(
                 raise UserError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
             changes[name] = value
     if split is not None:
-        if split not in ("train", "test"):
-            raise UserError(f"--split must be train or test, got {split!r}")
+        if split not in ("train", "val", "test"):
+            raise UserError(f"--split must be test, val or train, got {split!r}")
         changes["split"] = split
     if checks is False and transfer_from is not None:
         raise UserError("--transfer-from runs the transfer check: drop --no-checks")
@@ -141,18 +127,20 @@ def report(
     dirs: Annotated[list[Path], typer.Argument(help="Evaluation directories (summary.json) and/or training run "
                                                "directories (their evaluations are found inside).")],
     out: Annotated[Path, typer.Option("--out", help="Report directory, e.g. reports/NAME.")],
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Put results measured with other attacks, eps, "
+                                              "images or splits in one table anyway, marked with a dagger.")] = False,
 ) -> None:
-    """Table 9 style report: table9.md, table9.csv, plots, masking checks and manifests."""
+    """Table 9 style report: worst case with intervals, paired tests, plots, masking checks and manifests."""
     from lrrobust.report import write_report
 
-    path = write_report(dirs, out)
+    path = write_report(dirs, out, allow_mixed=allow_mixed)
     console.print(f"wrote {path}")
 
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path("reports/digits"),
-    workdir: Annotated[Path | None, typer.Option("--workdir", help="Keep runs and evaluations here (resumed "
-                                                 "when it exists); default: a temporary directory.")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Runs and evaluations go here (resumed when it "
+                                          "exists), so anyone can re-attack the checkpoints.")] = Path("runs/demo"),
     jobs: Annotated[int | None, typer.Option("--jobs", help="Models trained and attacked at a time, one thread "
                                              "each (default: one per CPU core, at most 4).")] = None,
 ) -> None:

@@ -1,11 +1,12 @@
-"""Attack evaluation (paper Sec. 6.2, Table 9): suites, attacks with restarts, the resumable runner, checks."""
+"""Attack evaluation (paper Sec. 6.2, Table 9): suites, the resumable attack loop, the ledger, checks, summaries.
 
-from lrrobust.evaluation.attacks import AttackOutcome, build_attack, derive_seed, eval_mode, run_attack
-from lrrobust.evaluation.checks import evaluate_checks, plan_attacks
-from lrrobust.evaluation.runner import EvalTarget, run_evaluation
-from lrrobust.evaluation.suite import AttackSpec, CheckConfig, Suite, load_suite, make_attack, parse_suite
+- ``suite``: attack suites as TOML; ``checks``: the checks against gradient masking;
+- ``state``: the resumable state; ``loop``: the attack loop; ``ledger``: the per-image worst case;
+- ``summary``: summary.json / summary.csv / samples.csv and their readers; ``stats``: intervals and paired tests;
+- ``evaluate``: a checkpoint in, an evaluation directory out; ``display``: the printed tables.
+"""
 
-__all__ = [
-    "AttackOutcome", "AttackSpec", "CheckConfig", "EvalTarget", "Suite", "build_attack", "derive_seed", "eval_mode",
-    "evaluate_checks", "load_suite", "make_attack", "parse_suite", "plan_attacks", "run_attack", "run_evaluation",
-]
+from lrrobust.evaluation.loop import EvalTarget, run_evaluation
+from lrrobust.evaluation.suite import CheckConfig, Suite, load_suite, parse_suite
+
+__all__ = ["CheckConfig", "EvalTarget", "Suite", "load_suite", "parse_suite", "run_evaluation"]

@@ -1,14 +1,17 @@
 """Checks against gradient masking (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; Athalye et al.
 2018), run beside a suite so a robust figure comes with the evidence that the attack worked:
 
-- steps: more PGD steps must not raise accuracy;
+- steps: more PGD steps must not raise accuracy, and the longest PGD must have converged (no large fall between
+  the two longest step counts);
 - fgsm: iterative PGD must beat one-step FGSM;
 - eps: accuracy must fall towards zero as eps grows (eps = 0.5 allows a grey image);
 - restarts: random restarts (per-sample worst case) must not find many more adversarial examples;
 - transfer: examples crafted on a second model must be weaker than white-box ones.
 
 The checks are ordinary attacks (named ``check/...``) evaluated by the runner, so they are resumable, sharded
-and recorded per sample; ``evaluate_checks`` turns their accuracies into pass/flag verdicts with figures.
+and recorded per sample; ``evaluate_checks`` turns their accuracies into pass/flag verdicts with figures. On a model
+that classifies few images correctly (``min_clean_accuracy``, ``min_correct`` in [checks]) every check is "n/a":
+a check of an attack that has nothing to break proves nothing.
 """
 
 from __future__ import annotations
@@ -16,17 +19,15 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from lrrobust.evaluation.suite import AttackSpec, CheckConfig, Suite, make_attack
+from lrrobust.attacks import AttackSpec
+from lrrobust.attacks.fgsm import FGSM
+from lrrobust.attacks.pgd import PGD
+from lrrobust.evaluation.suite import CheckConfig, Suite
 
 
 def base_eps(suite: Suite) -> float:
-    """The eps the checks work at: [checks] eps, else the suite's first untargeted white-box attack's eps."""
-    if suite.checks.eps is not None:
-        return suite.checks.eps
-    for attack in suite.attacks:
-        if not attack.targeted and attack.source is None:
-            return attack.eps
-    return suite.attacks[0].eps
+    """The eps the checks work at: [checks] eps, else the suite's."""
+    return suite.checks.eps if suite.checks.eps is not None else suite.eps
 
 
 def check_step_size(eps: float, steps: int) -> float:
@@ -38,8 +39,8 @@ def check_step_size(eps: float, steps: int) -> float:
 
 
 def _pgd(name: str, eps: float, steps: int, restarts: int = 1, source: str | None = None) -> AttackSpec:
-    return make_attack(name, "pgd", eps, step_size=check_step_size(eps, steps), steps=steps, random_start=True,
-                       restarts=restarts, source=source, role="check")
+    return PGD(name=name, eps=eps, role="check", step_size=check_step_size(eps, steps), steps=steps, random_start=True,
+               restarts=restarts, source=source)
 
 
 def check_attacks(suite: Suite, transfer_from: str | None = None) -> dict[str, list[tuple[Any, AttackSpec]]]:
@@ -50,7 +51,7 @@ def check_attacks(suite: Suite, transfer_from: str | None = None) -> dict[str, l
     longest = max(cfg.steps)
     plan: dict[str, list[tuple[Any, AttackSpec]]] = {
         "steps": [(n, _pgd(f"check/steps-{n}", eps, n)) for n in cfg.steps],
-        "fgsm": [("fgsm", make_attack("check/fgsm", "fgsm", eps, role="check")),
+        "fgsm": [("fgsm", FGSM(name="check/fgsm", eps=eps, role="check")),
                  ("pgd", _pgd(f"check/steps-{longest}", eps, longest))],
         "eps": [(e, _pgd(f"check/eps-{e:.4g}", e, cfg.eps_steps)) for e in cfg.eps_grid],
         "restarts": [(1, _pgd(f"check/steps-{longest}", eps, longest)),
@@ -73,7 +74,7 @@ def plan_attacks(suite: Suite, transfer_from: str | None = None) -> tuple[list[A
         for check, pairs in check_attacks(suite, transfer_from).items():
             plan[check] = []
             for x, spec in pairs:
-                same = next((a for a in attacks if a.same_attack(spec)), None)
+                same = next((a for a in attacks if a.identity() == spec.identity()), None)
                 if same is None:
                     attacks.append(spec)
                     same = spec
@@ -86,14 +87,37 @@ def _slack(tolerance: float, num_samples: int) -> float:
     return max(tolerance, 1.0 / max(num_samples, 1))
 
 
+def meaningless(cfg: CheckConfig, clean_accuracy: float, num_samples: int) -> str | None:
+    """Why the checks cannot mean anything on this model (too few correctly classified images), or None."""
+    correct = round(clean_accuracy * num_samples)
+    if clean_accuracy < cfg.min_clean_accuracy:
+        return f"clean accuracy {100 * clean_accuracy:.1f}% is below {100 * cfg.min_clean_accuracy:.0f}%"
+    if correct < cfg.min_correct:
+        return f"only {correct} images are classified correctly (fewer than {cfg.min_correct})"
+    return None
+
+
 def evaluate_checks(
-    suite: Suite, plan: dict[str, list], accuracy: dict[str, float], num_samples: int, transfer_from: str | None
+    suite: Suite, plan: dict[str, list], accuracy: dict[str, float], num_samples: int, transfer_from: str | None,
+    clean_accuracy: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Pass/flag verdicts with figures, one per check; ``accuracy`` maps attack names to accuracies."""
+    """Pass/flag/n/a verdicts with figures, one per check; ``accuracy`` maps attack names to accuracies."""
     if not suite.checks.enabled:
         return []
     cfg = suite.checks
     slack = _slack(cfg.tolerance, num_samples)
+    results = _verdicts(cfg, plan, accuracy, slack, transfer_from)
+    why = meaningless(cfg, clean_accuracy, num_samples)
+    if why is not None:
+        for result in results:
+            if result["status"] != "skipped":
+                result["status"] = "n/a"
+                result["detail"] = f"{why}: the check cannot mean anything ({result['detail']})"
+    return results
+
+
+def _verdicts(cfg: CheckConfig, plan: dict[str, list], accuracy: dict[str, float], slack: float,
+              transfer_from: str | None) -> list[dict[str, Any]]:
     results = []
 
     def curve(check: str) -> list[tuple[Any, float]]:
@@ -101,10 +125,15 @@ def evaluate_checks(
 
     steps = curve("steps")
     rises = [(a, b) for (a, acc_a), (b, acc_b) in itertools.pairwise(steps) if acc_b > acc_a + slack]
+    (next_to_last, acc_before), (longest, acc_last) = steps[-2], steps[-1]
+    falling = acc_before - acc_last > slack
     results.append(_verdict(
-        "steps", "accuracy does not rise with more PGD steps", not rises,
+        "steps", "accuracy does not rise with more PGD steps and has converged at the most steps",
+        not rises and not falling,
         "accuracy " + ", ".join(f"{acc:.3f}@{n}" for n, acc in steps)
-        + ("" if not rises else "; rises from " + ", ".join(f"{a} to {b} steps" for a, b in rises)),
+        + ("" if not rises else "; rises from " + ", ".join(f"{a} to {b} steps" for a, b in rises))
+        + ("" if not falling else f"; still falling: {longest} steps lower it by "
+           f"{100 * (acc_before - acc_last):.1f} points from {next_to_last}"),
         {"steps": [n for n, _ in steps], "accuracy": [acc for _, acc in steps]},
     ))
 
@@ -144,6 +173,27 @@ def evaluate_checks(
                         "status": "skipped", "detail": "no second model given (--transfer-from CHECKPOINT)",
                         "figures": {}})
     return results
+
+
+def convergence_notes(checks: list[dict[str, Any]]) -> list[str]:
+    """The headline's warnings: what the flagged steps and restarts checks say about convergence."""
+    notes = []
+    for check in checks:
+        if check["status"] != "flag":
+            continue
+        figures = check["figures"]
+        if check["check"] == "restarts":
+            single, multi = figures["accuracy"]
+            notes.append(f"not converged: {figures['restarts'][1]} restarts lower it by {100 * (single - multi):.1f} "
+                         "points")
+        elif check["check"] == "steps":
+            acc, steps = figures["accuracy"], figures["steps"]
+            if acc[-2] > acc[-1]:
+                notes.append(f"not converged: {steps[-1]} steps lower it by {100 * (acc[-2] - acc[-1]):.1f} points "
+                             f"from {steps[-2]}")
+            else:
+                notes.append("accuracy rises with more steps (gradient masking?)")
+    return notes
 
 
 def _verdict(check: str, claim: str, ok: bool, detail: str, figures: dict[str, Any]) -> dict[str, Any]:

@@ -1,34 +1,50 @@
-"""The rich summary table printed at the end of an evaluation (accuracy beside every hyper-parameter)."""
+"""The rich tables printed at the end of an evaluation: the worst case first, then every attack and check."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-STATUS_STYLE = {"pass": "green", "flag": "bold red", "skipped": "yellow"}
+STATUS_STYLE = {"pass": "green", "flag": "bold red", "skipped": "yellow", "n/a": "yellow"}
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
+def percent_with_interval(figure: dict[str, Any] | None) -> str:
+    """'17.3 [13.5, 21.9]' from a figure dict (accuracy, low, high), '' when missing."""
+    if not figure:
+        return ""
+    return f"{100 * figure['accuracy']:.1f} [{100 * figure['low']:.1f}, {100 * figure['high']:.1f}]"
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
+def worst_case_table(summary: dict[str, Any]) -> Table:
     model = summary.get("model", {})
     spec = model.get("model_spec", {})
+    worst = summary["worst_case"]
     title = (f"{spec.get('name', 'model')} ({model.get('training', '?')} training) on {summary.get('dataset', '?')} "
-             f"{summary['split']}: {summary['num_samples']} samples, clean accuracy "
-             f"{_pct(summary['clean_accuracy'])}%, seed {summary['seed']}")
-    table = Table(title=title, title_justify="left")
-    for column in ("attack", "targeted", "eps/255", "step/255", "steps", "restarts", "acc %", "success %"):
+             f"{summary['split']}: worst case over every attack at eps {worst['eps_255']:.3g}/255, "
+             f"{summary['num_samples']} images, top-1 % with 95% Wilson interval")
+    table = Table(title=escape(title), title_justify="left")
+    for column in ("clean", "untargeted", "targeted", "targeted success", "warnings"):
+        table.add_column(column, justify="left" if column == "warnings" else "right")
+    table.add_row(percent_with_interval(worst["clean"]), percent_with_interval(worst["untargeted"]),
+                  percent_with_interval(worst["targeted"]), percent_with_interval(worst["targeted_success"]),
+                  escape("; ".join(worst.get("notes", [])) or "none"))
+    return table
+
+
+def attacks_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="every attack (robust accuracy: clean right and attacked image right)", title_justify="left")
+    for column in ("attack", "kind", "targeted", "eps/255", "steps", "restarts", "acc % [95% CI]", "success %"):
         table.add_column(column, justify="left" if column == "attack" else "right", no_wrap=column == "attack")
     for row in summary["attacks"]:
-        name = row["attack"] + (" (transfer)" if row["source"] else "")
+        name = row["attack"] + (" (transfer)" if row.get("source") else "")
         table.add_row(
-            name, "yes" if row["targeted"] else "no", f"{row['eps_255']:.3g}",
-            "" if row["step_size_255"] is None else f"{row['step_size_255']:.3g}", str(row["steps"]),
-            str(row["restarts"]), _pct(row["accuracy"]), _pct(row["success_rate"]),
+            escape(name), row["kind"], "yes" if row["targeted"] else "no", f"{row['eps_255']:.3g}",
+            str(row.get("steps", 1)), str(row.get("restarts", 1)),
+            percent_with_interval({"accuracy": row["accuracy"], "low": row["accuracy_low"],
+                                   "high": row["accuracy_high"]}), f"{100 * row['success_rate']:.1f}",
         )
     return table
 
@@ -39,7 +55,8 @@ def checks_table(checks: list[dict[str, Any]]) -> Table:
         table.add_column(column)
     for check in checks:
         style = STATUS_STYLE.get(check["status"], "")
-        table.add_row(check["check"], check["claim"], f"[{style}]{check['status']}[/]", check["detail"])
+        table.add_row(check["check"], escape(check["claim"]), f"[{style}]{escape(check['status'])}[/]",
+                      escape(check["detail"]))
     return table
 
 
@@ -47,6 +64,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     """Print the tables; a console that is not a terminal (a log file) gets 120 columns so nothing is cut."""
     if not console.is_terminal:
         console = Console(file=console.file, width=max(console.width, 120))
-    console.print(summary_table(summary))
+    console.print(worst_case_table(summary))
+    console.print(attacks_table(summary))
     if summary.get("checks"):
         console.print(checks_table(summary["checks"]))

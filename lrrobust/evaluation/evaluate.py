@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lrrobust.errors import UserError
-from lrrobust.evaluation.runner import EvalTarget, run_evaluation
+from lrrobust.evaluation.loop import EvalTarget, run_evaluation
 from lrrobust.evaluation.suite import Suite
 
 
@@ -125,7 +125,7 @@ def evaluate(
     classes = len(data.classes) if hasattr(data, "classes") else (info.num_classes or None)
     check_compatible(target.info, dataset, classes, info.in_chans, "checkpoint")
     sources: dict[str, nn.Module] = {}
-    wanted = {a.source for a in suite.attacks if a.source} | ({transfer_from} if transfer_from else set())
+    wanted = {a.source for a in suite.attacks if getattr(a, "source", None)} | ({transfer_from} if transfer_from else set())
     source_info = {}
     for name in sorted(wanted):
         source, _ = load_target(name)

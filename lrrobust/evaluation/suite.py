@@ -8,7 +8,7 @@ A suite names its attacks and the settings they share::
 
     [[attack]]
     name = "pgd-targeted"
-    kind = "pgd"            # pgd, fgsm or autoattack
+    kind = "pgd"            # a kind of lrrobust.attacks: pgd, fgsm, autoattack
     targeted = true
     eps = "16/255"          # a number or a fraction, in (0, 1] on [0, 1] pixels
     step_size = "1/255"     # pgd; left out: 1/255 raised to eps/steps (Feature Denoising)
@@ -19,93 +19,39 @@ A suite names its attacks and the settings they share::
     [checks]                # checks against gradient masking (lrrobust.evaluation.checks)
     enabled = true
 
-Unknown keys are errors that list the valid ones, so a typo never silently changes an evaluation.
+A suite is one threat model: its own attacks share one eps (the checks add others). Each [[attack]] table is read
+by its kind's spec class (lrrobust.attacks). Unknown keys are errors that list the valid ones, so a typo never silently changes an evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from lrrobust.attacks import AttackSpec, attack_from_table
+from lrrobust.core.numbers import parse_fraction
 from lrrobust.errors import UserError
-from lrrobust.pgd import default_step_size
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-KINDS = ("pgd", "fgsm", "autoattack")
-# Which keys each kind of attack accepts (besides name and kind).
-KIND_KEYS = {
-    "pgd": {"targeted", "eps", "step_size", "steps", "random_start", "restarts", "source"},
-    "fgsm": {"targeted", "eps", "source"},
-    "autoattack": {"eps", "steps", "n_queries"},
-}
-ATTACK_KEYS = ("name", "kind", "targeted", "eps", "step_size", "steps", "random_start", "restarts", "source",
-               "n_queries")
 SUITE_KEYS = ("name", "description", "seed", "batch_size", "limit", "split", "attack", "checks")
-CHECK_KEYS = ("enabled", "eps", "steps", "eps_grid", "eps_steps", "restarts", "tolerance", "zero_accuracy")
-# AutoAttack as its authors run it (Croce and Hein 2020): 100 iterations of APGD/APGD-T/FAB-T, 5000 Square queries.
-AUTOATTACK_STEPS = 100
-AUTOATTACK_QUERIES = 5000
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackSpec:
-    """One attack with every hyper-parameter resolved.
-
-    ``source`` names a second checkpoint to craft the examples on (a transfer, black-box attack); ``None`` is
-    white-box. ``role`` is "suite" for the suite's own attacks and "check" for those the checks add.
-    """
-
-    name: str
-    kind: str
-    eps: float
-    targeted: bool = False
-    step_size: float | None = None
-    steps: int = 1
-    random_start: bool = False
-    restarts: int = 1
-    source: str | None = None
-    n_queries: int | None = None
-    role: str = "suite"
-
-    def seed_key(self) -> str:
-        """What the random start of restart r depends on: the attack's parameters, not its name or restarts.
-
-        Two attacks that differ only in their number of restarts share their first restarts exactly.
-        """
-        return (f"{self.kind}|t={int(self.targeted)}|eps={self.eps!r}|a={self.step_size!r}|s={self.steps}"
-                f"|rs={int(self.random_start)}|src={self.source}|q={self.n_queries}")
-
-    def same_attack(self, other: AttackSpec) -> bool:
-        return self.seed_key() == other.seed_key() and self.restarts == other.restarts
-
-    def hyper_parameters(self) -> dict[str, Any]:
-        """Every hyper-parameter, for summaries and reports (eps and step size also in 1/255 units)."""
-        return {
-            "kind": self.kind,
-            "targeted": self.targeted,
-            "eps": self.eps,
-            "eps_255": round(self.eps * 255, 4),
-            "step_size": self.step_size,
-            "step_size_255": None if self.step_size is None else round(self.step_size * 255, 4),
-            "steps": self.steps,
-            "random_start": self.random_start,
-            "restarts": self.restarts,
-            "source": self.source,
-            "n_queries": self.n_queries,
-            "role": self.role,
-        }
+CHECK_KEYS = ("enabled", "eps", "steps", "eps_grid", "eps_steps", "restarts", "tolerance", "zero_accuracy",
+              "min_clean_accuracy", "min_correct")
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckConfig:
-    """Settings of the gradient-masking checks; eps None takes the eps of the suite's first untargeted attack."""
+    """Settings of the gradient-masking checks; eps None takes the suite's eps.
+
+    A check means nothing on a model that classifies few images correctly: below ``min_clean_accuracy`` clean
+    accuracy, or with fewer than ``min_correct`` correctly classified images, every check says "n/a".
+    """
 
     enabled: bool = False
     eps: float | None = None
@@ -115,6 +61,8 @@ class CheckConfig:
     restarts: int = 3
     tolerance: float = 0.02
     zero_accuracy: float = 0.05
+    min_clean_accuracy: float = 0.2
+    min_correct: int = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +76,18 @@ class Suite:
     split: str = "test"
     checks: CheckConfig = CheckConfig()
 
+    @property
+    def eps(self) -> float:
+        """The suite's threat model: the eps its own attacks share (the worst case is taken at this eps)."""
+        return self.attacks[0].eps
+
     def replace(self, **changes: Any) -> Suite:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["attacks"] = [{"name": a.name, **a.settings()} for a in self.attacks]
+        return data
 
 
 def _unknown(keys: Any, valid: tuple[str, ...] | set[str], where: str) -> None:
@@ -140,19 +95,6 @@ def _unknown(keys: Any, valid: tuple[str, ...] | set[str], where: str) -> None:
     if bad:
         raise UserError(f"unknown key{'s' if len(bad) > 1 else ''} {', '.join(bad)} in {where}; "
                         f"valid keys: {', '.join(sorted(valid))}")
-
-
-def parse_eps(value: Any, where: str) -> float:
-    """eps (or a step size) as a float in (0, 1]: a number or a fraction string like '16/255'."""
-    if isinstance(value, bool):
-        raise UserError(f"{where} must be a number or a fraction like 16/255, got {value!r}")
-    try:
-        eps = float(Fraction(value.strip())) if isinstance(value, str) else float(value)
-    except (ValueError, ZeroDivisionError, TypeError):
-        raise UserError(f"{where} must be a number or a fraction like 16/255, got {value!r}") from None
-    if not 0.0 < eps <= 1.0:
-        raise UserError(f"{where} must lie in (0, 1] (pixels are in [0, 1]; 16/255 is 0.0627), got {value!r}")
-    return eps
 
 
 def _int(value: Any, where: str, minimum: int) -> int:
@@ -165,69 +107,6 @@ def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise UserError(f"{where} must be true or false, got {value!r}")
     return value
-
-
-def make_attack(
-    name: str,
-    kind: str,
-    eps: Any,
-    *,
-    targeted: bool = False,
-    step_size: Any = None,
-    steps: int | None = None,
-    random_start: bool | None = None,
-    restarts: int = 1,
-    source: str | None = None,
-    n_queries: int | None = None,
-    role: str = "suite",
-) -> AttackSpec:
-    """Validate and resolve one attack (defaults filled in); a UserError names the attack and the problem."""
-    where = f"attack {name!r}"
-    if kind not in KINDS:
-        raise UserError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    eps = parse_eps(eps, f"{where}: eps")
-    targeted = _bool(targeted, f"{where}: targeted")
-    restarts = _int(restarts, f"{where}: restarts", 1)
-    if kind == "pgd":
-        steps = _int(10 if steps is None else steps, f"{where}: steps", 1)
-        alpha = default_step_size(eps, steps) if step_size is None else parse_eps(step_size, f"{where}: step_size")
-        start = True if random_start is None else _bool(random_start, f"{where}: random_start")
-        return AttackSpec(name, kind, eps, targeted, alpha, steps, start, restarts, source, None, role)
-    if kind == "fgsm":
-        return AttackSpec(name, kind, eps, targeted, eps, 1, False, 1, source, None, role)
-    if targeted:
-        raise UserError(f"{where}: autoattack is untargeted (its APGD-T and FAB-T pick their own targets)")
-    if source is not None:
-        raise UserError(f"{where}: autoattack is white-box only; use pgd or fgsm with source for a transfer attack")
-    steps = _int(AUTOATTACK_STEPS if steps is None else steps, f"{where}: steps", 1)
-    queries = _int(AUTOATTACK_QUERIES if n_queries is None else n_queries, f"{where}: n_queries", 1)
-    return AttackSpec(name, kind, eps, False, None, steps, True, 1, None, queries, role)
-
-
-def _parse_attack(entry: Any, position: int) -> AttackSpec:
-    if not isinstance(entry, dict):
-        raise UserError(f"[[attack]] number {position} must be a table")
-    _unknown(entry, ATTACK_KEYS, f"[[attack]] number {position}")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name or "/" in name or "," in name:
-        raise UserError(f"[[attack]] number {position} needs a name without '/' or ',' (e.g. name = \"pgd-100\")")
-    kind = entry.get("kind", "pgd")
-    if kind not in KINDS:
-        raise UserError(f"attack {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    extra = set(entry) - {"name", "kind"} - KIND_KEYS[kind]
-    if extra:
-        raise UserError(f"attack {name!r}: {', '.join(sorted(extra))} does not apply to {kind}; "
-                        f"valid keys for {kind}: {', '.join(sorted(KIND_KEYS[kind] | {'name', 'kind'}))}")
-    if "eps" not in entry:
-        raise UserError(f"attack {name!r} needs eps (e.g. eps = \"16/255\")")
-    source = entry.get("source")
-    if source is not None and not isinstance(source, str):
-        raise UserError(f"attack {name!r}: source must be a checkpoint path")
-    return make_attack(
-        name, kind, entry["eps"], targeted=entry.get("targeted", False), step_size=entry.get("step_size"),
-        steps=entry.get("steps"), random_start=entry.get("random_start"), restarts=entry.get("restarts", 1),
-        source=source, n_queries=entry.get("n_queries"),
-    )
 
 
 def _parse_checks(table: Any) -> CheckConfig:
@@ -248,20 +127,29 @@ def _parse_checks(table: Any) -> CheckConfig:
     if not isinstance(eps_grid, list) or len(eps_grid) < 2:
         raise UserError("[checks] eps_grid must be a list of at least two eps values")
     fraction = {}
-    for key in ("tolerance", "zero_accuracy"):
+    for key in ("tolerance", "zero_accuracy", "min_clean_accuracy"):
         value = table.get(key, getattr(default, key))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise UserError(f"[checks] {key} must be a number in [0, 1], got {value!r}")
         fraction[key] = float(value)
     return CheckConfig(
         enabled=_bool(table.get("enabled", True), "[checks] enabled"),
-        eps=None if "eps" not in table else parse_eps(table["eps"], "[checks] eps"),
+        eps=None if "eps" not in table else parse_fraction(table["eps"], "[checks] eps"),
         steps=int_list("steps"),
-        eps_grid=tuple(sorted({parse_eps(v, "[checks] eps_grid") for v in eps_grid})),
+        eps_grid=tuple(sorted({parse_fraction(v, "[checks] eps_grid") for v in eps_grid})),
         eps_steps=_int(table.get("eps_steps", default.eps_steps), "[checks] eps_steps", 1),
         restarts=_int(table.get("restarts", default.restarts), "[checks] restarts", 2),
+        min_correct=_int(table.get("min_correct", default.min_correct), "[checks] min_correct", 1),
         **fraction,
     )
+
+
+def check_one_eps(attacks: tuple[AttackSpec, ...], where: str) -> None:
+    """A suite is one threat model: its own attacks share one eps."""
+    eps = sorted({a.eps for a in attacks})
+    if any(not math.isclose(e, eps[0], rel_tol=1e-9) for e in eps):
+        raise UserError(f"{where}: the attacks use several eps ({', '.join(f'{e:.4g}' for e in eps)}); a suite is one "
+                        "threat model: give each eps its own suite (the checks' eps_grid varies eps for you)")
 
 
 def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
@@ -270,15 +158,16 @@ def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
     entries = data.get("attack")
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{where} has no attacks: add at least one [[attack]] table")
-    attacks = tuple(_parse_attack(entry, i + 1) for i, entry in enumerate(entries))
+    attacks = tuple(attack_from_table(entry, i + 1) for i, entry in enumerate(entries))
     names = [a.name for a in attacks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserError(f"{where}: attack names must be unique, repeated: {', '.join(duplicates)}")
+    check_one_eps(attacks, where)
     limit = data.get("limit")
     split = data.get("split", "test")
-    if split not in ("train", "test"):
-        raise UserError(f"{where}: split must be train or test, got {split!r}")
+    if split not in ("train", "val", "test"):
+        raise UserError(f"{where}: split must be test, val or train, got {split!r}")
     name = data.get("name", Path(where).stem)
     if not isinstance(name, str):
         raise UserError(f"{where}: name must be a string")
@@ -314,7 +203,11 @@ def load_suite(text: str | Path) -> Suite:
     """Read and validate a suite TOML file (a path, or a name in attacks/)."""
     path = resolve_suite_path(str(text))
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text: a suite is a TOML file") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read: {e.strerror}") from None
     return parse_suite(data, str(path))

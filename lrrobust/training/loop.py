@@ -4,9 +4,14 @@
 
     RUN/config.json     the resolved configuration
     RUN/manifest.json   versions, git commit, device, seed, command line, world size (and each resume)
-    RUN/metrics.jsonl   one line per epoch: loss, clean and adversarial training accuracy, test accuracy, images/s, lr
+    RUN/metrics.jsonl   one line per epoch: loss, clean and adversarial training accuracy, validation accuracy
+                        (clean, and under PGD in adversarial runs), images/s, lr
     RUN/last.pt         the checkpoint after the last completed epoch (written atomically)
-    RUN/best.pt         the checkpoint with the highest clean test accuracy
+    RUN/best.pt         the checkpoint with the highest validation accuracy: clean for regular runs, under a short
+                        untargeted PGD for adversarial runs
+
+The JSON files are written and read by ``lrrobust.training.run_files``. Training reads the ``train`` and ``val``
+splits only: the ``test`` split is evaluation's.
 
 A run killed at any moment resumes from ``last.pt`` with ``resume=True``; on CPU the resumed run ends with the
 same weights as one that never stopped.
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import shutil
 import time
@@ -33,12 +37,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from lrrobust.checkpoint import read_checkpoint, save_checkpoint
 from lrrobust.data import DatasetInfo, dataset_info, load_dataset
 from lrrobust.errors import UserError
-from lrrobust.io import append_jsonl, atomic_path, atomic_write_json, atomic_write_text
+from lrrobust.io import atomic_path
+from lrrobust.pgd import pgd_perturb
 from lrrobust.training import distributed as D
+from lrrobust.training import run_files
 from lrrobust.training.adversarial import AttackSettings, adversarial_examples
 from lrrobust.training.config import TrainConfig, merge_for_resume, resolve_config
 from lrrobust.training.manifest import build_manifest
 from lrrobust.training.progress import EpochProgress
+from lrrobust.training.run_files import EpochRecord
 from lrrobust.training.state import capture_rng, derived_seed, restore_rng, seed_everything
 
 
@@ -138,18 +145,56 @@ def train_step(
     return out
 
 
-@torch.no_grad()
-def evaluate_accuracy(model: nn.Module, loader: DataLoader, ctx: D.DistContext, amp: bool, channels_last: bool) -> float:
-    """Clean accuracy over the loader's shards, summed over processes."""
+def validation_attack(cfg: TrainConfig) -> AttackSettings | None:
+    """The PGD that chooses best.pt of an adversarial run (``cfg.validation["attack"]``); None for regular runs."""
+    a = cfg.validation["attack"]
+    return None if a is None else AttackSettings(a["eps"], a["alpha"], a["steps"], a["random_start"], a["targeted"])
+
+
+def evaluate_validation(
+    model: nn.Module, loader: DataLoader, ctx: D.DistContext, cfg: TrainConfig, attack: AttackSettings | None,
+    epoch: int,
+) -> tuple[float, float | None]:
+    """Clean accuracy and, when ``attack`` is given, accuracy under it, over the loader's shards summed over processes.
+
+    The model runs in eval mode (its mode is restored after). The attack's random starts come from a generator
+    seeded with (seed, epoch, rank) inside a fork of the RNG streams, so training's streams are untouched and a
+    resumed run draws the same starts.
+    """
+    was_training = model.training
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)
-    for images, labels in loader:
-        images, labels = _to_device(images, labels, ctx.device, channels_last)
-        with autocast(ctx.device, amp):
-            totals[0] += (model(images).argmax(1) == labels).sum()
-        totals[1] += len(labels)
-    totals = D.all_reduce_sum(ctx, totals)
-    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # clean correct, robust correct, images
+    devices = [ctx.device] if ctx.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derived_seed(cfg.seed, epoch, ctx.rank, 5))
+            for images, labels in loader:
+                images, labels = _to_device(images, labels, ctx.device, cfg.channels_last)
+                with torch.no_grad(), autocast(ctx.device, cfg.amp):
+                    totals[0] += (model(images).argmax(1) == labels).sum()
+                if attack is not None:
+                    totals[1] += _robust_correct(model, images, labels, attack, ctx.device, cfg.amp)
+                totals[2] += len(labels)
+    finally:
+        model.train(was_training)
+    clean, robust, n = (float(v) for v in D.all_reduce_sum(ctx, totals))
+    return clean / n, None if attack is None else robust / n
+
+
+def _robust_correct(model, images, labels, attack, device, amp) -> torch.Tensor:
+    """Correct predictions on untargeted PGD images; the parameters are frozen (input gradients only)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        with autocast(device, amp):
+            adv = pgd_perturb(model, images, labels, eps=attack.eps, alpha=attack.alpha, steps=attack.steps,
+                              random_start=attack.random_start)
+        with torch.no_grad(), autocast(device, amp):
+            return (model(adv).argmax(1) == labels).sum()
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def _to_device(images, labels, device, channels_last):
@@ -169,18 +214,19 @@ def _prepare_config(config: TrainConfig, world_size: int) -> tuple[TrainConfig, 
         return cfg, None
     if not config.resume:
         raise UserError(f"run directory {run} exists; pass --resume to continue it, or choose another --out")
-    stored_config = run / "config.json"
-    if not stored_config.is_file():
-        raise UserError(f"{run} exists but holds no config.json: not an lrrobust run; choose another --out")
-    stored = json.loads(stored_config.read_text())
+    if not (run / run_files.CONFIG).is_file():
+        raise UserError(f"{run} exists but holds no {run_files.CONFIG}: not an lrrobust run; choose another --out")
+    stored = run_files.read_run_config(run)
+    if stored.validation is None:
+        raise UserError(f"{run} was trained before the validation split (its best.pt was chosen on the test set) "
+                        "and cannot be resumed; start a new run with another --out")
     merged = merge_for_resume(stored, dataclasses.replace(config, out=str(run)))
     cfg = resolve_config(merged, world_size)
-    manifest_path = run / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    manifest = run_files.read_manifest(run) if (run / run_files.MANIFEST).is_file() else None
     return cfg, manifest
 
 
-def _loaders(cfg, ctx, train_set: Dataset, test_set: Dataset):
+def _loaders(cfg, ctx, train_set: Dataset, val_set: Dataset):
     per_rank = cfg.batch_size // ctx.world_size
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
@@ -188,11 +234,11 @@ def _loaders(cfg, ctx, train_set: Dataset, test_set: Dataset):
     pin = ctx.device.type == "cuda"
     train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
                               drop_last=True, generator=generator, pin_memory=pin)
-    shard = Subset(test_set, range(ctx.rank, len(test_set), ctx.world_size))
-    test_loader = DataLoader(shard, batch_size=per_rank, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
+    shard = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
+    val_loader = DataLoader(shard, batch_size=per_rank, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
     if len(train_loader) == 0:
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
-    return train_loader, sampler, generator, test_loader
+    return train_loader, sampler, generator, val_loader
 
 
 def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Path:
@@ -203,12 +249,14 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
     info = dataset_info(cfg.dataset, cfg.root)
     if cfg.download and ctx.is_main:  # rank 0 downloads, the others wait and read
         load_dataset(cfg.dataset, "train", cfg.root, download=True)
-        load_dataset(cfg.dataset, "test", cfg.root, download=True)
     D.barrier(ctx)
-    train_set = load_dataset(cfg.dataset, "train", cfg.root)
-    test_set = load_dataset(cfg.dataset, "test", cfg.root)
+    train_set = load_dataset(cfg.dataset, "train", cfg.root)  # never the test split: that is evaluation's
+    val_set = load_dataset(cfg.dataset, "val", cfg.root)
+    cfg.validation = {**cfg.validation, "size": len(val_set)}
     num_classes = info.num_classes or len(train_set.classes)
     attack = attack_settings(cfg)
+    val_attack = validation_attack(cfg)
+    best_metric = cfg.validation["metric"]
     if cfg.sync_bn and ctx.enabled and ctx.device.type != "cuda":
         raise UserError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU implementation); drop it on CPU")
 
@@ -228,7 +276,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
         model = DistributedDataParallel(attack_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
                                         else None)
 
-    train_loader, sampler, loader_gen, test_loader = _loaders(cfg, ctx, train_set, test_set)
+    train_loader, sampler, loader_gen, val_loader = _loaders(cfg, ctx, train_set, val_set)
     steps_per_epoch = len(train_loader)
     optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
@@ -241,7 +289,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
-        history = list(ckpt["history"])
+        history = [EpochRecord.from_dict(r) for r in ckpt["history"]]
         rngs = ckpt["rng"]
         if len(rngs) == ctx.world_size:
             restore_rng(rngs[ctx.rank], ctx.device, target_gen)
@@ -257,9 +305,9 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
     if ctx.is_main:
         for stale in run.glob(".*.tmp"):  # temporary files of a killed write: never complete, never read
             stale.unlink()
-        atomic_write_json(run / "config.json", cfg.to_dict())
-        atomic_write_json(run / "manifest.json", manifest)
-        atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+        run_files.write_run_config(run, cfg)
+        run_files.write_manifest(run, manifest)
+        run_files.write_metrics(run, history)
     D.barrier(ctx)
 
     training = "adversarial" if attack is not None else "regular"
@@ -276,28 +324,30 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
                 kept = f"{last_path} keeps epoch {start_epoch}" if last_path.is_file() else "no checkpoint was written"
                 raise TrainingDiverged(f"{e} in epoch {epoch + 1}; run stopped, {kept} (the last good weights); "
                                        "lower --lr or check the data") from None
-            test_acc = evaluate_accuracy(attack_model, test_loader, ctx, cfg.amp, cfg.channels_last)
-            record = _epoch_record(epoch, sums, seconds, test_acc, lr, attack is not None)
+            val_acc, val_robust_acc = evaluate_validation(attack_model, val_loader, ctx, cfg, val_attack, epoch)
+            record = _epoch_record(epoch, sums, seconds, val_acc, val_robust_acc, lr, attack is not None)
             history.append(record)
             bar.epoch_done(record, cfg.epochs)
-            improved = test_acc > best_acc
+            score = getattr(record, best_metric)
+            improved = score > best_acc
             if improved:
-                best_acc, best_epoch = test_acc, epoch + 1
+                best_acc, best_epoch = score, epoch + 1
             rngs = D.gather_objects(ctx, capture_rng(ctx.device, target_gen))
             if ctx.is_main:
                 state = {
                     "model_spec": raw.spec, "model_state": raw.state_dict(), "dataset": cfg.dataset,
                     "num_classes": num_classes, "training": training,
                     "attack": attack.to_dict() if attack is not None else None, "epoch": epoch + 1,
-                    "config": cfg.to_dict(), "manifest": manifest, "metrics": record, "history": history,
-                    "best_acc": best_acc, "best_epoch": best_epoch, "optimizer": optimizer.state_dict(),
+                    "config": cfg.to_dict(), "manifest": manifest, "metrics": record.to_dict(),
+                    "history": [r.to_dict() for r in history], "best_acc": best_acc, "best_epoch": best_epoch,
+                    "best_metric": best_metric, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": None, "rng": rngs,
                 }
                 save_checkpoint(last_path, state)  # the order keeps every crash point resumable
                 if improved:
                     with atomic_path(best_path) as tmp:
                         shutil.copyfile(last_path, tmp)
-                append_jsonl(run / "metrics.jsonl", record)
+                run_files.append_metrics(run, record)
             start_epoch = epoch + 1
             D.barrier(ctx)
     return run
@@ -331,23 +381,15 @@ def _run_epoch(model, attack_model, optimizer, scheduler, loader, cfg, ctx, atta
     return D.all_reduce_sum(ctx, sums), seconds, lr
 
 
-def _epoch_record(epoch, sums, seconds, test_acc, lr, adversarial) -> dict[str, Any]:
+def _epoch_record(epoch, sums, seconds, val_acc, val_robust_acc, lr, adversarial) -> EpochRecord:
     loss_sum, n, clean, adv, _ = (float(v) for v in sums)
-    record = {
-        "epoch": epoch + 1,
-        "loss": loss_sum / n,
-        "train_acc": clean / n,
-        "test_acc": test_acc,
-        "images": int(n),
-        "images_per_s": n / seconds,
-        "lr": lr,  # of the epoch's last step
-        "seconds": seconds,
-    }
-    if adversarial:
-        record["adv_train_acc"] = adv / n
-    if not math.isfinite(record["loss"]):
+    if not math.isfinite(loss_sum / n):
         raise TrainingDiverged(f"epoch {epoch + 1} ended with a non-finite mean loss")
-    return record
+    return EpochRecord(
+        epoch=epoch + 1, loss=loss_sum / n, train_acc=clean / n, val_acc=val_acc, val_robust_acc=val_robust_acc,
+        adv_train_acc=adv / n if adversarial else None, images=int(n), images_per_s=n / seconds,
+        lr=lr, seconds=seconds,
+    )
 
 
 def _is_terminal() -> bool:

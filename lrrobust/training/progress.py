@@ -1,12 +1,18 @@
-"""Rich progress for training: one bar per epoch with loss, accuracy and images/s; silent when disabled."""
+"""Rich progress for training: one bar per epoch with loss, accuracy and images/s; silent when disabled.
+
+At the end of an epoch its bar shows the epoch's record: training and validation accuracy (never test accuracy).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from lrrobust.training.run_files import EpochRecord
 
 
 class EpochProgress:
@@ -49,10 +55,11 @@ class EpochProgress:
         stats = f"loss {loss:.3f}  {self.acc_name} {acc:6.1%}  {rate:,.0f} img/s"
         self._progress.update(self._task, advance=1, stats=stats)
 
-    def epoch_done(self, record: dict[str, Any], epochs: int) -> None:
+    def epoch_done(self, record: EpochRecord, epochs: int) -> None:
         if self._progress is None:
             return
-        adv = f"  adv train {record['adv_train_acc']:.1%}" if "adv_train_acc" in record else ""
-        stats = (f"loss {record['loss']:.3f}  train {record['train_acc']:.1%}{adv}  test {record['test_acc']:.1%}  "
-                 f"{record['images_per_s']:,.0f} img/s  lr {record['lr']:.3g}")
+        adv = "" if record.adv_train_acc is None else f"  adv train {record.adv_train_acc:.1%}"
+        robust = "" if record.val_robust_acc is None else f"  val PGD {record.val_robust_acc:.1%}"
+        stats = (f"loss {record.loss:.3f}  train {record.train_acc:.1%}{adv}  val {record.val_acc:.1%}{robust}  "
+                 f"{record.images_per_s:,.0f} img/s  lr {record.lr:.3g}")
         self._progress.update(self._task, stats=stats)

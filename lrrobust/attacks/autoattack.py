@@ -1,0 +1,115 @@
+"""AutoAttack "standard", L-inf (Croce and Hein 2020): APGD-CE, APGD-T, FAB-T and Square, through torchattacks.
+
+As its authors run it: each component attacks only the images that the clean model classifies correctly and
+that the previous components did not break, and the result is the per-image worst case. The components are
+built here (not torchattacks' ``AutoAttack``, which assumes 10 classes and 10 iterations) with the dataset's
+class count, 100 iterations and 5,000 Square queries; APGD-T and FAB-T attack the 9 most likely wrong classes.
+``found_at`` records which component broke each image, so the report gives each component's accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torchattacks
+from torch import nn
+
+from lrrobust.attacks.base import AttackOutcome, AttackSpec, check_int, predict
+from lrrobust.attacks.registry import register
+from lrrobust.core.modes import eval_mode, frozen
+from lrrobust.errors import UserError
+
+STEPS = 100
+QUERIES = 5000
+TARGET_CLASSES = 9
+COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class AutoAttack(AttackSpec):
+    """The four components in sequence; untargeted (APGD-T and FAB-T choose their own target classes)."""
+
+    steps: int = STEPS
+    n_queries: int = QUERIES
+
+    kind = "autoattack"
+    keys = frozenset({"eps", "steps", "n_queries"})
+    example = 'eps = "8/255"'
+
+    @classmethod
+    def from_table(cls, name: str, table: dict[str, Any], role: str = "suite") -> AutoAttack:
+        where = f"attack {name!r}"
+        if table.get("targeted"):
+            raise UserError(f"{where}: autoattack is untargeted (its APGD-T and FAB-T pick their own targets)")
+        if table.get("source") is not None:
+            raise UserError(f"{where}: autoattack is white-box only; use pgd or fgsm with source for a transfer "
+                            "attack")
+        return cls(name=name, eps=cls.read_eps(table, where), role=role,
+                   steps=check_int(table.get("steps", STEPS), f"{where}: steps", 1),
+                   n_queries=check_int(table.get("n_queries", QUERIES), f"{where}: n_queries", 1))
+
+    def describe(self) -> str:
+        return (f"{self.name}: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), untargeted, eps "
+                f"{self.eps * 255:.3g}/255, {self.steps} iterations, {self.n_queries} Square queries")
+
+    def stages(self) -> list[str]:
+        return list(COMPONENTS)
+
+    def components(self, model: nn.Module, num_classes: int, seed: int) -> list[torchattacks.Attack]:
+        """APGD-CE, APGD-T, FAB-T, Square against ``model`` with ``num_classes`` classes."""
+        seed = seed % (2**32)
+        targets = max(1, min(TARGET_CLASSES, num_classes - 1))
+        apgd = torchattacks.APGD(model, norm="Linf", eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
+                                 loss="ce")
+        apgdt = torchattacks.APGDT(model, norm="Linf", eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
+                                   n_classes=num_classes)
+        fab = torchattacks.FAB(model, norm="Linf", eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
+                               multi_targeted=True, n_classes=num_classes)
+        square = torchattacks.Square(model, norm="Linf", eps=self.eps, n_queries=self.n_queries, n_restarts=1,
+                                     seed=seed)
+        apgdt.n_target_classes = targets
+        fab.n_target_classes = targets
+        return [apgd, apgdt, fab, square]
+
+    def build(self, model: nn.Module, num_classes: int, seed: int) -> torchattacks.MultiAttack:
+        return torchattacks.MultiAttack(self.components(model, num_classes, seed))
+
+    def run(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        num_classes: int,
+        targets: torch.Tensor | None = None,
+        seed_for: Callable[[int], int] = lambda stage: stage,
+        source: nn.Module | None = None,
+        first: AttackOutcome | None = None,
+    ) -> AttackOutcome:
+        """The cascade on one batch; component k is seeded with ``seed_for(k)``."""
+        if source is not None:
+            raise ValueError("autoattack is white-box only")
+        with eval_mode(model), frozen(model):
+            kept = images.clone()
+            kept_pred = predict(model, images)
+            found_at = torch.full_like(labels, -1)
+            robust = kept_pred == labels
+            for k in range(len(COMPONENTS)):
+                todo = robust.nonzero()[:, 0]
+                if len(todo) == 0:
+                    break
+                seed = seed_for(k)
+                torch.manual_seed(seed)
+                component = self.components(model, num_classes, seed)[k]
+                adv = component(images[todo], labels[todo]).detach()
+                pred = predict(model, adv)
+                broken = pred != labels[todo]
+                kept[todo[broken]] = adv[broken]
+                kept_pred[todo[broken]] = pred[broken]
+                found_at[todo[broken]] = k
+                robust[todo[broken]] = False
+        return AttackOutcome(kept, kept_pred, kept_pred != labels, None, found_at)

@@ -1,0 +1,270 @@
+"""The attack loop behind ``lrrobust eval-attack`` (paper Sec. 6.2, Table 9): resumable, sharded, seeded.
+
+- The split (or a seeded subset of ``limit`` samples) is cut into numbered batches; under torchrun rank r takes
+  batches r, r + W, ...; results are gathered on rank 0, which alone writes the outputs (``summary.py``).
+- Every (batch, attack) result goes to the evaluation state (``state.py``) as it is done, so a killed run,
+  started again with the same command, skips what is finished.
+- Targets are one random wrong class per sample index, (label + U{1..C-1}) mod C from the run seed; the global
+  RNG (torchattacks' random start) is seeded per batch from (seed, batch, attack settings, stage) and, for a
+  transfer attack, its source's content hash: a seeded run reproduces exactly, resumed or not, on any number of
+  ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lrrobust.attacks import AttackSpec, predict, random_targets
+from lrrobust.core.modes import eval_mode
+from lrrobust.core.provenance import provenance
+from lrrobust.core.seeding import derive_seed
+from lrrobust.errors import UserError
+from lrrobust.evaluation.checks import plan_attacks
+from lrrobust.evaluation.state import (
+    CLEAN,
+    STATE_DIR,
+    AttackRecord,
+    CleanRecord,
+    append_record,
+    check_out,
+    open_state,
+    pin_settings,
+    read_state,
+    record_key,
+)
+from lrrobust.evaluation.suite import Suite
+from lrrobust.evaluation.summary import build_ledger, indices_digest, summarize, write_outputs
+
+
+@dataclasses.dataclass
+class EvalTarget:
+    """What is evaluated: the model, its class count, and what is known about it (checkpoint, training)."""
+
+    model: nn.Module
+    num_classes: int
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state (names, shapes and values): which weights an evaluation belongs to."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def sample_indices(num_samples: int, limit: int | None, seed: int) -> list[int]:
+    """All indices of the split, or a seeded random subset of ``limit`` of them, in increasing order."""
+    if limit is None or limit >= num_samples:
+        return list(range(num_samples))
+    generator = torch.Generator().manual_seed(derive_seed(seed, "subset"))
+    return sorted(torch.randperm(num_samples, generator=generator)[:limit].tolist())
+
+
+def target_offsets(num_samples: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Per dataset index, an offset in 1..C-1: target = (label + offset) mod C, never the label."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "targets"))
+    return random_targets(torch.zeros(num_samples, dtype=torch.long), num_classes, generator)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)
+
+
+def _stage_seeds(seed: int, batch: int, spec: AttackSpec, source_digest: str | None) -> Callable[[int], int]:
+    """The global-RNG seed of each stage (restart or component) of ``spec`` on ``batch``."""
+    key = spec.seed_key()
+    if source_digest is None:
+        return lambda stage: derive_seed(seed, batch, key, stage)
+    return lambda stage: derive_seed(seed, batch, key, source_digest, stage)
+
+
+@dataclasses.dataclass
+class _Shard:
+    """One rank's part of an evaluation and what it needs to run it."""
+
+    target: EvalTarget
+    dataset: Dataset
+    attacks: list[AttackSpec]
+    batches: list[list[int]]
+    mine: list[int]
+    done: dict[tuple[int, str], Any]
+    state_file: Path
+    seed: int
+    offsets: torch.Tensor
+    sources: dict[str, nn.Module]
+    source_digests: dict[str, str]
+    device: torch.device
+
+
+def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
+    model, classes, done = shard.target.model, shard.target.num_classes, shard.done
+    keys = [CLEAN] + [a.key() for a in shard.attacks]
+    todo = [b for b in shard.mine if any((b, k) not in done for k in keys)]
+    loader = DataLoader(shard.dataset, batch_sampler=[shard.batches[b] for b in todo], num_workers=workers)
+    with _progress(show_progress) as progress:
+        task = progress.add_task("attacks", total=len(shard.mine) * len(keys))
+        progress.advance(task, sum(1 for b in shard.mine for k in keys if (b, k) in done))
+        for b, (images, labels) in zip(todo, loader):
+            images, labels = images.to(shard.device), torch.as_tensor(labels).to(shard.device)
+            index = torch.tensor(shard.batches[b])
+            if int(labels.min()) < 0 or int(labels.max()) >= classes:
+                raise UserError(f"the dataset has label {int(labels.max())} but the model has {classes} classes; "
+                                "evaluate on the dataset the checkpoint was trained for")
+            if (b, CLEAN) not in done:
+                progress.update(task, description=f"batch {b + 1}/{len(shard.batches)} clean")
+                with eval_mode(model):
+                    clean = predict(model, images)
+                record = CleanRecord(b, index.tolist(), labels.tolist(), clean.tolist())
+                append_record(shard.state_file, record)
+                done[record_key(record)] = record
+                progress.advance(task)
+            targets = (labels + shard.offsets[index].to(shard.device)) % classes
+            single: dict[str, Any] = {}  # this batch's one-restart outcomes: restart 0 of a multi-restart attack
+            for spec in shard.attacks:
+                if (b, spec.key()) in done:
+                    continue
+                progress.update(task, description=f"batch {b + 1}/{len(shard.batches)} {spec.name}")
+                source_name = getattr(spec, "source", None)
+                restarts = getattr(spec, "restarts", 1)
+                outcome = spec.run(
+                    model, images, labels, num_classes=classes, targets=targets if spec.targeted else None,
+                    seed_for=_stage_seeds(shard.seed, b, spec, shard.source_digests.get(source_name)),
+                    source=shard.sources.get(source_name) if source_name else None,
+                    first=single.get(spec.seed_key() + str(source_name)) if restarts > 1 else None,
+                )
+                if restarts == 1:
+                    single[spec.seed_key() + str(source_name)] = outcome
+                record = AttackRecord(b, spec.name, spec.key(), outcome.adv_pred.tolist(),
+                                      outcome.success.int().tolist(),
+                                      None if outcome.targets is None else outcome.targets.tolist(),
+                                      outcome.found_at.tolist())
+                append_record(shard.state_file, record)
+                done[record_key(record)] = record
+                progress.advance(task)
+
+
+def _gather(records: dict[tuple[int, str], Any]) -> dict[tuple[int, str], Any] | None:
+    """All ranks' records on rank 0 (None elsewhere); a plain pass-through without torchrun."""
+    rank, size = world()
+    if size == 1:
+        return records
+    gathered: list[Any] | None = [None] * size if rank == 0 else None
+    dist.gather_object(list(records.values()), gathered, dst=0)
+    if rank != 0:
+        return None
+    return {record_key(record): record for part in gathered for record in part}
+
+
+def run_evaluation(
+    target: EvalTarget,
+    dataset: Dataset,
+    suite: Suite,
+    out: str | os.PathLike,
+    *,
+    transfer_from: str | None = None,
+    sources: dict[str, nn.Module] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    workers: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Evaluate ``target`` on ``dataset`` with ``suite`` (plus its checks) and write the results to ``out``.
+
+    Args:
+        target: the model and what is known about it.
+        dataset: (image in [0, 1], label) pairs; ``index`` in samples.csv refers to it.
+        suite: the attacks; ``suite.checks.enabled`` adds the gradient-masking checks.
+        out: the evaluation directory (created; resumed when it holds a state of the same settings).
+        transfer_from: the source checkpoint of the transfer check (its model in ``sources``).
+        sources: models by the ``source`` names the attacks use.
+        device: where to run.
+        progress: show a rich progress bar (rank 0 only).
+        workers: DataLoader worker processes.
+        extra: more fields for summary.json (dataset name, command, ...).
+
+    Returns:
+        The summary on rank 0 (None on other ranks).
+    """
+    out = Path(out)
+    rank, size = world()
+    device = torch.device(device)
+    sources = dict(sources or {})
+    attacks, plan = plan_attacks(suite, transfer_from)
+    missing = sorted({a.source for a in attacks if getattr(a, "source", None) and a.source not in sources})
+    if missing:
+        raise UserError(f"no model loaded for source {', '.join(missing)}")
+    num_samples = len(dataset)
+    if num_samples == 0:
+        raise UserError("the dataset split is empty")
+    indices = sample_indices(num_samples, suite.limit, suite.seed)
+    batches = [indices[i:i + suite.batch_size] for i in range(0, len(indices), suite.batch_size)]
+    digests = {name: model_digest(m) for name, m in sorted(sources.items())}
+    fingerprint = {
+        "model": model_digest(target.model),
+        "sources": digests,
+        "num_classes": target.num_classes,
+        "dataset": (extra or {}).get("dataset"),
+        "dataset_size": num_samples,
+        "split": suite.split,
+        "seed": suite.seed,
+        "batch_size": suite.batch_size,
+        "indices": indices_digest(indices),
+        "attacks": [{"name": a.name, "key": a.key(), **a.settings()} for a in attacks],
+    }
+    check_out(out, fingerprint)
+    if size > 1:
+        dist.barrier()  # every rank has looked at out before rank 0 writes into it
+    if rank == 0:
+        pin_settings(out, fingerprint)
+    if size > 1:
+        dist.barrier()
+    state_file = out / STATE_DIR / f"rank-{rank}.jsonl"
+    open_state(state_file)
+    done = read_state(out)
+    mine = list(range(rank, len(batches), size))
+    started = time.time()
+    target.model.to(device)
+    for model in sources.values():
+        model.to(device)
+    shard = _Shard(target, dataset, attacks, batches, mine, done, state_file, suite.seed,
+                   target_offsets(num_samples, target.num_classes, suite.seed), sources, digests, device)
+    _run_shard(shard, show_progress=progress and rank == 0, workers=workers)
+    keys = [CLEAN] + [a.key() for a in attacks]
+    records = _gather({(b, k): done[(b, k)] for b in mine for k in keys})
+    summary = None
+    if records is not None:
+        ledger = build_ledger(records, len(batches), attacks)
+        summary = summarize(ledger, suite, plan, target.info, target.num_classes, transfer_from)
+        summary.update(extra or {})
+        summary["device"] = str(device)
+        summary["world_size"] = size
+        summary["wall_seconds"] = round(time.time() - started, 3)
+        summary["provenance"] = provenance(device)
+        write_outputs(out, summary, ledger)
+    if size > 1:
+        dist.barrier()
+    return summary

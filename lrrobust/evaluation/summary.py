@@ -1,0 +1,219 @@
+"""An evaluation's results on disk: ``summary.json``, ``summary.csv`` and ``samples.csv``, their one writer and
+their typed readers (used by the report, the demo and the study).
+
+- ``samples.csv``: one row per (image, attack): dataset index, label, clean prediction, attack name and key,
+  target, adversarial prediction, success and the stage (restart, AutoAttack component) that found it.
+- ``summary.csv``: one row per attack: every hyper-parameter, its robust accuracy with a 95% Wilson interval.
+- ``summary.json``: all of that, the worst case over every attack at the suite's eps (``ledger.py``), the
+  checks against gradient masking, the model's facts and the provenance. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from lrrobust.attacks import AttackSpec
+from lrrobust.errors import UserError
+from lrrobust.evaluation.checks import convergence_notes, evaluate_checks
+from lrrobust.evaluation.ledger import Figure, Ledger, Outcome, WorstCase, figure
+from lrrobust.evaluation.state import CLEAN, AttackRecord
+from lrrobust.io import atomic_write_json, atomic_write_text
+
+SCHEMA = 2
+SAMPLE_COLUMNS = ("index", "label", "clean_pred", "attack", "key", "target", "adv_pred", "success", "found_at")
+SUMMARY_COLUMNS = ("attack", "kind", "norm", "targeted", "eps", "eps_255", "step_size", "steps", "random_start",
+                   "restarts", "source", "n_queries", "role", "num_samples", "seed", "clean_accuracy", "accuracy",
+                   "accuracy_low", "accuracy_high", "correct", "success_rate", "targeted_success_rate")
+
+
+def indices_digest(indices: list[int]) -> str:
+    """Which images an evaluation attacked: SHA-256 of their dataset indices (the paired tests need equal sets)."""
+    return hashlib.sha256(json.dumps(sorted(indices)).encode()).hexdigest()
+
+
+def build_ledger(records: dict[tuple[int, str], Any], num_batches: int, attacks: list[AttackSpec]) -> Ledger:
+    """The ledger of an evaluation's state records, images in batch order."""
+    clean = [records[(b, CLEAN)] for b in range(num_batches)]
+    outcomes = []
+    for spec in attacks:
+        parts: list[AttackRecord] = [records[(b, spec.key())] for b in range(num_batches)]
+        stages = spec.stages()
+        outcomes.append(Outcome(
+            spec.name, {**spec.settings(), "key": spec.key(), "stages": stages}, [p for r in parts for p in r.adv_pred],
+            [bool(s) for r in parts for s in r.success],
+            None if not spec.targeted else [t for r in parts for t in r.target or []],
+            [f for r in parts for f in r.found_at],
+        ))
+    return Ledger([i for c in clean for i in c.index], [y for c in clean for y in c.label],
+                  [p for c in clean for p in c.clean_pred], outcomes)
+
+
+def _stage_figures(ledger: Ledger, outcome: Outcome) -> list[dict[str, Any]]:
+    """Per stage k: the share still standing after stages 0..k (clean right, not broken or target not reached)."""
+    clean = ledger.clean_correct()
+    rows = []
+    for k, stage in enumerate(outcome.settings["stages"]):
+        standing = [c and not (0 <= f <= k) for c, f in zip(clean, outcome.found_at)]
+        rows.append({"stage": stage, **figure(standing).to_dict()})
+    return rows
+
+
+def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: dict[str, Any], num_classes: int,
+              transfer_from: str | None) -> dict[str, Any]:
+    """Per attack figures with intervals, the worst case at the suite's eps, the checks and their warnings."""
+    n = len(ledger.labels)
+    clean = figure(ledger.clean_correct())
+    rows = []
+    for outcome in ledger.outcomes:
+        robust = figure(ledger.robust(outcome))
+        successes = sum(outcome.success)
+        low, high = robust.interval
+        settings = {k: v for k, v in outcome.settings.items() if k != "stages"}
+        rows.append({
+            "attack": outcome.name, **settings, "num_samples": n, "seed": suite.seed,
+            "clean_accuracy": clean.accuracy, "accuracy": robust.accuracy, "accuracy_low": low, "accuracy_high": high,
+            "correct": robust.correct, "success_rate": successes / n,
+            "targeted_success_rate": successes / n if outcome.targeted else None,
+            "stages": _stage_figures(ledger, outcome),
+        })
+    accuracy = {row["attack"]: row["accuracy"] for row in rows}
+    checks = evaluate_checks(suite, plan, accuracy, n, transfer_from, clean.accuracy)
+    worst = ledger.worst_case(suite.eps)
+    return {
+        "schema": SCHEMA,
+        "suite": suite.name,
+        "suite_config": suite.to_dict(),
+        "suite_eps": suite.eps,
+        "num_samples": n,
+        "indices_sha256": indices_digest(ledger.indices),
+        "num_classes": num_classes,
+        "seed": suite.seed,
+        "batch_size": suite.batch_size,
+        "split": suite.split,
+        "clean_accuracy": clean.accuracy,
+        "clean": clean.to_dict(),
+        "attacks": rows,
+        "worst_case": {**worst.to_dict(), "notes": convergence_notes(checks)},
+        "checks": checks,
+        "check_plan": {k: [[x, name] for x, name in v] for k, v in plan.items()},
+        "model": target_info,
+    }
+
+
+def _csv(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    return buffer.getvalue()
+
+
+def write_outputs(out: Path, summary: dict[str, Any], ledger: Ledger) -> None:
+    """samples.csv, summary.csv and summary.json (last: its presence means the evaluation is complete)."""
+    samples = []
+    for o in ledger.outcomes:
+        stages = o.settings["stages"]
+        for i, index in enumerate(ledger.indices):
+            samples.append({
+                "index": index, "label": ledger.labels[i], "clean_pred": ledger.clean_pred[i], "attack": o.name,
+                "key": o.settings["key"],
+                "target": None if o.target is None else o.target[i], "adv_pred": o.adv_pred[i],
+                "success": int(o.success[i]), "found_at": stages[o.found_at[i]] if o.found_at[i] >= 0 else None,
+            })
+    atomic_write_text(out / "samples.csv", _csv(SAMPLE_COLUMNS, samples))
+    atomic_write_text(out / "summary.csv", _csv(SUMMARY_COLUMNS, summary["attacks"]))
+    atomic_write_json(out / "summary.json", summary)
+
+
+# ---------------------------------------------------------------- readers
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """summary.json, typed where the report reads it; ``raw`` keeps the rest."""
+
+    path: Path
+    suite: str
+    suite_eps: float
+    dataset: str
+    split: str
+    num_samples: int
+    indices_sha256: str
+    seed: int
+    clean: Figure
+    worst_case: WorstCase
+    notes: list[str]
+    attacks: list[dict[str, Any]]
+    checks: list[dict[str, Any]]
+    model: dict[str, Any]
+    raw: dict[str, Any]
+
+    def attack(self, name: str) -> dict[str, Any]:
+        return next(a for a in self.attacks if a["attack"] == name)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); re-run the evaluation that wrote it") from None
+
+
+def read_summary(directory: str | Path) -> Summary:
+    """The summary.json of an evaluation directory; a UserError naming the file when it is not one of ours."""
+    path = Path(directory) / "summary.json"
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else None
+        raise UserError(f"{path} is not an lrrobust evaluation summary of schema {SCHEMA} (found {found!r}); "
+                        "re-run lrrobust eval-attack with this version")
+    try:
+        ledger = read_ledger(directory, data)
+        worst = ledger.worst_case(float(data["suite_eps"]))
+        return Summary(
+            path=Path(directory), suite=str(data["suite"]), suite_eps=float(data["suite_eps"]),
+            dataset=str(data.get("dataset", "?")), split=str(data["split"]), num_samples=int(data["num_samples"]),
+            indices_sha256=str(data["indices_sha256"]), seed=int(data["seed"]),
+            clean=Figure(int(data["clean"]["correct"]), int(data["clean"]["n"])), worst_case=worst,
+            notes=list(data["worst_case"].get("notes", [])), attacks=list(data["attacks"]),
+            checks=list(data.get("checks", [])), model=dict(data.get("model") or {}), raw=data,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); re-run lrrobust eval-attack") from None
+
+
+def read_ledger(directory: str | Path, summary: dict[str, Any] | None = None) -> Ledger:
+    """The ledger of an evaluation directory, from samples.csv and the attack settings in summary.json."""
+    directory = Path(directory)
+    summary = summary if summary is not None else _read_json(directory / "summary.json")
+    path = directory / "samples.csv"
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is unreadable ({e}); re-run lrrobust eval-attack") from None
+    settings = {a["attack"]: a for a in summary["attacks"]}
+    by_attack: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_attack.setdefault(row["attack"], []).append(row)
+    if not rows or set(by_attack) != set(settings):
+        raise UserError(f"{path} does not match {directory / 'summary.json'}; re-run lrrobust eval-attack")
+    first = by_attack[summary["attacks"][0]["attack"]]
+    outcomes = []
+    for name, attack in settings.items():
+        part = by_attack[name]
+        stages = [s["stage"] for s in attack.get("stages", [])]
+        keep = {k: v for k, v in attack.items() if k in SUMMARY_COLUMNS[1:13] or k == "key"}
+        outcomes.append(Outcome(
+            name, {**keep, "stages": stages}, [int(r["adv_pred"]) for r in part], [r["success"] == "1" for r in part],
+            [int(r["target"]) for r in part] if attack["targeted"] else None,
+            [stages.index(r["found_at"]) if r["found_at"] else -1 for r in part],
+        ))
+    return Ledger([int(r["index"]) for r in first], [int(r["label"]) for r in first],
+                  [int(r["clean_pred"]) for r in first], outcomes)

@@ -1,0 +1,51 @@
+"""Table 9 style reports (paper Sec. 6.2) from evaluation and training run directories.
+
+``write_report(dirs, out)`` writes into ``out``: ``table9.md``, ``table9.csv``, ``table9_attacks.csv``,
+``table9_tests.csv``, the plots and ``manifest.json``, each atomically. Modules: ``collect`` (the inputs),
+``table9`` (columns, cells, paired tests), ``plots``, ``render`` (markdown and CSV).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lrrobust.errors import UserError
+from lrrobust.io import atomic_write_json, atomic_write_text
+from lrrobust.report.collect import Entry, collect, network_name
+from lrrobust.report.plots import write_plots
+from lrrobust.report.render import (
+    ATTACK_COLUMNS,
+    TEST_COLUMNS,
+    _csv,
+    attack_rows,
+    manifest,
+    render_markdown,
+    table_csv,
+    test_rows,
+)
+from lrrobust.report.table9 import COLUMNS, PAPER_TABLE9, check_matching, comparisons, table_rows
+
+
+def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike, allow_mixed: bool = False,
+                 extra_sections: list[str] | None = None) -> Path:
+    """Write the report into ``out``; returns the markdown's path. Inputs are checked before anything is written."""
+    entries = collect(dirs)
+    if not entries:
+        raise UserError("nothing to report: no evaluation or training run found")
+    odd = check_matching(entries, allow_mixed)
+    rows = table_rows(entries, odd)
+    tests = comparisons(rows)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    plots = write_plots(entries, out)
+    atomic_write_text(out / "table9.csv", table_csv(rows, entries))
+    atomic_write_text(out / "table9_attacks.csv", _csv(ATTACK_COLUMNS, attack_rows(entries)))
+    atomic_write_text(out / "table9_tests.csv", _csv(TEST_COLUMNS, test_rows(tests)))
+    atomic_write_json(out / "manifest.json", manifest(entries))
+    atomic_write_text(out / "table9.md", render_markdown(entries, rows, tests, plots, extra_sections))
+    return out / "table9.md"
+
+
+__all__ = ["COLUMNS", "PAPER_TABLE9", "Entry", "collect", "network_name", "table_rows", "write_report"]

@@ -1,0 +1,123 @@
+"""Collecting a report's inputs: evaluation directories and training runs, read through their typed readers.
+
+Each trained model evaluated once is an ``Entry``: its network label, training kind and training seed, and its
+evaluation summary (``lrrobust.evaluation.summary.read_summary``). Several training seeds of one network and
+training kind are several entries of one cell; two evaluations of the same cell and seed are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from lrrobust.errors import UserError
+from lrrobust.evaluation.summary import Summary, read_summary
+from lrrobust.training.run_files import is_run_dir, read_manifest, read_run_config
+
+PRETTY = {"resnet": "ResNet-", "lrnet": "LR-Net-"}
+HIDDEN_KWARGS = ("in_chans", "mean", "std", "stem")  # set by the dataset
+TRAININGS = ("adversarial", "regular")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One trained model: its evaluation (None when it was not evaluated) and its run's facts."""
+
+    network: str
+    model: str
+    training: str
+    seed: int | None
+    dataset: str
+    source: str  # the directory it came from
+    summary: Summary | None = None
+    run_config: dict[str, Any] | None = None
+    run_manifest: dict[str, Any] | None = None
+
+
+def network_name(spec: dict[str, Any]) -> str:
+    """'lrnet26' -> 'LR-Net-26', with the overrides the user chose: 'LR-Net-26 (width 0.25)'."""
+    name = spec["name"]
+    pretty = name
+    for prefix, label in PRETTY.items():
+        if name.startswith(prefix):
+            pretty = label + name[len(prefix):].replace("_dw", "").upper() + (" DW" if name.endswith("_dw") else "")
+    kwargs = {k: v for k, v in sorted(spec.get("kwargs", {}).items()) if k not in HIDDEN_KWARGS}
+    if kwargs:
+        pretty += " (" + ", ".join(f"{k} {v}" for k, v in kwargs.items()) + ")"
+    return pretty
+
+
+def _from_summary(path: Path) -> Entry:
+    summary = read_summary(path)
+    model = summary.model
+    spec = model.get("model_spec") or {"name": "model"}
+    config = model.get("config") or {}
+    seed = config.get("seed")
+    return Entry(network_name(spec), spec["name"], str(model.get("training", "unknown")),
+                 None if seed is None else int(seed), summary.dataset, str(path), summary=summary,
+                 run_config=config or None, run_manifest=model.get("manifest"))
+
+
+def _from_run(path: Path) -> Entry:
+    config = read_run_config(path)
+    manifest = read_manifest(path) if (path / "manifest.json").is_file() else None
+    spec = {"name": config.model, "kwargs": config.model_kwargs}
+    return Entry(network_name(spec), config.model, "adversarial" if config.adversarial else "regular", config.seed,
+                 config.dataset, str(path), run_config=config.to_dict(), run_manifest=manifest)
+
+
+def collect(dirs: list[str | os.PathLike]) -> list[Entry]:
+    """Entries from evaluation directories, training run directories (the evaluations inside them, or the run
+    alone) and folders holding either, down to three levels (a study's layout)."""
+    entries: list[Entry] = []
+    seen: set[Path] = set()
+
+    def visit(path: Path, depth: int) -> bool:
+        path = path.resolve()
+        if path in seen:
+            return True
+        if (path / "summary.json").is_file():
+            seen.add(path)
+            entries.append(_from_summary(path))
+            return True
+        if is_run_dir(path):
+            seen.add(path)
+            inner = [d for d in sorted(path.iterdir()) if d.is_dir() and (d / "summary.json").is_file()]
+            for d in inner:
+                visit(d, depth + 1)
+            if not inner:
+                entries.append(_from_run(path))
+            return True
+        if depth < 3 and path.is_dir():
+            found = [visit(d, depth + 1) for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+            return any(found)
+        return False
+
+    for d in dirs:
+        path = Path(d)
+        if not path.is_dir():
+            raise UserError(f"{path} is not a directory; pass evaluation directories (with summary.json) or "
+                            "training run directories")
+        if not visit(path, 0):
+            raise UserError(f"{path} holds no evaluation (summary.json) and no training run (config.json, "
+                            "metrics.jsonl); run lrrobust eval-attack first")
+    datasets = sorted({e.dataset for e in entries})
+    if len(datasets) > 1:
+        raise UserError(f"the runs are on different datasets ({', '.join(datasets)}); make one report per dataset")
+    cells(entries)  # two entries for one cell and seed are refused here, before anything is written
+    return entries
+
+
+def cells(entries: list[Entry]) -> dict[str, dict[str, list[Entry]]]:
+    """network -> training -> its entries, one per training seed (sorted); a repeated seed is an error."""
+    rows: dict[str, dict[str, list[Entry]]] = {}
+    for e in sorted(entries, key=lambda e: (e.network, e.training, -1 if e.seed is None else e.seed)):
+        cell = rows.setdefault(e.network, {}).setdefault(e.training, [])
+        twin = next((o for o in cell if o.seed == e.seed), None)
+        if twin is not None:
+            raise UserError(f"two {e.training} evaluations of {e.network} with training seed {e.seed}: {twin.source} "
+                            f"and {e.source}; pass one of them")
+        cell.append(e)
+    return rows

@@ -1,0 +1,322 @@
+"""The report's files: table9.md, table9.csv (one row per network), table9_attacks.csv (every single attack and
+AutoAttack component), table9_tests.csv (the paired tests) and manifest.json. Percentages throughout."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+from pathlib import Path
+from typing import Any
+
+from lrrobust.evaluation.stats import format_p
+from lrrobust.report.collect import Entry
+from lrrobust.report.table9 import COLUMNS, Cell, Comparison, Row
+
+# ---------------------------------------------------------------- cells
+
+
+def pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def cell_text(cell: Cell, notes: bool = True) -> str:
+    """'25.0 [20.8, 29.7]' for one seed; '25.0 ± 3.1 [19.2, 30.8], 3 seeds' for several; why when missing."""
+    if not cell.seeds:
+        return f"– ({cell.missing})" if cell.missing else "–"
+    summary = cell.summary
+    low, high, _ = cell.interval()
+    text = pct(summary.mean)
+    if len(cell.seeds) > 1:
+        text += f" ± {pct(summary.std)}"
+    text += f" [{pct(low)}, {pct(high)}]"
+    if len(cell.seeds) > 1:
+        text += f", {len(cell.seeds)} seeds"
+    if cell.mixed:
+        text += " †"
+    if notes and cell.notes:
+        text += " ⚠ " + "; ".join(cell.notes)
+    return text
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    return buffer.getvalue()
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def table_csv(rows: list[Row], entries: list[Entry]) -> str:
+    """table9.csv: per network, every column with its interval, images, seeds and spread."""
+    per_column = ("", "_low", "_high", "_interval", "_images", "_seeds", "_sd", "_min", "_max", "_per_seed", "_mixed",
+                  "_missing")
+    columns = ["network", "model", "dataset", "suite", "eps_255"]
+    columns += [c.key + suffix for c in COLUMNS for suffix in per_column]
+    columns += ["paper_adv_clean", "paper_adv_targeted", "paper_adv_untargeted", "paper_reg_clean", "notes"]
+    suites = sorted({e.summary.suite for e in entries if e.summary})
+    eps = sorted({round(e.summary.suite_eps * 255, 4) for e in entries if e.summary})
+    out = []
+    for row in rows:
+        data: dict[str, Any] = {"network": row.network, "model": row.model, "dataset": entries[0].dataset,
+                                "suite": ", ".join(suites), "eps_255": ", ".join(str(e) for e in eps)}
+        notes = []
+        for column in COLUMNS:
+            cell = row.cells[column.key]
+            k = column.key
+            if not cell.seeds:
+                data[k + "_missing"] = cell.missing
+                continue
+            summary = cell.summary
+            low, high, kind = cell.interval()
+            data.update({k: _r(summary.mean), k + "_low": _r(low), k + "_high": _r(high), k + "_interval": kind,
+                         k + "_images": cell.images, k + "_seeds": len(cell.seeds), k + "_sd": _r(summary.std),
+                         k + "_min": _r(summary.minimum), k + "_max": _r(summary.maximum),
+                         k + "_per_seed": "; ".join(f"seed {s.seed}: {pct(s.figure.accuracy)} ({s.figure.correct}/"
+                                                    f"{s.figure.n})" for s in cell.seeds),
+                         k + "_mixed": int(cell.mixed)})
+            notes += cell.notes
+        for key, value in row.paper.items():
+            data["paper_" + key] = value
+        data["notes"] = "; ".join(notes)
+        out.append(data)
+    return _csv(columns, out)
+
+
+ATTACK_COLUMNS = ["network", "training", "seed", "attack", "stage", "kind", "targeted", "eps_255", "steps",
+                  "restarts", "source", "accuracy", "accuracy_low", "accuracy_high", "correct", "num_samples",
+                  "success_rate", "evaluation"]
+
+
+def attack_rows(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Every single attack's own figure, and each stage (restart, AutoAttack component) of the multi-stage ones."""
+    out = []
+    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+        if e.summary is None:
+            continue
+        for a in e.summary.attacks:
+            base = {"network": e.network, "training": e.training, "seed": e.seed, "attack": a["attack"],
+                    "kind": a["kind"], "targeted": a["targeted"], "eps_255": a["eps_255"], "steps": a.get("steps"),
+                    "restarts": a.get("restarts"), "source": a.get("source"), "evaluation": e.source,
+                    "num_samples": a["num_samples"]}
+            out.append({**base, "stage": "all", "accuracy": _r(a["accuracy"]), "accuracy_low": _r(a["accuracy_low"]),
+                        "accuracy_high": _r(a["accuracy_high"]), "correct": a["correct"],
+                        "success_rate": _r(a["success_rate"])})
+            stages = a.get("stages", [])
+            if len(stages) > 1:
+                for s in stages:
+                    out.append({**base, "stage": f"after {s['stage']}", "accuracy": _r(s["accuracy"]),
+                                "accuracy_low": _r(s["low"]), "accuracy_high": _r(s["high"]), "correct": s["correct"]})
+    return out
+
+
+TEST_COLUMNS = ["column", "lrnet", "resnet", "seeds", "difference", "pooled_p_value", "seeds_p_value", "consistent",
+                "significant", "verdict", "per_seed_p_values", "reason"]
+
+
+def test_rows(tests: list[Comparison]) -> list[dict[str, Any]]:
+    out = []
+    for t in tests:
+        row: dict[str, Any] = {"column": t.column.key, "lrnet": t.lrnet, "resnet": t.resnet,
+                               "seeds": " ".join(str(s) for s in t.seeds), "reason": t.reason}
+        if t.test is not None:
+            row.update({"difference": _r(t.test.pooled.difference), "pooled_p_value": t.test.pooled.p_value,
+                        "seeds_p_value": t.test.seeds_p_value, "consistent": int(t.test.consistent),
+                        "significant": int(t.test.significant), "verdict": t.test.verdict,
+                        "per_seed_p_values": " ".join(f"{p.p_value:.4g}" for p in t.test.per_seed)})
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def significance_md(tests: list[Comparison]) -> str:
+    """The paired tests as a table and the plain sentence the reader wants: which differences are real."""
+    if not tests:
+        return "No LR-Net and ResNet rows to compare.\n"
+    table = []
+    significant, not_significant = [], []
+    for t in tests:
+        what = f"{t.column.title}: {t.lrnet} vs {t.resnet}"
+        if t.test is None:
+            table.append([t.column.title, t.lrnet, t.resnet, "", "", f"no test ({t.reason})"])
+            continue
+        diff = 100 * t.test.pooled.difference
+        table.append([t.column.title, t.lrnet, t.resnet, " ".join(str(s) for s in t.seeds), f"{diff:+.1f}",
+                      t.test.verdict])
+        (significant if t.test.significant else not_significant).append(f"{what} ({diff:+.1f} points, "
+                                                                        f"{format_p(t.test.pooled.p_value)})")
+    parts = [_md_table(["column", "LR-Net", "ResNet", "training seeds", "difference (points)", "verdict"], table)]
+    parts.append("Significant at 5%: " + ("; ".join(significant) if significant else "none") + ".\n")
+    parts.append("Not significant at 5%: " + ("; ".join(not_significant) if not_significant else "none") + ".\n")
+    return "\n".join(parts)
+
+
+def detail_md(entries: list[Entry]) -> str:
+    """Per model and seed: the worst case and every attack's own figure, AutoAttack components included."""
+    parts = []
+    rows = attack_rows(entries)
+    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+        if e.summary is None:
+            continue
+        w = e.summary.worst_case.figures()
+        parts.append(f"### {e.network}, {e.training} training, seed {e.seed}\n")
+        worst = ", ".join(f"{k.replace('_', ' ')} {pct(f.accuracy)} [{pct(f.interval[0])}, {pct(f.interval[1])}] "
+                          f"({f.correct}/{f.n})" for k, f in w.items() if f is not None)
+        parts.append(f"Worst case at eps {e.summary.suite_eps * 255:.3g}/255: {worst}.\n")
+        mine = [r for r in rows if r["evaluation"] == e.source]
+        parts.append(_md_table(
+            ["attack", "stage", "kind", "targeted", "eps/255", "steps", "restarts", "acc % [95% CI]", "success %"],
+            [[r["attack"], r["stage"], r["kind"], "yes" if r["targeted"] else "no", f"{r['eps_255']:.3g}",
+              str(r["steps"] or ""), str(r["restarts"] or ""),
+              f"{r['accuracy']:.1f} [{r['accuracy_low']:.1f}, {r['accuracy_high']:.1f}]",
+              "" if r.get("success_rate") is None else f"{r['success_rate']:.1f}"] for r in mine]))
+    return "\n".join(parts) if parts else "No evaluation.\n"
+
+
+def checks_md(entries: list[Entry]) -> str:
+    rows = []
+    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+        for c in (e.summary.checks if e.summary else []):
+            rows.append([e.network, e.training, str(e.seed), c["claim"], f"**{c['status']}**", c["detail"]])
+    if not rows:
+        return "No evaluation ran the checks (eval-attack --checks).\n"
+    return _md_table(["network", "training", "seed", "check", "status", "figures"], rows)
+
+
+def _manifest_md(items: list[dict[str, Any]]) -> str:
+    lines = []
+    for item in items:
+        cfg = item["training_config"] or {}
+        man = item["training_manifest"] or {}
+        lines.append(f"### {item['network']}, {item['training']} training, seed {item['seed']}\n")
+        training = (f"- training: {cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, "
+                    f"seed {cfg.get('seed')}, preset {cfg.get('preset')}")
+        if cfg.get("adversarial"):
+            step = cfg.get("step_size", cfg.get("alpha"))
+            training += (f"; {'targeted' if cfg.get('targeted') else 'untargeted'} PGD-{cfg.get('steps')}, "
+                         f"eps {cfg.get('eps')}, step {step}")
+        lines.append(training)
+        lines.append(f"- trained with lrrobust {man.get('lrrobust_version')}, torch {man.get('torch_version')}, "
+                     f"commit {str(man.get('git_commit'))[:12]}{' (dirty)' if man.get('git_dirty') else ''}, "
+                     f"on {man.get('device')}")
+        ev = item.get("evaluation")
+        if ev:
+            prov = ev.get("provenance") or {}
+            lines.append(f"- evaluated: suite {ev['suite']}, {ev['split']} split, {ev['num_samples']} images, "
+                         f"seed {ev['seed']}, {ev['device']} x{ev['world_size']}; checkpoint "
+                         f"{Path(str(ev['checkpoint'])).name} (epoch {ev['epoch']}, sha256 {str(ev['sha256'])[:12]}); "
+                         f"lrrobust {prov.get('lrrobust_version')}, torch {prov.get('torch_version')}, torchattacks "
+                         f"{prov.get('torchattacks_version')}, commit {str(prov.get('git_commit'))[:12]}")
+            for line in ev["attacks"]:
+                lines.append(f"  - {line}")
+        else:
+            lines.append("- not evaluated")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def manifest(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Everything each figure depends on: training config and provenance, evaluation settings and provenance."""
+    from lrrobust.attacks import KINDS
+
+    out = []
+    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+        item: dict[str, Any] = {"network": e.network, "training": e.training, "seed": e.seed, "source": e.source,
+                                "training_config": e.run_config, "training_manifest": e.run_manifest}
+        if e.summary is not None:
+            s, raw = e.summary, e.summary.raw
+            described = []
+            for a in s.attacks:
+                settings = {k: v for k, v in a.items() if k in KINDS[a["kind"]].keys | {"name", "role"}}
+                spec = KINDS[a["kind"]](name=a["attack"], **{k: v for k, v in settings.items() if k != "name"})
+                described.append(spec.describe() + f" ({a['role']})")
+            item["evaluation"] = {
+                "suite": s.suite, "dataset": s.dataset, "split": s.split, "seed": s.seed, "eps": s.suite_eps,
+                "num_samples": s.num_samples, "indices_sha256": s.indices_sha256, "batch_size": raw.get("batch_size"),
+                "device": raw.get("device"), "world_size": raw.get("world_size"),
+                "checkpoint": s.model.get("checkpoint"), "sha256": s.model.get("sha256"), "epoch": s.model.get("epoch"),
+                "provenance": raw.get("provenance"), "attacks": described,
+            }
+        out.append(item)
+    return out
+
+
+def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Comparison], plots: dict[str, str | None],
+                    extra_sections: list[str] | None = None) -> str:
+    dataset = entries[0].dataset if entries else "?"
+    imagenet = dataset == "imagenet"
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    evaluated = [e for e in entries if e.summary is not None]
+    eps = sorted({e.summary.suite_eps for e in evaluated})
+    images = sorted({e.summary.num_samples for e in evaluated})
+    splits = sorted({e.summary.split for e in evaluated})
+    intro = (f"Generated by `lrrobust report` on {now} from {len(entries)} trained model"
+             f"{'s' if len(entries) != 1 else ''}. Top-1 accuracy in %, as in Table 9 of Hu et al. (ICCV 2019). "
+             f"Every robust figure is the per-image worst case over every attack run at eps "
+             f"{', '.join(f'{x * 255:.3g}/255' for x in eps) or '?'} (suite attacks, AutoAttack components, restarts "
+             f"and the checks' attacks at that eps): an image counts as robust only if its clean prediction and every "
+             f"adversarial image found for it are right. Brackets give the 95% interval (Wilson over the "
+             f"{', '.join(map(str, images)) or '?'} {'/'.join(splits) or 'test'} images of one training seed; t over "
+             "seeds from 3 seeds); ± is the standard deviation over training seeds. Targeted success is the "
+             "attacker's view (some targeted attack reached the image's target); 100 minus it is the share of images "
+             "for which no targeted attack reached its target. ⚠ marks a figure the convergence checks say is not "
+             "final; † a cell measured differently from the others (--allow-mixed).\n")
+    parts = [f"# Robustness to white-box attacks on {dataset} (Table 9 style)\n", intro]
+    main = [c for c in COLUMNS if c.in_table9]
+    header = ["network"] + [c.title for c in main]
+    if imagenet:
+        header += ["paper: " + c.title for c in main if c.key in ("adv_clean", "adv_targeted", "adv_untargeted",
+                                                                  "reg_clean")]
+    body = []
+    for r in rows:
+        line = [r.network] + [cell_text(r.cells[c.key]) for c in main]
+        if imagenet:
+            line += [str(r.paper[c.key]) if c.key in r.paper else "– (not in the paper)" for c in main
+                     if c.key in ("adv_clean", "adv_targeted", "adv_untargeted", "reg_clean")]
+        body.append(line)
+    parts += ["## Table 9\n", _md_table(header, body)]
+    if not imagenet:
+        parts.append(f"The paper's figures are for ImageNet; they are not put beside these {dataset} results.\n")
+    parts += ["## Which differences are significant\n",
+              ("Each LR-Net row against each ResNet row, per column: an exact McNemar test on the same images per "
+              "training seed, combined over seeds as docs/evaluation.md explains (significant only when the pooled "
+              "test is, no seed points the other way and, from 3 seeds, a t-test over seeds agrees).\n"),
+              significance_md(tests)]
+    regular = [c for c in COLUMNS if c.training == "regular"]
+    parts += ["## Regular training under the same attacks\n",
+              _md_table(["network"] + [c.title for c in regular],
+                        [[r.network] + [cell_text(r.cells[c.key]) for c in regular] for r in rows])]
+    for section in extra_sections or []:
+        parts.append(section)
+    for axis, title in (("steps", "Accuracy against PGD steps"), ("eps", "Accuracy against eps")):
+        parts.append(f"## {title}\n")
+        if plots[axis]:
+            parts.append(f"![{title}]({plots[axis]})\n")
+        else:
+            parts.append("No evaluation varied " + ("the number of steps" if axis == "steps" else "eps")
+                         + ": run eval-attack with --checks (or the fd_steps suite) to get this plot.\n")
+    parts += ["## Checks against gradient masking\n",
+              ("n/a: the model classifies too few images correctly for the check to mean anything "
+              "(thresholds in docs/evaluation.md).\n"), checks_md(entries)]
+    parts += ["## Every attack, per model and seed\n",
+              ("Each attack's own robust accuracy (clean right and attacked image right); for AutoAttack and restarts, "
+              "the accuracy left after each stage. table9_attacks.csv holds the same rows.\n"), detail_md(entries)]
+    parts += ["## Runs\n", "Everything each figure depends on; `manifest.json` holds all of it.\n",
+              _manifest_md(manifest(entries))]
+    return "\n".join(parts)

@@ -1,0 +1,216 @@
+"""The Table 9 computation (paper Sec. 6.2): one list of columns, per-seed worst-case figures, their uncertainty,
+and the paired comparison of every LR-Net row with every ResNet row.
+
+- Each cell is a network's figure under one training kind, from the worst-case ledger of each training seed's
+  evaluation (``lrrobust.evaluation.ledger``). One seed: the accuracy and its 95% Wilson interval over the
+  images. Several seeds: the mean, the spread (standard deviation, minimum, maximum) and, from 3 seeds, the 95%
+  t-interval of the mean over seeds; every seed's figure is kept for the detail table.
+- Comparisons pair images: per training seed an exact McNemar test of the two models on the same images, and a
+  combined verdict over seeds (``lrrobust.evaluation.stats.combine_paired``; docs/evaluation.md says why).
+- Results measured with different attacks, eps, sample sets or datasets never share a table: ``check_matching``
+  refuses them, or, when allowed, marks the cells that differ from the majority and leaves them out of the tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from lrrobust.errors import UserError
+from lrrobust.evaluation.ledger import Figure
+from lrrobust.evaluation.stats import CombinedTest, SeedSummary, combine_paired, exact_mcnemar, summarize_seeds
+from lrrobust.report.collect import Entry, cells
+
+# Table 9 of the paper: ImageNet top-1 %, (adversarial: clean, targeted, untargeted; regular: clean).
+PAPER_TABLE9 = {
+    "resnet26": {"adv_clean": 44.9, "adv_targeted": 37.9, "adv_untargeted": 14.4, "reg_clean": 72.8},
+    "resnet50": {"adv_clean": 52.0, "adv_targeted": 43.0, "adv_untargeted": 22.5, "reg_clean": 76.3},
+    "lrnet26": {"adv_clean": 52.1, "adv_targeted": 44.2, "adv_untargeted": 26.8, "reg_clean": 75.7},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One figure of Table 9: which training kind's model, which worst-case figure, where it is shown."""
+
+    key: str
+    title: str
+    training: str  # adversarial or regular
+    figure: str  # clean, targeted, untargeted or targeted_success (WorstCase.figures)
+    in_table9: bool  # in the paper's table (else in the table of regular models under attack)
+    higher_is_robust: bool = True
+
+
+COLUMNS = (
+    Column("adv_clean", "adv. train: clean", "adversarial", "clean", True),
+    Column("adv_targeted", "adv. train: targeted", "adversarial", "targeted", True),
+    Column("adv_untargeted", "adv. train: untargeted", "adversarial", "untargeted", True),
+    Column("adv_targeted_success", "adv. train: targeted success", "adversarial", "targeted_success", True, False),
+    Column("reg_clean", "regular train: clean", "regular", "clean", True),
+    Column("reg_targeted", "regular train: targeted", "regular", "targeted", False),
+    Column("reg_untargeted", "regular train: untargeted", "regular", "untargeted", False),
+    Column("reg_targeted_success", "regular train: targeted success", "regular", "targeted_success", False, False),
+)
+COLUMN = {c.key: c for c in COLUMNS}
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedFigure:
+    """One training seed's figure in a cell, with the per-image flags the paired tests use."""
+
+    seed: int | None
+    figure: Figure
+    flags: list[bool]
+    indices_sha256: str
+    mixed: bool  # measured differently from the majority (only with --allow-mixed)
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A network's figure in one column: every seed's, and what is missing and why."""
+
+    column: Column
+    seeds: list[SeedFigure]
+    notes: list[str]
+    missing: str | None = None
+
+    @property
+    def summary(self) -> SeedSummary | None:
+        return summarize_seeds([s.figure.accuracy for s in self.seeds]) if self.seeds else None
+
+    @property
+    def images(self) -> int:
+        return sum(s.figure.n for s in self.seeds)
+
+    @property
+    def mixed(self) -> bool:
+        return any(s.mixed for s in self.seeds)
+
+    def interval(self) -> tuple[float, float, str] | None:
+        """(low, high, kind): Wilson over the images for one seed, t over seeds from 3 seeds, else pooled Wilson."""
+        if not self.seeds:
+            return None
+        summary = self.summary
+        if len(self.seeds) == 1:
+            low, high = self.seeds[0].figure.interval
+            return low, high, "wilson"
+        if summary is not None and summary.interval is not None:
+            return summary.interval[0], summary.interval[1], "t over seeds"
+        pooled = Figure(sum(s.figure.correct for s in self.seeds), self.images)
+        low, high = pooled.interval
+        return low, high, "wilson, images pooled over seeds"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    network: str
+    model: str
+    cells: dict[str, Cell]
+    paper: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """LR-Net row against ResNet row in one column: the combined paired test over common seeds."""
+
+    column: Column
+    lrnet: str
+    resnet: str
+    seeds: list[int | None]
+    test: CombinedTest | None
+    reason: str | None = None  # why there is no test
+
+
+def signature(entry: Entry) -> tuple:
+    """What must match for two evaluations to share a table: dataset, split, eps, images, attacks at eps."""
+    s = entry.summary
+    assert s is not None
+    attacks = tuple(sorted(a.get("key", a["attack"]) for a in s.attacks if a["attack"] in s.worst_case.untargeted_attacks))
+    return (s.dataset, s.split, round(s.suite_eps, 9), s.indices_sha256, attacks)
+
+
+def check_matching(entries: list[Entry], allow_mixed: bool) -> set[str]:
+    """The sources measured differently from the majority; a UserError naming the mismatch unless allowed."""
+    evaluated = [e for e in entries if e.summary is not None]
+    if not evaluated:
+        return set()
+    counts = collections.Counter(signature(e) for e in evaluated)
+    majority, _ = counts.most_common(1)[0]
+    odd = [e for e in evaluated if signature(e) != majority]
+    if odd and not allow_mixed:
+        e = odd[0]
+        mine = signature(e)
+        what = ["dataset", "split", "eps", "images", "attacks"]
+        differs = [w for w, a, b in zip(what, mine, majority) if a != b]
+        reference = next(o for o in evaluated if signature(o) == majority)
+        raise UserError(f"{e.source} was measured with other {', '.join(differs)} than {reference.source} "
+                        f"(suite {e.summary.suite} vs {reference.summary.suite}); such results never share a table: "
+                        "evaluate them alike, or pass --allow-mixed to mark the cells that differ")
+    return {e.source for e in odd}
+
+
+def _cell(column: Column, entries: list[Entry], odd: set[str]) -> Cell:
+    if not entries:
+        return Cell(column, [], [], f"no {column.training} run")
+    evaluated = [e for e in entries if e.summary is not None]
+    if not evaluated:
+        return Cell(column, [], [], "not evaluated (lrrobust eval-attack)")
+    seeds, notes = [], []
+    for e in evaluated:
+        worst = e.summary.worst_case
+        figure = worst.figures()[column.figure]
+        if figure is None:
+            kind = "targeted" if "targeted" in column.figure else "untargeted"
+            return Cell(column, [], [], f"no {kind} attack at eps {worst.eps * 255:.3g}/255 in suite {e.summary.suite}")
+        flags = {"clean": worst.clean, "untargeted": worst.untargeted, "targeted": worst.targeted,
+                 "targeted_success": worst.target_reached}[column.figure]
+        seeds.append(SeedFigure(e.seed, figure, list(flags), e.summary.indices_sha256, e.source in odd, e.source))
+        if column.figure == "untargeted":
+            label = f"seed {e.seed}: " if len(evaluated) > 1 else ""
+            notes += [label + n for n in e.summary.notes]
+    return Cell(column, seeds, notes)
+
+
+def table_rows(entries: list[Entry], odd: set[str] | None = None) -> list[Row]:
+    """One row per network, a cell per column."""
+    odd = odd or set()
+    rows = []
+    for network, by_training in sorted(cells(entries).items()):
+        any_entry = next(e for es in by_training.values() for e in es)
+        row_cells = {c.key: _cell(c, by_training.get(c.training, []), odd) for c in COLUMNS}
+        paper = PAPER_TABLE9.get(any_entry.model, {}) if any_entry.dataset == "imagenet" else {}
+        rows.append(Row(network, any_entry.model, row_cells, paper))
+    return rows
+
+
+def compare(a: Cell, b: Cell) -> tuple[list[int | None], CombinedTest | None, str | None]:
+    """The paired test of two cells over their common training seeds, on the same images."""
+    by_seed = {s.seed: s for s in b.seeds}
+    pairs = [(s, by_seed[s.seed]) for s in a.seeds if s.seed in by_seed]
+    if not pairs:
+        return [], None, "no training seed in common"
+    if any(x.mixed or y.mixed for x, y in pairs):
+        return [], None, "measured differently (--allow-mixed)"
+    if any(x.indices_sha256 != y.indices_sha256 for x, y in pairs):
+        return [], None, "evaluated on different images"
+    tests = [exact_mcnemar(x.flags, y.flags) for x, y in pairs]
+    return [x.seed for x, _ in pairs], combine_paired(tests), None
+
+
+def comparisons(rows: list[Row]) -> list[Comparison]:
+    """Every LR-Net row against every ResNet row, in every accuracy column both have."""
+    out = []
+    lrnets = [r for r in rows if r.model.startswith("lrnet")]
+    resnets = [r for r in rows if r.model.startswith("resnet")]
+    for column in COLUMNS:
+        if not column.higher_is_robust:
+            continue
+        for a in lrnets:
+            for b in resnets:
+                cell_a, cell_b = a.cells[column.key], b.cells[column.key]
+                if not cell_a.seeds or not cell_b.seeds:
+                    continue
+                seeds, test, reason = compare(cell_a, cell_b)
+                out.append(Comparison(column, a.network, b.network, seeds, test, reason))
+    return out
