@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from lrrobust.errors import UserError
 from lrrobust.attacks import KINDS, attack_from_options, attack_from_table, predict
 from lrrobust.attacks.autoattack import AutoAttack
 from lrrobust.core.seeding import derive_seed
+from lrrobust.errors import UserError
 from lrrobust.evaluation.loop import target_offsets
 from lrrobust.evaluation.suite import load_suite, parse_suite, suites_dir
 

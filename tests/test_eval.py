@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lrrobust.errors import UserError
 from lrrobust.attacks.base import AttackSpec
+from lrrobust.errors import UserError
 from lrrobust.evaluation import state
 from lrrobust.evaluation.loop import EvalTarget, run_evaluation
 from lrrobust.evaluation.suite import parse_suite

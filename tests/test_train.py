@@ -17,15 +17,15 @@ from torch import nn
 from typer.testing import CliRunner
 
 from lrrobust import load_checkpoint
+from lrrobust.attacks.pgd import PGD, default_step_size
 from lrrobust.checkpoint import read_checkpoint
 from lrrobust.cli import app
 from lrrobust.data import load_dataset
 from lrrobust.errors import UserError
 from lrrobust.models import create_model
-from lrrobust.pgd import default_step_size, pgd_perturb
 from lrrobust.training import TrainConfig, resolve_config, train
 from lrrobust.training import loop as loop_module
-from lrrobust.training.adversarial import AttackSettings, adversarial_examples
+from lrrobust.training.adversarial import adversarial_examples, perturb
 from lrrobust.training.loop import lr_factor, train_step
 from lrrobust.training.run_files import EpochRecord, is_run_dir, read_manifest, read_metrics, read_run_config
 
@@ -88,8 +88,8 @@ def test_adversarial_best_checkpoint_has_the_highest_robust_validation_accuracy(
     assert best["epoch"] == 1 + max(range(5), key=lambda i: metrics[i]["val_robust_acc"])
     assert last["best_metric"] == "val_robust_acc" and last["best_acc"] == max(m["val_robust_acc"] for m in metrics)
     # untargeted PGD at the training eps, the training's 4 steps (fewer than 10), step 2.5 eps / steps, random start
-    assert read_run_config(run).validation["attack"] == {"name": "pgd", "norm": "linf", "eps": 0.2, "alpha": 0.125,
-                                                         "steps": 4, "random_start": True, "targeted": False}
+    attack = PGD.from_settings("validation", read_run_config(run).validation["attack"])
+    assert attack == PGD(name="validation", eps=0.2, role="training", step_size=0.125, steps=4, random_start=True)
 
 
 # Scripted validation results (clean, robust) per epoch: the clean and the robust best are different epochs.
@@ -139,14 +139,15 @@ def test_adversarial_training_raises_pgd_accuracy(digits_runs):
     for kind, run in digits_runs.items():
         model = load_checkpoint(run / "last.pt")
         torch.manual_seed(0)
-        adv = pgd_perturb(model, test.images, test.labels, eps=0.2, alpha=0.02, steps=10)
+        adv = perturb(model, test.images, test.labels, PGD(name="eval", eps=0.2, step_size=0.02, steps=10))
         with torch.no_grad():
             accuracy[kind] = float((model(adv).argmax(1) == test.labels).float().mean())
     assert accuracy["adversarial"] > accuracy["regular"] + 0.2, accuracy
     state = read_checkpoint(digits_runs["adversarial"] / "last.pt")
     assert state["training"] == "adversarial"
-    assert state["attack"] == {"name": "pgd", "norm": "linf", "eps": 0.2, "alpha": default_step_size(0.2, 4),
-                               "steps": 4, "random_start": True, "targeted": True}
+    assert PGD.from_settings("training", state["attack"]) == PGD(
+        name="training", eps=0.2, targeted=True, role="training", step_size=default_step_size(0.2, 4), steps=4)
+    assert state["attack"]["kind"] == "pgd"
     assert all(0 <= m["adv_train_acc"] <= 1 for m in _metrics(digits_runs["adversarial"]))
 
 
@@ -171,7 +172,7 @@ def test_attack_runs_in_eval_mode_and_the_update_in_train_mode():
     tracked = int(bn.num_batches_tracked)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     images, labels = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    attack = AttackSettings(eps=0.2, alpha=0.05, steps=3)
+    attack = PGD(name="t", eps=0.2, targeted=True, step_size=0.05, steps=3)
     out = train_step(model, model, optimizer, images, labels, attack=attack, num_classes=10,
                      generator=torch.Generator().manual_seed(0))
     # clean accuracy pass (eval, no grad), 3 attack passes (eval, input gradients only), one update (train)
@@ -185,7 +186,7 @@ def test_attack_runs_in_eval_mode_and_the_update_in_train_mode():
 def test_training_targets_are_seeded_and_never_the_label():
     model = create_model("resnet18", 10, in_chans=1, mean=[0.3], std=[0.4], stem="small", width=0.125).eval()
     images, labels = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
-    attack = AttackSettings(eps=0.1, alpha=0.05, steps=2)
+    attack = PGD(name="t", eps=0.1, targeted=True, step_size=0.05, steps=2)
     results = []
     for _ in range(2):
         torch.manual_seed(1)
@@ -194,7 +195,7 @@ def test_training_targets_are_seeded_and_never_the_label():
     assert torch.equal(targets, targets2) and torch.equal(adv, adv2)
     assert not (targets == labels).any() and len(set(targets.tolist())) > 2
     assert (adv - images).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
-    untargeted, none = adversarial_examples(model, images, labels, AttackSettings(0.1, 0.05, 2, targeted=False), 10)
+    untargeted, none = adversarial_examples(model, images, labels, PGD(name="u", eps=0.1, step_size=0.05, steps=2), 10)
     assert none is None and untargeted.shape == images.shape
 
 
@@ -273,8 +274,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     [
         (["train", "-m", "lrnet27"], "unknown model 'lrnet27'"),
         (["train", "-d", "mnist"], "unknown dataset 'mnist'"),
-        (["train-adv", "--eps", "0"], "--eps must be in (0, 1]"),
-        (["train-adv", "--eps", "300/255"], "--eps must be in (0, 1]"),
+        (["train-adv", "--eps", "0"], "--eps must lie in (0, 1]"),
+        (["train-adv", "--eps", "300/255"], "--eps must lie in (0, 1]"),
         (["train-adv", "--eps", "sixteen"], "--eps must be a number or a fraction"),
         (["train-adv", "--steps", "0"], "--steps must be at least 1"),
         (["train", "--epochs", "0"], "--epochs must be at least 1"),
@@ -300,7 +301,7 @@ def test_cli_reads_eps_as_a_fraction_and_resolves_the_step_size(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
-    assert config["eps"] == pytest.approx(16 / 255) and config["alpha"] == pytest.approx(16 / 255)  # eps/steps > 1/255
+    assert config["eps"] == pytest.approx(16 / 255) and config["step_size"] == pytest.approx(16 / 255)  # eps/steps > 1/255
     assert (config["steps"], config["targeted"], config["random_start"]) == (1, False, False)
     assert config["model_kwargs"] == {"stem": "small", "width": 0.125, "kernel_size": 3}
     assert read_checkpoint(out / "last.pt")["attack"]["targeted"] is False
@@ -381,9 +382,9 @@ def test_presets_are_defaults_the_user_overrides():
     assert resolve_config(TrainConfig(dataset="imagenet", batch_size=256)).lr == pytest.approx(0.1)  # linear scaling
     assert resolve_config(TrainConfig(dataset="imagenet", batch_size=256, lr=0.3)).lr == 0.3
     adv = resolve_config(TrainConfig(preset="imagenet", adversarial=True))
-    assert (adv.eps, adv.steps, adv.alpha, adv.targeted, adv.random_start) == (16 / 255, 16, 1 / 255, True, True)
+    assert (adv.eps, adv.steps, adv.step_size, adv.targeted, adv.random_start) == (16 / 255, 16, 1 / 255, True, True)
     digits = resolve_config(TrainConfig(adversarial=True, model_kwargs={"width": 0.5}, steps=4))
-    assert digits.eps == 0.2 and digits.alpha == 0.05 and digits.model_kwargs == {"stem": "small", "width": 0.5}
+    assert digits.eps == 0.2 and digits.step_size == 0.05 and digits.model_kwargs == {"stem": "small", "width": 0.5}
     assert resolve_config(TrainConfig(eps=0.5)).eps is None  # regular training has no attack
     assert (digits.grad_clip, paper.grad_clip, resolve_config(TrainConfig(grad_clip=0)).grad_clip) == (1.0, 0.0, 0)
     with pytest.raises(UserError, match="unknown preset"):

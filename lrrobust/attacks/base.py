@@ -108,6 +108,12 @@ class AttackSpec:
         return cls.from_table(name, given)
 
     @classmethod
+    def from_settings(cls, name: str, settings: dict[str, Any]) -> AttackSpec:
+        """The spec back from its ``settings()`` (a summary row, a checkpoint's training attack)."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        return cls(name=name, **{k: v for k, v in settings.items() if k in fields})
+
+    @classmethod
     def read_eps(cls, table: dict[str, Any], where: str) -> float:
         if "eps" not in table:
             raise UserError(f"{where} needs eps (e.g. eps = \"16/255\")")

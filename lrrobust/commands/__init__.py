@@ -10,7 +10,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from fractions import Fraction
 from typing import TypeVar
 
 import typer
@@ -41,14 +40,6 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def parse_fraction(text: str, name: str) -> float:
-    """Parse '16/255', '0.0627' or '8' as a float; a UserError naming the option otherwise."""
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"{name} must be a number or a fraction like 16/255, got {text!r}") from None
 
 
 def is_terminal() -> bool:

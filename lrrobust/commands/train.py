@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from lrrobust.commands import console, err_console, is_terminal, parse_fraction, user_errors
+from lrrobust.commands import console, err_console, is_terminal, user_errors
+from lrrobust.core.numbers import parse_fraction
 from lrrobust.errors import UserError
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Zoo model name (see `lrrobust models`).")]
@@ -51,7 +52,8 @@ Progress = Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                   help="Progress bars (default: when stdout is a terminal).")]
 Eps = Annotated[str | None, typer.Option(help="L-inf budget on [0, 1] pixels, e.g. 16/255 (preset: 16/255 "
                                                  "imagenet, 8/255 cifar10, 0.2 digits).")]
-Alpha = Annotated[str | None, typer.Option(help="PGD step size (default 1/255, raised to eps/steps if larger).")]
+StepSize = Annotated[str | None, typer.Option("--step-size", "--alpha", help="PGD step size, e.g. 1/255 (default "
+                                                 "1/255, raised to eps/steps if larger; --alpha is the old name).")]
 Steps = Annotated[int | None, typer.Option(help="PGD steps (default 16).")]
 RandomStart = Annotated[bool | None, typer.Option("--random-start/--no-random-start",
                                                      help="Start PGD at a random point of the eps-ball (default).")]
@@ -97,7 +99,7 @@ def build_config(adversarial: bool, **options: Any):
     if adversarial:
         attack = {
             "eps": None if options["eps"] is None else parse_fraction(options["eps"], "--eps"),
-            "alpha": None if options["alpha"] is None else parse_fraction(options["alpha"], "--alpha"),
+            "step_size": None if options["step_size"] is None else parse_fraction(options["step_size"], "--step-size"),
             "steps": options["steps"], "random_start": options["random_start"], "targeted": options["targeted"],
         }
     return TrainConfig(
@@ -142,7 +144,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         model_opt: ModelOpt = None, dataset: Dataset = "digits", root: Root = None, download: Download = False,
         preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
         weight_decay: WeightDecay = None, momentum: Momentum = None, warmup_epochs: Warmup = None,
-        milestones: Milestones = None, grad_clip: GradClip = None, seed: Seed = None, out: Out = None, resume: Resume = False, amp: Amp = False,
+        milestones: Milestones = None, grad_clip: GradClip = None, seed: Seed = None, out: Out = None,
+        resume: Resume = False, amp: Amp = False,
         channels_last: ChannelsLast = False, compile: Compile = False, sync_bn: SyncBn = False,
         num_workers: Workers = None, device: Device = None, progress: Progress = None,
     ) -> None:
@@ -157,10 +160,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         model_opt: ModelOpt = None, dataset: Dataset = "digits", root: Root = None, download: Download = False,
         preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
         weight_decay: WeightDecay = None, momentum: Momentum = None, warmup_epochs: Warmup = None,
-        milestones: Milestones = None, grad_clip: GradClip = None, seed: Seed = None, out: Out = None, resume: Resume = False, amp: Amp = False,
+        milestones: Milestones = None, grad_clip: GradClip = None, seed: Seed = None, out: Out = None,
+        resume: Resume = False, amp: Amp = False,
         channels_last: ChannelsLast = False, compile: Compile = False, sync_bn: SyncBn = False,
         num_workers: Workers = None, device: Device = None, progress: Progress = None,
-        eps: Eps = None, alpha: Alpha = None, steps: Steps = None, random_start: RandomStart = None,
+        eps: Eps = None, step_size: StepSize = None, steps: Steps = None, random_start: RandomStart = None,
         targeted: Targeted = None,
     ) -> None:
         """Adversarial training with targeted PGD-16 at eps 16/255 by default (paper Sec. 6.2; Feature Denoising)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from lrrobust.attacks import AttackSpec
 from lrrobust.attacks.fgsm import FGSM
-from lrrobust.attacks.pgd import PGD
+from lrrobust.attacks.pgd import PGD, madry_step_size
 from lrrobust.evaluation.suite import CheckConfig, Suite
 
 
@@ -30,16 +30,8 @@ def base_eps(suite: Suite) -> float:
     return suite.checks.eps if suite.checks.eps is not None else suite.eps
 
 
-def check_step_size(eps: float, steps: int) -> float:
-    """Madry et al.'s step, 2.5 eps / steps: from a random start PGD can cross the whole ball in ``steps`` steps.
-
-    (Feature Denoising's eps / steps can travel only eps, which leaves short PGD weaker than FGSM.)
-    """
-    return min(1.0, 2.5 * eps / steps)
-
-
 def _pgd(name: str, eps: float, steps: int, restarts: int = 1, source: str | None = None) -> AttackSpec:
-    return PGD(name=name, eps=eps, role="check", step_size=check_step_size(eps, steps), steps=steps, random_start=True,
+    return PGD(name=name, eps=eps, role="check", step_size=madry_step_size(eps, steps), steps=steps, random_start=True,
                restarts=restarts, source=source)
 
 

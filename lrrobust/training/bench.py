@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
+from lrrobust.attacks.pgd import PGD, default_step_size
 from lrrobust.data import dataset_info
-from lrrobust.pgd import default_step_size
-from lrrobust.training.adversarial import AttackSettings
 from lrrobust.training.loop import train_step
 
 BENCH_MODELS = ("lrnet26", "resnet26")
@@ -52,8 +51,8 @@ def bench_train(
     dev = torch.device(device)
     info = dataset_info("cifar10")
     eps = 16 / 255
-    attack = AttackSettings(eps=eps, alpha=default_step_size(eps, steps), steps=steps, random_start=True,
-                            targeted=True)
+    attack = PGD(name="training", eps=eps, role="training", step_size=default_step_size(eps, steps), steps=steps,
+                 random_start=True, targeted=True)
     records = []
     for name in models:
         for amp_on, cl in variants or ((amp, channels_last),):

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lrrobust.attacks.pgd import PGD, default_step_size, madry_step_size
 from lrrobust.data import DATASETS, check_dataset_name, validation_split
 from lrrobust.errors import UserError
-from lrrobust.pgd import default_step_size
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainConfig:
     device: str | None = None  # default: cuda when available, else cpu
     adversarial: bool = False
     eps: float | None = None
-    alpha: float | None = None  # None: 1/255 raised to eps/steps (Feature Denoising)
+    step_size: float | None = None  # None: 1/255 raised to eps/steps (Feature Denoising)
     steps: int | None = None
     random_start: bool | None = None
     targeted: bool | None = None
@@ -149,9 +149,9 @@ def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
         c.random_start = pick(c.random_start, p.random_start)
         c.targeted = pick(c.targeted, p.targeted)
         _check_attack(c)
-        c.alpha = pick(c.alpha, default_step_size(c.eps, c.steps))
+        c.step_size = pick(c.step_size, default_step_size(c.eps, c.steps))
     else:
-        c.eps = c.alpha = c.steps = c.random_start = c.targeted = None
+        c.eps = c.step_size = c.steps = c.random_start = c.targeted = None
     c.validation = _validation(c)
     c.out = str(pick(c.out, Path("runs") / f"{c.dataset}-{c.model}-{'adv' if c.adversarial else 'regular'}"))
     _check_numbers(c, world_size)
@@ -163,8 +163,8 @@ def _validation(c: TrainConfig) -> dict[str, Any]:
     if not c.adversarial:
         return {**validation_split(c.dataset), "metric": "val_acc", "attack": None}
     steps = min(VAL_PGD_STEPS, c.steps)
-    attack = {"name": "pgd", "norm": "linf", "eps": c.eps, "alpha": 2.5 * c.eps / steps, "steps": steps,
-              "random_start": True, "targeted": False}
+    attack = PGD(name="validation", eps=c.eps, role="training", step_size=madry_step_size(c.eps, steps), steps=steps,
+                 random_start=True).settings()
     return {**validation_split(c.dataset), "metric": "val_robust_acc", "attack": attack}
 
 
@@ -173,8 +173,8 @@ def _check_attack(c: TrainConfig) -> None:
         raise UserError(f"--eps must be in (0, 1] (pixels are in [0, 1]), got {c.eps:g}")
     if c.steps < 1:
         raise UserError(f"--steps must be at least 1, got {c.steps}")
-    if c.alpha is not None and not 0 < c.alpha <= 1:
-        raise UserError(f"--alpha (step size) must be in (0, 1], got {c.alpha:g}")
+    if c.step_size is not None and not 0 < c.step_size <= 1:
+        raise UserError(f"--step-size must be in (0, 1], got {c.step_size:g}")
 
 
 def _check_numbers(c: TrainConfig, world_size: int) -> None:

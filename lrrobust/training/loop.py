@@ -34,19 +34,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from lrrobust.attacks.pgd import PGD
 from lrrobust.checkpoint import read_checkpoint, save_checkpoint
+from lrrobust.core.seeding import derive_seed, seed_everything
 from lrrobust.data import DatasetInfo, dataset_info, load_dataset
 from lrrobust.errors import UserError
 from lrrobust.io import atomic_path
-from lrrobust.pgd import pgd_perturb
 from lrrobust.training import distributed as D
 from lrrobust.training import run_files
-from lrrobust.training.adversarial import AttackSettings, adversarial_examples
+from lrrobust.training.adversarial import adversarial_examples, perturb, training_attack, validation_attack
 from lrrobust.training.config import TrainConfig, merge_for_resume, resolve_config
 from lrrobust.training.manifest import build_manifest
 from lrrobust.training.progress import EpochProgress
 from lrrobust.training.run_files import EpochRecord
-from lrrobust.training.state import capture_rng, derived_seed, restore_rng, seed_everything
+from lrrobust.training.state import capture_rng, restore_rng
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,12 +81,6 @@ def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: float, milestones:
     return 0.1 ** sum(epoch >= m for m in milestones)
 
 
-def attack_settings(cfg: TrainConfig) -> AttackSettings | None:
-    if not cfg.adversarial:
-        return None
-    return AttackSettings(cfg.eps, cfg.alpha, cfg.steps, cfg.random_start, cfg.targeted)
-
-
 def autocast(device: torch.device, amp: bool):
     """bfloat16 autocast on GPU when ``amp``; nothing otherwise (bfloat16 on CPU is slower, not faster)."""
     if amp and device.type == "cuda":
@@ -100,7 +95,7 @@ def train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    attack: AttackSettings | None,
+    attack: PGD | None,
     num_classes: int,
     generator: torch.Generator | None,
     amp: bool = False,
@@ -145,14 +140,8 @@ def train_step(
     return out
 
 
-def validation_attack(cfg: TrainConfig) -> AttackSettings | None:
-    """The PGD that chooses best.pt of an adversarial run (``cfg.validation["attack"]``); None for regular runs."""
-    a = cfg.validation["attack"]
-    return None if a is None else AttackSettings(a["eps"], a["alpha"], a["steps"], a["random_start"], a["targeted"])
-
-
 def evaluate_validation(
-    model: nn.Module, loader: DataLoader, ctx: D.DistContext, cfg: TrainConfig, attack: AttackSettings | None,
+    model: nn.Module, loader: DataLoader, ctx: D.DistContext, cfg: TrainConfig, attack: PGD | None,
     epoch: int,
 ) -> tuple[float, float | None]:
     """Clean accuracy and, when ``attack`` is given, accuracy under it, over the loader's shards summed over processes.
@@ -167,7 +156,7 @@ def evaluate_validation(
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(derived_seed(cfg.seed, epoch, ctx.rank, 5))
+            torch.manual_seed(derive_seed(cfg.seed, epoch, ctx.rank, 5))
             for images, labels in loader:
                 images, labels = _to_device(images, labels, ctx.device, cfg.channels_last)
                 with torch.no_grad(), autocast(ctx.device, cfg.amp):
@@ -182,19 +171,11 @@ def evaluate_validation(
 
 
 def _robust_correct(model, images, labels, attack, device, amp) -> torch.Tensor:
-    """Correct predictions on untargeted PGD images; the parameters are frozen (input gradients only)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        with autocast(device, amp):
-            adv = pgd_perturb(model, images, labels, eps=attack.eps, alpha=attack.alpha, steps=attack.steps,
-                              random_start=attack.random_start)
-        with torch.no_grad(), autocast(device, amp):
-            return (model(adv).argmax(1) == labels).sum()
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
+    """Correct predictions on the validation attack's images (input gradients only)."""
+    with autocast(device, amp):
+        adv = perturb(model, images, labels, attack)
+    with torch.no_grad(), autocast(device, amp):
+        return (model(adv).argmax(1) == labels).sum()
 
 
 def _to_device(images, labels, device, channels_last):
@@ -254,7 +235,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
     val_set = load_dataset(cfg.dataset, "val", cfg.root)
     cfg.validation = {**cfg.validation, "size": len(val_set)}
     num_classes = info.num_classes or len(train_set.classes)
-    attack = attack_settings(cfg)
+    attack = training_attack(cfg)
     val_attack = validation_attack(cfg)
     best_metric = cfg.validation["metric"]
     if cfg.sync_bn and ctx.enabled and ctx.device.type != "cuda":
@@ -281,8 +262,8 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
     optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         lr_factor, steps_per_epoch=steps_per_epoch, warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones))
-    target_gen = torch.Generator().manual_seed(derived_seed(cfg.seed, ctx.rank, 1))
-    seed_everything(derived_seed(cfg.seed, ctx.rank, 2))  # random starts and augmentation differ between ranks
+    target_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, ctx.rank, 1))
+    seed_everything(derive_seed(cfg.seed, ctx.rank, 2))  # random starts and augmentation differ between ranks
 
     start_epoch, best_acc, best_epoch, history = 0, -1.0, 0, []
     if ckpt is not None:
@@ -294,8 +275,8 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
         if len(rngs) == ctx.world_size:
             restore_rng(rngs[ctx.rank], ctx.device, target_gen)
         else:  # another world size: the RNG streams cannot continue, reseed them from the epoch
-            seed_everything(derived_seed(cfg.seed, ctx.rank, 3, start_epoch))
-            target_gen.manual_seed(derived_seed(cfg.seed, ctx.rank, 4, start_epoch))
+            seed_everything(derive_seed(cfg.seed, ctx.rank, 3, start_epoch))
+            target_gen.manual_seed(derive_seed(cfg.seed, ctx.rank, 4, start_epoch))
 
     manifest = build_manifest(ctx.device, cfg.seed, ctx.world_size)
     if old_manifest is not None:
@@ -316,7 +297,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
     with bar:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
-            loader_gen.manual_seed(derived_seed(cfg.seed, epoch, ctx.rank))
+            loader_gen.manual_seed(derive_seed(cfg.seed, epoch, ctx.rank))
             try:
                 sums, seconds, lr = _run_epoch(model, attack_model, optimizer, scheduler, train_loader, cfg, ctx,
                                                attack, num_classes, target_gen, bar, epoch)
@@ -337,7 +318,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
                 state = {
                     "model_spec": raw.spec, "model_state": raw.state_dict(), "dataset": cfg.dataset,
                     "num_classes": num_classes, "training": training,
-                    "attack": attack.to_dict() if attack is not None else None, "epoch": epoch + 1,
+                    "attack": attack.settings() if attack is not None else None, "epoch": epoch + 1,
                     "config": cfg.to_dict(), "manifest": manifest, "metrics": record.to_dict(),
                     "history": [r.to_dict() for r in history], "best_acc": best_acc, "best_epoch": best_epoch,
                     "best_metric": best_metric, "optimizer": optimizer.state_dict(),

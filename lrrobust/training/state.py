@@ -15,20 +15,6 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, epoch, rank ...), stable across machines and Python versions."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value ^ (int(part) + 0x9E3779B9 + (value << 6) + (value >> 2))) & (2**64 - 1)
-    return value & (2**63 - 1)
-
-
 def capture_rng(device: torch.device, generator: torch.Generator) -> dict[str, Any]:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
