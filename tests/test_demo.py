@@ -39,16 +39,32 @@ def test_the_demo_trains_each_model_regularly_and_adversarially(tmp_path):
     assert transfer_sources(train_configs(tmp_path, DemoPlan(models=("resnet18",)))) == [None, None]
 
 
+def _cell(key, correct_images, n=60):
+    from lrrobust.evaluation.ledger import Figure
+    from lrrobust.report.table9 import COLUMN, Cell, SeedFigure
+
+    if correct_images is None:
+        return Cell(COLUMN[key], [], [], "not evaluated")
+    flags = [i < correct_images for i in range(n)]
+    return Cell(COLUMN[key], [SeedFigure(0, Figure(correct_images, n), flags, "same", False, key)], [])
+
+
 def test_robustness_verdicts():
-    rows = [{"network": "A", "adv_targeted": 70.0, "reg_targeted": 5.0, "adv_untargeted": 40.0,
-             "reg_untargeted": 32.0},
-            {"network": "B", "adv_targeted": None, "reg_targeted": 5.0, "adv_untargeted": 15.0,
-             "reg_untargeted": 1.0},
-            {"network": "C", "adv_targeted": 8.0, "reg_targeted": 0.0, "adv_untargeted": 60.0,
-             "reg_untargeted": 40.0}]
-    verdicts = {(n, a): ok for n, a, ok, _ in robustness_verdicts(rows)}
-    assert verdicts == {("A", "targeted"): True, ("A", "untargeted"): False, ("B", "targeted"): False,
-                        ("B", "untargeted"): True, ("C", "targeted"): False, ("C", "untargeted"): False}
+    """Adversarial training must beat regular training significantly (exact McNemar on the same images)."""
+    from lrrobust.report.table9 import Row
+
+    def row(network, adv_t, reg_t, adv_u, reg_u):
+        cells = {"adv_targeted": _cell("adv_targeted", adv_t), "reg_targeted": _cell("reg_targeted", reg_t),
+                 "adv_untargeted": _cell("adv_untargeted", adv_u), "reg_untargeted": _cell("reg_untargeted", reg_u)}
+        return Row(network, network.lower(), cells, {})
+
+    rows = [row("A", 40, 3, 24, 19), row("B", None, 3, 9, 0), row("C", 5, 5, 30, 36)]
+    verdicts = {(n, a): (ok, text) for n, a, ok, text in robustness_verdicts(rows)}
+    assert {k: ok for k, (ok, _) in verdicts.items()} == {
+        ("A", "targeted"): True, ("A", "untargeted"): False,  # 24 vs 19 of 60: not significant
+        ("B", "targeted"): False, ("B", "untargeted"): True,  # 9 vs 0: p = 0.004
+        ("C", "targeted"): False, ("C", "untargeted"): False}  # regular is better: never "more robust"
+    assert "p < 0.001" in verdicts[("A", "targeted")][1] and verdicts[("B", "targeted")][1] == "missing"
 
 
 def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
@@ -71,7 +87,8 @@ def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
     text = screen.getvalue()
     assert "resnet18: adversarial training (targeted PGD-2), 1 epoch, then the tiny suite" in text
     assert "resnet18 regular: done" in text and "resnet18 adversarial: done" in text
-    assert "adversarial training far more robust than regular" in text and "wall time" in text
+    assert "adversarial training significantly more robust than regular" in text and "wall time" in text
+    assert "worst case over every attack" in text
     first = (tmp_path / "report" / "table9.csv").read_text()
     # Run again in the same work directory: training resumes (nothing left to do), evaluation skips its batches.
     run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=io.StringIO()), plan=plan,

@@ -315,3 +315,24 @@ def test_torchrun_shards_gather_to_the_single_process_result(runs, tmp_path):
     assert (tmp_path / "two" / "samples.csv").read_text() == (tmp_path / "one" / "samples.csv").read_text()
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["world_size"] == 2
+
+
+def test_the_headline_follows_autoattack_when_it_beats_pgd(tmp_path):
+    """A weak PGD (one tiny step, no random start) leaves the model looking robust; AutoAttack does not. The
+    worst case, the headline, is AutoAttack's (or lower), never PGD's."""
+    suite = {"name": "weak-pgd", "seed": 0, "batch_size": 20, "attack": [
+        {"name": "weak-pgd", "kind": "pgd", "eps": 0.15, "steps": 1, "step_size": 0.001, "random_start": False},
+        {"name": "aa", "kind": "autoattack", "eps": 0.15, "steps": 10, "n_queries": 50},
+    ]}
+    summary = evaluate(tmp_path / "e", suite=suite)
+    rows = {a["attack"]: a for a in summary["attacks"]}
+    worst = summary["worst_case"]["untargeted"]
+    assert rows["aa"]["correct"] < rows["weak-pgd"]["correct"]  # AutoAttack is the stronger attack here
+    assert worst["correct"] <= rows["aa"]["correct"]
+    assert worst["accuracy"] < rows["weak-pgd"]["accuracy"]
+    stages = [s["stage"] for s in rows["aa"]["stages"]]
+    assert stages == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    after = [s["correct"] for s in rows["aa"]["stages"]]
+    assert after == sorted(after, reverse=True) and after[-1] == rows["aa"]["correct"]  # each component only lowers it
+    samples = read_csv(tmp_path / "e" / "samples.csv")
+    assert {r["found_at"] for r in samples if r["attack"] == "aa"} - {""} <= set(stages)
