@@ -61,6 +61,19 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def csv_text(columns: list[str] | tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    """CSV text with a header of ``columns``; None becomes an empty field, keys not in ``columns`` are left out."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    return buffer.getvalue()
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and fsync: a crash loses at most the line being written."""
     with open(path, "a") as f:

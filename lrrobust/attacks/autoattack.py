@@ -17,9 +17,10 @@ import torch
 import torchattacks
 from torch import nn
 
-from lrrobust.attacks.base import AttackOutcome, AttackSpec, check_int, predict
+from lrrobust.attacks.base import AttackOutcome, AttackSpec, predict
 from lrrobust.attacks.registry import register
 from lrrobust.core.modes import eval_mode, frozen
+from lrrobust.core.numbers import check_int
 from lrrobust.errors import UserError
 
 STEPS = 100

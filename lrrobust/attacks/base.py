@@ -55,18 +55,6 @@ def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images).argmax(dim=1)
 
 
-def check_int(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"{where} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{where} must be true or false, got {value!r}")
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
     """One attack with every hyper-parameter resolved; subclasses add their own fields (all with defaults).

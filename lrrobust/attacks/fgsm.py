@@ -8,8 +8,9 @@ from typing import Any
 import torchattacks
 from torch import nn
 
-from lrrobust.attacks.base import AttackSpec, check_bool
+from lrrobust.attacks.base import AttackSpec
 from lrrobust.attacks.registry import register
+from lrrobust.core.numbers import check_bool
 from lrrobust.errors import UserError
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import torchattacks
 from torch import nn
 
-from lrrobust.attacks.base import AttackSpec, check_bool, check_int
+from lrrobust.attacks.base import AttackSpec
 from lrrobust.attacks.registry import register
-from lrrobust.core.numbers import parse_fraction
+from lrrobust.core.numbers import check_bool, check_int, parse_fraction
 from lrrobust.errors import UserError
 
 DEFAULT_STEPS = 10

@@ -1,4 +1,5 @@
-"""The one parser of attack budgets and step sizes: a number or a fraction such as ``16/255``, on [0, 1] pixels."""
+"""The one parser of attack budgets and step sizes (a number or a fraction such as ``16/255``, on [0, 1] pixels),
+and the checks of the other numbers a suite or option gives."""
 
 from __future__ import annotations
 
@@ -24,3 +25,17 @@ def parse_fraction(value: Any, where: str, *, maximum: float = 1.0) -> float:
         raise UserError(f"{where} must lie in (0, {maximum:g}] (pixels are in [0, 1]; 16/255 is 0.0627), "
                         f"got {value!r}")
     return number
+
+
+def check_int(value: Any, where: str, minimum: int) -> int:
+    """``value`` when it is an integer >= ``minimum`` (not a bool); a UserError naming ``where`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(value: Any, where: str) -> bool:
+    """``value`` when it is true or false; a UserError naming ``where`` otherwise."""
+    if not isinstance(value, bool):
+        raise UserError(f"{where} must be true or false, got {value!r}")
+    return value

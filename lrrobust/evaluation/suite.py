@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lrrobust.attacks import AttackSpec, attack_from_table
-from lrrobust.core.numbers import parse_fraction
+from lrrobust.core.numbers import check_bool, check_int, parse_fraction
 from lrrobust.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -97,18 +97,6 @@ def _unknown(keys: Any, valid: tuple[str, ...] | set[str], where: str) -> None:
                         f"valid keys: {', '.join(sorted(valid))}")
 
 
-def _int(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"{where} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{where} must be true or false, got {value!r}")
-    return value
-
-
 def _parse_checks(table: Any) -> CheckConfig:
     if isinstance(table, bool):
         return CheckConfig(enabled=table)
@@ -121,7 +109,7 @@ def _parse_checks(table: Any) -> CheckConfig:
         values = table.get(key, list(getattr(default, key)))
         if not isinstance(values, list) or len(values) < 2:
             raise UserError(f"[checks] {key} must be a list of at least two integers")
-        return tuple(sorted({_int(v, f"[checks] {key}", 1) for v in values}))
+        return tuple(sorted({check_int(v, f"[checks] {key}", 1) for v in values}))
 
     eps_grid = table.get("eps_grid", list(default.eps_grid))
     if not isinstance(eps_grid, list) or len(eps_grid) < 2:
@@ -133,13 +121,13 @@ def _parse_checks(table: Any) -> CheckConfig:
             raise UserError(f"[checks] {key} must be a number in [0, 1], got {value!r}")
         fraction[key] = float(value)
     return CheckConfig(
-        enabled=_bool(table.get("enabled", True), "[checks] enabled"),
+        enabled=check_bool(table.get("enabled", True), "[checks] enabled"),
         eps=None if "eps" not in table else parse_fraction(table["eps"], "[checks] eps"),
         steps=int_list("steps"),
         eps_grid=tuple(sorted({parse_fraction(v, "[checks] eps_grid") for v in eps_grid})),
-        eps_steps=_int(table.get("eps_steps", default.eps_steps), "[checks] eps_steps", 1),
-        restarts=_int(table.get("restarts", default.restarts), "[checks] restarts", 2),
-        min_correct=_int(table.get("min_correct", default.min_correct), "[checks] min_correct", 1),
+        eps_steps=check_int(table.get("eps_steps", default.eps_steps), "[checks] eps_steps", 1),
+        restarts=check_int(table.get("restarts", default.restarts), "[checks] restarts", 2),
+        min_correct=check_int(table.get("min_correct", default.min_correct), "[checks] min_correct", 1),
         **fraction,
     )
 
@@ -175,9 +163,9 @@ def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
         name=name,
         attacks=attacks,
         description=str(data.get("description", "")),
-        seed=_int(data.get("seed", 0), f"{where}: seed", 0),
-        batch_size=_int(data.get("batch_size", 32), f"{where}: batch_size", 1),
-        limit=None if limit is None else _int(limit, f"{where}: limit", 1),
+        seed=check_int(data.get("seed", 0), f"{where}: seed", 0),
+        batch_size=check_int(data.get("batch_size", 32), f"{where}: batch_size", 1),
+        limit=None if limit is None else check_int(limit, f"{where}: limit", 1),
         split=split,
         checks=_parse_checks(data.get("checks", False)),
     )

@@ -23,7 +23,7 @@ from lrrobust.errors import UserError
 from lrrobust.evaluation.checks import convergence_notes, evaluate_checks
 from lrrobust.evaluation.ledger import Figure, Ledger, Outcome, WorstCase, figure
 from lrrobust.evaluation.state import CLEAN, AttackRecord
-from lrrobust.io import atomic_write_json, atomic_write_text
+from lrrobust.io import atomic_write_json, atomic_write_text, csv_text
 
 SCHEMA = 2
 SAMPLE_COLUMNS = ("index", "label", "clean_pred", "attack", "key", "target", "adv_pred", "success", "found_at")
@@ -106,15 +106,6 @@ def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: di
     }
 
 
-def _csv(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-    return buffer.getvalue()
-
-
 def write_outputs(out: Path, summary: dict[str, Any], ledger: Ledger) -> None:
     """samples.csv, summary.csv and summary.json (last: its presence means the evaluation is complete)."""
     samples = []
@@ -127,8 +118,8 @@ def write_outputs(out: Path, summary: dict[str, Any], ledger: Ledger) -> None:
                 "target": None if o.target is None else o.target[i], "adv_pred": o.adv_pred[i],
                 "success": int(o.success[i]), "found_at": stages[o.found_at[i]] if o.found_at[i] >= 0 else None,
             })
-    atomic_write_text(out / "samples.csv", _csv(SAMPLE_COLUMNS, samples))
-    atomic_write_text(out / "summary.csv", _csv(SUMMARY_COLUMNS, summary["attacks"]))
+    atomic_write_text(out / "samples.csv", csv_text(SAMPLE_COLUMNS, samples))
+    atomic_write_text(out / "summary.csv", csv_text(SUMMARY_COLUMNS, summary["attacks"]))
     atomic_write_json(out / "summary.json", summary)
 
 

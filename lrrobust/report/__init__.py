@@ -11,13 +11,12 @@ import os
 from pathlib import Path
 
 from lrrobust.errors import UserError
-from lrrobust.io import atomic_write_json, atomic_write_text
+from lrrobust.io import atomic_write_json, atomic_write_text, csv_text
 from lrrobust.report.collect import Entry, collect, network_name
 from lrrobust.report.plots import write_plots
 from lrrobust.report.render import (
     ATTACK_COLUMNS,
     TEST_COLUMNS,
-    _csv,
     attack_rows,
     manifest,
     render_markdown,
@@ -41,8 +40,8 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike, allow_mi
         raise UserError(f"--out {out} exists and is not a directory")
     plots = write_plots(entries, out)
     atomic_write_text(out / "table9.csv", table_csv(rows, entries))
-    atomic_write_text(out / "table9_attacks.csv", _csv(ATTACK_COLUMNS, attack_rows(entries)))
-    atomic_write_text(out / "table9_tests.csv", _csv(TEST_COLUMNS, test_rows(tests)))
+    atomic_write_text(out / "table9_attacks.csv", csv_text(ATTACK_COLUMNS, attack_rows(entries)))
+    atomic_write_text(out / "table9_tests.csv", csv_text(TEST_COLUMNS, test_rows(tests)))
     atomic_write_json(out / "manifest.json", manifest(entries))
     atomic_write_text(out / "table9.md", render_markdown(entries, rows, tests, plots, extra_sections))
     return out / "table9.md"

@@ -3,13 +3,12 @@ AutoAttack component), table9_tests.csv (the paired tests) and manifest.json. Pe
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
 from pathlib import Path
 from typing import Any
 
 from lrrobust.evaluation.stats import format_p
+from lrrobust.io import csv_text
 from lrrobust.report.collect import Entry
 from lrrobust.report.table9 import COLUMNS, Cell, Comparison, Row
 
@@ -43,15 +42,6 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def _csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-    return buffer.getvalue()
 
 
 def _r(value: float | None) -> float | None:
@@ -94,7 +84,7 @@ def table_csv(rows: list[Row], entries: list[Entry]) -> str:
             data["paper_" + key] = value
         data["notes"] = "; ".join(notes)
         out.append(data)
-    return _csv(columns, out)
+    return csv_text(columns, out)
 
 
 ATTACK_COLUMNS = ["network", "training", "seed", "attack", "stage", "kind", "targeted", "eps_255", "steps",
