@@ -122,11 +122,21 @@ class Comparison:
     reason: str | None = None  # why there is no test
 
 
+SETTINGS = ("kind", "norm", "targeted", "eps", "step_size", "steps", "random_start", "restarts", "n_queries", "role")
+
+
+def attack_signature(row: dict) -> tuple:
+    """An attack's settings less its transfer source's path (each model has its own source): whether it is a
+    transfer attack counts, which checkpoint it came from does not."""
+    return tuple((k, row.get(k)) for k in SETTINGS) + (("transfer", bool(row.get("source"))),)
+
+
 def signature(entry: Entry) -> tuple:
     """What must match for two evaluations to share a table: dataset, split, eps, images, attacks at eps."""
     s = entry.summary
     assert s is not None
-    attacks = tuple(sorted(a.get("key", a["attack"]) for a in s.attacks if a["attack"] in s.worst_case.untargeted_attacks))
+    at_eps = set(s.worst_case.untargeted_attacks)
+    attacks = tuple(sorted(attack_signature(a) for a in s.attacks if a["attack"] in at_eps))
     return (s.dataset, s.split, round(s.suite_eps, 9), s.indices_sha256, attacks)
 
 
