@@ -240,14 +240,17 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
     report = write_report([workdir], out)
     rows = table_rows(collect([workdir]))
     elapsed = time.time() - started
-    table = Table(title=f"Table 9 on digits: worst case over every attack, top-1 % [95% interval], wall time "
-                        f"{elapsed / 60:.1f} min", title_justify="left")
-    table.add_column("network")
-    for column in COLUMNS:
-        table.add_column(column.title, justify="right")
-    for row in rows:
-        table.add_row(row.network, *(cell_text(row.cells[c.key], notes=False) for c in COLUMNS))
-    console.print(table)
+    wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160))
+    for title, columns in (((f"Table 9 on digits: worst case over every attack, top-1 % [95% interval], wall time "
+                            f"{elapsed / 60:.1f} min"), [c for c in COLUMNS if c.in_table9]),
+                           ("Regular training under the same attacks", [c for c in COLUMNS if c.training == "regular"])):
+        table = Table(title=title, title_justify="left")
+        table.add_column("network")
+        for column in columns:
+            table.add_column(column.title, justify="right")
+        for row in rows:
+            table.add_row(row.network, *(cell_text(row.cells[c.key], notes=False) for c in columns))
+        wide.print(table)
     for row in rows:
         for note in row.cells["adv_untargeted"].notes + row.cells["reg_untargeted"].notes:
             console.print(f"[yellow]warning[/]: {row.network}: {note}")

@@ -281,3 +281,24 @@ def test_report_cli(runs, tmp_path):
     assert result.exit_code == 2
     assert "not a directory" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r2").exists()
+
+
+def _edit_attack(directory: Path, name: str, **changes) -> None:
+    summary = json.loads((directory / "summary.json").read_text())
+    for attack in summary["attacks"]:
+        if attack["attack"] == name:
+            attack.update(changes)
+    (directory / "summary.json").write_text(json.dumps(summary))
+
+
+def test_transfer_sources_may_differ_but_attack_settings_may_not(runs, tmp_path):
+    """Each model's transfer check comes from its own source checkpoint: that is not a mismatch; other steps are."""
+    source = runs / "resnet18-adversarial" / "eval-tiny"
+    a, b = relabel(source, tmp_path / "a", model="resnet26"), relabel(source, tmp_path / "b", model="lrnet26")
+    _edit_attack(a, "pgd3-untargeted", source="one/best.pt")
+    _edit_attack(b, "pgd3-untargeted", source="two/best.pt")
+    write_report([a, b], tmp_path / "r")
+    c = relabel(source, tmp_path / "c", model="lrnet26")
+    _edit_attack(c, "pgd3-untargeted", steps=30)
+    with pytest.raises(UserError, match="other attacks"):
+        write_report([relabel(source, tmp_path / "d", model="resnet26"), c], tmp_path / "r2")

@@ -151,7 +151,8 @@ def significance_md(tests: list[Comparison]) -> str:
                       t.test.verdict])
         (significant if t.test.significant else not_significant).append(f"{what} ({diff:+.1f} points, "
                                                                         f"{format_p(t.test.pooled.p_value)})")
-    parts = [_md_table(["column", "LR-Net", "ResNet", "training seeds", "difference (points)", "verdict"], table)]
+    parts = [_md_table(["column", "LR-Net", "ResNet", "training seeds", "LR-Net minus ResNet (points)", "verdict"],
+                       table)]
     parts.append("Significant at 5%: " + ("; ".join(significant) if significant else "none") + ".\n")
     parts.append("Not significant at 5%: " + ("; ".join(not_significant) if not_significant else "none") + ".\n")
     return "\n".join(parts)
