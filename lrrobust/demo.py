@@ -118,17 +118,30 @@ def _eval_units(suite: Any, transfer: bool) -> int:
     return -(-samples // suite.batch_size) * (1 + len(attacks))
 
 
-def _count_lines(path: Path) -> int:
+def _epochs_done(run: Path) -> int:
+    """Epochs in the run's metrics.jsonl (its typed reader); 0 before the run has written it."""
+    from lrrobust.training.run_files import read_metrics
+
     try:
-        return sum(1 for line in path.read_text().splitlines() if line.strip())
-    except OSError:
+        return len(read_metrics(run)) if (run / "metrics.jsonl").is_file() else 0
+    except (UserError, OSError):
+        return 0
+
+
+def _records_done(evaluation: Path) -> int:
+    """(batch, attack) records in the evaluation state (its typed reader)."""
+    from lrrobust.evaluation.state import read_state
+
+    try:
+        return len(read_state(evaluation))
+    except (UserError, OSError):
         return 0
 
 
 def _progress_of(config: Any, suite: Any, units: int) -> tuple[int, str]:
     """Units done (epochs, then evaluation records) and a description, read from the run's files."""
     run = Path(config.out)
-    epochs = _count_lines(run / "metrics.jsonl")
+    epochs = _epochs_done(run)
     kind = "adversarial" if config.adversarial else "regular"
     if epochs < config.epochs:
         return epochs, f"{config.model} {kind}: training epoch {min(epochs + 1, config.epochs)}/{config.epochs}"
@@ -137,7 +150,7 @@ def _progress_of(config: Any, suite: Any, units: int) -> tuple[int, str]:
         return config.epochs + units, f"{config.model} {kind}: done"
     if not (evaluation / ".state").is_dir():
         return config.epochs, f"{config.model} {kind}: trained, waiting for the attacks"
-    records = sum(_count_lines(p) for p in (evaluation / ".state").glob("rank-*.jsonl"))
+    records = _records_done(evaluation)
     return config.epochs + records, f"{config.model} {kind}: attacking ({suite.name} suite)"
 
 

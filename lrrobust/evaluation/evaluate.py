@@ -25,6 +25,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file, or a training run directory (its best.pt, else last.pt)."""
     path = Path(path)
     if path.is_dir():
+        from lrrobust.training.run_files import check_best
+
+        check_best(path)  # best.pt must be the epoch last.pt names as best (docs/training.md)
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
                 return path / name

@@ -3,7 +3,8 @@
 - The split (or a seeded subset of ``limit`` samples) is cut into numbered batches; under torchrun rank r takes
   batches r, r + W, ...; results are gathered on rank 0, which alone writes the outputs (``summary.py``).
 - Every (batch, attack) result goes to the evaluation state (``state.py``) as it is done, so a killed run,
-  started again with the same command, skips what is finished.
+  started again with the same command, skips what is finished. The directory is locked while in use
+  (``lrrobust.core.lock``): a second evaluation into it stops with one line naming the holder's PID.
 - Targets are one random wrong class per sample index, (label + U{1..C-1}) mod C from the run seed; the global
   RNG (torchattacks' random start) is seeded per batch from (seed, batch, attack settings, stage) and, for a
   transfer attack, its source's content hash: a seeded run reproduces exactly, resumed or not, on any number of
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -26,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lrrobust.attacks import AttackSpec, predict, random_targets
+from lrrobust.core.lock import locked_directory, remove_stale_temporaries
 from lrrobust.core.modes import eval_mode
 from lrrobust.core.provenance import provenance
 from lrrobust.core.seeding import derive_seed
@@ -235,36 +238,39 @@ def run_evaluation(
         "indices": indices_digest(indices),
         "attacks": [{"name": a.name, "key": a.key(), **a.settings()} for a in attacks],
     }
-    check_out(out, fingerprint)
-    if size > 1:
-        dist.barrier()  # every rank has looked at out before rank 0 writes into it
-    if rank == 0:
-        pin_settings(out, fingerprint)
+    check_out(out, fingerprint)  # every rank looks, none writes
     if size > 1:
         dist.barrier()
-    state_file = out / STATE_DIR / f"rank-{rank}.jsonl"
-    open_state(state_file)
-    done = read_state(out)
-    mine = list(range(rank, len(batches), size))
-    started = time.time()
-    target.model.to(device)
-    for model in sources.values():
-        model.to(device)
-    shard = _Shard(target, dataset, attacks, batches, mine, done, state_file, suite.seed,
-                   target_offsets(num_samples, target.num_classes, suite.seed), sources, digests, device)
-    _run_shard(shard, show_progress=progress and rank == 0, workers=workers)
-    keys = [CLEAN] + [a.key() for a in attacks]
-    records = _gather({(b, k): done[(b, k)] for b in mine for k in keys})
-    summary = None
-    if records is not None:
-        ledger = build_ledger(records, len(batches), attacks)
-        summary = summarize(ledger, suite, plan, target.info, target.num_classes, transfer_from)
-        summary.update(extra or {})
-        summary["device"] = str(device)
-        summary["world_size"] = size
-        summary["wall_seconds"] = round(time.time() - started, 3)
-        summary["provenance"] = provenance(device)
-        write_outputs(out, summary, ledger)
-    if size > 1:
-        dist.barrier()
+    with locked_directory(out) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            check_out(out, fingerprint)  # again under the lock: another process may have pinned other settings
+            remove_stale_temporaries(out)
+            pin_settings(out, fingerprint)
+        if size > 1:
+            dist.barrier()
+        state_file = out / STATE_DIR / f"rank-{rank}.jsonl"
+        open_state(state_file)
+        done = read_state(out)
+        mine = list(range(rank, len(batches), size))
+        started = time.time()
+        target.model.to(device)
+        for model in sources.values():
+            model.to(device)
+        shard = _Shard(target, dataset, attacks, batches, mine, done, state_file, suite.seed,
+                       target_offsets(num_samples, target.num_classes, suite.seed), sources, digests, device)
+        _run_shard(shard, show_progress=progress and rank == 0, workers=workers)
+        keys = [CLEAN] + [a.key() for a in attacks]
+        records = _gather({(b, k): done[(b, k)] for b in mine for k in keys})
+        summary = None
+        if records is not None:
+            ledger = build_ledger(records, len(batches), attacks)
+            summary = summarize(ledger, suite, plan, target.info, target.num_classes, transfer_from)
+            summary.update(extra or {})
+            summary["device"] = str(device)
+            summary["world_size"] = size
+            summary["wall_seconds"] = round(time.time() - started, 3)
+            summary["provenance"] = provenance(device)
+            write_outputs(out, summary, ledger)
+        if size > 1:
+            dist.barrier()
     return summary

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lrrobust.core.lock import contents
 from lrrobust.errors import UserError
 from lrrobust.io import append_jsonl, atomic_write_json
 
@@ -119,7 +120,7 @@ def check_out(out: Path, fingerprint: dict[str, Any]) -> None:
         if changed:
             raise UserError(f"{out} holds an evaluation with other settings ({', '.join(changed)} differ); "
                             "use the same command to resume, or choose another --out")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and contents(out):
         raise UserError(f"{out} exists and is not an evaluation directory; choose a new --out")
 
 

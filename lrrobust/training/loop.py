@@ -19,6 +19,7 @@ same weights as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lrrobust.attacks.pgd import PGD
 from lrrobust.checkpoint import read_checkpoint, save_checkpoint
+from lrrobust.core.lock import contents, locked_directory, remove_stale_temporaries
 from lrrobust.core.seeding import derive_seed, seed_everything
 from lrrobust.data import DatasetInfo, dataset_info, load_dataset
 from lrrobust.errors import UserError
@@ -55,10 +57,15 @@ class TrainingDiverged(RuntimeError):
 
 
 def train(config: TrainConfig, progress: bool | None = None) -> Path:
-    """Train as ``config`` says and return the run directory. ``progress``: rich bars (default: on a terminal)."""
+    """Train as ``config`` says and return the run directory. ``progress``: rich bars (default: on a terminal).
+
+    Rank 0 holds the run directory's lock (``lrrobust.core.lock``) from before its first look inside to the end.
+    """
     ctx = D.init_distributed(config.device)
     try:
-        return _train(config, ctx, progress)
+        run = Path(resolve_config(config, ctx.world_size).out)
+        with locked_directory(run) if ctx.is_main else contextlib.nullcontext():
+            return _train(config, ctx, progress)
     finally:
         D.cleanup(ctx)
 
@@ -191,7 +198,7 @@ def _prepare_config(config: TrainConfig, world_size: int) -> tuple[TrainConfig, 
     run = Path(cfg.out)
     if run.exists() and not run.is_dir():
         raise UserError(f"--out {run} is a file; give a directory for the run")
-    if not (run.is_dir() and any(run.iterdir())):
+    if not (run.is_dir() and contents(run)):
         return cfg, None
     if not config.resume:
         raise UserError(f"run directory {run} exists; pass --resume to continue it, or choose another --out")
@@ -205,6 +212,13 @@ def _prepare_config(config: TrainConfig, world_size: int) -> tuple[TrainConfig, 
     cfg = resolve_config(merged, world_size)
     manifest = run_files.read_manifest(run) if (run / run_files.MANIFEST).is_file() else None
     return cfg, manifest
+
+
+def _repair_best(run: Path, is_main: bool) -> None:
+    """Check the run directory's invariant before training on (docs/training.md): best.pt is the epoch last.pt
+    names as best. Rank 0 repairs the one break a kill can leave (best.pt not yet copied from last.pt)."""
+    if is_main:
+        run_files.repair_best(run)
 
 
 def _loaders(cfg, ctx, train_set: Dataset, val_set: Dataset):
@@ -224,6 +238,8 @@ def _loaders(cfg, ctx, train_set: Dataset, val_set: Dataset):
 
 def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Path:
     cfg, old_manifest = _prepare_config(config, ctx.world_size)
+    if cfg.resume:
+        _repair_best(Path(cfg.out), ctx.is_main)
     D.barrier(ctx)  # every process has checked the run directory before rank 0 writes into it
     run = Path(cfg.out)
     last_path, best_path = run / "last.pt", run / "best.pt"
@@ -284,8 +300,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
         resumes.append({k: manifest[k] for k in ("command_line", "started", "device", "world_size", "git_commit")})
         manifest = {**old_manifest, "resumes": resumes}
     if ctx.is_main:
-        for stale in run.glob(".*.tmp"):  # temporary files of a killed write: never complete, never read
-            stale.unlink()
+        remove_stale_temporaries(run)  # of killed writes: never complete, never read (the lock keeps others out)
         run_files.write_run_config(run, cfg)
         run_files.write_manifest(run, manifest)
         run_files.write_metrics(run, history)

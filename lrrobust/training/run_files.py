@@ -3,6 +3,7 @@
     RUN/config.json     the resolved TrainConfig             write_run_config / read_run_config -> TrainConfig
     RUN/manifest.json   versions, commit, device, resumes    write_manifest / read_manifest -> dict
     RUN/metrics.jsonl   one JSON line per epoch              write_metrics, append_metrics / read_metrics -> EpochRecord
+    RUN/last.pt, best.pt checkpoints (lrrobust.checkpoint)   the invariant between them: check_best / repair_best
 
 Writes are atomic (config.json, manifest.json, a rewritten metrics.jsonl) or an fsynced append (one metrics line),
 so a killed run leaves at most a torn last line in metrics.jsonl, which ``read_metrics`` ignores. Anything else
@@ -142,3 +143,45 @@ def read_metrics(run_dir: str | os.PathLike) -> list[EpochRecord]:
 
 __all__ = ["EpochRecord", "append_metrics", "is_run_dir", "read_manifest", "read_metrics", "read_run_config",
            "write_manifest", "write_metrics", "write_run_config"]
+
+
+# ---------------------------------------------------------------- the invariant between best.pt and last.pt
+
+
+def best_state(run_dir: str | os.PathLike) -> tuple[int | None, int | None, int | None]:
+    """(last.pt's epoch, the epoch last.pt names as best, best.pt's epoch); None where a file is missing."""
+    from lrrobust.checkpoint import read_checkpoint
+
+    run = Path(run_dir)
+    last = read_checkpoint(run / "last.pt", map_location="cpu") if (run / "last.pt").is_file() else None
+    best = read_checkpoint(run / "best.pt", map_location="cpu") if (run / "best.pt").is_file() else None
+    return (None if last is None else int(last["epoch"]), None if last is None else int(last["best_epoch"]),
+            None if best is None else int(best["epoch"]))
+
+
+def check_best(run_dir: str | os.PathLike) -> None:
+    """The run directory's invariant: best.pt holds the epoch last.pt names as best. A UserError otherwise."""
+    last_epoch, wanted, have = best_state(run_dir)
+    if last_epoch is not None and have != wanted:
+        raise UserError(f"run directory {run_dir} is inconsistent: best.pt holds epoch {have} but last.pt says the best "
+                        f"is epoch {wanted} (a run killed while writing best.pt); resume it with --resume to repair "
+                        "it, or pass RUN/last.pt")
+
+
+def repair_best(run_dir: str | os.PathLike) -> bool:
+    """Restore the invariant after a kill: when last.pt's own epoch is the best and best.pt was not yet written
+    from it, copy it (atomically). True when something was repaired; a UserError when it cannot be."""
+    import shutil
+
+    from lrrobust.io import atomic_path
+
+    run = Path(run_dir)
+    last_epoch, wanted, have = best_state(run)
+    if last_epoch is None or have == wanted:
+        return False
+    if wanted != last_epoch:
+        raise UserError(f"run directory {run} is inconsistent beyond repair: best.pt holds epoch {have}, last.pt "
+                        f"(epoch {last_epoch}) names epoch {wanted} as best; start a new run with another --out")
+    with atomic_path(run / "best.pt") as tmp:
+        shutil.copyfile(run / "last.pt", tmp)
+    return True
