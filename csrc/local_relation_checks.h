@@ -9,6 +9,15 @@ namespace lrrobust {
 
 enum Composability : int64_t { kSqDiff = 0, kAbsDiff = 1, kProduct = 2 };
 
+// Bounds of the window parameters (the same in lrrobust/ops/checks.py and the docstring of local_relation), so
+// that no index arithmetic of the kernels can overflow. The CPU kernel forms pixel offsets in int64; the CUDA
+// kernel in int32, for maps below 2^29 pixels a side, where every sum of a coordinate, a stride step and the
+// window's reach (K-1)/2 * dilation stays below 2^31. K*K (the geo_prior entries per group) stays below 2^30.
+constexpr int64_t kMaxKernelSize = (int64_t{1} << 15) - 1;  // 32767
+constexpr int64_t kMaxStride = int64_t{1} << 28;            // 268435456
+constexpr int64_t kMaxDilation = int64_t{1} << 28;
+constexpr int64_t kMaxReach = int64_t{1} << 28;  // (kernel_size - 1) / 2 * dilation
+
 struct LocalRelationShape {
   int64_t n, groups, channels, per_group, height, width, out_height, out_width, kernel_size, stride, dilation;
 };
@@ -23,12 +32,21 @@ inline LocalRelationShape check_local_relation_inputs(const at::Tensor& query, c
   TORCH_CHECK(geo_prior.dim() == 3, "local_relation: geo_prior must be 3-D (G, K, K), got ", geo_prior.dim(), "-D");
   TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, "local_relation: kernel_size must be odd and >= 1, got ",
               kernel_size);
-  TORCH_CHECK(stride >= 1, "local_relation: stride must be >= 1, got ", stride);
-  TORCH_CHECK(dilation >= 1, "local_relation: dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(kernel_size <= kMaxKernelSize, "local_relation: kernel_size must be at most ", kMaxKernelSize, ", got ",
+              kernel_size);
+  TORCH_CHECK(stride >= 1 && stride <= kMaxStride, "local_relation: stride must be in [1, 2^28 = ", kMaxStride,
+              "], got ", stride);
+  TORCH_CHECK(dilation >= 1 && dilation <= kMaxDilation, "local_relation: dilation must be in [1, 2^28 = ",
+              kMaxDilation, "], got ", dilation);
+  // Both bounded above, so the product fits in int64.
+  TORCH_CHECK((kernel_size - 1) / 2 * dilation <= kMaxReach, "local_relation: the window reaches (kernel_size - 1)",
+              " / 2 * dilation = ", (kernel_size - 1) / 2 * dilation, " pixels from its centre; at most 2^28 = ",
+              kMaxReach, " (kernel_size ", kernel_size, ", dilation ", dilation, ")");
   TORCH_CHECK(composability >= 0 && composability <= 2,
               "local_relation: composability must be 0 (sqdiff), 1 (absdiff) or 2 (product), got ", composability);
   TORCH_CHECK(query.device() == key.device() && key.device() == value.device() && value.device() == geo_prior.device(),
-              "local_relation: query, key, value and geo_prior must be on one device");
+              "local_relation: query, key, value and geo_prior must be on one device, got ", query.device(), ", ",
+              key.device(), ", ", value.device(), " and ", geo_prior.device());
   TORCH_CHECK(query.scalar_type() == key.scalar_type() && key.scalar_type() == value.scalar_type() &&
                   value.scalar_type() == geo_prior.scalar_type(),
               "local_relation: query, key, value and geo_prior must have one dtype");

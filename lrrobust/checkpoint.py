@@ -8,8 +8,13 @@ states for ``--resume``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickletools
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +49,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict[s
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (expected RUN/last.pt or RUN/best.pt from lrrobust train)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files: the error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, foreign pickle refused by weights_only, random bytes...
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        reason = next((line for line in lines if "Unpickler error" in line), lines[0])
-        raise UserError(f"{path} is not a readable lrrobust checkpoint (truncated or foreign file: {reason[:160]})"
-                        ) from None
+        raise UserError(f"{path} is not a readable lrrobust checkpoint: {load_failure(path, e)}") from None
     if not isinstance(state, dict) or not str(state.get("format", "")).startswith("lrrobust-checkpoint/"):
         raise UserError(f"{path} is not an lrrobust checkpoint (no lrrobust format tag); "
                         "pass a RUN/last.pt or RUN/best.pt written by lrrobust train")
@@ -59,6 +63,73 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict[s
     if missing:
         raise UserError(f"{path} is an incomplete lrrobust checkpoint: missing {', '.join(missing)}")
     return state
+
+
+def load_failure(path: Path, error: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed on ``path``, in a few words a user can act on."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    if not head:
+        return "the file is empty (a failed or killed copy?); pass RUN/last.pt or RUN/best.pt from lrrobust train"
+    refused = refused_global(str(error)) or _pickle_global(path, zipfile.is_zipfile(path))
+    if refused is not None:
+        return (f"it would import {refused}, which weights_only loading refuses (a file that imports code can run "
+                "it); pass a checkpoint written by lrrobust train")
+    if zipfile.is_zipfile(path):
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return f"a damaged PyTorch file ({first[:100]}); pass an intact RUN/last.pt or RUN/best.pt"
+    if head.startswith(b"PK"):
+        return "a truncated or damaged PyTorch file (its zip directory is missing); pass an intact checkpoint"
+    if head[:1] == b"\x80":
+        return "a plain Python pickle, not a PyTorch checkpoint file; pass RUN/last.pt or RUN/best.pt"
+    text = head.decode("utf-8", errors="replace")[:-1]  # the last character may be cut in two
+    kind = " but text" if all(ch.isprintable() or ch in "\n\r\t" for ch in text) else ""
+    return f"not a PyTorch checkpoint file{kind}; pass RUN/last.pt or RUN/best.pt written by lrrobust train"
+
+
+_REFUSED = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+def refused_global(message: str) -> str | None:
+    """The global (``posix.system``) that a weights_only error message says it refused, if it names one."""
+    found = _REFUSED.search(message)
+    return found.group(1).rstrip(".") if found else None
+
+
+_SAFE_MODULES = ("torch", "collections", "_codecs", "builtins")  # what PyTorch's own checkpoints import
+
+
+def _pickle_global(path: Path, is_zip: bool) -> str | None:
+    """The first global outside PyTorch's own that the pickle in ``path`` (or in its zip archive) would import.
+
+    Read with ``pickletools.genops``, which lists opcodes without running any: nothing in the file is executed.
+    """
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return None
+                data = archive.read(name)
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            found = None
+            if opcode.name in ("GLOBAL", "INST"):
+                found = ".".join(str(arg).split(" ", 1))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found = f"{strings[-2]}.{strings[-1]}"
+            elif isinstance(arg, str):
+                strings.append(arg)
+            if found is not None and found.split(".", 1)[0] not in _SAFE_MODULES:
+                return found
+    except Exception:  # noqa: BLE001 - a damaged pickle: nothing more to say about it
+        return None
+    return None
 
 
 def model_from_spec(spec: dict[str, Any]) -> nn.Module:

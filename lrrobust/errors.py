@@ -1,4 +1,8 @@
-"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+"""Errors the CLI prints as one line: a user's mistake (exit code 2) or a failing environment (exit code 1)."""
+
+from __future__ import annotations
+
+import os
 
 
 class UserError(ValueError):
@@ -8,3 +12,32 @@ class UserError(ValueError):
 
     The message is one line that says what is wrong and what to do.
     """
+
+
+class EnvironmentFailure(OSError):
+    """A path that cannot be written (disk full, file size limit, permissions, read-only or virtual filesystem).
+
+    The CLI prints it as one line naming the path and the cause, with exit code 1 (not the user's mistake: the same
+    command works once the cause is gone). An OSError, so library callers that catch OSError still catch it.
+    """
+
+    def __init__(self, path: str | os.PathLike, cause: str, action: str = "cannot write", context: str = "") -> None:
+        self.path = str(path)
+        self.cause = cause
+        self.action = action
+        self.context = context
+        super().__init__(f"{action} {self.path}{f' ({context})' if context else ''}: {cause}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self):  # pickled across processes (torchrun, the demo's workers) with its own arguments
+        return type(self), (self.path, self.cause, self.action, self.context)
+
+
+def describe_os_error(error: OSError) -> str:
+    """The cause of an OSError in words: its strerror ('No space left on device'), else its text."""
+    if error.strerror:
+        return error.strerror
+    text = " ".join(str(error).split())
+    return text or type(error).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 from fractions import Fraction
 
@@ -10,7 +12,7 @@ import torch
 
 import lrrobust
 from lrrobust.checkpoint import FORMAT, load_checkpoint, read_checkpoint, save_checkpoint
-from lrrobust.errors import UserError
+from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,12 +111,65 @@ def test_a_failed_write_keeps_the_previous_checkpoint(trained, monkeypatch):
     before = path.read_bytes()
 
     def broken_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as out:
-            out.write(b"half a checkpoint")
-        raise OSError("disk full")
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(EnvironmentFailure, match="No space left on device") as err:
         save_checkpoint(path, _state(model))
+    assert str(err.value) == f"cannot write {path}: No space left on device"
+    assert isinstance(err.value, OSError)  # callers catching OSError still catch it
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_torch_runtime_error_on_a_failed_write_names_the_path(trained, monkeypatch):
+    """torch.save reports a failed write as RuntimeError('[enforce fail at inline_container.cc ...]'); when no
+    OSError underneath says more, that is still one line naming the path (a real one: tests/test_cli_errors.py)."""
+    model, path = trained
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(EnvironmentFailure) as err:
+        save_checkpoint(path, _state(model))
+    assert str(err.value).startswith(f"cannot write {path}: the write failed (")
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "the file is empty"),
+        (b"epoch,loss\n1,0.5\n" * 6, "not a PyTorch checkpoint file but text"),
+        (bytes(range(256)) * 2, "not a PyTorch checkpoint file;"),
+    ],
+)
+def test_foreign_files_say_what_they_are(tmp_path, content, reason):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="not a readable lrrobust checkpoint") as err:
+        read_checkpoint(path)
+    assert reason in str(err.value) and "101" not in str(err.value)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo this should never run",))
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "pickle"])
+def test_a_malicious_checkpoint_names_the_refused_global(tmp_path, kind):
+    path = tmp_path / "evil.pt"
+    if kind == "torch.save":
+        torch.save({"format": FORMAT, "x": _Evil()}, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump({"format": FORMAT, "x": _Evil()}, f)
+    with pytest.raises(UserError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert f"it would import {os.system.__module__}.system" in message  # posix.system
+    assert "weights_only" in message and "\n" not in message and "PyTorch 2.6" not in message

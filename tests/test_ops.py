@@ -276,6 +276,16 @@ BAD_INPUTS = [
     ("bool key", {"key": torch.ones(1, 2, 4, 5, dtype=torch.bool)}, ValueError, "floating-point"),
     ("value on meta", {"value": torch.randn(1, 8, 4, 5, device="meta")}, ValueError, "on one device"),
     ("prior not a tensor", {"geo_prior": [[0.0]]}, TypeError, "geo_prior must be a torch.Tensor"),
+    # Bounds (lrrobust.ops.checks): beyond them index arithmetic could overflow (the issue's call segfaulted).
+    ("dilation 3*2^61", {"dilation": 3 * 2**61}, ValueError, "dilation must be at most 2^28"),
+    ("dilation 2^28 + 1, K = 1", {"dilation": 2**28 + 1, "kernel_size": 1, "geo_prior": torch.randn(2, 1, 1)},
+     ValueError, "dilation must be at most"),
+    ("reach beyond 2^28", {"dilation": 2**27 + 1, "kernel_size": 5, "geo_prior": torch.randn(2, 5, 5)}, ValueError,
+     "the window reaches (kernel_size - 1) / 2 * dilation = 268435458 pixels"),
+    ("stride 2^28 + 1", {"stride": 2**28 + 1, "query": torch.randn(1, 2, 1, 1)}, ValueError, "stride must be at most"),
+    ("stride beyond int64", {"stride": 2**64, "query": torch.randn(1, 2, 1, 1)}, ValueError, "stride must be at most"),
+    ("K 32769", {"kernel_size": 32769}, ValueError, "kernel_size must be at most 32767"),
+    ("negative dilation", {"dilation": -(2**63)}, ValueError, "dilation must be >= 1"),
 ]
 
 
@@ -294,6 +304,119 @@ def test_compiled_op_checks_inputs_too():
     with pytest.raises(RuntimeError, match="must be \\(N, G, ceil"):
         torch.ops.lrrobust.local_relation_forward(args["query"], args["key"], args["value"], args["geo_prior"], 3, 2,
                                                   1, 0)
+
+
+@pytest.mark.parametrize("k,s,d", [(3, 1, 3 * 2**61), (1, 1, 2**40), (3, 1, 2**28 + 1), (5, 1, 2**27 + 1),
+                                   (3, 2**28 + 1, 1), (3, 2**62, 1), (32769, 1, 1), (2**31 + 1, 1, 1)])
+def test_compiled_op_rejects_windows_beyond_the_bounds(k, s, d):
+    # Called directly (no Python checks): the C++ checks name the bound; the issue's call segfaulted here.
+    q, key, v = torch.randn(1, 1, 4, 5), torch.randn(1, 1, 4, 5), torch.randn(1, 2, 4, 5)
+    q = q if s == 1 else q[:, :, :1, :1]
+    p, go = torch.randn(1, 3, 3), torch.randn(1, 2, *q.shape[2:])
+    with pytest.raises(RuntimeError, match="local_relation: .*(at most|must be in)"):
+        torch.ops.lrrobust.local_relation_forward(q, key, v, p, k, s, d, 0)
+    with pytest.raises(RuntimeError, match="local_relation: .*(at most|must be in)"):
+        torch.ops.lrrobust.local_relation_backward(go, q, key, v, p, k, s, d, 0)
+
+
+@pytest.mark.parametrize("k,s,d", [(3, 1, 2**28), (5, 1, 2**27), (1, 2**28, 2**28), (7, 2**28, 3)])
+def test_windows_at_the_bounds_work(k, s, d):
+    # The largest stride, dilation and reach allowed: the same as the reference at an equivalent clamped value
+    # (a dilation or stride >= max(H, W) leaves only the centre, or one output pixel).
+    case = (1, 4, 2, 5, 6, k, s, d)
+    x = make_inputs(case, requires_grad=True)
+    out = local_relation(*x, k, stride=s, dilation=d)
+    want = local_relation_reference(*x, k, min(s, 6), min(d, 6))
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, x, grad_out), torch.autograd.grad(want, x, grad_out)):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["query", "key", "value", "geo_prior", "grad_out"])
+def test_compiled_op_rejects_a_meta_tensor_among_cpu_tensors(name):
+    # The dispatcher sends a call with any meta tensor to the fake kernel, which used to return uninitialised CPU
+    # tensors; it checks the devices now, as the C++ kernels do.
+    args = _good()
+    tensors = {"grad_out": torch.randn(1, 8, 4, 5), **{n: args[n] for n in ("query", "key", "value", "geo_prior")}}
+    tensors[name] = tensors[name].to("meta")
+    inputs = [tensors[n] for n in ("query", "key", "value", "geo_prior")]
+    if name != "grad_out":
+        with pytest.raises((RuntimeError, ValueError), match="must be on one device"):
+            torch.ops.lrrobust.local_relation_forward(*inputs, 3, 1, 1, 0)
+    with pytest.raises((RuntimeError, ValueError), match="must be on one device"):
+        torch.ops.lrrobust.local_relation_backward(tensors["grad_out"], *inputs, 3, 1, 1, 0)
+
+
+def test_compiled_op_on_all_meta_tensors_gives_shapes():
+    args = _good()
+    inputs = [args[n].to("meta") for n in ("query", "key", "value", "geo_prior")]
+    out = torch.ops.lrrobust.local_relation_forward(*inputs, 3, 1, 1, 0)
+    assert out.device.type == "meta" and out.shape == (1, 8, 4, 5)
+    grads = torch.ops.lrrobust.local_relation_backward(out, *inputs, 3, 1, 1, 0)
+    assert [g.shape for g in grads] == [t.shape for t in inputs] and all(g.device.type == "meta" for g in grads)
+    with pytest.raises((RuntimeError, ValueError), match="dilation must be at most"):
+        torch.ops.lrrobust.local_relation_forward(*inputs, 3, 1, 3 * 2**61, 0)
+
+
+def _sprinkle(tensor, fraction, gen):
+    """tensor with about `fraction` of its entries replaced by inf, -inf or NaN."""
+    special = torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=tensor.dtype)
+    tensor = tensor.detach().clone()
+    hit = torch.rand(tensor.shape, generator=gen) < fraction
+    tensor[hit] = special[torch.randint(0, 3, (int(hit.sum()),), generator=gen)]
+    return tensor
+
+
+def _assert_same_nonfinite(got, want, tol, what):
+    """The same NaN, +inf and -inf positions, and the finite values equal within tol."""
+    assert torch.equal(got.isnan(), want.isnan()), f"{what}: NaN positions differ"
+    assert torch.equal(got == float("inf"), want == float("inf")), f"{what}: +inf positions differ"
+    assert torch.equal(got == -float("inf"), want == -float("inf")), f"{what}: -inf positions differ"
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("which", ["query", "key", "value", "geo_prior", "all"])
+def test_nonfinite_inputs_follow_the_reference(which, kind, dtype):
+    # Semantics (local_relation's docstring): IEEE propagation as in torch.softmax. Forward and gradients must have
+    # the reference's NaN / +inf / -inf pattern and its finite values.
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    names = ("query", "key", "value", "geo_prior")
+    for seed, case in enumerate([(2, 6, 3, 7, 9, 3, 1, 1), (1, 4, 2, 6, 5, 5, 2, 1), (1, 20, 2, 5, 21, 3, 1, 2)]):
+        gen = torch.Generator().manual_seed(seed)
+        x = make_inputs(case, dtype, seed=seed)
+        x = [_sprinkle(t, 0.08, gen) if which in (name, "all") else t for name, t in zip(names, x)]
+        x = [t.requires_grad_() for t in x]
+        out = local_relation(*x, **options(case, kind))
+        want = local_relation_reference(*x, case[5], case[6], case[7], kind)
+        assert not torch.isfinite(want).all(), "the case should produce some non-finite outputs"
+        _assert_same_nonfinite(out.detach(), want.detach(), tol, f"{case} forward")
+        grad_out = torch.randn(out.shape, dtype=dtype, generator=gen)
+        got_grads = torch.autograd.grad(out, x, grad_out)
+        for name, g, w in zip(names, got_grads, torch.autograd.grad(want, x, grad_out)):
+            _assert_same_nonfinite(g, w, tol, f"{case} grad {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_windows_of_infinite_logits_give_nan(dtype):
+    # All -inf: NaN weights (was 0 in the CPU kernel); a +inf logit: NaN; a -inf among finite logits: weight 0.
+    case = (1, 4, 2, 5, 6, 3, 1, 1)
+    q, key, v, p = make_inputs(case, dtype)
+    p[0] = -float("inf")  # group 0: every logit -inf
+    p[1, 0, 0] = float("inf")  # group 1: a +inf logit where the window's top-left offset is in the image
+    out = local_relation(q, key, v, p, 3)
+    assert out[:, :2].isnan().all()
+    assert out[:, 2:, 1:, 1:].isnan().all() and torch.isfinite(out[:, 2:, 0, :]).all()
+    p[1] = 0.0
+    p[1, 1, 2] = -float("inf")  # group 1: the right neighbour never counts
+    out = local_relation(q, key, v, p, 3)
+    torch.testing.assert_close(out, local_relation_reference(q, key, v, p, 3), equal_nan=True)
+    assert torch.isfinite(out[:, 2:]).all()
+    p[1, 1, 2] = -1e30 if dtype == torch.float32 else -1e300  # the same as a weight that underflows to 0
+    torch.testing.assert_close(out[:, 2:], local_relation(q, key, v, p, 3)[:, 2:])
 
 
 def _peak_allocated_bytes(fn, trace_path) -> int:

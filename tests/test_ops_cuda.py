@@ -193,3 +193,39 @@ def test_inputs_on_two_devices_are_rejected():
     inputs[3] = inputs[3].cpu()
     with pytest.raises((RuntimeError, ValueError), match="(?i)device"):
         local_relation(*inputs, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[10]])
+def test_nonfinite_inputs_follow_the_reference(case, kind, dtype):
+    # IEEE propagation as torch.softmax (local_relation's docstring): the same NaN / +inf / -inf pattern as the
+    # reference, forward and gradients, in both kernel variants (CASES[10] reads global memory in float64).
+    special = torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=torch.float64)
+    *inputs, grad_out = make_inputs(case, dtype, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    for x in inputs:
+        hit = (torch.rand(x.shape, generator=gen) < 0.08).cuda()
+        x[hit] = special[torch.randint(0, 3, (int(hit.sum()),), generator=gen)].to(x)
+    inputs[3][0] = -float("inf")  # group 0: every window's logits are -inf
+    out, grads = run(inputs, case, kind, grad_out)
+    ref_out, ref_grads = reference(inputs, case, kind, grad_out)
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    for name, got, ref in zip(("out", "query", "key", "value", "geo_prior"), [out, *grads], [ref_out, *ref_grads]):
+        got = got.double().cpu()
+        for pick in (torch.isnan, lambda t: t == float("inf"), lambda t: t == -float("inf")):
+            assert torch.equal(pick(got), pick(ref)), f"{case} {kind} {dtype}: {name} non-finite pattern differs"
+        finite = torch.isfinite(ref)
+        if finite.any():
+            assert_close(got[finite], ref[finite], tol, f"{case} {kind} {dtype}: {name}")
+
+
+@pytest.mark.parametrize("k,s,d", [(3, 1, 3 * 2**61), (1, 1, 2**40), (5, 1, 2**27 + 1), (3, 2**28 + 1, 1)])
+def test_windows_beyond_the_bounds_are_rejected(k, s, d):
+    q, key, v, p = (torch.randn(shape, device="cuda") for shape in [(1, 1, 4, 5), (1, 1, 4, 5), (1, 2, 4, 5),
+                                                                    (1, 3, 3)])
+    q = q if s == 1 else q[:, :, :1, :1]
+    with pytest.raises(RuntimeError, match="local_relation: .*(at most|must be in)"):
+        torch.ops.lrrobust.local_relation_forward(q, key, v, p, k, s, d, 0)
+    with pytest.raises(ValueError, match="local_relation: .*at most"):
+        local_relation(q, key, v, p, k, stride=s, dilation=d)

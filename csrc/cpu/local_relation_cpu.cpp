@@ -78,7 +78,8 @@ struct Simd {
     return total;
   }
 
-  // exp(x) for x <= 0 (logits minus their maximum); 0 below -87 and for -inf (offsets outside the image).
+  // exp(x) for x <= 0 (logits minus their maximum); 0 below -87 and for -inf (offsets outside the image), NaN
+  // for NaN.
   // float: Cephes' single-precision polynomial on the whole vector. double (gradcheck): std::exp per lane.
   static LR_INLINE V exp_nonpositive(V x) {
     if constexpr (std::is_same_v<T, float>) {
@@ -306,24 +307,28 @@ LR_INLINE int64_t chunk_logits(const Chunk& c, const Geometry& g, const typename
   return row;
 }
 
-// Softmax numerators exp(l - max) in place, per lane; sets inv_sum.
+// Softmax numerators exp(l - max) in place, per lane; sets inv_sum. Non-finite logits follow torch.softmax: in the
+// first `width` lanes a window whose logits are all -inf, or with a +inf or NaN logit, gets NaN numerators (-inf
+// minus -inf, +inf minus +inf, NaN); the lanes past the row's end get numerators 0 and inv_sum 0, so that they add
+// nothing to the backward's per-lane sums.
 template <typename S>
-LR_INLINE void chunk_softmax(int64_t rows, Scratch<S>& s) {
+LR_INLINE void chunk_softmax(int64_t rows, int64_t width, Scratch<S>& s) {
   using T = typename S::T;
   using V = typename S::V;
   V top = S::splat(-std::numeric_limits<T>::infinity());
   for (int64_t r = 0; r < rows; ++r) {
     const V logit = S::load(s.row(s.weights, r));
-    top = logit > top ? logit : top;
+    top = logit > top ? logit : top;  // NaN logits are skipped here, and give NaN numerators below
   }
-  top = top == -std::numeric_limits<T>::infinity() ? V{} : top;  // lanes past the row's end
+  top = S::blend(S::mask(0, width), top, V{});  // lanes past the row's end: all logits -inf, numerators 0
   V sum{};
   for (int64_t r = 0; r < rows; ++r) {
     const V e = S::exp_nonpositive(S::load(s.row(s.weights, r)) - top);
     S::store(s.row(s.weights, r), e);
     sum += e;
   }
-  S::store(s.inv_sum, sum > 0 ? T(1) / sum : V{});
+  // sum >= 1 or NaN in the first `width` lanes (the maximum's numerator is 1), 0 past the row's end.
+  S::store(s.inv_sum, sum != 0 ? T(1) / sum : V{});
 }
 
 // Loads the chunk's query and lane ranges, computes its logits and their softmax numerators; returns the count.
@@ -340,7 +345,7 @@ LR_INLINE int64_t chunk_weights(const Chunk& c, const Geometry& g, int64_t phi, 
   } else {
     rows = chunk_logits<S, kProduct, kUnitStride>(c, g, key, prior, s, keys);
   }
-  chunk_softmax(rows, s);
+  chunk_softmax(rows, c.width, s);
   return rows;
 }
 
@@ -469,7 +474,8 @@ LR_INLINE void logits_backward(const Chunk& c, const Geometry& g, int64_t rows, 
     const typename S::M mask = S::mask(lo, hi);
     for (int64_t a = c.a0; a < c.a1; ++a) {
       const int64_t row = (a - c.a0) * cols + u;
-      const V dl = S::load(s.row(s.weights, row)) * (S::load(s.row(s.dweights, row)) - weighted);
+      // Lanes outside the image take no part (their weight is 0, or NaN in a window of non-finite logits).
+      const V dl = S::keep(mask, S::load(s.row(s.weights, row)) * (S::load(s.row(s.dweights, row)) - weighted));
       V dq, dk;
       logit_grads<kPhi>(q, S::load(s.row(s.keys, row)), dq, dk);
       gq += dl * dq;
@@ -627,8 +633,10 @@ bool is_reduced_float(const at::Tensor& t) {
 // Tasks per parallel chunk such that a chunk does at least about 2^16 channel-offset steps: a small problem
 // runs on the calling thread, where a parallel region would cost more than it saves.
 int64_t grain_size(const Geometry& g, int64_t pixels_per_task) {
-  const int64_t work = pixels_per_task * max_rows(g) * std::min(g.kernel, g.width) * (g.m + 4);
-  return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work));
+  // In double: for huge maps and windows the product could exceed int64.
+  const double work = static_cast<double>(pixels_per_task) * static_cast<double>(max_rows(g)) *
+                      static_cast<double>(std::min(g.kernel, g.width)) * static_cast<double>(g.m + 4);
+  return work >= 65536.0 ? 1 : std::max<int64_t>(1, static_cast<int64_t>(65536.0 / std::max(1.0, work)));
 }
 
 // Per-thread scratch from the tensor allocator (so memory statistics see it); row t belongs to thread t. The

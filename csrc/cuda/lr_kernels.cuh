@@ -3,6 +3,9 @@
 //   logit(n,g,i,j,a,b) = Phi(q[n,g,i,j], k[n,g,p]) + geo[g,a,b],  p = (i*s + (a-r)*d, j*s + (b-r)*d),
 //   w = softmax of the logits over the offsets whose pixel p lies in the image,
 //   out[n,c,i,j] = sum_ab w(n, c/m, i, j, a, b) * value[n,c,p].
+// Non-finite inputs propagate as in the reference (IEEE, as torch.softmax): a window whose logits are all -inf,
+// or hold a +inf or NaN, has NaN weights (-inf - max = NaN, exp(inf - inf) = NaN, the maximum skips NaN but its
+// exp does not), and 0 * inf = NaN in the weighted sums.
 //
 // Three passes, all recomputing the weights (no K*K buffer):
 //   lr_forward_kernel  one thread per output pixel: logits, softmax and aggregation fused; the block
@@ -91,6 +94,12 @@ LR_HD T lr_dphi_dk(T q, T k, int kind) {
   if (kd == 0) return T(2) * (q - k);
   if (kd == 1) return lr_sign(q - k);
   return q;
+}
+
+// Whether x is finite (false for +-inf and NaN), without relying on a math library's isfinite on the device.
+template <typename T>
+LR_HD bool lr_finite(T x) {
+  return x - x == T(0);
 }
 
 // Butterfly sum over the 32 lanes of a warp: every lane gets the same, deterministic, result.
@@ -419,7 +428,10 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
   if (active) {
     const acc_t inv = acc_t(1) / z;
     const acc_t D = a_sum * inv;
-    grad_query[pix] = static_cast<scalar_t>((b_sum - D * s_sum) * inv);
+    // A non-finite D (an infinite dw under a positive weight, or a NaN) makes some w*(dw - D) NaN: grad_query is
+    // NaN, as the plain sum_ab w*(dw - D)*dPhi/dq gives (the rearranged form could give +-inf instead).
+    const acc_t gq = lr_finite(D) ? (b_sum - D * s_sum) * inv : static_cast<acc_t>(NAN);
+    grad_query[pix] = static_cast<scalar_t>(gq);
     lse[pix] = mx + lr_log(z);
     dsum[pix] = D;
   }

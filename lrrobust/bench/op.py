@@ -124,8 +124,8 @@ def check_options(device: str, batch: int, dtype: str | None, repeats: int, warm
         raise UserError(f"--repeats must be at least 1, got {repeats}")
     if warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {warmup}")
-    if not max_seconds > 0:
-        raise UserError(f"--max-seconds must be positive, got {max_seconds}")
+    if not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise UserError(f"--max-seconds must be a positive finite number of seconds, got {max_seconds}")
     dtype = DEFAULT_DTYPE[device] if dtype is None else dtype
     if dtype not in DEVICE_DTYPES[device]:
         raise UserError(
@@ -153,7 +153,8 @@ def run_op_bench(
     Each measurement takes ``warmup`` untimed calls, one memory call, then up to ``repeats`` timed calls, cut
     to about ``max_seconds`` of timed calls but never fewer than 3 (the reference at stage 1 takes seconds per
     call). Records: ``stage``, ``impl``, ``pass``, ``ms`` (median), ``peak_mb`` and the context (``ms_min``,
-    ``ms_max``, channels, size, groups, batch, device, dtype, repeats, threads; ``kernel`` = "compiled" or "fallback" for lr_fused).
+    ``ms_max``, channels, size, groups, batch, device, dtype, repeats, threads; ``kernel`` = "compiled" or
+    "fallback" for lr_fused).
     ``threads`` sets torch's intra-op CPU threads for the run (default: leave torch's setting).
     """
     dtype = check_options(device, batch, dtype, repeats, warmup, max_seconds)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -43,14 +42,13 @@ def parse_stages(stages: str, shapes: list[str]) -> tuple:
 
 
 def check_output_path(path: Path, option: str) -> None:
-    """Refuse, before the bench runs, an output path that cannot be written."""
+    """Refuse, before the bench runs, an output file that cannot be written: a directory (exit code 2), or a
+    directory to write it in that cannot be written (exit code 1). Creates nothing."""
+    from lrrobust.io import ensure_writable_dir
+
     if path.is_dir():
         raise UserError(f"{option} {path} is a directory; give a file name inside it")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"{option} {path}: cannot write in {parent}; choose another path")
+    ensure_writable_dir(path.parent, option, create=False, given=path)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

@@ -13,6 +13,8 @@ from lrrobust.attacks import KINDS
 from lrrobust.commands import console, is_terminal, user_errors
 from lrrobust.errors import UserError
 
+MAX_SEED = 2**63 - 1  # the largest seed every generator takes
+
 AttackKind = Enum("AttackKind", {kind: kind for kind in sorted(KINDS)}, type=str)  # every registered kind
 
 
@@ -88,6 +90,7 @@ def eval_attack(
     """White-box attack evaluation: per-sample records, summary, resumable, torchrun-ready (Table 9)."""
     from lrrobust.evaluation.evaluate import evaluate
     from lrrobust.evaluation.suite import load_suite
+    from lrrobust.io import ensure_writable_dir
 
     options = (attack, eps, step_size, steps, random_start, restarts, mode)
     if suite is not None and any(v is not None for v in options):
@@ -110,9 +113,14 @@ def eval_attack(
         raise UserError("--transfer-from runs the transfer check: drop --no-checks")
     if checks is not None or transfer_from is not None:
         changes["checks"] = dataclasses.replace(chosen.checks, enabled=checks is not False)
+    if seed is not None and seed > MAX_SEED:
+        raise UserError(f"--seed must lie in [0, 2**63), got {seed}")
     if workers < 0:
         raise UserError(f"--workers must be >= 0, got {workers}")
     chosen = chosen.replace(**changes)
+    # The evaluation code creates and locks --out itself, after loading the models: probe it (or its nearest
+    # existing parent) now, creating nothing, so an unwritable path fails before any attack runs.
+    ensure_writable_dir(out, "--out", create=False)
     summary = evaluate(checkpoint, dataset, chosen, out, root=root,
                        transfer_from=None if transfer_from is None else str(transfer_from), device=device,
                        progress=is_terminal(), workers=workers)
@@ -131,8 +139,10 @@ def report(
                                               "images or splits in one table anyway, marked with a dagger.")] = False,
 ) -> None:
     """Table 9 style report: worst case with intervals, paired tests, plots, masking checks and manifests."""
+    from lrrobust.io import ensure_writable_dir
     from lrrobust.report import write_report
 
+    ensure_writable_dir(out, "--out", create=False)  # the report creates it only once its inputs are read
     path = write_report(dirs, out, allow_mixed=allow_mixed)
     console.print(f"wrote {path}")
 
@@ -146,9 +156,12 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded digits: train, attack, report (what `make demo` runs)."""
     from lrrobust.demo import run_demo
+    from lrrobust.io import ensure_writable_dir
 
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
+    for option, path in (("--workdir", workdir), ("--out", out)):
+        ensure_writable_dir(path, option, create=False)
     run_demo(out=out, workdir=workdir, console=console, jobs=jobs)
 
 

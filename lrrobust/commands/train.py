@@ -7,13 +7,14 @@ attack. Every option left out takes the preset's value (``--preset``, by default
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from lrrobust.commands import console, err_console, is_terminal, user_errors
+from lrrobust.commands import console, err_console, is_terminal, print_error, user_errors
 from lrrobust.core.numbers import parse_fraction
 from lrrobust.errors import UserError
 
@@ -76,6 +77,7 @@ def parse_model_opts(items: list[str] | None) -> dict[str, Any]:
 
 
 def parse_milestones(text: str | None) -> list[int] | None:
+    """'30,60,90' -> [30, 60, 90]; '' -> [] (no lr steps). resolve_config checks they are positive and increasing."""
     if text is None:
         return None
     try:
@@ -122,15 +124,19 @@ def check_model_name(name: str) -> None:
 
 
 def run_training(adversarial: bool, progress: bool | None, options: dict[str, Any]) -> None:
+    from lrrobust.io import ensure_writable_dir
     from lrrobust.training import TrainingDiverged, resolve_config, train
 
     config = build_config(adversarial, **options)
     check_model_name(config.model)
-    resolve_config(config)  # every option checked before any work starts
+    resolved = resolve_config(config)  # every option checked before any work starts
+    # The run directory must be writable before the first epoch; training creates and locks it itself, so probe
+    # it when it exists, else its nearest existing parent, creating nothing.
+    ensure_writable_dir(resolved.out, "--out", create=False)
     try:
         run = train(config, progress=progress)
     except TrainingDiverged as e:
-        err_console.print(f"[bold red]training stopped:[/] {e}", highlight=False, soft_wrap=True)
+        print_error(e, "training stopped:")
         raise typer.Exit(1) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone speaks
         console.print(f"run directory: {run}", highlight=False, soft_wrap=True)
@@ -193,14 +199,20 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from lrrobust.commands.bench_op import check_output_path
         from lrrobust.training.bench import TARGET_RATIO, bench_train
         from lrrobust.training.distributed import resolve_device
 
         names = [m.strip() for m in models.split(",") if m.strip()]
+        if not names:
+            raise UserError(f"--models takes comma-separated zoo models like lrnet26,resnet26; got {models!r}")
         for name in names:
             check_model_name(name)
-        if batch_size < 1 or steps < 1 or iters < 1 or warmup < 0 or width <= 0:
-            raise UserError("--batch-size, --steps and --iters must be >= 1, --warmup >= 0 and --width > 0")
+        if batch_size < 1 or steps < 1 or iters < 1 or warmup < 0 or not (math.isfinite(width) and width > 0):
+            raise UserError(f"--batch-size, --steps and --iters must be >= 1, --warmup >= 0 and --width a positive "
+                            f"number; got {batch_size}, {steps}, {iters}, {warmup} and {width:g}")
+        if json_out is not None:
+            check_output_path(json_out, "--json")
         dev = resolve_device(device)
         if threads is not None:
             if threads < 1:

@@ -28,9 +28,15 @@ def _holder(fd: int) -> str:
         return "unknown"
 
 
+def is_temporary(path: Path) -> bool:
+    """A temporary file of an atomic write (``.NAME.*.tmp``): complete only once renamed, never read."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 def contents(path: Path) -> list[Path]:
-    """What a directory holds besides its lock file."""
-    return [p for p in path.iterdir() if p.name != LOCK_NAME]
+    """What a directory holds besides its lock file and the temporaries of killed writes (a run killed in its first
+    write is still a new directory)."""
+    return [p for p in path.iterdir() if p.name != LOCK_NAME and not is_temporary(p)]
 
 
 @contextlib.contextmanager
@@ -38,13 +44,15 @@ def locked_directory(path: str | os.PathLike, option: str = "--out") -> Iterator
     """Create ``path`` if needed and hold its lock inside the block.
 
     If the block fails in a directory this call created and nothing but the lock file is in it, the directory is
-    removed again: a refused command leaves nothing behind.
+    removed again, and a lock file this call created in an existing directory is removed: a refused command leaves
+    nothing behind.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} is a file; give a directory")
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
+    new_lock = not (path / LOCK_NAME).exists()
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,6 +69,8 @@ def locked_directory(path: str | os.PathLike, option: str = "--out") -> Iterator
     except BaseException:
         if created and not contents(path):
             shutil.rmtree(path, ignore_errors=True)
+        elif new_lock:  # a refused command leaves the user's directory as it found it
+            (path / LOCK_NAME).unlink(missing_ok=True)
         raise
     finally:
         os.close(fd)
@@ -69,5 +79,6 @@ def locked_directory(path: str | os.PathLike, option: str = "--out") -> Iterator
 def remove_stale_temporaries(path: Path) -> None:
     """Delete temporary files of killed atomic writes (``.NAME.*.tmp``); call only while holding the lock, when no
     other process can be writing them."""
-    for stale in path.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    for stale in path.iterdir():
+        if is_temporary(stale):
+            stale.unlink(missing_ok=True)

@@ -245,6 +245,8 @@ def run_evaluation(
         if rank == 0:
             check_out(out, fingerprint)  # again under the lock: another process may have pinned other settings
             remove_stale_temporaries(out)
+            if (out / STATE_DIR).is_dir():
+                remove_stale_temporaries(out / STATE_DIR)
             pin_settings(out, fingerprint)
         if size > 1:
             dist.barrier()

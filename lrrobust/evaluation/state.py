@@ -104,6 +104,11 @@ def open_state(path: Path) -> None:
                 f.write("\n")
 
 
+def _is_new(out: Path) -> bool:
+    """Nothing in ``out`` but its lock and what a run killed in its first write leaves (an empty state folder)."""
+    return all(p.name == STATE_DIR and p.is_dir() and not contents(p) for p in contents(out))
+
+
 def check_out(out: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse an ``out`` that is neither new nor a state of the same settings (every rank checks, none writes)."""
     config = out / STATE_DIR / "config.json"
@@ -120,7 +125,7 @@ def check_out(out: Path, fingerprint: dict[str, Any]) -> None:
         if changed:
             raise UserError(f"{out} holds an evaluation with other settings ({', '.join(changed)} differ); "
                             "use the same command to resume, or choose another --out")
-    elif out.exists() and contents(out):
+    elif out.exists() and not _is_new(out):
         raise UserError(f"{out} exists and is not an evaluation directory; choose a new --out")
 
 

@@ -181,7 +181,8 @@ def read_summary(directory: str | Path) -> Summary:
 
 
 def read_ledger(directory: str | Path, summary: dict[str, Any] | None = None) -> Ledger:
-    """The ledger of an evaluation directory, from samples.csv and the attack settings in summary.json."""
+    """The ledger of an evaluation directory, from samples.csv and the attack settings in summary.json; a
+    UserError naming samples.csv when its rows are damaged."""
     directory = Path(directory)
     summary = summary if summary is not None else _read_json(directory / "summary.json")
     path = directory / "samples.csv"
@@ -189,12 +190,26 @@ def read_ledger(directory: str | Path, summary: dict[str, Any] | None = None) ->
         rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path} is unreadable ({e}); re-run lrrobust eval-attack") from None
-    settings = {a["attack"]: a for a in summary["attacks"]}
+    try:
+        settings = {a["attack"]: a for a in summary["attacks"]}
+        for attack in settings.values():
+            attack["targeted"], attack.get("stages", [])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{directory / 'summary.json'} is damaged ({type(e).__name__}: {e}); re-run lrrobust "
+                        "eval-attack") from None
+    try:
+        return _ledger_of_rows(rows, summary, settings, path)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); re-run lrrobust eval-attack") from None
+
+
+def _ledger_of_rows(rows: list[dict[str, str]], summary: dict[str, Any], settings: dict[str, dict],
+                    path: Path) -> Ledger:
     by_attack: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         by_attack.setdefault(row["attack"], []).append(row)
     if not rows or set(by_attack) != set(settings):
-        raise UserError(f"{path} does not match {directory / 'summary.json'}; re-run lrrobust eval-attack")
+        raise UserError(f"{path} does not match {path.parent / 'summary.json'}; re-run lrrobust eval-attack")
     first = by_attack[summary["attacks"][0]["attack"]]
     outcomes = []
     for name, attack in settings.items():

@@ -69,15 +69,29 @@ def local_relation(
         key: (N, G, H, W).
         value: (N, C, H, W); every group must get at least one channel.
         geo_prior: (G, K, K), the geometric prior term per group and window offset.
-        kernel_size: K, odd; any size, up to and beyond the whole map (K >= 2*max(H, W) - 1).
-        stride: output pixel spacing s.
-        dilation: spacing d of the window's offsets.
+        kernel_size: K, odd, 1 <= K <= 32767 (2^15 - 1); up to and beyond the whole map (K >= 2*max(H, W) - 1).
+        stride: output pixel spacing s, 1 <= s <= 2^28.
+        dilation: spacing d of the window's offsets, 1 <= d <= 2^28, and the window's reach (K-1)/2 * d at
+            most 2^28 pixels. These bounds keep every index computation of the kernels (int64 on the CPU, int32
+            on CUDA, which also needs maps below 2^29 pixels a side) from overflowing; beyond them the call
+            raises ValueError (RuntimeError from ``torch.ops.lrrobust.*`` called directly).
         composability: "sqdiff" -(q-k)^2 (Eq. 3), "absdiff" -|q-k| (Eq. 4) or "product" q*k (Eq. 5).
 
     Returns:
         (N, C, ceil(H/stride), ceil(W/stride)). Tensors of different floating dtypes are promoted to a common
         one. On the CPU, float16 and bfloat16 are computed in float32 and returned in their own dtype. Where no
         compiled kernel serves the device, the pure-PyTorch reference computes the same (one warning).
+
+    Non-finite inputs (inf, -inf, NaN) propagate by IEEE arithmetic, as in ``torch.softmax`` and the reference:
+    the logits are Phi(q, k) + geo_prior (inf - inf and 0 * inf are NaN); a window whose in-image logits are all
+    -inf, or include +inf or NaN, has NaN weights, so all channels of its group are NaN at that pixel; a -inf
+    logit among finite ones has weight 0; the output is sum(weight * value) over the in-image offsets, so an
+    infinite value under weight 0 gives NaN, under a positive weight +-inf (NaN if +inf meets -inf). With a
+    finite grad_out the four gradients are NaN, infinite and finite where the reference's autograd gives NaN,
+    infinite and finite. Outside this contract: finite inputs so large that Phi overflows (|q - k| beyond about
+    1e19 in float32; the CPU kernel computes sqdiff as k*(2q - k), equal to -(q-k)^2 up to a term constant over
+    the window, so the softmax is the same where both are finite), and weights below about e^-87 in float32,
+    which the kernels may round to 0 (an infinite value under such a weight gives NaN, not inf).
     """
     check_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability)
     query, key, value, geo_prior = _common_dtype(query, key, value, geo_prior)

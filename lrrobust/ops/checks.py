@@ -9,9 +9,50 @@ import torch
 
 from lrrobust.ops.reference import COMPOSABILITIES, output_size
 
+# Bounds of the window parameters, the same as in csrc/local_relation_checks.h (see ``local_relation``): no index
+# arithmetic of the CPU (int64) or CUDA (int32) kernels can overflow within them.
+MAX_KERNEL_SIZE = 2**15 - 1
+MAX_STRIDE = 2**28
+MAX_DILATION = 2**28
+MAX_REACH = 2**28  # (kernel_size - 1) // 2 * dilation: how far the window reaches from its centre
+
 
 def _fail(message: str) -> None:
     raise ValueError(f"local_relation: {message}")
+
+
+def check_window(kernel_size: int, stride: int, dilation: int) -> None:
+    """Raise unless kernel_size, stride and dilation are ints within the bounds above (K odd)."""
+    for name, number in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+        if isinstance(number, bool) or not isinstance(number, numbers.Integral):
+            raise TypeError(f"local_relation: {name} must be an int; got {number!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        _fail(f"kernel_size must be odd and >= 1 (the window is centred on its pixel); got {kernel_size}")
+    if kernel_size > MAX_KERNEL_SIZE:
+        _fail(f"kernel_size must be at most {MAX_KERNEL_SIZE}; got {kernel_size}")
+    if stride < 1:
+        _fail(f"stride must be >= 1; got {stride}")
+    if stride > MAX_STRIDE:
+        _fail(f"stride must be at most 2^28 = {MAX_STRIDE}; got {stride}")
+    if dilation < 1:
+        _fail(f"dilation must be >= 1; got {dilation}")
+    if dilation > MAX_DILATION:
+        _fail(f"dilation must be at most 2^28 = {MAX_DILATION}; got {dilation}")
+    reach = (kernel_size - 1) // 2 * dilation
+    if reach > MAX_REACH:
+        _fail(
+            f"the window reaches (kernel_size - 1) / 2 * dilation = {reach} pixels from its centre; at most "
+            f"2^28 = {MAX_REACH} (kernel_size {kernel_size}, dilation {dilation})"
+        )
+
+
+def check_one_device(**tensors: torch.Tensor) -> None:
+    """Raise unless all tensors are on one device (a meta tensor among CPU tensors included)."""
+    devices = {tensor.device for tensor in tensors.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{name} on {tensor.device}" for name, tensor in tensors.items())
+        names = list(tensors)
+        _fail(f"{', '.join(names[:-1])} and {names[-1]} must be on one device; got {where}: move them with .to(device)")
 
 
 def check_inputs(
@@ -29,15 +70,7 @@ def check_inputs(
     for name, tensor in tensors:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"local_relation: {name} must be a torch.Tensor; got {type(tensor).__name__}")
-    for name, number in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
-        if isinstance(number, bool) or not isinstance(number, numbers.Integral):
-            raise TypeError(f"local_relation: {name} must be an int; got {number!r}")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        _fail(f"kernel_size must be odd and >= 1 (the window is centred on its pixel); got {kernel_size}")
-    if stride < 1:
-        _fail(f"stride must be >= 1; got {stride}")
-    if dilation < 1:
-        _fail(f"dilation must be >= 1; got {dilation}")
+    check_window(kernel_size, stride, dilation)
     if composability not in COMPOSABILITIES:
         valid = ", ".join(repr(kind) for kind in COMPOSABILITIES)
         _fail(f"composability must be one of {valid}; got {composability!r}")
@@ -47,9 +80,7 @@ def check_inputs(
         rank = 3 if name == "geo_prior" else 4
         if tensor.dim() != rank:
             _fail(f"{name} must be {rank}-D {layouts[name]}; got shape {tuple(tensor.shape)}")
-    if not (query.device == key.device == value.device == geo_prior.device):
-        where = ", ".join(f"{name} on {tensor.device}" for name, tensor in tensors)
-        _fail(f"query, key, value and geo_prior must be on one device; got {where}: move them with .to(device)")
+    check_one_device(**dict(tensors))
     for name, tensor in tensors:
         if not tensor.is_floating_point():
             _fail(f"{name} must be a floating-point tensor; got {tensor.dtype}: convert it with .float()")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from lrrobust.ops.checks import check_one_device, check_window
+
 try:
     from lrrobust import _C  # noqa: F401  (loading the library runs its TORCH_LIBRARY registrations)
 
@@ -33,13 +35,35 @@ def _has_kernel(dispatch_key: str) -> bool:
 KERNELS = {"cpu": _has_kernel("CPU"), "cuda": _has_kernel("CUDA")}
 
 
+def _check_fake(kernel_size, stride, dilation, composability, grad_out=None, **tensors):
+    """What the C++ kernels check that does not depend on sizes: one device (a meta tensor among CPU tensors is
+    sent here by the dispatcher, and must be an error, not uninitialised output), one floating dtype of the four
+    inputs, ranks, the window bounds and the composability."""
+    dtypes = {tensor.dtype for tensor in tensors.values()}
+    if grad_out is not None:
+        tensors = {"grad_out": grad_out, **tensors}
+    check_one_device(**tensors)
+    if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
+        raise ValueError(f"local_relation: query, key, value and geo_prior must have one floating dtype; got {dtypes}")
+    for name, tensor in tensors.items():
+        rank = 3 if name == "geo_prior" else 4
+        if tensor.dim() != rank:
+            raise ValueError(f"local_relation: {name} must be {rank}-D; got shape {tuple(tensor.shape)}")
+    check_window(kernel_size, stride, dilation)
+    if composability not in PHI_CODES.values():
+        raise ValueError(f"local_relation: composability must be 0, 1 or 2; got {composability}")
+
+
 def _forward_fake(query, key, value, geo_prior, kernel_size, stride, dilation, composability):
+    _check_fake(kernel_size, stride, dilation, composability, query=query, key=key, value=value, geo_prior=geo_prior)
     n, channels, height, width = value.shape
     torch._check(query.shape[0] == n and key.shape[0] == n, lambda: "local_relation: batch sizes differ")
     return value.new_empty((n, channels, -(-height // stride), -(-width // stride)))
 
 
 def _backward_fake(grad_out, query, key, value, geo_prior, kernel_size, stride, dilation, composability):
+    _check_fake(kernel_size, stride, dilation, composability, grad_out=grad_out, query=query, key=key, value=value,
+                geo_prior=geo_prior)
     torch._check(grad_out.shape[1] == value.shape[1], lambda: "local_relation_backward: grad_out has wrong channels")
     return (
         query.new_empty(query.shape),

@@ -51,6 +51,10 @@ def local_relation_reference(
 
     With ``normalize=False`` the logits themselves are the aggregation weights (the "none" column of
     Table 6); positions outside the image still take no part.
+
+    Non-finite inputs propagate as in ``torch.softmax`` (IEEE): this function defines the semantics the compiled
+    kernels follow (see ``lrrobust.ops.local_relation``): a window whose in-image logits are all -inf, or hold a
+    +inf or NaN, gets NaN weights; 0 * inf in the weighted sum is NaN.
     """
     n, groups, h, w = key.shape
     channels = value.shape[1]

@@ -1,13 +1,16 @@
 """Table 9 style reports (paper Sec. 6.2) from evaluation and training run directories.
 
 ``write_report(dirs, out)`` writes into ``out``: ``table9.md``, ``table9.csv``, ``table9_attacks.csv``,
-``table9_tests.csv``, the plots and ``manifest.json``, each atomically. Modules: ``collect`` (the inputs),
+``table9_tests.csv``, the plots and ``manifest.json``: all written into a staging folder first, then renamed into
+place, so a failure while writing leaves the previous report whole. Modules: ``collect`` (the inputs),
 ``table9`` (columns, cells, paired tests), ``plots``, ``render`` (markdown and CSV).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from lrrobust.errors import UserError
@@ -38,12 +41,22 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike, allow_mi
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    plots = write_plots(entries, out)
-    atomic_write_text(out / "table9.csv", table_csv(rows, entries))
-    atomic_write_text(out / "table9_attacks.csv", csv_text(ATTACK_COLUMNS, attack_rows(entries)))
-    atomic_write_text(out / "table9_tests.csv", csv_text(TEST_COLUMNS, test_rows(tests)))
-    atomic_write_json(out / "manifest.json", manifest(entries))
-    atomic_write_text(out / "table9.md", render_markdown(entries, rows, tests, plots, extra_sections))
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:  # every file is written first; a failure (a full disk) leaves the previous report as it was
+        plots = write_plots(entries, staging)
+        atomic_write_text(staging / "table9.csv", table_csv(rows, entries))
+        atomic_write_text(staging / "table9_attacks.csv", csv_text(ATTACK_COLUMNS, attack_rows(entries)))
+        atomic_write_text(staging / "table9_tests.csv", csv_text(TEST_COLUMNS, test_rows(tests)))
+        atomic_write_json(staging / "manifest.json", manifest(entries))
+        atomic_write_text(staging / "table9.md", render_markdown(entries, rows, tests, plots, extra_sections))
+        for axis in plots:  # a plot the new report does not have must not linger beside it
+            if plots[axis] is None:
+                (out / f"accuracy_vs_{axis}.png").unlink(missing_ok=True)
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == "table9.md"):  # the markdown last
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out / "table9.md"
 
 

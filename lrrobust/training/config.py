@@ -9,6 +9,7 @@ chooses best.pt on it (clean accuracy; for adversarial runs accuracy under a sho
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,44 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A stored config (a run's config.json): known keys only, ``model`` and ``dataset`` at least (every lrrobust
+        wrote them), each value of its field's type. A UserError naming the first thing that is wrong."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise UserError(f"unknown training config keys {unknown}; valid keys: {', '.join(sorted(names))}")
+        missing = [k for k in ("model", "dataset") if k not in data]
+        if missing:
+            raise UserError(f"no {' or '.join(missing)}: not a training config written by lrrobust")
+        for f in dataclasses.fields(cls):
+            if f.name in data and not _has_type(data[f.name], str(f.type)):
+                raise UserError(f"{f.name} must be {_TYPE_WORDS[_kind(str(f.type))]}, got {data[f.name]!r}")
         return cls(**data)
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false",
+               "dict": "an object", "list": "a list of integers"}
+
+
+def _kind(annotation: str) -> str:
+    """'float | None' -> 'float', 'dict[str, Any]' -> 'dict', 'list[int] | None' -> 'list'."""
+    return annotation.split("|")[0].split("[")[0].strip()
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a TrainConfig field's annotation (None where the field allows it)."""
+    if value is None:
+        return "None" in annotation
+    kind = _kind(annotation)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "list":
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, {"str": str, "dict": dict}[kind])
 
 
 @dataclass(frozen=True)
@@ -125,12 +159,19 @@ RUNTIME_FIELDS = ("root", "download", "out", "resume", "epochs", "amp", "channel
 
 
 def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
-    """A complete copy of ``config``: preset defaults filled in, lr scaled, every value checked."""
+    """A complete copy of ``config``: preset defaults filled in, lr scaled, every value checked.
+
+    Every number must be finite and in its range (a UserError naming the option otherwise), whether it comes from
+    the command line or from a ``TrainConfig`` built in Python: ``nan`` or ``inf`` never reaches training.
+    """
     check_dataset_name(config.dataset)
     preset_name = config.preset or DATASET_PRESET[config.dataset]
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
     p = PRESETS[preset_name]
+    if not isinstance(config.model_kwargs, dict):
+        raise UserError(f"model_kwargs must be a dict of create_model options, got {config.model_kwargs!r}")
+    _check_given(config)
     c = dataclasses.replace(config, preset=preset_name, model_kwargs={**p.model_kwargs, **config.model_kwargs})
     pick = lambda value, default: default if value is None else value
     c.epochs = pick(c.epochs, p.epochs)
@@ -139,7 +180,7 @@ def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
     c.weight_decay = pick(c.weight_decay, p.weight_decay)
     c.momentum = pick(c.momentum, p.momentum)
     c.warmup_epochs = pick(c.warmup_epochs, p.warmup_epochs)
-    c.milestones = sorted(int(m) for m in pick(c.milestones, p.milestones))
+    c.milestones = [int(m) for m in pick(c.milestones, p.milestones)]
     c.grad_clip = pick(c.grad_clip, p.grad_clip)
     c.seed = pick(c.seed, 0)
     c.num_workers = pick(c.num_workers, p.num_workers)
@@ -168,13 +209,49 @@ def _validation(c: TrainConfig) -> dict[str, Any]:
     return {**validation_split(c.dataset), "metric": "val_robust_acc", "attack": attack}
 
 
+# The numeric fields, by type: each is checked for its type before any arithmetic on it, then for its range.
+_INTEGERS = ("epochs", "batch_size", "seed", "num_workers", "steps")
+_REALS = ("lr", "weight_decay", "momentum", "warmup_epochs", "grad_clip", "eps", "step_size")
+MAX_SEED = 2**63 - 1
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_given(c: TrainConfig) -> None:
+    """The types of the numbers given (before the preset fills in the rest): integers, real numbers, a list of
+    epochs. Ranges are checked on the resolved config (``_check_numbers``)."""
+    for name in _INTEGERS:
+        value = getattr(c, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"{_flag(name)} must be an integer, got {value!r}")
+    for name in _REALS:
+        value = getattr(c, name)
+        if value is not None and not _is_real(value):
+            raise UserError(f"{_flag(name)} must be a number, got {value!r}")
+    if c.milestones is not None:
+        items = c.milestones
+        if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)) or not all(
+                _is_real(m) and math.isfinite(m) and int(m) == m for m in items):
+            raise UserError(f"--milestones must be a list of whole epochs like 30,60,90, got {items!r}")
+    for key, option in (("width", "--width"), ("alpha", "--model-opt alpha")):
+        value = c.model_kwargs.get(key)
+        if value is not None and not (_is_real(value) and math.isfinite(value) and value > 0):
+            raise UserError(f"{option} must be a positive number, got {value!r}")
+
+
 def _check_attack(c: TrainConfig) -> None:
-    if not 0 < c.eps <= 1:
-        raise UserError(f"--eps must be in (0, 1] (pixels are in [0, 1]), got {c.eps:g}")
+    if not (math.isfinite(c.eps) and 0 < c.eps <= 1):
+        raise UserError(f"--eps must lie in (0, 1] (pixels are in [0, 1]), got {c.eps:g}")
     if c.steps < 1:
         raise UserError(f"--steps must be at least 1, got {c.steps}")
-    if c.step_size is not None and not 0 < c.step_size <= 1:
-        raise UserError(f"--step-size must be in (0, 1], got {c.step_size:g}")
+    if c.step_size is not None and not (math.isfinite(c.step_size) and 0 < c.step_size <= 1):
+        raise UserError(f"--step-size must lie in (0, 1], got {c.step_size:g}")
 
 
 def _check_numbers(c: TrainConfig, world_size: int) -> None:
@@ -182,12 +259,24 @@ def _check_numbers(c: TrainConfig, world_size: int) -> None:
         raise UserError(f"--epochs must be at least 1, got {c.epochs}")
     if c.batch_size < 1 or c.batch_size % world_size:
         raise UserError(f"--batch-size must be a positive multiple of the {world_size} processes, got {c.batch_size}")
-    if not c.lr > 0:
-        raise UserError(f"--lr must be positive, got {c.lr:g}")
-    if c.weight_decay < 0 or not 0 <= c.momentum < 1 or c.warmup_epochs < 0:
-        raise UserError("weight decay and warm-up must be >= 0 and momentum in [0, 1)")
-    if c.grad_clip < 0:
-        raise UserError(f"--grad-clip must be >= 0 (0 turns it off), got {c.grad_clip:g}")
+    if not (math.isfinite(c.lr) and c.lr > 0):
+        raise UserError(f"--lr must be a positive finite number, got {c.lr:g}")
+    if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
+        raise UserError(f"--weight-decay must be a finite number >= 0, got {c.weight_decay:g}")
+    if not (math.isfinite(c.momentum) and 0 <= c.momentum < 1):
+        raise UserError(f"--momentum must lie in [0, 1), got {c.momentum:g}")
+    if not (math.isfinite(c.warmup_epochs) and c.warmup_epochs >= 0):
+        raise UserError(f"--warmup-epochs must be a finite number of epochs >= 0 (0: no warm-up), got "
+                        f"{c.warmup_epochs:g}")
+    milestones = ",".join(str(m) for m in c.milestones)
+    if any(m < 1 for m in c.milestones):
+        raise UserError(f"--milestones must be epochs >= 1, got {milestones}")
+    if any(b <= a for a, b in zip(c.milestones, c.milestones[1:])):
+        raise UserError(f"--milestones must be increasing, like 30,60,90; got {milestones}")
+    if not (math.isfinite(c.grad_clip) and c.grad_clip >= 0):
+        raise UserError(f"--grad-clip must be >= 0 and finite (0 turns it off), got {c.grad_clip:g}")
+    if not 0 <= c.seed <= MAX_SEED:
+        raise UserError(f"--seed must lie in [0, 2**63), got {c.seed}")
     if c.num_workers < 0:
         raise UserError(f"--num-workers must be >= 0, got {c.num_workers}")
 
@@ -196,7 +285,7 @@ def merge_for_resume(old: TrainConfig, given: TrainConfig) -> TrainConfig:
     """The stored run's config with the runtime fields the user set now; a changed recipe is a UserError."""
     if given.adversarial != old.adversarial:
         kind, command = ("an adversarial", "train-adv") if old.adversarial else ("a regular", "train")
-        raise UserError(f"{old.out} holds {kind} run; resume it with `lrrobust {command} --resume`")
+        raise UserError(f"{given.out or old.out} holds {kind} run; resume it with `lrrobust {command} --resume`")
     changes = {}
     for f in dataclasses.fields(TrainConfig):
         value, before = getattr(given, f.name), getattr(old, f.name)

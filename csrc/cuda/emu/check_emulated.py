@@ -94,6 +94,69 @@ def check_case(ext, n, c, g, h, w, k, s, d, kind, smem_limit, budget=BUDGET, dty
     return plan, out, grads
 
 
+def same_pattern(got: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
+    """Same NaN, +inf and -inf positions, and the finite values equal within tol (relative to their scale)."""
+    if not (torch.equal(got.isnan(), ref.isnan()) and torch.equal(got == float("inf"), ref == float("inf"))
+            and torch.equal(got == -float("inf"), ref == -float("inf"))):
+        return False
+    finite = torch.isfinite(ref)
+    if not finite.any():
+        return True
+    return (got[finite].double() - ref[finite]).abs().max().item() <= tol * (ref[finite].abs().max().item() + 1.0)
+
+
+def check_nonfinite(ext, quick: bool) -> int:
+    """inf, -inf and NaN inputs: the forward and all four gradients follow the reference (torch.softmax's IEEE
+    propagation: a window of -inf logits, or with a +inf or NaN logit, gives NaN), in both variants."""
+    special = torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=torch.float64)
+    cases = [(1, 4, 2, 6, 7, 3, 1, 1), (1, 6, 3, 9, 8, 5, 2, 1), (2, 3, 1, 7, 9, 3, 1, 2), (1, 4, 2, 5, 5, 1, 1, 1)]
+    count = 0
+    for seed in range(6 if quick else 30):
+        cfg = cases[seed % len(cases)]
+        *_, k, s, d = cfg
+        kind = KINDS[seed % 3]
+        q, key, v, geo, go = make_inputs(*cfg[:7], seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        tensors = [q, key, v, geo]
+        for i, t in enumerate(tensors):  # one input (or all, every fifth seed) gets ~10% non-finite entries
+            if seed % 5 == 4 or i == seed % 4:
+                hit = torch.rand(t.shape, generator=gen) < 0.1
+                t[hit] = special[torch.randint(0, 3, (int(hit.sum()),), generator=gen)]
+        if seed % 3 == 0:
+            geo[0] = -float("inf")  # group 0: every window's logits are -inf
+        ref_out, ref_grads = reference_grads(q, key, v, geo, go, k, s, d, kind)
+        for smem, dtype in itertools.product((BIG, 0), (torch.float64, torch.float32)):
+            x = [t.to(dtype) for t in (q, key, v, geo, go)]
+            ki = KINDS.index(kind)
+            out = ext.forward(*x[:4], k, s, d, ki, smem)
+            grads = ext.backward(x[4], *x[:4], k, s, d, ki, smem, BUDGET)
+            tol = 1e-10 if dtype == torch.float64 else 1e-3
+            for name, got, ref in zip(("out", "grad_query", "grad_key", "grad_value", "grad_geo"), [out, *grads],
+                                      [ref_out, *ref_grads]):
+                assert same_pattern(got, ref, tol), f"non-finite seed {seed} {cfg} {kind} {dtype} smem={smem}: {name}"
+            count += 1
+    return count
+
+
+def check_bounds(ext) -> None:
+    """Window parameters beyond the shared bounds (csrc/local_relation_checks.h) are errors, not int32 overflow."""
+    _, key, v, _, _ = make_inputs(1, 2, 1, 4, 5, 1, 1)
+    for k, s, d in ((1, 1, 2**40), (1, 1, 2**28 + 1), (1, 2**28 + 1, 1), (3, 1, 2**28 + 1), (5, 1, 2**27 + 1)):
+        geo = torch.zeros(1, k, k, dtype=torch.float64)
+        q = torch.zeros(1, 1, -(-4 // s), -(-5 // s), dtype=torch.float64)
+        go = torch.zeros(1, 2, *q.shape[2:], dtype=torch.float64)
+        for backward in (False, True):
+            try:
+                if backward:
+                    ext.backward(go, q, key, v, geo, k, s, d, 0, SMEM, BUDGET)
+                else:
+                    ext.forward(q, key, v, geo, k, s, d, 0, SMEM)
+            except RuntimeError as error:
+                assert "local_relation" in str(error), error
+            else:
+                raise AssertionError(f"K={k} s={s} d={d} was accepted (backward={backward})")
+
+
 def configs(quick: bool):
     # (n, c, g, h, w, k, s, d)
     base = [
@@ -184,6 +247,9 @@ def main() -> int:
     assert out.shape == (0, 4, 6, 7) and all(gr.shape == x.shape for gr, x in zip(grads, e[:4]))
     assert grads[3].abs().sum() == 0
     print("non-contiguous and empty OK", flush=True)
+    print(f"non-finite inputs follow the reference: {check_nonfinite(ext, args.quick)} runs OK", flush=True)
+    check_bounds(ext)
+    print("out-of-bound kernel size, stride and dilation rejected", flush=True)
     print(f"all emulated checks passed in {time.time() - t0:.0f}s")
     return 0
 

@@ -1,0 +1,91 @@
+"""Runs a tiny training or evaluation in this process and SIGKILLs it at the k-th file write (tests/test_fault_injection).
+
+Every write of lrrobust goes through ``lrrobust.io``: atomic writes end in ``os.replace`` and state and metrics lines
+in ``append_jsonl``. The driver counts those writes. In mode "torn" it dies inside write k, leaving what a kill
+mid-write leaves (the temporary file cut to half its bytes, or half a JSON line); in mode "after" it dies right
+after write k completed (between two files). With kill_at 0 it runs to the end and prints the number of writes.
+
+    python tests/fault_driver.py '{"command": "train", "kill_at": 3, "mode": "torn", "out": "RUN"}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+SUITE = {"name": "fault", "seed": 0, "batch_size": 20, "limit": 40, "attack": [
+    {"name": "pgd-t", "kind": "pgd", "targeted": True, "eps": 0.2, "steps": 2, "restarts": 2},
+    {"name": "pgd-u", "kind": "pgd", "eps": 0.2, "steps": 2},
+]}
+
+
+def train_config(out: str, resume: bool = False):
+    from lrrobust.training import TrainConfig
+
+    return TrainConfig(model="resnet18", model_kwargs={"width": 0.125}, epochs=2, batch_size=256, adversarial=True,
+                       steps=1, out=out, device="cpu", resume=resume)
+
+
+def run(command: str, out: str, checkpoint: str | None = None) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    if command == "train":
+        from lrrobust.training import train
+
+        train(train_config(out), progress=False)
+    else:
+        from lrrobust.evaluation.evaluate import evaluate
+        from lrrobust.evaluation.suite import parse_suite
+
+        evaluate(checkpoint, "digits", parse_suite(SUITE), out, device="cpu", progress=False)
+
+
+def _append_text(path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    writes = [0]
+
+    def write_done(on_kill) -> None:
+        writes[0] += 1
+        if writes[0] == spec["kill_at"]:
+            on_kill()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if spec["mode"] == "torn":
+            write_done(lambda: os.truncate(src, os.path.getsize(src) // 2))
+        real_replace(src, dst, *args, **kwargs)
+        if spec["mode"] == "after":
+            write_done(lambda: None)
+
+    os.replace = replace
+    import lrrobust.io as lio
+    from lrrobust.evaluation import state
+    from lrrobust.training import run_files
+
+    real_append = lio.append_jsonl
+
+    def append(path, record):
+        if spec["mode"] == "torn":
+            line = json.dumps(record, sort_keys=True, default=str) + "\n"
+            write_done(lambda: _append_text(path, line[: len(line) // 2]))
+        real_append(path, record)
+        if spec["mode"] == "after":
+            write_done(lambda: None)
+
+    state.append_jsonl = run_files.append_jsonl = append
+    run(spec["command"], spec["out"], spec.get("checkpoint"))
+    print(json.dumps({"writes": writes[0]}))
+
+
+if __name__ == "__main__":
+    main()
