@@ -160,14 +160,19 @@ class _Evil:
         return (os.system, ("echo this should never run",))
 
 
-@pytest.mark.parametrize("kind", ["torch.save", "pickle"])
-def test_a_malicious_checkpoint_names_the_refused_global(tmp_path, kind):
-    path = tmp_path / "evil.pt"
+def write_evil_checkpoint(path, kind: str):
+    """A checkpoint whose unpickling would call os.system, written by torch.save or plain pickle."""
     if kind == "torch.save":
         torch.save({"format": FORMAT, "x": _Evil()}, path)
     else:
         with open(path, "wb") as f:
             pickle.dump({"format": FORMAT, "x": _Evil()}, f)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "pickle"])
+def test_a_malicious_checkpoint_names_the_refused_global(tmp_path, kind):
+    path = write_evil_checkpoint(tmp_path / "evil.pt", kind)
     with pytest.raises(UserError) as err:
         read_checkpoint(path)
     message = str(err.value)

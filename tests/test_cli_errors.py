@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import resource
 import shutil
 import signal
@@ -23,7 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lrrobust.checkpoint import FORMAT, read_checkpoint
+from lrrobust.checkpoint import read_checkpoint
 from lrrobust.cli import app
 from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.evaluation.state import STATE_DIR, read_state
@@ -520,19 +519,11 @@ def test_a_text_file_as_checkpoint_says_what_it_is(tmp_path):
     assert "101" not in line
 
 
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("echo this should never run",))
-
-
 @pytest.mark.parametrize("kind", ["torch.save", "pickle"])
 def test_a_malicious_checkpoint_names_the_refused_global(tmp_path, kind):
-    path = tmp_path / "evil.pt"
-    if kind == "torch.save":
-        torch.save({"format": FORMAT, "x": _Evil()}, path)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump({"format": FORMAT, "x": _Evil()}, f)
+    from test_checkpoint import write_evil_checkpoint
+
+    path = write_evil_checkpoint(tmp_path / "evil.pt", kind)
     line = check(invoke("eval-attack", path, "--out", tmp_path / "eval"), 2, f"{os.system.__module__}.system")
     assert "PyTorch 2.6" not in line
 

@@ -39,5 +39,5 @@ def test_two_gloo_processes_train_and_resume(tmp_path):
     assert state["epoch"] == 3 and state["training"] == "adversarial"
     assert len(state["rng"]) == 2  # every rank's random streams, for an exact resume
     assert not (state["rng"][0]["targets"] == state["rng"][1]["targets"]).all()
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "manifest.json",
-                                                     "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "config.json", "last.pt", "manifest.json",
+                                                     "metrics.jsonl"]  # .lock: rank 0 held the run directory
