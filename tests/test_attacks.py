@@ -170,6 +170,12 @@ def test_autoattack_uses_the_dataset_classes_and_the_original_iterations():
     assert apgd.loss == "ce" and fab.multi_targeted
     small = AutoAttack(name="aa", eps=0.1).components(tiny_model(), num_classes=3, seed=0)
     assert small[1].n_target_classes == 2
+    cheaper = make_attack("aa", "autoattack", 0.1, target_classes=3, n_queries=500, steps=20)
+    apgd, apgdt, fab, square = cheaper.components(tiny_model(), num_classes=10, seed=0)
+    assert (apgdt.n_target_classes, fab.n_target_classes, square.n_queries, apgd.steps) == (3, 3, 500, 20)
+    assert "3 target classes" in cheaper.describe()
+    with pytest.raises(UserError, match="target_classes must be an integer >= 1"):
+        make_attack("aa", "autoattack", 0.1, target_classes=0)
 
 
 def test_autoattack_runs_its_components_in_cascade(batch):

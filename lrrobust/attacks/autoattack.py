@@ -4,6 +4,7 @@ As its authors run it: each component attacks only the images that the clean mod
 that the previous components did not break, and the result is the per-image worst case. The components are
 built here (not torchattacks' ``AutoAttack``, which assumes 10 classes and 10 iterations) with the dataset's
 class count, 100 iterations and 5,000 Square queries; APGD-T and FAB-T attack the 9 most likely wrong classes.
+A suite may lower ``steps``, ``n_queries`` and ``target_classes`` to fit a budget; the report describes each.
 ``found_at`` records which component broke each image, so the report gives each component's accuracy.
 """
 
@@ -36,9 +37,10 @@ class AutoAttack(AttackSpec):
 
     steps: int = STEPS
     n_queries: int = QUERIES
+    target_classes: int = TARGET_CLASSES
 
     kind = "autoattack"
-    keys = frozenset({"eps", "steps", "n_queries"})
+    keys = frozenset({"eps", "steps", "n_queries", "target_classes"})
     example = 'eps = "8/255"'
 
     @classmethod
@@ -51,11 +53,14 @@ class AutoAttack(AttackSpec):
                             "attack")
         return cls(name=name, eps=cls.read_eps(table, where), role=role,
                    steps=check_int(table.get("steps", STEPS), f"{where}: steps", 1),
-                   n_queries=check_int(table.get("n_queries", QUERIES), f"{where}: n_queries", 1))
+                   n_queries=check_int(table.get("n_queries", QUERIES), f"{where}: n_queries", 1),
+                   target_classes=check_int(table.get("target_classes", TARGET_CLASSES), f"{where}: target_classes",
+                                            1))
 
     def describe(self) -> str:
         return (f"{self.name}: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), untargeted, eps "
-                f"{self.eps * 255:.3g}/255, {self.steps} iterations, {self.n_queries} Square queries")
+                f"{self.eps * 255:.3g}/255, {self.steps} iterations, {self.n_queries} Square queries, "
+                f"{self.target_classes} target classes")
 
     def stages(self) -> list[str]:
         return list(COMPONENTS)
@@ -63,7 +68,7 @@ class AutoAttack(AttackSpec):
     def components(self, model: nn.Module, num_classes: int, seed: int) -> list[torchattacks.Attack]:
         """APGD-CE, APGD-T, FAB-T, Square against ``model`` with ``num_classes`` classes."""
         seed = seed % (2**32)
-        targets = max(1, min(TARGET_CLASSES, num_classes - 1))
+        targets = max(1, min(self.target_classes, num_classes - 1))
         apgd = torchattacks.APGD(model, norm="Linf", eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
                                  loss="ce")
         apgdt = torchattacks.APGDT(model, norm="Linf", eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
