@@ -146,9 +146,6 @@ class Summary:
     model: dict[str, Any]
     raw: dict[str, Any]
 
-    def attack(self, name: str) -> dict[str, Any]:
-        return next(a for a in self.attacks if a["attack"] == name)
-
 
 def _read_json(path: Path) -> Any:
     try:
@@ -192,8 +189,9 @@ def read_ledger(directory: str | Path, summary: dict[str, Any] | None = None) ->
         raise UserError(f"{path} is unreadable ({e}); re-run lrrobust eval-attack") from None
     try:
         settings = {a["attack"]: a for a in summary["attacks"]}
-        for attack in settings.values():
-            attack["targeted"], attack.get("stages", [])
+        if any(not isinstance(a["targeted"], bool) or not isinstance(a.get("stages", []), list)
+               for a in settings.values()):
+            raise TypeError("an attack's targeted or stages field has the wrong type")
     except (KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{directory / 'summary.json'} is damaged ({type(e).__name__}: {e}); re-run lrrobust "
                         "eval-attack") from None

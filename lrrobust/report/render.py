@@ -232,11 +232,8 @@ def manifest(entries: list[Entry]) -> list[dict[str, Any]]:
                                 "training_config": e.run_config, "training_manifest": e.run_manifest}
         if e.summary is not None:
             s, raw = e.summary, e.summary.raw
-            described = []
-            for a in s.attacks:
-                settings = {k: v for k, v in a.items() if k in KINDS[a["kind"]].keys | {"name", "role"}}
-                spec = KINDS[a["kind"]](name=a["attack"], **{k: v for k, v in settings.items() if k != "name"})
-                described.append(spec.describe() + f" ({a['role']})")
+            described = [KINDS[a["kind"]].from_settings(a["attack"], a).describe() + f" ({a['role']})"
+                         for a in s.attacks]
             item["evaluation"] = {
                 "suite": s.suite, "dataset": s.dataset, "split": s.split, "seed": s.seed, "eps": s.suite_eps,
                 "num_samples": s.num_samples, "indices_sha256": s.indices_sha256, "batch_size": raw.get("batch_size"),
