@@ -167,7 +167,7 @@ def test_kernel_size_reaches_the_spatial_layers():
         ("lrnet26", {"geo_prior": "learned"}, ["'mlp', 'table', 'none'"]),
         ("lrnet26", {"composability": "dot"}, ["'sqdiff', 'absdiff', 'product'"]),
         ("lrnet26", {"normalize": "l1"}, ["'softmax', 'none'"]),
-        ("lrnet26", {"stem": "cifar"}, ["'imagenet', 'small'"]),
+        ("lrnet26", {"stem": "cifar"}, ["'imagenet', 'half', 'small'"]),
         ("lrnet26", {"width": 0}, ["width must be a positive number"]),
         ("lrnet26", {"m": 2.5}, ["m (channels per aggregation)"]),
         ("lrnet26", {"in_chans": 1}, ["in_chans=1 needs mean="]),

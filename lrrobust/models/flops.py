@@ -20,21 +20,24 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def local_relation_flops(channels: int, kernel_size: int, m: int, stride: int, height: int, width: int) -> float:
+def local_relation_flops(
+    channels: int, kernel_size: int, m: int, stride: int, height: int, width: int, qk_dim: int = 1
+) -> float:
     """Eq. 6 with its constant set to 1: ((1 + s^2)/m + 1) C (C + k^2) HW / s^2.
 
     The C^2 part is the layer's three channel transforms (query at the output and key at the input
     resolution, C/m channels each; value at the output resolution); the k^2 part is the aggregation.
+    With a query/key dimension d (Table 4) query and key have C d / m channels: m becomes m / d.
     """
     s2 = stride * stride
-    return ((1 + s2) / m + 1) * channels * (channels + kernel_size**2) * height * width / s2
+    return ((1 + s2) * qk_dim / m + 1) * channels * (channels + kernel_size**2) * height * width / s2
 
 
 def aggregation_flops(layer: LocalRelation2d, height: int, width: int) -> float:
-    """The k^2 (aggregation) part of Eq. 6 for ``layer`` on an H x W input."""
+    """The k^2 (aggregation) part of Eq. 6 for ``layer`` on an H x W input (m / d for a query/key dimension d)."""
     k = layer.window(height, width)
     s2 = layer.stride**2
-    m = layer.in_channels / layer.groups
+    m = layer.in_channels / (layer.groups * layer.qk_dim)
     return ((1 + s2) / m + 1) * layer.in_channels * k * k * height * width / s2
 
 

@@ -1,8 +1,8 @@
 """Local Relation Networks for Image Recognition (Hu et al., ICCV 2019, https://arxiv.org/abs/1904.11491).
 
-The local relation layer of Sec. 4 (Fig. 2): scalar query and key per group of m channels, a geometric
-prior on the relative position, softmax over a k x k window, aggregation of the input through
-``lrrobust.ops.local_relation``, then a value channel transform.
+The local relation layer of Sec. 4 (Fig. 2): scalar query and key per group of m channels (d-vectors for the
+query/key dimension ablation of Table 4), a geometric prior on the relative position, softmax over a k x k
+window, aggregation of the input through ``lrrobust.ops.local_relation``, then a value channel transform.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ KERNEL_SIZES = (3, 5, 7, 9, "full")
 COMPOSABILITIES = ("sqdiff", "absdiff", "product")
 GEO_PRIORS = ("mlp", "table", "none")
 NORMALIZATIONS = ("softmax", "none")
+QK_DIMS = (1, 2, 4, 8, 16)  # query/key dimension d, the columns of Table 4
 FULL_TABLE_SIZE = 15  # side of the learned "table" prior used with kernel_size="full" (see GeometricPrior)
 
 
@@ -118,8 +119,8 @@ class GeometricPrior(nn.Module):
 class LocalRelation2d(nn.Module):
     """The local relation layer (Sec. 4, Fig. 2, Eq. 2).
 
-    Query and key are 1x1 channel transforms to one scalar per group of ``m`` channels (G = ceil(C/m));
-    the aggregation weights are softmax(Phi(q, k) + f_g(p - p')) over a k x k window (Eq. 2-5); the input
+    Query and key are 1x1 channel transforms to one scalar per group of ``m`` channels (G = ceil(C/m)), or
+    to a d-vector per group with ``qk_dim`` = d (Table 4); the aggregation weights are softmax(Phi(q, k) + f_g(p - p')) over a k x k window (Eq. 2-5); the input
     is aggregated with them and a 1x1 value channel transform maps it to ``out_channels``. The value
     transform is applied after aggregation, at the output resolution, which is where Eq. 6 counts its
     C^2 HW / s^2 cost; the paper's parameter counts (Table 2, 8) need it (see docs/model_zoo.md).
@@ -133,6 +134,8 @@ class LocalRelation2d(nn.Module):
         composability: "sqdiff" (Eq. 3), "absdiff" (Eq. 4) or "product" (Eq. 5).
         geo_prior: "mlp", "table" (G*) or "none" (NG), see ``GeometricPrior``.
         normalize: "softmax" or "none" (Table 6; "none" runs on the slow pure-PyTorch path).
+        qk_dim: query/key dimension d in 1, 2, 4, 8, 16 (Table 4). d > 1 sums Phi over the d components and
+            scales it by 1/sqrt(d), as self-attention does (the paper's [25]); it runs on the pure-PyTorch path.
     """
 
     def __init__(
@@ -145,9 +148,11 @@ class LocalRelation2d(nn.Module):
         composability: str = "sqdiff",
         geo_prior: str = "mlp",
         normalize: str = "softmax",
+        qk_dim: int = 1,
     ) -> None:
         super().__init__()
         check_choice("kernel_size", kernel_size, KERNEL_SIZES)
+        check_choice("qk_dim", qk_dim, QK_DIMS)
         check_choice("composability", composability, COMPOSABILITIES)
         check_choice("normalize", normalize, NORMALIZATIONS)
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
@@ -163,8 +168,9 @@ class LocalRelation2d(nn.Module):
         self.groups = -(-in_channels // m)
         self.composability = composability
         self.normalize = normalize
-        self.query = nn.Conv2d(in_channels, self.groups, 1)
-        self.key = nn.Conv2d(in_channels, self.groups, 1)
+        self.qk_dim = qk_dim
+        self.query = nn.Conv2d(in_channels, self.groups * qk_dim, 1)
+        self.key = nn.Conv2d(in_channels, self.groups * qk_dim, 1)
         self.prior = GeometricPrior(self.groups, kernel_size, geo_prior)
         self.value = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
@@ -199,14 +205,14 @@ class LocalRelation2d(nn.Module):
         query = self.query(x[:, :, ::s, ::s] if s > 1 else x).to(x.dtype)
         key = self.key(x).to(x.dtype)
         prior = self.prior(k, x)
-        if self.normalize == "softmax":
-            out = local_relation(query, key, x, prior, k, s, 1, self.composability)
-        else:
-            out = local_relation_reference(query, key, x, prior, k, s, 1, self.composability, normalize=False)
-        return out
+        if self.normalize == "softmax" and self.qk_dim == 1:
+            return local_relation(query, key, x, prior, k, s, 1, self.composability)
+        normalize = self.normalize == "softmax"
+        return local_relation_reference(query, key, x, prior, k, s, 1, self.composability, normalize, self.qk_dim)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size!r}, stride={self.stride}, "
-            f"m={self.m}, groups={self.groups}, composability={self.composability!r}, normalize={self.normalize!r}"
+            f"m={self.m}, groups={self.groups}, composability={self.composability!r}, normalize={self.normalize!r}, "
+            f"qk_dim={self.qk_dim}"
         )

@@ -14,13 +14,20 @@ from typing import Any
 from torch import nn
 
 from lrrobust.errors import UserError
-from lrrobust.models.local_relation import COMPOSABILITIES, GEO_PRIORS, KERNEL_SIZES, NORMALIZATIONS, check_choice
+from lrrobust.models.local_relation import (
+    COMPOSABILITIES,
+    GEO_PRIORS,
+    KERNEL_SIZES,
+    NORMALIZATIONS,
+    QK_DIMS,
+    check_choice,
+)
 from lrrobust.models.resnet import IMAGENET_MEAN, IMAGENET_STD, STEMS, ResNet
 
 _REGISTRY: dict[str, dict[str, Any]] = {}
 
 COMMON_OPTIONS = ("in_chans", "mean", "std", "stem", "width", "alpha", "kernel_size")
-LR_OPTIONS = ("m", "composability", "geo_prior", "normalize")
+LR_OPTIONS = ("m", "composability", "geo_prior", "normalize", "qk_dim")
 
 
 def register_model(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
@@ -48,7 +55,7 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Mod
         name: one of ``list_models()``.
         num_classes: classifier outputs.
         **overrides: in_chans, mean, std, stem, width, alpha, kernel_size and, for LR-Nets, m,
-            composability, geo_prior, normalize.
+            composability, geo_prior, normalize, qk_dim.
 
     Returns:
         The model, with ``model.spec = {"name", "num_classes", "kwargs"}``.
@@ -89,7 +96,13 @@ def _check(name: str, spatial: str, kw: dict[str, Any]) -> dict[str, Any]:
         check_choice("kernel_size", kw["kernel_size"], KERNEL_SIZES if spatial == "lr" else KERNEL_SIZES[:-1])
     if "m" in kw and (isinstance(kw["m"], bool) or not isinstance(kw["m"], int) or kw["m"] < 1):
         raise UserError(f"m (channels per aggregation) must be a positive integer such as 8; got {kw['m']!r}")
-    for key, choices in (("composability", COMPOSABILITIES), ("geo_prior", GEO_PRIORS), ("normalize", NORMALIZATIONS)):
+    lr_choices = (
+        ("composability", COMPOSABILITIES),
+        ("geo_prior", GEO_PRIORS),
+        ("normalize", NORMALIZATIONS),
+        ("qk_dim", QK_DIMS),
+    )
+    for key, choices in lr_choices:
         if key in kw:
             check_choice(key, kw[key], choices)
     return kw

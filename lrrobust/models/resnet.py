@@ -18,7 +18,7 @@ from lrrobust.models.local_relation import LocalRelation2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STEMS = ("imagenet", "small")
+STEMS = ("imagenet", "half", "small")
 BLOCKS = {"basic": (BasicBlock, 1), "bottleneck": (Bottleneck, 4)}  # block class, expansion
 
 
@@ -37,7 +37,9 @@ class ResNet(nn.Module):
         num_classes: classifier outputs.
         in_chans: input channels.
         mean, std: per-channel normalisation, length ``in_chans``.
-        stem: "imagenet" (stride-2 stem and max-pool) or "small" (stride 1, no max-pool; 32x32 or 8x8 input).
+        stem: "imagenet" (stride-2 stem and max-pool: res2 at 1/4 of the input), "half" (the same stride-2 stem
+            without the max-pool: res2 at 1/2, e.g. 14x14 on MNIST) or "small" (stride 1, a 3x3 conv for ResNets,
+            no max-pool: res2 at the input's size, for 32x32 or 8x8 input).
         width: multiplier on every channel count.
         alpha: bottleneck ratio; the spatial layer of res2 has 64 alpha channels (Table 2: 100/64 for LR-Net-50).
         kernel_size: window of the spatial layers (the LR stem keeps 7 unless the window is "full").
@@ -84,7 +86,7 @@ class ResNet(nn.Module):
 
     @staticmethod
     def _stem(spatial: str, stem: str, in_chans: int, ch: int, kernel_size: int | str, lr: dict) -> nn.Sequential:
-        stride = 2 if stem == "imagenet" else 1
+        stride = 1 if stem == "small" else 2
         if spatial == "lr":
             stem_k = "full" if kernel_size == "full" else 7
             layers = [
@@ -93,7 +95,7 @@ class ResNet(nn.Module):
                 nn.ReLU(inplace=True),
                 LocalRelation2d(ch, ch, kernel_size=stem_k, stride=stride, **lr),
             ]
-        elif stem == "imagenet":
+        elif stem in ("imagenet", "half"):
             layers = [nn.Conv2d(in_chans, ch, 7, stride=2, padding=3, bias=False)]
         else:
             layers = [nn.Conv2d(in_chans, ch, 3, padding=1, bias=False)]

@@ -46,17 +46,23 @@ def local_relation_reference(
     dilation: int = 1,
     composability_kind: str = "sqdiff",
     normalize: bool = True,
+    qk_dim: int = 1,
 ) -> torch.Tensor:
     """Local relation aggregation, the plain way. Shapes as in ``lrrobust.ops.local_relation``.
 
     With ``normalize=False`` the logits themselves are the aggregation weights (the "none" column of
     Table 6); positions outside the image still take no part.
 
+    With ``qk_dim`` = d > 1 query and key hold d-vectors per group, (N, G*d, ...) with group g's vector in
+    channels g*d .. g*d + d - 1 (Table 4); Phi is summed over the d components and scaled by 1/sqrt(d), the
+    scaling of self-attention (the paper's [25]); for d = 1 it is Eq. 3-5 unchanged.
+
     Non-finite inputs propagate as in ``torch.softmax`` (IEEE): this function defines the semantics the compiled
     kernels follow (see ``lrrobust.ops.local_relation``): a window whose in-image logits are all -inf, or hold a
     +inf or NaN, gets NaN weights; 0 * inf in the weighted sum is NaN.
     """
-    n, groups, h, w = key.shape
+    n, qk_channels, h, w = key.shape
+    groups = qk_channels // qk_dim
     channels = value.shape[1]
     per_group = -(-channels // groups)
     kk = kernel_size * kernel_size
@@ -66,7 +72,12 @@ def local_relation_reference(
     values = _unfold(value, kernel_size, stride, dilation)  # (N, C, KK, Ho, Wo)
     inside = _unfold(torch.ones(1, 1, h, w, dtype=key.dtype, device=key.device), kernel_size, stride, dilation) > 0
 
-    logits = composability(query.unsqueeze(2), keys, composability_kind)
+    if qk_dim == 1:
+        logits = composability(query.unsqueeze(2), keys, composability_kind)
+    else:
+        vectors = (n, groups, qk_dim, kk, ho, wo)
+        phi = composability(query.reshape(n, groups, qk_dim, 1, ho, wo), keys.reshape(vectors), composability_kind)
+        logits = phi.sum(dim=2) / qk_dim**0.5
     logits = logits + geo_prior.reshape(1, groups, kk, 1, 1)
     if normalize:
         weights = logits.masked_fill(~inside, float("-inf")).softmax(dim=2)

@@ -1,0 +1,169 @@
+"""The rest of the paper's models (issue 12): query/key dimension (Table 4), non-local networks (Table 7) and the
+convolutional stem of LR-Nets (Sec. 4.2, Fig. 3)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+import lrrobust.models.local_relation as local_relation_module
+from lrrobust.cli import app
+from lrrobust.errors import UserError
+from lrrobust.models import LocalRelation2d, count_flops, count_params, create_model
+from lrrobust.models.flops import aggregation_flops, local_relation_flops
+from lrrobust.ops.reference import local_relation_reference
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {"in_chans": 1, "stem": "small", "width": 0.125, "mean": [0.5], "std": [0.25]}
+
+
+def small_model(name: str, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, num_classes=5, **{**SMALL, **kw})
+
+
+def randomise(module: torch.nn.Module, scale: float = 0.7) -> torch.nn.Module:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+    return module
+
+
+# --- Table 4: query/key dimension -------------------------------------------------------------------------------
+
+
+def loop_relation(query, key, value, prior, kernel_size, stride, kind, qk_dim):
+    """Eq. 2 with d-vector query and key, one window offset at a time (shifted slices, no unfold).
+
+    Phi(q, k) is the sum over the d components of Eq. 3/4/5, times 1/sqrt(d); positions outside the image take
+    no part in the softmax.
+    """
+    n, channels, h, w = value.shape
+    groups = key.shape[1] // qk_dim
+    per_group = -(-channels // groups)
+    r = (kernel_size - 1) // 2
+    ho, wo = math.ceil(h / stride), math.ceil(w / stride)
+    q = query.reshape(n, groups, qk_dim, ho, wo)
+    key_pad = F.pad(key, (r, r, r, r)).reshape(n, groups, qk_dim, h + 2 * r, w + 2 * r)
+    value_pad = F.pad(value, (r, r, r, r))
+    inside_pad = F.pad(torch.ones(h, w, dtype=torch.bool), (r, r, r, r))
+    logits, values = [], []
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            rows = slice(r + dy, r + dy + (ho - 1) * stride + 1, stride)
+            cols = slice(r + dx, r + dx + (wo - 1) * stride + 1, stride)
+            k = key_pad[..., rows, cols]
+            if kind == "sqdiff":
+                phi = -((q - k) ** 2).sum(2)
+            elif kind == "absdiff":
+                phi = -(q - k).abs().sum(2)
+            else:
+                phi = (q * k).sum(2)
+            phi = phi / math.sqrt(qk_dim) + prior[:, dy + r, dx + r].view(1, groups, 1, 1)
+            logits.append(phi.masked_fill(~inside_pad[rows, cols], float("-inf")))
+            values.append(value_pad[..., rows, cols])
+    weights = torch.stack(logits, 2).softmax(2)  # (N, G, K*K, Ho, Wo)
+    weights = weights.repeat_interleave(per_group, 1)[:, :channels]
+    return (weights * torch.stack(values, 2)).sum(2)
+
+
+QK_CASES = [
+    {"qk_dim": 1, "stride": 1, "kernel_size": 3, "composability": "sqdiff"},
+    {"qk_dim": 2, "stride": 1, "kernel_size": 3, "composability": "sqdiff"},
+    {"qk_dim": 4, "stride": 2, "kernel_size": 5, "composability": "sqdiff"},
+    {"qk_dim": 2, "stride": 2, "kernel_size": 3, "composability": "product"},
+    {"qk_dim": 8, "stride": 1, "kernel_size": 5, "composability": "absdiff"},
+    {"qk_dim": 16, "stride": 2, "kernel_size": 3, "composability": "product"},
+]
+
+
+@pytest.mark.parametrize("case", QK_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_qk_dim_layer_matches_the_loop_over_window_offsets(case):
+    """d = 1 checks the loop against the compiled op; d > 1 checks the layer against the loop."""
+    torch.manual_seed(0)
+    layer = randomise(LocalRelation2d(6, 5, m=3, geo_prior="table", **case)).double()
+    x = torch.randn(2, 6, 5, 6, dtype=torch.float64)
+    s = case["stride"]
+    q, k = layer.query(x[:, :, ::s, ::s]), layer.key(x)
+    agg = loop_relation(q, k, x, layer.prior.table, case["kernel_size"], s, case["composability"], case["qk_dim"])
+    torch.testing.assert_close(layer(x), layer.value(agg))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_qk_dim_gradients_pass_gradcheck(stride):
+    torch.manual_seed(1)
+    d, groups, channels = 2, 2, 3
+    h, w = 4, 5
+    ho, wo = math.ceil(h / stride), math.ceil(w / stride)
+    shapes = [(1, groups * d, ho, wo), (1, groups * d, h, w), (1, channels, h, w), (groups, 3, 3)]  # q, k, v, prior
+    inputs = [torch.randn(shape, dtype=torch.float64, requires_grad=True) for shape in shapes]
+    for kind in ("sqdiff", "product"):
+
+        def fn(*tensors, kind=kind):
+            return local_relation_reference(*tensors, kernel_size=3, stride=stride, composability_kind=kind, qk_dim=d)
+
+        assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_qk_dim_one_keeps_the_fused_op_and_larger_dims_leave_it(monkeypatch):
+    calls = []
+    fused = local_relation_module.local_relation
+    monkeypatch.setattr(local_relation_module, "local_relation", lambda *a: calls.append(a) or fused(*a))
+    x = torch.randn(1, 8, 5, 5)
+    LocalRelation2d(8, m=4)(x)
+    assert len(calls) == 1 and calls[0][0].shape[1] == 2
+    LocalRelation2d(8, m=4, qk_dim=4)(x)
+    assert len(calls) == 1
+
+
+def test_qk_dim_grows_query_and_key_and_the_counts_follow():
+    base, wide = LocalRelation2d(64, m=8), LocalRelation2d(64, m=8, qk_dim=4)
+    assert wide.query.out_channels == wide.key.out_channels == 8 * 4
+    # two 1x1 transforms 64 -> 8 d, with bias: 2 * (64 + 1) * 8 * (d - 1) more parameters
+    assert count_params(wide) - count_params(base) == 2 * 65 * 8 * 3
+    for stride in (1, 2):
+        layer = LocalRelation2d(64, kernel_size=7, m=8, stride=stride, qk_dim=4)
+        h = w = 14
+        ho = math.ceil(h / stride)
+        transforms = 64 * 32 * ho * ho + 64 * 32 * h * w + 64 * 64 * ho * ho  # query, key, value convs
+        total = transforms + aggregation_flops(layer, h, w)
+        assert total == pytest.approx(local_relation_flops(64, 7, 8, stride, h, w, qk_dim=4))
+
+
+def test_qk_dim_in_create_model_the_models_command_and_errors():
+    with torch.device("meta"):
+        one, four = create_model("lrnet26"), create_model("lrnet26", qk_dim=4)
+    layers = [m for m in four.modules() if isinstance(m, LocalRelation2d)]
+    assert layers and all(layer.qk_dim == 4 for layer in layers)
+    extra = sum(2 * (layer.in_channels + 1) * layer.groups * 3 for layer in layers)
+    assert count_params(four) - count_params(one) == extra
+    assert count_flops(four) > count_flops(one)
+    result = CliRunner().invoke(app, ["models", "lrnet26", "--set", "qk_dim=4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["params"] == count_params(four)
+    for bad in (3, 0, "2", True):
+        with pytest.raises(UserError, match=r"qk_dim must be one of 1, 2, 4, 8, 16") as info:
+            create_model("lrnet26", qk_dim=bad)
+        assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="no option 'qk_dim'"):
+        create_model("resnet26", qk_dim=2)
+
+
+def test_qk_dim_model_trains_and_round_trips():
+    model = small_model("lrnet26", qk_dim=4).train()
+    x = torch.rand(2, 1, 8, 8, requires_grad=True)
+    model(x).logsumexp(1).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    rebuilt = create_model(
+        model.spec["name"], model.spec["num_classes"], **json.loads(json.dumps(model.spec["kwargs"]))
+    )
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval(), rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))
