@@ -199,7 +199,9 @@ def run_study(study: Study, jobs: int = 1, console: Any = None) -> Path:
     from lrrobust.report import write_report
 
     console = console or Console()
-    todo = [c for c in study.cells if not c.done()]
+    # Adversarial cells first (each costs about steps + 1 times a regular one): with several jobs the long cells
+    # start together and the short ones fill in at the end.
+    todo = sorted((c for c in study.cells if not c.done()), key=lambda c: c.training != "adversarial")
     console.print(f"study {study.name}: {len(study.cells)} cells, {len(study.cells) - len(todo)} done, "
                   f"{len(todo)} to run, {jobs} at a time; out {study.out}")
     devices = _devices(jobs)

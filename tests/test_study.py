@@ -29,7 +29,8 @@ def test_the_papers_imagenet_grid_is_planned_without_running(tmp_path):
 def test_the_mnist_grid_has_the_papers_three_rows_with_three_seeds(tmp_path):
     study = load_study(STUDIES / "table9-mnist.toml", tmp_path / "s")
     assert len(study.cells) == 18 and {c.network for c in study.cells} == {"lrnet26", "resnet26", "resnet50"}
-    assert {c.config.model_kwargs["width"] for c in study.cells} == {0.25}
+    assert {c.config.model_kwargs["width"] for c in study.cells} == {0.125}
+    assert {c.config.model_kwargs["stem"] for c in study.cells} == {"half"}
     assert {c.seed for c in study.cells} == {0, 1, 2} and study.dataset == "mnist"
     assert len({c.run_dir for c in study.cells}) == 18
 
