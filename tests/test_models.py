@@ -95,7 +95,7 @@ def test_train_and_eval_agree_for_a_whole_lrnet_when_batch_norm_is_fixed():
     assert torch.equal(cached, fresh)
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_FIGURES))
+@pytest.mark.parametrize("name", sorted(set(PAPER_FIGURES) - {"nl26"}))  # nl26: FLOP-matched, see docs/model_zoo.md
 def test_parameter_counts_match_the_paper(name):
     with torch.device("meta"):
         model = create_model(name)

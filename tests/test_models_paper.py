@@ -16,6 +16,8 @@ from lrrobust.cli import app
 from lrrobust.errors import UserError
 from lrrobust.models import LocalRelation2d, count_flops, count_params, create_model
 from lrrobust.models.flops import aggregation_flops, local_relation_flops
+from lrrobust.models.nonlocal_block import NL_SUBSAMPLE, NonLocal2d, NonLocalBlock
+from lrrobust.models.paper import PAPER_FIGURES
 from lrrobust.ops.reference import local_relation_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -167,3 +169,94 @@ def test_qk_dim_model_trains_and_round_trips():
     model.eval(), rebuilt.eval()
     with torch.no_grad():
         assert torch.equal(model(x), rebuilt(x))
+
+
+# --- Table 7: non-local networks ---------------------------------------------------------------------------------
+
+
+def loop_nonlocal(layer: NonLocal2d, x: torch.Tensor) -> torch.Tensor:
+    """Wang et al.'s Eq. 1-3 one query pixel at a time: keys and values from the max-pooled input."""
+    n, c, h, w = x.shape
+    s, p = layer.stride, layer.subsample
+    ho, wo = math.ceil(h / s), math.ceil(w / s)
+    hk, wk = math.ceil(h / p), math.ceil(w / p)
+    pooled = torch.empty(n, c, hk, wk, dtype=x.dtype)
+    for i in range(hk):
+        for j in range(wk):
+            pooled[:, :, i, j] = x[:, :, i * p : (i + 1) * p, j * p : (j + 1) * p].amax((2, 3))
+    keys = layer.phi(pooled).flatten(2)  # (N, inner, hk*wk)
+    values = layer.g(pooled).flatten(2)
+    out = torch.empty(n, layer.inner, ho, wo, dtype=x.dtype)
+    for i in range(ho):
+        for j in range(wo):
+            query = layer.theta(x[:, :, i * s : i * s + 1, j * s : j * s + 1]).flatten(1)  # (N, inner)
+            weights = (torch.einsum("nc,ncj->nj", query, keys) / math.sqrt(layer.inner)).softmax(1)
+            out[:, :, i, j] = torch.einsum("nj,ncj->nc", weights, values)
+    return layer.out(out)
+
+
+@pytest.mark.parametrize(("stride", "subsample"), [(1, 1), (2, 1), (1, 2), (2, 4)])
+def test_nonlocal_layer_matches_the_per_pixel_loop(stride, subsample):
+    torch.manual_seed(2)
+    layer = randomise(NonLocal2d(6, 5, stride=stride, subsample=subsample), 0.5).double()
+    x = torch.randn(2, 6, 7, 6, dtype=torch.float64)
+    assert layer.inner == 3
+    torch.testing.assert_close(layer(x), loop_nonlocal(layer, x))
+
+
+def test_nonlocal_block_starts_as_the_identity_in_every_network():
+    block = NonLocalBlock(8, subsample=2).train()
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(block(x), x)
+    for name in ("resnet26_nl", "lrnet26_nl"):
+        blocks = [m for m in small_model(name).modules() if isinstance(m, NonLocalBlock)]
+        assert len(blocks) == 8 and all(torch.count_nonzero(b.bn.weight) == 0 for b in blocks)
+
+
+def test_flop_count_includes_the_attention_matmuls():
+    layer = NonLocal2d(8, 6, stride=2, subsample=2)  # inner 4; 7x6 input: 4x3 queries, 4x3 keys
+    convs = 8 * 4 * 12 + 2 * 8 * 4 * 12 + 4 * 6 * 12  # theta, phi and g, out
+    assert count_flops(layer, (8, 7, 6)) == convs + 2 * 12 * 12 * 4
+
+
+def test_nonlocal_networks_place_their_layers_as_table_7_says():
+    with torch.device("meta"):
+        resnet, nl_net, resnet_nl = create_model("resnet26"), create_model("nl26"), create_model("resnet26_nl")
+    # ResNet-26-NL: a non-local block after every residual block, at the block's output channels
+    for stage, subsample in zip(resnet_nl.stages, NL_SUBSAMPLE):
+        kinds = [type(m).__name__ for m in stage]
+        assert kinds == ["Bottleneck", "NonLocalBlock"] * 2
+        assert all(b.op.in_channels == stage[0].conv3.out_channels and b.op.subsample == subsample for b in stage[1::2])
+    # the 22.3M extra parameters: 2 C^2 per block (theta, phi, g to C/2, W_z back), mostly at res5's C = 2048,
+    # plus the biases of theta and g (C/2 each) and the BN (2 C)
+    extra = sum(2 * c * c + 3 * c for c in (256, 256, 512, 512, 1024, 1024, 2048, 2048))
+    assert count_params(resnet_nl) - count_params(resnet) == extra
+    # NL-26: every 3x3 conv is a non-local layer, nothing else changes; alpha gives ResNet-26's FLOPs
+    assert all(isinstance(block.conv2, NonLocal2d) for stage in nl_net.stages for block in stage)
+    assert not [m for m in nl_net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert count_flops(nl_net) == pytest.approx(count_flops(resnet), rel=0.01)
+    with torch.device("meta"):
+        nl_alpha1 = create_model("nl26", alpha=1.0)
+    widths = [64, 64, 128, 128, 256, 256, 512, 512]
+    nl_params = sum(3 * w * (w // 2) + 2 * (w // 2) + (w // 2) * w for w in widths)  # theta, phi, g (2 biases), W_z
+    assert count_params(nl_alpha1) == count_params(resnet) - sum(9 * w * w for w in widths) + nl_params
+
+
+@pytest.mark.parametrize("name", ["resnet26_nl", "lrnet26_nl"])
+def test_nonlocal_networks_have_the_papers_parameters(name):
+    """Within 1%: the block is fully specified (Wang et al.) and so is its placement (Sec. 6.1, Table 7)."""
+    with torch.device("meta"):
+        model = create_model(name)
+    assert count_params(model) == pytest.approx(PAPER_FIGURES[name].params, rel=0.01)
+
+
+def test_nonlocal_networks_in_the_models_command():
+    result = CliRunner().invoke(app, ["models", "nl26", "resnet26_nl", "lrnet26_nl", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["resnet26_nl"]["paper_params"] == 38.2e6 and rows["lrnet26_nl"]["paper_flops"] == 5.6e9
+    assert rows["nl26"]["paper_params"] == 17.3e6
+    # "about 2x more computation" than ResNet-26 (Sec. 6.1): 5.6G / 2.6G in the paper
+    assert 2.0 < rows["resnet26_nl"]["flops"] / count_flops(create_model("resnet26").to("meta")) < 2.3
+    with pytest.raises(UserError, match="nl26 has no option 'kernel_size'"):
+        create_model("nl26", kernel_size=5)

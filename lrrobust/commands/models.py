@@ -52,9 +52,10 @@ def zoo_rows(names: list[str], image_size: int, num_classes: int, overrides: dic
 
 
 def display_order(name: str) -> tuple[int, int, str]:
-    """resnet18, lrnet18, resnet26, resnet26_dw, lrnet26, ...: each ResNet beside its LR-Net."""
+    """resnet18, lrnet18, resnet26, resnet26_dw, resnet26_nl, nl26, lrnet26, ...: each ResNet beside its LR-Net."""
     digits = "".join(ch for ch in name if ch.isdigit())
-    return (int(digits) if digits else 0, name.startswith("lrnet"), name)
+    family = 2 if name.startswith("lrnet") else 1 if name.startswith("nl") else 0
+    return (int(digits) if digits else 0, family, name)
 
 
 def _ratio(ours: float, paper: float | None) -> str:
@@ -106,4 +107,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 r["source"],
             )
         console.print(table)
-        console.print("FLOPs are multiply-adds (convs, linear, LR aggregation by Eq. 6); see docs/model_zoo.md.")
+        console.print(
+            "FLOPs are multiply-adds (convs, linear, LR aggregation by Eq. 6, non-local attention); see docs/model_zoo.md."
+        )

@@ -1,7 +1,7 @@
 """Residual blocks whose spatial layer is chosen by configuration (paper Sec. 5, Fig. 3, Appendix A1).
 
-The spatial layer is a k x k convolution (ResNet), a k x k depthwise convolution (ResNet-DW, Table 3) or a
-local relation layer (LR-Net). Every layer is followed by BN and ReLU (the ReLU of the last layer of a
+The spatial layer is a k x k convolution (ResNet), a k x k depthwise convolution (ResNet-DW, Table 3), a
+local relation layer (LR-Net) or a non-local layer (NL-26, Table 7). Every layer is followed by BN and ReLU (the ReLU of the last layer of a
 block comes after the residual sum); shortcuts across stages are a 1x1 projection with BN.
 """
 
@@ -14,14 +14,18 @@ from torch import nn
 
 from lrrobust.models.fold import FoldingSequential, then_bn
 from lrrobust.models.local_relation import LocalRelation2d
+from lrrobust.models.nonlocal_block import NonLocal2d
 
-SPATIAL_KINDS = ("conv", "dw", "lr")
+SPATIAL_KINDS = ("conv", "dw", "lr", "nl")
 
 
 def spatial_layer(kind: str, in_ch: int, out_ch: int, stride: int, kernel_size: int | str, **lr: Any) -> nn.Module:
-    """The block's spatial layer: "conv", "dw" (depthwise, needs in_ch == out_ch) or "lr" (local relation)."""
+    """The block's spatial layer: "conv", "dw" (depthwise, needs in_ch == out_ch), "lr" (local relation, ``lr``
+    its options) or "nl" (non-local, ``lr`` holds its ``subsample``; no window, so ``kernel_size`` is unused)."""
     if kind == "lr":
         return LocalRelation2d(in_ch, out_ch, kernel_size=kernel_size, stride=stride, **lr)
+    if kind == "nl":
+        return NonLocal2d(in_ch, out_ch, stride=stride, **lr)
     pad = (int(kernel_size) - 1) // 2
     groups = in_ch if kind == "dw" else 1
     return nn.Conv2d(in_ch, out_ch, int(kernel_size), stride=stride, padding=pad, groups=groups, bias=False)
@@ -77,7 +81,7 @@ class BasicBlock(nn.Module):
     @staticmethod
     def _spatial(in_ch: int, out_ch: int, stride: int, spatial: str, kernel_size, lr: dict) -> nn.Module:
         if spatial != "lr":
-            return spatial_layer(spatial, in_ch, out_ch, stride, kernel_size)
+            return spatial_layer(spatial, in_ch, out_ch, stride, kernel_size, **lr)
         return FoldingSequential(
             nn.Conv2d(in_ch, out_ch, 1, bias=False),
             nn.BatchNorm2d(out_ch),

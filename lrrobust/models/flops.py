@@ -1,7 +1,7 @@
 """Parameter and FLOP counts (paper Tables 2, 7, 8; the local relation layer's cost from Eq. 6).
 
-FLOPs here are multiply-adds: convolutions and linear layers by their output size, and the local
-relation aggregation by the k^2 term of Eq. 6. The shapes come from a forward pass on the "meta" device,
+FLOPs here are multiply-adds: convolutions and linear layers by their output size, the local
+relation aggregation by the k^2 term of Eq. 6, and the two matrix products of a non-local layer (Table 7). The shapes come from a forward pass on the "meta" device,
 so nothing is computed and a 224x224 LR-Net-101 is counted in a fraction of a second.
 """
 
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lrrobust.models.local_relation import LocalRelation2d
+from lrrobust.models.nonlocal_block import NonLocal2d
 
 
 def count_params(model: nn.Module) -> int:
@@ -42,7 +43,8 @@ def aggregation_flops(layer: LocalRelation2d, height: int, width: int) -> float:
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
-    """Multiply-adds of one image: convs, linear layers and the LR aggregation (Eq. 6's k^2 term).
+    """Multiply-adds of one image: convs, linear layers, the LR aggregation (Eq. 6's k^2 term) and the
+    non-local attention (theta^T phi and its product with g).
 
     Batch norm, ReLU, pooling, the residual sums and the geometric prior (a fixed table at inference,
     Sec. 4) are not counted.
@@ -61,8 +63,14 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
         h, w = inputs[0].shape[-2:]
         total[0] += aggregation_flops(mod, h, w) * inputs[0].shape[0]
 
+    def nonlocal_hook(mod: NonLocal2d, inputs, output) -> None:
+        h, w = inputs[0].shape[-2:]
+        total[0] += mod.attention_flops(h, w) * inputs[0].shape[0]
+
     for mod in meta.modules():
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, NonLocal2d):
+            mod.register_forward_hook(nonlocal_hook)
+        elif isinstance(mod, nn.Conv2d):
             mod.register_forward_hook(conv_hook)
         elif isinstance(mod, nn.Linear):
             mod.register_forward_hook(linear_hook)

@@ -67,6 +67,8 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Mod
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer; got {num_classes!r}")
     allowed = COMMON_OPTIONS + (LR_OPTIONS if config["spatial"] == "lr" else ())
+    if config["spatial"] == "nl":
+        allowed = tuple(key for key in allowed if key != "kernel_size")  # a non-local layer has no window
     for key in overrides:
         if key not in allowed:
             raise UserError(f"{name} has no option {key!r}; valid options: {', '.join(allowed)}")
@@ -176,6 +178,25 @@ def lrnet18() -> dict[str, Any]:
 def lrnet26() -> dict[str, Any]:
     """LR-Net-26 (Tables 3-7, 9): the widths of LR-Net-50 (100, 200, 400, 800), 14.7M parameters."""
     return _bottleneck((2, 2, 2, 2), "lr", 100 / 64, 7)
+
+
+@register_model
+def nl26() -> dict[str, Any]:
+    """NL-26 (Table 7): every 3x3 conv of ResNet-26 replaced by a non-local layer; alpha = 85/64 gives
+    ResNet-26's FLOPs (A1: the ablations adapt alpha to equal FLOPs; the kernel_size entry is unused)."""
+    return _bottleneck((2, 2, 2, 2), "nl", 85 / 64, 3)
+
+
+@register_model
+def resnet26_nl() -> dict[str, Any]:
+    """ResNet-26-NL (Table 7): a non-local block after every residual block of ResNet-26."""
+    return {**_bottleneck((2, 2, 2, 2), "conv", 1.0, 3), "nonlocal_blocks": True}
+
+
+@register_model
+def lrnet26_nl() -> dict[str, Any]:
+    """LR-Net-26-NL (Table 7): a non-local block after every residual block of LR-Net-26."""
+    return {**_bottleneck((2, 2, 2, 2), "lr", 100 / 64, 7), "nonlocal_blocks": True}
 
 
 @register_model

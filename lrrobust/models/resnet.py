@@ -1,7 +1,9 @@
 """ResNet and Local Relation Networks built from one configuration (paper Sec. 5, Fig. 3, Table 2).
 
 LR-Net is a ResNet whose spatial layers are local relation layers and whose 7x7 stem conv is a 1x1
-channel transform to 64 followed by a 7x7 local relation layer with stride 2 (Fig. 3a).
+channel transform to 64 followed by a 7x7 local relation layer with stride 2 (Fig. 3a). The non-local networks
+of Table 7 are the same configuration with non-local spatial layers (NL-26) or a non-local block after every
+residual block (ResNet-26-NL, LR-Net-26-NL).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 from lrrobust.models.blocks import BasicBlock, Bottleneck
 from lrrobust.models.fold import FoldingSequential
 from lrrobust.models.local_relation import LocalRelation2d
+from lrrobust.models.nonlocal_block import NL_SUBSAMPLE, NonLocalBlock
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +36,7 @@ class ResNet(nn.Module):
     Args:
         block: "basic" or "bottleneck".
         layers: blocks per stage res2..res5.
-        spatial: "conv", "dw" or "lr" (the spatial layer of every block; "lr" also swaps the stem).
+        spatial: "conv", "dw", "lr" or "nl" (the spatial layer of every block; "lr" also swaps the stem).
         num_classes: classifier outputs.
         in_chans: input channels.
         mean, std: per-channel normalisation, length ``in_chans``.
@@ -43,7 +46,9 @@ class ResNet(nn.Module):
         width: multiplier on every channel count.
         alpha: bottleneck ratio; the spatial layer of res2 has 64 alpha channels (Table 2: 100/64 for LR-Net-50).
         kernel_size: window of the spatial layers (the LR stem keeps 7 unless the window is "full").
-        lr: local relation options (m, composability, geo_prior, normalize).
+        nonlocal_blocks: a non-local block after every residual block (Table 7: "-NL"); its keys and values,
+            and those of "nl" spatial layers, are max-pooled by ``NL_SUBSAMPLE`` (4, 2, 2, 1 in res2..res5).
+        lr: local relation options (m, composability, geo_prior, normalize, qk_dim).
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class ResNet(nn.Module):
         width: float = 1.0,
         alpha: float = 1.0,
         kernel_size: int | str = 3,
+        nonlocal_blocks: bool = False,
         **lr: Any,
     ) -> None:
         super().__init__()
@@ -72,10 +78,13 @@ class ResNet(nn.Module):
         for i, depth in enumerate(layers):
             mid = scaled(64 * 2**i * alpha * width)
             out_ch = mid if block == "basic" else scaled(64 * 2**i * expansion * width)
+            spatial_options = {**lr, "subsample": NL_SUBSAMPLE[i]} if spatial == "nl" else lr
             blocks = []
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(block_cls(in_ch, mid, out_ch, stride, spatial, kernel_size, **lr))
+                blocks.append(block_cls(in_ch, mid, out_ch, stride, spatial, kernel_size, **spatial_options))
+                if nonlocal_blocks:
+                    blocks.append(NonLocalBlock(out_ch, NL_SUBSAMPLE[i]))
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -120,6 +129,9 @@ class ResNet(nn.Module):
             elif isinstance(mod, nn.BatchNorm2d):
                 nn.init.ones_(mod.weight)
                 nn.init.zeros_(mod.bias)
+        for mod in self.modules():
+            if isinstance(mod, NonLocalBlock):
+                nn.init.zeros_(mod.bn.weight)  # the non-local block starts as the identity (Wang et al., Sec. 4.1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
