@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_checkpoint"]
+__all__ = ["__version__", "evaluate", "load_checkpoint"]
 
 
 def load_checkpoint(path, map_location=None):
@@ -10,3 +10,13 @@ def load_checkpoint(path, map_location=None):
     from lrrobust.checkpoint import load_checkpoint as _load
 
     return _load(path, map_location=map_location)
+
+
+def __getattr__(name):
+    """``lrrobust.evaluate``: ``lrrobust.external.evaluate_model``, imported on first use so ``import lrrobust``
+    stays fast (no torch)."""
+    if name == "evaluate":
+        from lrrobust.external import evaluate_model
+
+        return evaluate_model
+    raise AttributeError(f"module 'lrrobust' has no attribute {name!r}")

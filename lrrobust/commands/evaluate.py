@@ -18,6 +18,11 @@ MAX_SEED = 2**63 - 1  # the largest seed every generator takes
 AttackKind = Enum("AttackKind", {kind: kind for kind in sorted(KINDS)}, type=str)  # every registered kind
 
 
+class Training(str, Enum):
+    regular = "regular"
+    adversarial = "adversarial"
+
+
 class Mode(str, Enum):
     targeted = "targeted"
     untargeted = "untargeted"
@@ -61,8 +66,23 @@ def _suite_from_options(attack, eps, step_size, steps, random_start, restarts, m
 
 
 def eval_attack(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (RUN/best.pt) or a run directory (its best.pt).")],
-    out: Annotated[Path, typer.Option("--out", help="Evaluation directory (resumed when it exists).")],
+    checkpoint: Annotated[Path | None, typer.Argument(help="A checkpoint (RUN/best.pt) or a run directory (its "
+                                                      "best.pt); or give --model-py or --torchvision.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Evaluation directory (resumed when it exists).")] = None,
+    model_py: Annotated[str | None, typer.Option("--model-py", help="Your own model: FILE.py:FACTORY, a function "
+                                                 "returning an nn.Module on [0, 1] images, or (module, mean, std) "
+                                                 "(docs/evaluation.md, Your own model).")] = None,
+    torchvision: Annotated[str | None, typer.Option("--torchvision", help="A torchvision classification model by "
+                                                    "name (resnet18, ...) with --weights or --download.")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="--torchvision: a state-dict file "
+                                                 "(torch.save(model.state_dict(), FILE)).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="--torchvision: fetch torchvision's own ImageNet "
+                                           "weights (the only download lrrobust makes).")] = False,
+    label: Annotated[str | None, typer.Option("--label", help="The model's row name in reports (default: its "
+                                              "network, file:factory or torchvision name).")] = None,
+    training: Annotated[Training | None, typer.Option("--training", help="--model-py/--torchvision: how the model "
+                                                      "was trained, the report's columns it fills (default "
+                                                      "regular).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="digits, cifar10, imagenet or imagefolder "
                                                    "(default: the checkpoint's).")] = None,
     root: Annotated[str | None, typer.Option("--root", help="Where the dataset lies (not for digits).")] = None,
@@ -92,6 +112,9 @@ def eval_attack(
     from lrrobust.evaluation.suite import load_suite
     from lrrobust.io import ensure_writable_dir
 
+    if out is None:
+        raise UserError("--out DIR is required: the evaluation directory")
+    outside = _check_model_options(checkpoint, model_py, torchvision, weights, download, training, dataset)
     options = (attack, eps, step_size, steps, random_start, restarts, mode)
     if suite is not None and any(v is not None for v in options):
         raise UserError("give either --suite or attack options (--attack, --eps, --steps, ...), not both")
@@ -121,14 +144,44 @@ def eval_attack(
     # The evaluation code creates and locks --out itself, after loading the models: probe it (or its nearest
     # existing parent) now, creating nothing, so an unwritable path fails before any attack runs.
     ensure_writable_dir(out, "--out", create=False)
-    summary = evaluate(checkpoint, dataset, chosen, out, root=root,
-                       transfer_from=None if transfer_from is None else str(transfer_from), device=device,
-                       progress=is_terminal(), workers=workers)
+    common = {"root": root, "transfer_from": None if transfer_from is None else str(transfer_from), "device": device,
+              "progress": is_terminal(), "workers": workers, "label": label}
+    if outside is None:
+        summary = evaluate(checkpoint, dataset, chosen, out, **common)
+    else:
+        from lrrobust.external import evaluate_outside
+
+        summary = evaluate_outside(outside, dataset, chosen, out, training=(training or Training.regular).value,
+                                   **common)
     if summary is not None:
         from lrrobust.evaluation.display import print_summary
 
         print_summary(summary, console)
         console.print(f"wrote {out}/summary.json, summary.csv and samples.csv")
+
+
+def _check_model_options(checkpoint, model_py, torchvision, weights, download, training, dataset):
+    """Which model to evaluate: None for a checkpoint, else the loader of the outside model (lrrobust.external)."""
+    given = [name for name, value in (("a CHECKPOINT", checkpoint), ("--model-py", model_py),
+                                      ("--torchvision", torchvision)) if value is not None]
+    if len(given) != 1:
+        got = f", not {' and '.join(given)}" if given else ""
+        raise UserError(f"give one model: a CHECKPOINT (or run directory), --model-py FILE.py:FACTORY or --torchvision "
+                        f"NAME{got}")
+    if torchvision is None and (weights is not None or download):
+        raise UserError("--weights and --download go with --torchvision NAME")
+    if checkpoint is not None:
+        if training is not None:
+            raise UserError("--training is for --model-py and --torchvision: a checkpoint says how it was trained")
+        return None
+    if dataset is None:
+        raise UserError("--dataset is required with --model-py and --torchvision (no checkpoint names one)")
+    from lrrobust.external import load_model_py, load_torchvision, parse_model_py
+
+    if model_py is not None:
+        parse_model_py(model_py)  # a bad spec or a missing file fails before the dataset is read
+        return lambda info: load_model_py(model_py)
+    return lambda info: load_torchvision(torchvision, weights, download, info)
 
 
 def report(

@@ -20,9 +20,9 @@ def percent_with_interval(figure: dict[str, Any] | None) -> str:
 
 def worst_case_table(summary: dict[str, Any]) -> Table:
     model = summary.get("model", {})
-    spec = model.get("model_spec", {})
+    name = (model.get("origin") or {}).get("label") or model.get("model_spec", {}).get("name", "model")
     worst = summary["worst_case"]
-    title = (f"{spec.get('name', 'model')} ({model.get('training', '?')} training) on {summary.get('dataset', '?')} "
+    title = (f"{name} ({model.get('training', '?')} training) on {summary.get('dataset', '?')} "
              f"{summary['split']}: worst case over every attack at eps {worst['eps_255']:.3g}/255, "
              f"{summary['num_samples']} images, top-1 % with 95% Wilson interval")
     table = Table(title=escape(title), title_justify="left")

@@ -1,12 +1,15 @@
 """``evaluate``: a checkpoint, a dataset and a suite in, an evaluation directory out (paper Sec. 6.2, Table 9).
 
 Everything the user gives is checked before the output directory is touched: the checkpoint (a file, or a run
-directory whose best.pt is taken), its class count and channels against the dataset's, the transfer source.
+directory whose best.pt is taken), its class count and channels against the dataset's, the transfer source, and
+the module's output on one small batch. ``evaluate_target`` is the shared second half, which models from outside
+lrrobust (``lrrobust.external``) enter directly.
 Under torchrun the process group is started here (NCCL on GPUs, gloo on CPU) and each rank evaluates a shard.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -15,7 +18,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
 
+from lrrobust.data import DatasetInfo
 from lrrobust.errors import UserError
 from lrrobust.evaluation.loop import EvalTarget, run_evaluation
 from lrrobust.evaluation.suite import Suite
@@ -103,9 +108,51 @@ def _start_distributed(device: torch.device) -> bool:
     return True
 
 
+def open_dataset(dataset: str, root: str | None, split: str) -> tuple[Dataset, DatasetInfo]:
+    """The split of ``dataset`` to attack, and the dataset's facts with the split's class count."""
+    from lrrobust.data import dataset_info, load_dataset
+
+    info = dataset_info(dataset, root)
+    data = load_dataset(dataset, split, root)
+    if hasattr(data, "classes"):
+        info = dataclasses.replace(info, num_classes=len(data.classes))
+    return data, info
+
+
 def evaluate(
     checkpoint: str | os.PathLike,
     dataset: str | None,
+    suite: Suite,
+    out: str | os.PathLike,
+    *,
+    label: str | None = None,
+    root: str | None = None,
+    transfer_from: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    workers: int = 0,
+) -> dict[str, Any] | None:
+    """Evaluate a checkpoint on ``dataset`` (default: the one it was trained on) with ``suite``; see run_evaluation.
+
+    ``label`` names the model's row in reports (default: its network's name). Returns the summary on rank 0, None
+    on the other ranks. Models lrrobust did not train go through ``lrrobust.external`` into ``evaluate_target``.
+    """
+    from lrrobust.evaluation.summary import lrrobust_origin
+    from lrrobust.external import check_label
+
+    target, state = load_target(checkpoint)
+    target.info["origin"] = lrrobust_origin(None if label is None else check_label(label))
+    dataset = dataset or str(state["dataset"])
+    data, info = open_dataset(dataset, root, suite.split)
+    check_compatible(target.info, dataset, info.num_classes or None, info.in_chans, "checkpoint")
+    return evaluate_target(target, data, info, suite, out, root=root, transfer_from=transfer_from, device=device,
+                           progress=progress, workers=workers)
+
+
+def evaluate_target(
+    target: EvalTarget,
+    data: Dataset,
+    info: DatasetInfo,
     suite: Suite,
     out: str | os.PathLike,
     *,
@@ -115,27 +162,23 @@ def evaluate(
     progress: bool = True,
     workers: int = 0,
 ) -> dict[str, Any] | None:
-    """Evaluate a checkpoint on ``dataset`` (default: the one it was trained on) with ``suite``; see run_evaluation.
+    """Evaluate a loaded model (``target.info["origin"]`` says where it came from) on ``data``, the split the suite
+    names of the dataset ``info`` describes: the module is tried on one small batch first
+    (``lrrobust.external.check_module``), then attacked."""
+    from lrrobust.external import check_module
 
-    Returns the summary on rank 0, None on the other ranks.
-    """
-    from lrrobust.data import dataset_info, load_dataset
-
-    target, state = load_target(checkpoint)
-    dataset = dataset or str(state["dataset"])
-    info = dataset_info(dataset, root)
-    data = load_dataset(dataset, suite.split, root)
-    classes = len(data.classes) if hasattr(data, "classes") else (info.num_classes or None)
-    check_compatible(target.info, dataset, classes, info.in_chans, "checkpoint")
+    dataset = info.name
     sources: dict[str, nn.Module] = {}
     wanted = {a.source for a in suite.attacks if getattr(a, "source", None)} | ({transfer_from} if transfer_from else set())
     source_info = {}
     for name in sorted(wanted):
         source, _ = load_target(name)
-        check_compatible(source.info, dataset, classes, info.in_chans, "transfer source")
+        check_compatible(source.info, dataset, target.num_classes, info.in_chans, "transfer source")
         sources[name] = source.model
         source_info[name] = {k: source.info[k] for k in ("checkpoint", "sha256", "model_spec", "training", "dataset")}
     torch_device = _device(device)
+    target.model.to(torch_device)
+    check_module(target.model, data, target.num_classes, dataset, torch_device)
     started = _start_distributed(torch_device)
     try:
         return run_evaluation(

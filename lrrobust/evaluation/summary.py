@@ -5,7 +5,11 @@ their typed readers (used by the report, the demo and the study).
   target, adversarial prediction, success and the stage (restart, AutoAttack component) that found it.
 - ``summary.csv``: one row per attack: every hyper-parameter, its robust accuracy with a 95% Wilson interval.
 - ``summary.json``: all of that, the worst case over every attack at the suite's eps (``ledger.py``), the
-  checks against gradient masking, the model's facts and the provenance. Every file is written atomically.
+  checks against gradient masking, the model's facts, where the model came from (``model.origin``: trained by
+  lrrobust, or from outside, ``lrrobust.external``) and the provenance. Every file is written atomically.
+
+Schema 3 added ``model.origin``; schema 2 summaries (all of lrrobust's own checkpoints) still read, as trained by
+lrrobust.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from lrrobust.evaluation.ledger import Figure, Ledger, Outcome, WorstCase, figur
 from lrrobust.evaluation.state import CLEAN, AttackRecord
 from lrrobust.io import atomic_write_json, atomic_write_text, csv_text
 
-SCHEMA = 2
+SCHEMA = 3
+READABLE_SCHEMAS = (2, 3)  # schema 2: no model.origin, every model was trained by lrrobust
+ORIGIN_KINDS = ("lrrobust", "model-py", "torchvision", "python-api")  # lrrobust.external loads the last three
 SAMPLE_COLUMNS = ("index", "label", "clean_pred", "attack", "key", "target", "adv_pred", "success", "found_at")
 SUMMARY_COLUMNS = ("attack", "kind", "norm", "targeted", "eps", "eps_255", "step_size", "steps", "random_start",
                    "restarts", "source", "n_queries", "role", "num_samples", "seed", "clean_accuracy", "accuracy",
@@ -35,6 +41,11 @@ SUMMARY_COLUMNS = ("attack", "kind", "norm", "targeted", "eps", "eps_255", "step
 def indices_digest(indices: list[int]) -> str:
     """Which images an evaluation attacked: SHA-256 of their dataset indices (the paired tests need equal sets)."""
     return hashlib.sha256(json.dumps(sorted(indices)).encode()).hexdigest()
+
+
+def lrrobust_origin(label: str | None = None) -> dict[str, Any]:
+    """``model.origin`` of a model trained by lrrobust (its recipe is the checkpoint's config beside it)."""
+    return {"kind": "lrrobust", "label": label}
 
 
 def build_ledger(records: dict[tuple[int, str], Any], num_batches: int, attacks: list[AttackSpec]) -> Ledger:
@@ -102,7 +113,7 @@ def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: di
         "worst_case": {**worst.to_dict(), "notes": convergence_notes(checks)},
         "checks": checks,
         "check_plan": {k: [[x, name] for x, name in v] for k, v in plan.items()},
-        "model": target_info,
+        "model": {**target_info, "origin": target_info.get("origin") or lrrobust_origin()},
     }
 
 
@@ -144,7 +155,13 @@ class Summary:
     attacks: list[dict[str, Any]]
     checks: list[dict[str, Any]]
     model: dict[str, Any]
+    origin: dict[str, Any]  # kind (ORIGIN_KINDS), label, and for outside models the file, its sha256, ...
     raw: dict[str, Any]
+
+    @property
+    def outside(self) -> bool:
+        """True for a model lrrobust did not train (``lrrobust.external``)."""
+        return self.origin["kind"] != "lrrobust"
 
 
 def _read_json(path: Path) -> Any:
@@ -158,10 +175,11 @@ def read_summary(directory: str | Path) -> Summary:
     """The summary.json of an evaluation directory; a UserError naming the file when it is not one of ours."""
     path = Path(directory) / "summary.json"
     data = _read_json(path)
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS:
         found = data.get("schema") if isinstance(data, dict) else None
-        raise UserError(f"{path} is not an lrrobust evaluation summary of schema {SCHEMA} (found {found!r}); "
-                        "re-run lrrobust eval-attack with this version")
+        raise UserError(f"{path} is not an lrrobust evaluation summary of schema "
+                        f"{' or '.join(map(str, READABLE_SCHEMAS))} (found {found!r}); re-run lrrobust eval-attack "
+                        "with this version")
     try:
         ledger = read_ledger(directory, data)
         worst = ledger.worst_case(float(data["suite_eps"]))
@@ -171,10 +189,26 @@ def read_summary(directory: str | Path) -> Summary:
             indices_sha256=str(data["indices_sha256"]), seed=int(data["seed"]),
             clean=Figure(int(data["clean"]["correct"]), int(data["clean"]["n"])), worst_case=worst,
             notes=list(data["worst_case"].get("notes", [])), attacks=list(data["attacks"]),
-            checks=list(data.get("checks", [])), model=dict(data.get("model") or {}), raw=data,
+            checks=list(data.get("checks", [])), model=dict(data.get("model") or {}), origin=_read_origin(data),
+            raw=data,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); re-run lrrobust eval-attack") from None
+
+
+def _read_origin(data: dict[str, Any]) -> dict[str, Any]:
+    """``model.origin``: required from schema 3; a schema 2 summary's model was trained by lrrobust."""
+    if data["schema"] == 2:
+        return lrrobust_origin()
+    origin = data["model"]["origin"]
+    if not isinstance(origin, dict) or origin.get("kind") not in ORIGIN_KINDS:
+        raise ValueError(f"model.origin must be an object whose kind is one of {', '.join(ORIGIN_KINDS)}")
+    label = origin.get("label")
+    if not (label is None or isinstance(label, str)):
+        raise ValueError("model.origin.label must be text")
+    if origin["kind"] != "lrrobust" and not all(isinstance(origin.get(k), str) and origin[k] for k in ("label", "name")):
+        raise ValueError("model.origin of a model from outside needs its label and name")
+    return dict(origin)
 
 
 def read_ledger(directory: str | Path, summary: dict[str, Any] | None = None) -> Ledger:

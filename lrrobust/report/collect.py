@@ -1,8 +1,10 @@
 """Collecting a report's inputs: evaluation directories and training runs, read through their typed readers.
 
-Each trained model evaluated once is an ``Entry``: its network label, training kind and training seed, and its
+Each trained model evaluated once is an ``Entry``: its network label (the user's ``--label`` when given), training
+kind and training seed, where it came from (trained by lrrobust, or from outside: ``lrrobust.external``), and its
 evaluation summary (``lrrobust.evaluation.summary.read_summary``). Several training seeds of one network and
-training kind are several entries of one cell; two evaluations of the same cell and seed are refused.
+training kind are several entries of one cell; two evaluations of the same cell and seed are refused, and so is a
+row mixing models trained by lrrobust with models from outside.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lrrobust.errors import UserError
-from lrrobust.evaluation.summary import Summary, read_summary
+from lrrobust.evaluation.summary import Summary, lrrobust_origin, read_summary
 from lrrobust.training.run_files import is_run_dir, read_manifest, read_run_config
 
 PRETTY = {"resnet": "ResNet-", "lrnet": "LR-Net-"}
@@ -34,6 +36,12 @@ class Entry:
     summary: Summary | None = None
     run_config: dict[str, Any] | None = None
     run_manifest: dict[str, Any] | None = None
+    origin: dict[str, Any] = dataclasses.field(default_factory=lrrobust_origin)  # summary.json's model.origin
+
+    @property
+    def outside(self) -> bool:
+        """A model lrrobust did not train (``--model-py``, ``--torchvision``, ``lrrobust.evaluate``)."""
+        return self.origin["kind"] != "lrrobust"
 
 
 def network_name(spec: dict[str, Any]) -> str:
@@ -60,13 +68,16 @@ def shown(path: Path) -> str:
 
 def _from_summary(path: Path) -> Entry:
     summary = read_summary(path)
-    model = summary.model
+    model, origin = summary.model, summary.origin
+    if summary.outside:  # no recipe and no training seed: the user's label names the row
+        return Entry(origin["label"], origin["name"], str(model.get("training", "unknown")), None, summary.dataset,
+                     shown(path), summary=summary, origin=origin)
     spec = model.get("model_spec") or {"name": "model"}
     config = model.get("config") or {}
     seed = config.get("seed")
-    return Entry(network_name(spec), spec["name"], str(model.get("training", "unknown")),
+    return Entry(origin.get("label") or network_name(spec), spec["name"], str(model.get("training", "unknown")),
                  None if seed is None else int(seed), summary.dataset, shown(path), summary=summary,
-                 run_config=config or None, run_manifest=model.get("manifest"))
+                 run_config=config or None, run_manifest=model.get("manifest"), origin=origin)
 
 
 def _from_run(path: Path) -> Entry:
@@ -123,7 +134,12 @@ def cells(entries: list[Entry]) -> dict[str, dict[str, list[Entry]]]:
     """network -> training -> its entries, one per training seed (sorted); a repeated seed is an error."""
     rows: dict[str, dict[str, list[Entry]]] = {}
     for e in sorted(entries, key=lambda e: (e.network, e.training, -1 if e.seed is None else e.seed)):
-        cell = rows.setdefault(e.network, {}).setdefault(e.training, [])
+        row = rows.setdefault(e.network, {})
+        other = next((o for es in row.values() for o in es if o.outside != e.outside), None)
+        if other is not None:
+            raise UserError(f"{e.network} names both a model trained by lrrobust and one from outside ({other.source} "
+                            f"and {e.source}); give them different --label")
+        cell = row.setdefault(e.training, [])
         twin = next((o for o in cell if o.seed == e.seed), None)
         if twin is not None:
             raise UserError(f"two {e.training} evaluations of {e.network} with training seed {e.seed}: {twin.source} "

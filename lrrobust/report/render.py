@@ -1,5 +1,8 @@
 """The report's files: table9.md, table9.csv (one row per network), table9_attacks.csv (every single attack and
-AutoAttack component), table9_tests.csv (the paired tests) and manifest.json. Percentages throughout."""
+AutoAttack component), table9_tests.csv (the paired tests) and manifest.json. Percentages throughout.
+
+Every row says who trained its model: lrrobust (its recipe under Runs) or someone outside (``lrrobust.external``:
+the kind, with a 12-character SHA-256 prefix in the markdown and the full hash in the CSV and manifest)."""
 
 from __future__ import annotations
 
@@ -48,6 +51,25 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 2)
 
 
+def _of_row(row: Row, entries: list[Entry]) -> list[Entry]:
+    return [e for e in entries if e.network == row.network]
+
+
+def origin_sha256(origin: dict[str, Any]) -> str:
+    """What identifies an outside model: its file's SHA-256 (the .py file, the weights file), else its weights'."""
+    return origin.get("sha256") or origin.get("state_sha256") or ""
+
+
+def origin_text(row: Row, entries: list[Entry]) -> str:
+    """'lrrobust', or 'outside: model-py, sha256 dd125c65c3b2' (each model of the row)."""
+    if not row.outside:
+        return "lrrobust"
+    mine = _of_row(row, entries)
+    kinds = sorted({e.origin["kind"] for e in mine})
+    hashes = sorted({origin_sha256(e.origin)[:12] for e in mine})
+    return f"outside: {', '.join(kinds)}, sha256 {', '.join(hashes)}"
+
+
 # ---------------------------------------------------------------- CSV
 
 
@@ -55,15 +77,20 @@ def table_csv(rows: list[Row], entries: list[Entry]) -> str:
     """table9.csv: per network, every column with its interval, images, seeds and spread."""
     per_column = ("", "_low", "_high", "_interval", "_images", "_seeds", "_sd", "_min", "_max", "_per_seed", "_mixed",
                   "_missing")
-    columns = ["network", "model", "dataset", "suite", "eps_255"]
+    columns = ["network", "model", "origin", "origin_sha256", "origin_path", "dataset", "suite", "eps_255"]
     columns += [c.key + suffix for c in COLUMNS for suffix in per_column]
     columns += ["paper_adv_clean", "paper_adv_targeted", "paper_adv_untargeted", "paper_reg_clean", "notes"]
     suites = sorted({e.summary.suite for e in entries if e.summary})
     eps = sorted({round(e.summary.suite_eps * 255, 4) for e in entries if e.summary})
     out = []
     for row in rows:
+        mine = _of_row(row, entries)
         data: dict[str, Any] = {"network": row.network, "model": row.model, "dataset": entries[0].dataset,
+                                "origin": ", ".join(sorted({e.origin["kind"] for e in mine})),
                                 "suite": ", ".join(suites), "eps_255": ", ".join(str(e) for e in eps)}
+        if row.outside:  # per model of the row (training kind: hash), the full hashes
+            data["origin_sha256"] = "; ".join(f"{e.training}: {origin_sha256(e.origin)}" for e in mine)
+            data["origin_path"] = "; ".join(f"{e.training}: {e.origin.get('path') or e.origin['name']}" for e in mine)
         notes = []
         for column in COLUMNS:
             cell = row.cells[column.key]
@@ -195,6 +222,13 @@ def _manifest_md(items: list[dict[str, Any]]) -> str:
     for item in items:
         cfg = item["training_config"] or {}
         man = item["training_manifest"] or {}
+        origin = item["origin"]
+        if origin["kind"] != "lrrobust":
+            lines.append(f"### {item['network']}, {item['training']} training, from outside\n")
+            lines.append(_outside_md(origin))
+            lines.append(_evaluated_md(item.get("evaluation"), None))
+            lines.append("")
+            continue
         lines.append(f"### {item['network']}, {item['training']} training, seed {item['seed']}\n")
         training = (f"- training: {cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, "
                     f"seed {cfg.get('seed')}, preset {cfg.get('preset')}")
@@ -207,19 +241,38 @@ def _manifest_md(items: list[dict[str, Any]]) -> str:
                      f"commit {str(man.get('git_commit'))[:12]}{' (dirty)' if man.get('git_dirty') else ''}, "
                      f"on {man.get('device')}")
         ev = item.get("evaluation")
-        if ev:
-            prov = ev.get("provenance") or {}
-            lines.append(f"- evaluated: suite {ev['suite']}, {ev['split']} split, {ev['num_samples']} images, "
-                         f"seed {ev['seed']}, {ev['device']} x{ev['world_size']}; checkpoint "
-                         f"{Path(str(ev['checkpoint'])).name} (epoch {ev['epoch']}, sha256 {str(ev['sha256'])[:12]}); "
-                         f"lrrobust {prov.get('lrrobust_version')}, torch {prov.get('torch_version')}, torchattacks "
-                         f"{prov.get('torchattacks_version')}, commit {str(prov.get('git_commit'))[:12]}")
-            for line in ev["attacks"]:
-                lines.append(f"  - {line}")
-        else:
-            lines.append("- not evaluated")
+        checkpoint = ev and (f"checkpoint {Path(str(ev['checkpoint'])).name} (epoch {ev['epoch']}, sha256 "
+                             f"{str(ev['sha256'])[:12]})")
+        lines.append(_evaluated_md(ev, checkpoint))
         lines.append("")
     return "\n".join(lines)
+
+
+def _outside_md(origin: dict[str, Any]) -> str:
+    """Where a model from outside came from, every hash in full."""
+    kind = origin["kind"]
+    if kind == "model-py":
+        where = f"`{origin['path']}`, factory `{origin['factory']}()`, file sha256 {origin['sha256']}"
+    elif kind == "torchvision":
+        where = f"torchvision `{origin['name']}`, weights {origin.get('weights')}"
+        where += f" (sha256 {origin['sha256']})" if origin.get("sha256") else ""
+    else:
+        where = f"an in-memory `{origin.get('class')}` (lrrobust.evaluate)"
+    norm = f"normalised by lrrobust with mean {origin['mean']}, std {origin['std']}" if origin.get("mean") else \
+        "taking [0, 1] images itself"
+    return (f"- from outside lrrobust ({kind}): {where}; weights sha256 {origin.get('state_sha256')}; {norm}; "
+            f"declared {origin.get('training')} training; no recipe recorded")
+
+
+def _evaluated_md(ev: dict[str, Any] | None, checkpoint: str | None) -> str:
+    if not ev:
+        return "- not evaluated"
+    prov = ev.get("provenance") or {}
+    head = (f"- evaluated: suite {ev['suite']}, {ev['split']} split, {ev['num_samples']} images, seed {ev['seed']}, "
+            f"{ev['device']} x{ev['world_size']}; {checkpoint + '; ' if checkpoint else ''}"
+            f"lrrobust {prov.get('lrrobust_version')}, torch {prov.get('torch_version')}, torchattacks "
+            f"{prov.get('torchattacks_version')}, commit {str(prov.get('git_commit'))[:12]}")
+    return "\n".join([head] + [f"  - {line}" for line in ev["attacks"]])
 
 
 def manifest(entries: list[Entry]) -> list[dict[str, Any]]:
@@ -229,7 +282,7 @@ def manifest(entries: list[Entry]) -> list[dict[str, Any]]:
     out = []
     for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
         item: dict[str, Any] = {"network": e.network, "training": e.training, "seed": e.seed, "source": e.source,
-                                "training_config": e.run_config, "training_manifest": e.run_manifest}
+                                "origin": e.origin, "training_config": e.run_config, "training_manifest": e.run_manifest}
         if e.summary is not None:
             s, raw = e.summary, e.summary.raw
             described = [KINDS[a["kind"]].from_settings(a["attack"], a).describe() + f" ({a['role']})"
@@ -264,16 +317,19 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
              "seeds from 3 seeds); ± is the standard deviation over training seeds. Targeted success is the "
              "attacker's view (some targeted attack reached the image's target); 100 minus it is the share of images "
              "for which no targeted attack reached its target. ⚠ marks a figure the convergence checks say is not "
-             "final; † a cell measured differently from the others (--allow-mixed).\n")
+             "final; † a cell measured differently from the others (--allow-mixed). 'trained by' says whether "
+             "lrrobust trained the model (its recipe under Runs) or it came from outside (eval-attack --model-py or "
+             "--torchvision, lrrobust.evaluate; its training kind is the user's word), with the SHA-256 of its file; "
+             "only lrrobust's LR-Net and ResNet rows enter the paired tests.\n")
     parts = [f"# Robustness to white-box attacks on {dataset} (Table 9 style)\n", intro]
     main = [c for c in COLUMNS if c.in_table9]
-    header = ["network"] + [c.title for c in main]
+    header = ["network", "trained by"] + [c.title for c in main]
     if imagenet:
         header += ["paper: " + c.title for c in main if c.key in ("adv_clean", "adv_targeted", "adv_untargeted",
                                                                   "reg_clean")]
     body = []
     for r in rows:
-        line = [r.network] + [cell_text(r.cells[c.key]) for c in main]
+        line = [r.network, origin_text(r, entries)] + [cell_text(r.cells[c.key]) for c in main]
         if imagenet:
             line += [str(r.paper[c.key]) if c.key in r.paper else "– (not in the paper)" for c in main
                      if c.key in ("adv_clean", "adv_targeted", "adv_untargeted", "reg_clean")]
@@ -288,8 +344,9 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
               significance_md(tests)]
     regular = [c for c in COLUMNS if c.training == "regular"]
     parts += ["## Regular training under the same attacks\n",
-              _md_table(["network"] + [c.title for c in regular],
-                        [[r.network] + [cell_text(r.cells[c.key]) for c in regular] for r in rows])]
+              _md_table(["network", "trained by"] + [c.title for c in regular],
+                        [[r.network, origin_text(r, entries)] + [cell_text(r.cells[c.key]) for c in regular]
+                         for r in rows])]
     for section in extra_sections or []:
         parts.append(section)
     for axis, title in (("steps", "Accuracy against PGD steps"), ("eps", "Accuracy against eps")):

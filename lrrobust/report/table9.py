@@ -108,6 +108,7 @@ class Row:
     model: str
     cells: dict[str, Cell]
     paper: dict[str, float]
+    outside: bool = False  # a model lrrobust did not train: shown, never in the paired LR-Net/ResNet tests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +190,9 @@ def table_rows(entries: list[Entry], odd: set[str] | None = None) -> list[Row]:
     for network, by_training in sorted(cells(entries).items()):
         any_entry = next(e for es in by_training.values() for e in es)
         row_cells = {c.key: _cell(c, by_training.get(c.training, []), odd) for c in COLUMNS}
-        paper = PAPER_TABLE9.get(any_entry.model, {}) if any_entry.dataset == "imagenet" else {}
-        rows.append(Row(network, any_entry.model, row_cells, paper))
+        mine = not any_entry.outside
+        paper = PAPER_TABLE9.get(any_entry.model, {}) if any_entry.dataset == "imagenet" and mine else {}
+        rows.append(Row(network, any_entry.model, row_cells, paper, outside=not mine))
     return rows
 
 
@@ -209,10 +211,10 @@ def compare(a: Cell, b: Cell) -> tuple[list[int | None], CombinedTest | None, st
 
 
 def comparisons(rows: list[Row]) -> list[Comparison]:
-    """Every LR-Net row against every ResNet row, in every accuracy column both have."""
+    """Every LR-Net row against every ResNet row of lrrobust's zoo, in every accuracy column both have."""
     out = []
-    lrnets = [r for r in rows if r.model.startswith("lrnet")]
-    resnets = [r for r in rows if r.model.startswith("resnet")]
+    lrnets = [r for r in rows if r.model.startswith("lrnet") and not r.outside]
+    resnets = [r for r in rows if r.model.startswith("resnet") and not r.outside]
     for column in COLUMNS:
         if not column.higher_is_robust:
             continue

@@ -1,0 +1,431 @@
+"""Models from outside lrrobust (lrrobust.external): --model-py, --torchvision and lrrobust.evaluate go through the
+same evaluation and report as the zoo's models, say where the model came from, and refuse mistakes in one line."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import get_model
+from typer.testing import CliRunner
+
+import lrrobust
+from lrrobust.data import dataset_info, load_dataset
+from lrrobust.errors import UserError
+from lrrobust.external import check_module, evaluate_model
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+TINY_SUITE = {
+    "name": "tiny", "seed": 0, "batch_size": 10, "limit": 20,
+    "attack": [{"name": "pgd2-targeted", "targeted": True, "eps": 0.2, "steps": 2},
+               {"name": "pgd2-untargeted", "eps": 0.2, "steps": 2}],
+}
+TINY_TOML = """name = "tiny"
+seed = 0
+batch_size = 10
+limit = 20
+
+[[attack]]
+name = "pgd2-targeted"
+targeted = true
+eps = 0.2
+steps = 2
+
+[[attack]]
+name = "pgd2-untargeted"
+eps = 0.2
+steps = 2
+"""
+DIGITS = dataset_info("digits")
+
+# torchvision's resnet18 on digits: one input channel, a 3x3 stride-1 stem and no max-pool for the 8x8 images;
+# the factory returns (module, mean, std), so lrrobust normalises the [0, 1] pixels for it.
+FACTORY = '''import torch
+from torch import nn
+from torchvision.models import resnet18
+
+
+def digits_resnet18():
+    model = resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, 3, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def build():
+    model = digits_resnet18()
+    model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+    return model.eval(), MEAN, STD
+'''
+
+
+def digits_resnet18() -> nn.Module:
+    """The factory's architecture, built here again as the reference."""
+    model = get_model("resnet18", num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, 3, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def cli(*args):
+    from lrrobust.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """The factory file, its weights (random, seeded, BatchNorm statistics made non-trivial) and the suite."""
+    root = tmp_path_factory.mktemp("external")
+    torch.manual_seed(0)
+    model = digits_resnet18()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    torch.save(model.state_dict(), root / "weights.pt")
+    header = f"WEIGHTS = {str(root / 'weights.pt')!r}\nMEAN = {list(DIGITS.mean)}\nSTD = {list(DIGITS.std)}\n"
+    (root / "mymodels.py").write_text(header + FACTORY)
+    (root / "tiny.toml").write_text(TINY_TOML)
+    return root
+
+
+@pytest.fixture(scope="module")
+def zoo_eval(tmp_path_factory) -> Path:
+    """A real zoo model (a small ResNet-18 trained one epoch on digits) evaluated with the tiny suite."""
+    from lrrobust.evaluation.evaluate import evaluate
+    from lrrobust.evaluation.suite import parse_suite
+    from lrrobust.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("zoo")
+    run = train(TrainConfig(model="resnet18", model_kwargs={"width": 0.125}, epochs=1, out=str(root / "run"),
+                            device="cpu"), progress=False)
+    evaluate(run, "digits", parse_suite(TINY_SUITE), root / "eval", label="Our ResNet-18", device="cpu",
+             progress=False)
+    return root / "eval"
+
+
+@pytest.fixture(scope="module")
+def outside_eval(work) -> Path:
+    out = work / "eval-model-py"
+    result = cli("eval-attack", "--model-py", f"{work / 'mymodels.py'}:build", "--dataset", "digits", "--suite",
+                 work / "tiny.toml", "--out", out, "--label", "My ResNet-18", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def reference_predictions(model: nn.Module, mean, std, indices: list[int]) -> list[int]:
+    """The model's own top-1 on the digits test images, normalised by hand."""
+    data = load_dataset("digits", "test")
+    images = torch.stack([data[i][0] for i in indices])
+    mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        return model.eval()((images - mean) / std).argmax(1).tolist()
+
+
+# ---------------------------------------------------------------- --model-py, the report, the Python API
+
+
+def test_model_py_is_evaluated_like_a_zoo_model(work, outside_eval, zoo_eval):
+    summary = json.loads((outside_eval / "summary.json").read_text())
+    zoo = json.loads((zoo_eval / "summary.json").read_text())
+    assert summary["schema"] == zoo["schema"] == 3
+    assert set(summary) == set(zoo)  # the same fields: attacks, worst case, checks, provenance...
+    origin = summary["model"]["origin"]
+    assert origin["kind"] == "model-py" and origin["label"] == "My ResNet-18" and origin["factory"] == "build"
+    assert origin["path"] == str(work / "mymodels.py")
+    assert origin["sha256"] == hashlib.sha256((work / "mymodels.py").read_bytes()).hexdigest()
+    assert origin["mean"] == list(DIGITS.mean) and origin["class"] == "torchvision.models.resnet.ResNet"
+    assert zoo["model"]["origin"] == {"kind": "lrrobust", "label": "Our ResNet-18"}
+    assert zoo["model"]["config"]["model"] == "resnet18"  # the recipe of a model lrrobust trained
+    samples = read_csv(outside_eval / "samples.csv")
+    assert list(samples[0]) == list(read_csv(zoo_eval / "samples.csv")[0])
+    assert len(samples) == 2 * 20 and summary["num_samples"] == 20
+    assert summary["indices_sha256"] == zoo["indices_sha256"]  # the same images: the report can pair them
+    # the clean predictions are the factory's module on (x - mean) / std, computed here independently
+    rows = [r for r in samples if r["attack"] == "pgd2-untargeted"]
+    model = digits_resnet18()
+    model.load_state_dict(torch.load(work / "weights.pt", weights_only=True))
+    expected = reference_predictions(model, DIGITS.mean, DIGITS.std, [int(r["index"]) for r in rows])
+    assert [int(r["clean_pred"]) for r in rows] == expected
+    assert len(set(expected)) > 1  # not a constant model: the comparison says something
+
+
+def test_report_shows_the_label_and_marks_the_outside_model(outside_eval, zoo_eval, tmp_path):
+    result = cli("report", zoo_eval, outside_eval, "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r" / "table9.md").read_text()
+    sha = json.loads((outside_eval / "summary.json").read_text())["model"]["origin"]["sha256"]
+    table = md.split("## Table 9")[1].split("##")[0]
+    assert re.search(rf"\| My ResNet-18 \| outside: model-py, sha256 {sha[:12]} \|", table), table
+    assert re.search(r"\| Our ResNet-18 \| lrrobust \|", table), table
+    assert sha not in table  # a prefix in the table, the full hash in the CSV and the manifest
+    rows = {r["network"]: r for r in read_csv(tmp_path / "r" / "table9.csv")}
+    assert rows["My ResNet-18"]["origin"] == "model-py" and rows["Our ResNet-18"]["origin"] == "lrrobust"
+    assert rows["My ResNet-18"]["origin_sha256"] == f"regular: {sha}"
+    assert rows["My ResNet-18"]["reg_clean"] != ""  # its figures fill the regular columns it was declared into
+    manifest = {m["network"]: m for m in json.loads((tmp_path / "r" / "manifest.json").read_text())}
+    assert manifest["My ResNet-18"]["origin"]["sha256"] == sha
+    assert manifest["Our ResNet-18"]["origin"]["kind"] == "lrrobust"
+    assert "from outside lrrobust (model-py)" in md and sha in md.split("## Runs")[1]
+
+
+def test_python_api_matches_the_cli(work, outside_eval, tmp_path):
+    """lrrobust.evaluate on the same module attacks exactly as --model-py did: identical per-sample records."""
+    assert lrrobust.evaluate is evaluate_model
+    model = digits_resnet18()
+    model.load_state_dict(torch.load(work / "weights.pt", weights_only=True))
+    summary = lrrobust.evaluate(model.eval(), dataset="digits", suite=TINY_SUITE, out=tmp_path / "api",
+                                label="API ResNet", mean=DIGITS.mean, std=DIGITS.std)
+    assert summary["model"]["origin"]["kind"] == "python-api"
+    assert summary["model"]["origin"]["label"] == "API ResNet"
+    assert (tmp_path / "api" / "samples.csv").read_text() == (outside_eval / "samples.csv").read_text()
+    on_disk = json.loads((tmp_path / "api" / "summary.json").read_text())
+    assert on_disk["worst_case"] == json.loads((outside_eval / "summary.json").read_text())["worst_case"]
+
+
+def test_importing_lrrobust_does_not_import_torch():
+    code = "import sys, lrrobust; assert 'torch' not in sys.modules; print(lrrobust.evaluate.__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "evaluate_model", proc.stderr
+
+
+def test_old_summaries_still_read_as_trained_by_lrrobust(zoo_eval, tmp_path):
+    import shutil
+
+    from lrrobust.evaluation.summary import read_summary
+
+    old = tmp_path / "old"
+    shutil.copytree(zoo_eval, old)
+    data = json.loads((old / "summary.json").read_text())
+    data["schema"] = 2
+    del data["model"]["origin"]
+    (old / "summary.json").write_text(json.dumps(data))
+    summary = read_summary(old)
+    assert summary.origin == {"kind": "lrrobust", "label": None} and not summary.outside
+    data["schema"] = 3  # from schema 3 on, the origin is required
+    (old / "summary.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="damaged"):
+        read_summary(old)
+
+
+def test_torchvision_with_local_weights_on_a_three_channel_image_folder(make_image_tree, tmp_path):
+    tree = make_image_tree(tmp_path / "tree", per_class=2, size=(40, 36))
+    torch.manual_seed(1)
+    model = get_model("mobilenet_v3_small", num_classes=2)
+    torch.save(model.state_dict(), tmp_path / "mnv3.pt")
+    out = tmp_path / "e"
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[attack]]\nname = "fgsm"\nkind = "fgsm"\neps = "4/255"\n')
+    result = cli("eval-attack", "--torchvision", "mobilenet_v3_small", "--weights", tmp_path / "mnv3.pt",
+                 "--dataset", "imagefolder", "--root", tree, "--suite", suite, "--out", out, "--device", "cpu",
+                 "--training", "adversarial")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    origin = summary["model"]["origin"]
+    assert origin["kind"] == "torchvision" and origin["name"] == "mobilenet_v3_small"
+    assert origin["label"] == "torchvision mobilenet_v3_small" and origin["training"] == "adversarial"
+    assert origin["sha256"] == hashlib.sha256((tmp_path / "mnv3.pt").read_bytes()).hexdigest()
+    info = dataset_info("imagefolder", tree)
+    assert origin["mean"] == pytest.approx(info.mean) and origin["std"] == pytest.approx(info.std)
+    data = load_dataset("imagefolder", "test", tree)
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    mean, std = torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model.eval()((images - mean) / std).argmax(1).tolist()
+    assert [int(r["clean_pred"]) for r in read_csv(out / "samples.csv")] == expected
+
+
+# ---------------------------------------------------------------- one-line errors
+
+
+TINY_MODELS = '''import torch
+from torch import nn
+
+
+def linear(classes=10):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, classes))
+
+
+def good():
+    return linear().eval()
+
+
+def five_classes():
+    return linear(5).eval()
+
+
+def in_train_mode():
+    return nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 10))
+
+
+def raises():
+    raise ValueError("no weights here")
+
+
+def not_a_module():
+    return "resnet"
+
+
+def three_means():
+    return good(), [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]
+
+
+def zero_std():
+    return good(), 0.5, 0.0
+
+
+class NoGrad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = linear()
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.inner(x)
+
+
+def no_gradient():
+    return NoGrad().eval()
+
+
+def a_tuple():
+    return good(), 0.5
+'''
+
+
+def _error_cases(tmp: Path) -> dict[str, tuple[list, str]]:
+    (tmp / "m.py").write_text(TINY_MODELS)
+    (tmp / "broken.py").write_text("def build(:\n")
+    (tmp / "garbage.pt").write_bytes(b"\x00not a torch file" * 10)
+    torch.save({"weight": torch.zeros(2), "hook": os.getcwd}, tmp / "code.pt")
+    torch.save({"weight": torch.zeros(2), "epoch": 3}, tmp / "not_state.pt")
+    torch.save(get_model("mobilenet_v3_small", num_classes=3).state_dict(), tmp / "three.pt")
+    m = tmp / "m.py"
+    digits = ["--dataset", "digits"]
+    return {
+        "spec without factory": (["--model-py", str(m), *digits], "must be FILE.py:FACTORY"),
+        "spec with a bad name": (["--model-py", f"{m}:1x", *digits], "must be FILE.py:FACTORY"),
+        "missing file": (["--model-py", f"{tmp / 'nope.py'}:build", *digits], "no file .*nope.py"),
+        "import fails": (["--model-py", f"{tmp / 'broken.py'}:build", *digits],
+                         "importing .*broken.py failed: SyntaxError"),
+        "no such factory": (["--model-py", f"{m}:buld", *digits],
+                            "has no function 'buld'; callables defined there: .*good"),
+        "factory raises": (["--model-py", f"{m}:raises", *digits], r"raises\(\) raised ValueError: no weights here"),
+        "not a module": (["--model-py", f"{m}:not_a_module", *digits], "gave a str; give a torch.nn.Module"),
+        "tuple of two": (["--model-py", f"{m}:a_tuple", *digits], "gave a tuple of 2"),
+        "train mode": (["--model-py", f"{m}:in_train_mode", *digits], r"is in train mode .* call model\.eval\(\)"),
+        "output shape": (["--model-py", f"{m}:five_classes", *digits],
+                         r"has shape \(2, 5\); expected logits of shape \(2, 10\)"),
+        "no gradient": (["--model-py", f"{m}:no_gradient", *digits], "no gradient flows"),
+        "mean length": (["--model-py", f"{m}:three_means", *digits], "mean must be one finite number or 1"),
+        "std zero": (["--model-py", f"{m}:zero_std", *digits], "std must be positive"),
+        "no dataset": (["--model-py", f"{m}:good"], "--dataset is required"),
+        "bad label": (["--model-py", f"{m}:good", *digits, "--label", "a|b"], "label .* without '|'"),
+        "two models": ([tmp / "run", "--model-py", f"{m}:good", *digits], "give one model"),
+        "no model": (digits, "give one model"),
+        "training with a checkpoint": ([tmp / "run", "--training", "regular"], "--training is for --model-py"),
+        "weights alone": (["--model-py", f"{m}:good", "--weights", tmp / "three.pt", *digits],
+                          "--weights and --download go with --torchvision"),
+        "unknown torchvision": (["--torchvision", "resnet19", "--weights", tmp / "three.pt", *digits],
+                                "no classification model 'resnet19' .*did you mean resnet18"),
+        "torchvision without weights": (["--torchvision", "resnet18", *digits],
+                                        "needs --weights FILE .* or --download"),
+        "weights missing": (["--torchvision", "resnet18", "--weights", tmp / "nope.pt", *digits], "no file"),
+        "weights garbage": (["--torchvision", "resnet18", "--weights", tmp / "garbage.pt", *digits],
+                            r"not a readable state dict \(not a file torch.save wrote"),
+        "weights importing code": (["--torchvision", "resnet18", "--weights", tmp / "code.pt", *digits],
+                                   r"it would import posix.getcwd, which safe loading \(weights_only\) refuses"),
+        "weights not a state dict": (["--torchvision", "resnet18", "--weights", tmp / "not_state.pt", *digits],
+                                     r"is not a state dict \(names to tensors\)"),
+        "weights and download": (["--torchvision", "resnet18", "--weights", tmp / "three.pt", "--download", *digits],
+                                 "needs --weights FILE .* or --download .*one of them"),
+        "download for ten classes": (["--torchvision", "resnet18", "--download", *digits],
+                                     "torchvision's resnet18 weights have 1000 classes but digits has 10"),
+        "weights mismatch": (["--torchvision", "mobilenet_v3_small", "--weights", tmp / "three.pt", *digits],
+                             r"does not fit torchvision mobilenet_v3_small with 10 classes: size mismatch"),
+    }
+
+
+def test_mistakes_give_one_line_exit_2_and_write_nothing(tmp_path):
+    for name, (args, message) in _error_cases(tmp_path).items():
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        result = cli("eval-attack", *args, "--out", out, "--eps", "0.2", "--steps", "1", "--limit", "4",
+                     "--device", "cpu")
+        assert result.exit_code == 2, (name, result.output)
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, result.output)
+        assert re.search(message, " ".join(result.output.split())), (name, result.output)
+        assert not out.exists(), name
+
+
+def test_a_torchvision_model_on_one_channel_digits_fails_on_the_first_batch(tmp_path):
+    torch.save(get_model("mobilenet_v3_small", num_classes=10).state_dict(), tmp_path / "ten.pt")
+    result = cli("eval-attack", "--torchvision", "mobilenet_v3_small", "--weights", tmp_path / "ten.pt",
+                 "--dataset", "digits", "--out", tmp_path / "e", "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert re.search(r"the model failed on a batch of 2 digits images of shape \(2, 1, 8, 8\): RuntimeError", text)
+    assert not (tmp_path / "e").exists()
+
+
+def test_python_api_refuses_a_model_in_train_mode_and_other_mistakes(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 10))
+    with pytest.raises(UserError, match=r"lrrobust.evaluate: the module \(Sequential\) is in train mode .*model.eval"):
+        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
+    model[1].eval()  # one submodule left in train mode is named
+    with pytest.raises(UserError, match=r"the module \(Sequential\) is in train mode"):
+        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
+    model.eval()
+    model[1].train()
+    with pytest.raises(UserError, match=r"1 \(BatchNorm1d\) is in train mode"):
+        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
+    model.eval()
+    with pytest.raises(UserError, match="give mean and std together"):
+        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a", mean=0.5)
+    with pytest.raises(UserError, match="--training must be regular or adversarial"):
+        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a", training="robust")
+    with pytest.raises(UserError, match="lrrobust.evaluate gave a str"):
+        lrrobust.evaluate("resnet18", dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
+    five = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
+    with pytest.raises(UserError, match=r"has shape \(2, 5\); expected logits of shape \(2, 10\)"):
+        lrrobust.evaluate(five, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+class _Normalized(torch.utils.data.Dataset):
+    """Digits already normalised by mean/std (as a torchvision Normalize transform would): pixels outside [0, 1]."""
+
+    def __init__(self) -> None:
+        self.data = load_dataset("digits", "test")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        image, label = self.data[i]
+        return (image - DIGITS.mean[0]) / DIGITS.std[0], label
+
+
+def test_images_outside_zero_one_are_refused_before_any_attack():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    check_module(model, load_dataset("digits", "test"), 10, "digits", torch.device("cpu"))  # [0, 1]: fine
+    with pytest.raises(UserError, match=r"gives pixels in \[-0\.812, .*\], not \[0, 1\]"):
+        check_module(model, _Normalized(), 10, "digits", torch.device("cpu"))
