@@ -58,7 +58,16 @@ SPECS = [
     make_attack("fgsm-t", "fgsm", 0.05, targeted=True),
     make_attack("aa", "autoattack", 0.1, steps=3, n_queries=10),
     make_attack("transfer", "pgd", 0.1, steps=3, source="other"),
+    make_attack("pgd-l2", "pgd-l2", 1.5, steps=5),
+    make_attack("pgd-l2-t", "pgd-l2", 0.5, targeted=True, steps=4, restarts=2),
+    make_attack("aa-l2", "autoattack-l2", 1.0, steps=3, n_queries=10),
 ]
+
+
+def distance(adv, images, norm):
+    """Per-image distance in the attack's norm."""
+    delta = (adv - images).flatten(1)
+    return delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
@@ -72,7 +81,7 @@ def test_every_attack_keeps_its_invariants(spec, batch):
                          seed_for=lambda r: 10 + r, source=source if getattr(spec, "source", None) else None)
     adv = outcome.adv_images
     assert adv.shape == images.shape
-    assert float((adv - images).abs().max()) <= spec.eps + 1e-6
+    assert float(distance(adv, images, spec.norm).max()) <= spec.eps + 1e-5
     assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
     assert [m.training for m in model.modules()] == before
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
@@ -202,7 +211,7 @@ def test_adding_an_attack_kind_is_one_module():
     modules = {f"lrrobust.attacks.{m.name}" for m in pkgutil.iter_modules(package.__path__)} - {
         "lrrobust.attacks.base", "lrrobust.attacks.registry"}
     assert sorted(cls.__module__ for cls in KINDS.values()) == sorted(modules)
-    assert {"pgd", "fgsm", "autoattack"} <= set(KINDS)
+    assert {"pgd", "fgsm", "autoattack", "pgd-l2", "autoattack-l2"} <= set(KINDS)
 
 
 def test_cli_options_and_suite_tables_read_the_same_spec():
@@ -272,3 +281,58 @@ def test_repository_suites():
     from lrrobust.training.config import PRESETS
 
     assert {a.eps for a in digits.attacks} == {PRESETS["digits"].eps}  # the eps the demo's models trained at
+
+
+# ---------------------------------------------------------------- the L2 threat model
+
+
+def test_l2_pgd_uses_its_whole_ball_and_breaks_a_model(batch):
+    """PGD-L2 is no L-inf attack in disguise: its images reach beyond an L-inf box of the same radius per pixel and
+    sit on the L2 sphere, and a large radius breaks a random network."""
+    images, labels, _ = batch
+    model = tiny_model(0).eval()
+    spec = make_attack("p", "pgd-l2", 2.0, steps=10)
+    assert (spec.norm, spec.step_size) == ("l2", pytest.approx(2.5 * 2.0 / 10))
+    outcome = run_attack(model, spec, images, labels, num_classes=NUM_CLASSES)
+    norms = distance(outcome.adv_images, images, "l2")
+    assert float(norms.max()) <= 2.0 + 1e-5 and float(norms.median()) > 1.0
+    assert float(distance(outcome.adv_images, images, "linf").max()) > 2.0 / 8  # not spread evenly like a sign step
+    assert outcome.success.float().mean() > 0.5
+
+
+def test_l2_budgets_above_one_are_read_and_linf_ones_refused():
+    assert make_attack("p", "pgd-l2", 3, steps=2).eps == 3.0
+    assert make_attack("a", "autoattack-l2", "5/2").eps == 2.5
+    with pytest.raises(UserError, match=r"must lie in \(0, 1\]"):
+        make_attack("p", "pgd", 3)
+    assert attack_from_options("pgd-l2", "cli", {"eps": "2", "steps": 4}).eps == 2.0
+    assert "2 (L2)" in make_attack("p", "pgd-l2", 2, steps=2).describe()
+    assert "AutoAttack standard L2" in make_attack("a", "autoattack-l2", 0.5).describe()
+
+
+def test_a_suite_never_mixes_norms():
+    tables = [{"name": "linf", "kind": "pgd", "eps": 0.3}, {"name": "l2", "kind": "pgd-l2", "eps": 0.3}]
+    with pytest.raises(UserError, match="mix norms .*suite of their own"):
+        parse_suite({"attack": tables})
+
+
+def test_an_l2_suite_checks_itself_with_l2_attacks():
+    from lrrobust.evaluation.checks import plan_attacks
+
+    suite = parse_suite({"attack": [{"name": "p", "kind": "pgd-l2", "eps": 2.0, "steps": 8}],
+                         "checks": {"steps": [1, 8], "eps_grid": [1.0, 4.0], "eps_steps": 8, "restarts": 2}})
+    assert (suite.norm, suite.eps) == ("l2", 2.0)
+    attacks, plan = plan_attacks(suite)
+    assert {a.norm for a in attacks} == {"l2"}
+    one_step = next(a for a in attacks if a.name == "check/fgm")
+    assert (one_step.steps, one_step.step_size, one_step.random_start) == (1, 2.0, False)  # FGM
+    assert {a.eps for a in attacks if a.name.startswith("check/eps-")} == {1.0, 4.0}
+    assert plan["restarts"][0][1] == "p"  # the suite's own PGD-L2-8 is the checks' one-start PGD
+
+
+def test_repository_l2_suites():
+    for name, eps in (("digits-l2", 0.5), ("mnist-l2", 2.0), ("cifar10-l2", 0.5)):
+        suite = load_suite(name)
+        assert (suite.norm, suite.eps) == ("l2", eps)
+        assert {a.kind for a in suite.attacks} == {"pgd-l2", "autoattack-l2"}
+        assert {a.targeted for a in suite.attacks if a.kind == "pgd-l2"} == {True, False}

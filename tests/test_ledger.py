@@ -12,10 +12,10 @@ LABELS = [0, 1, 2, 3, 4, 5, 6]
 CLEAN = [0, 1, 2, 3, 4, 5, 0]  # image 6 is wrong before any attack
 
 
-def outcome(name, adv_pred, *, eps=0.2, targeted=False, target=None, success=None, found_at=None):
+def outcome(name, adv_pred, *, eps=0.2, targeted=False, target=None, success=None, found_at=None, norm="linf"):
     success = success if success is not None else [
         (p == t) if targeted else (p != y) for p, y, t in zip(adv_pred, LABELS, target or LABELS)]
-    return Outcome(name, {"kind": "pgd", "norm": "linf", "eps": eps, "targeted": targeted}, adv_pred, success,
+    return Outcome(name, {"kind": "pgd", "norm": norm, "eps": eps, "targeted": targeted}, adv_pred, success,
                    target, found_at or [-1] * len(adv_pred))
 
 
@@ -48,6 +48,16 @@ def test_targeted_restarts_that_miss_the_target_count_as_wrong_but_not_as_reache
     # its misclassified images are misclassified images within eps: the untargeted figure counts them too
     assert worst.untargeted == [True, True, True, False, False, True, False]
     assert worst.targeted_attacks == ["pgd-t"] and worst.untargeted_attacks == ["pgd-t"]
+
+
+def test_l2_and_linf_figures_never_meet_in_one_worst_case():
+    linf = outcome("pgd", [9, 1, 2, 3, 4, 5, 6], eps=0.5)  # fools image 0 at L-inf 0.5
+    l2 = outcome("pgd-l2", [0, 9, 2, 3, 4, 5, 6], eps=0.5, norm="l2")  # fools image 1 at L2 0.5
+    book = ledger(linf, l2)
+    assert book.worst_case(0.5).untargeted == [False, True, True, True, True, True, False]
+    assert book.worst_case(0.5).untargeted_attacks == ["pgd"]
+    assert book.worst_case(0.5, "l2").untargeted == [True, False, True, True, True, True, False]
+    assert book.worst_case(0.5, "l2").untargeted_attacks == ["pgd-l2"]
 
 
 def test_worst_case_is_never_above_any_single_attack():

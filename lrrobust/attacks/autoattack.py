@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torchattacks
@@ -40,6 +40,7 @@ class AutoAttack(AttackSpec):
     target_classes: int = TARGET_CLASSES
 
     kind = "autoattack"
+    torchattacks_norm: ClassVar[str] = "Linf"  # the norm as torchattacks names it
     keys = frozenset({"eps", "steps", "n_queries", "target_classes"})
     example = 'eps = "8/255"'
 
@@ -58,8 +59,8 @@ class AutoAttack(AttackSpec):
                                             1))
 
     def describe(self) -> str:
-        return (f"{self.name}: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), untargeted, eps "
-                f"{self.eps * 255:.3g}/255, {self.steps} iterations, {self.n_queries} Square queries, "
+        return (f"{self.name}: AutoAttack standard{' L2' if self.norm == 'l2' else ''} (APGD-CE, APGD-T, FAB-T, Square), untargeted, eps "
+                f"{self.eps_text()}, {self.steps} iterations, {self.n_queries} Square queries, "
                 f"{self.target_classes} target classes")
 
     def stages(self) -> list[str]:
@@ -69,13 +70,13 @@ class AutoAttack(AttackSpec):
         """APGD-CE, APGD-T, FAB-T, Square against ``model`` with ``num_classes`` classes."""
         seed = seed % (2**32)
         targets = max(1, min(self.target_classes, num_classes - 1))
-        apgd = torchattacks.APGD(model, norm="Linf", eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
-                                 loss="ce")
-        apgdt = torchattacks.APGDT(model, norm="Linf", eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
+        norm = self.torchattacks_norm
+        apgd = torchattacks.APGD(model, norm=norm, eps=self.eps, steps=self.steps, n_restarts=1, seed=seed, loss="ce")
+        apgdt = torchattacks.APGDT(model, norm=norm, eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
                                    n_classes=num_classes)
-        fab = torchattacks.FAB(model, norm="Linf", eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
+        fab = torchattacks.FAB(model, norm=norm, eps=self.eps, steps=self.steps, n_restarts=1, seed=seed,
                                multi_targeted=True, n_classes=num_classes)
-        square = torchattacks.Square(model, norm="Linf", eps=self.eps, n_queries=self.n_queries, n_restarts=1,
+        square = torchattacks.Square(model, norm=norm, eps=self.eps, n_queries=self.n_queries, n_restarts=1,
                                      seed=seed)
         apgdt.n_target_classes = targets
         fab.n_target_classes = targets

@@ -20,7 +20,7 @@ import torchattacks
 from torch import nn
 
 from lrrobust.core.modes import eval_mode, frozen
-from lrrobust.core.numbers import parse_fraction
+from lrrobust.core.numbers import format_eps, parse_fraction
 from lrrobust.errors import UserError
 
 ROLES = ("suite", "check", "training")
@@ -70,7 +70,8 @@ class AttackSpec:
     role: str = "suite"
 
     kind: ClassVar[str] = ""
-    norm: ClassVar[str] = "linf"
+    norm: ClassVar[str] = "linf"  # the threat model: "linf" or "l2"; a worst case never mixes the two
+    max_eps: ClassVar[float] = 1.0  # L-inf budgets lie in (0, 1] on [0, 1] pixels
     keys: ClassVar[frozenset[str]] = frozenset()  # the suite-table keys of this kind, besides name and kind
     example: ClassVar[str] = ""  # a valid table, for error messages
 
@@ -92,7 +93,7 @@ class AttackSpec:
                             f"{cls.kind} takes {', '.join('--' + k.replace('_', '-') for k in sorted(cls.keys))}")
         for key in ("eps", "step_size"):  # checked here so the message names the option
             if key in given:
-                given[key] = parse_fraction(given[key], "--" + key.replace("_", "-"))
+                given[key] = parse_fraction(given[key], "--" + key.replace("_", "-"), maximum=cls.max_eps)
         return cls.from_table(name, given)
 
     @classmethod
@@ -105,7 +106,11 @@ class AttackSpec:
     def read_eps(cls, table: dict[str, Any], where: str) -> float:
         if "eps" not in table:
             raise UserError(f"{where} needs eps (e.g. eps = \"16/255\")")
-        return parse_fraction(table["eps"], f"{where}: eps")
+        return parse_fraction(table["eps"], f"{where}: eps", maximum=cls.max_eps)
+
+    def eps_text(self) -> str:
+        """The budget as reports write it (``format_eps``)."""
+        return format_eps(self.eps, self.norm)
 
     # ---- describing
 

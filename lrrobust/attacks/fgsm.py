@@ -35,7 +35,7 @@ class FGSM(AttackSpec):
                    targeted=check_bool(table.get("targeted", False), f"{where}: targeted"), role=role, source=source)
 
     def describe(self) -> str:
-        return (f"{self.name}: FGSM {'targeted' if self.targeted else 'untargeted'}, eps {self.eps * 255:.3g}/255"
+        return (f"{self.name}: FGSM {'targeted' if self.targeted else 'untargeted'}, eps {self.eps_text()}"
                 + (f", transfer from {self.source}" if self.source else ""))
 
     def build(self, model: nn.Module, num_classes: int, seed: int) -> torchattacks.FGSM:

@@ -14,7 +14,7 @@ from torch import nn
 
 from lrrobust.attacks.base import AttackSpec
 from lrrobust.attacks.registry import register
-from lrrobust.core.numbers import check_bool, check_int, parse_fraction
+from lrrobust.core.numbers import check_bool, check_int, format_eps, parse_fraction
 from lrrobust.errors import UserError
 
 DEFAULT_STEPS = 10
@@ -65,8 +65,8 @@ class PGD(AttackSpec):
         )
 
     def describe(self) -> str:
-        return (f"{self.name}: PGD {'targeted' if self.targeted else 'untargeted'}, eps {self.eps * 255:.3g}/255, "
-                f"step {self.step_size * 255:.3g}/255, {self.steps} steps, "
+        return (f"{self.name}: PGD {'targeted' if self.targeted else 'untargeted'}, eps {self.eps_text()}, "
+                f"step {format_eps(self.step_size, self.norm)}, {self.steps} steps, "
                 f"{'random' if self.random_start else 'no random'} start, {self.restarts} restart"
                 f"{'s' if self.restarts != 1 else ''}" + (f", transfer from {self.source}" if self.source else ""))
 

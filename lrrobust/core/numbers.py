@@ -27,6 +27,11 @@ def parse_fraction(value: Any, where: str, *, maximum: float = 1.0) -> float:
     return number
 
 
+def format_eps(eps: float, norm: str = "linf") -> str:
+    """An attack budget as reports write it: L-inf in 1/255 units ("16/255"), L2 as the plain radius ("0.5 (L2)")."""
+    return f"{eps * 255:.3g}/255" if norm == "linf" else f"{eps:.3g} (L2)"
+
+
 def check_int(value: Any, where: str, minimum: int) -> int:
     """``value`` when it is an integer >= ``minimum`` (not a bool); a UserError naming ``where`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -3,7 +3,7 @@
 
 - steps: more PGD steps must not raise accuracy, and the longest PGD must have converged (no large fall between
   the two longest step counts);
-- fgsm: iterative PGD must beat one-step FGSM;
+- fgsm: iterative PGD must beat one-step FGSM (FGM, one L2-normalised step of size eps, in an L2 suite);
 - eps: accuracy must fall towards zero as eps grows (eps = 0.5 allows a grey image);
 - restarts: random restarts (per-sample worst case) must not find many more adversarial examples;
 - transfer: examples crafted on a second model must be weaker than white-box ones.
@@ -22,6 +22,7 @@ from typing import Any
 from lrrobust.attacks import AttackSpec
 from lrrobust.attacks.fgsm import FGSM
 from lrrobust.attacks.pgd import PGD, madry_step_size
+from lrrobust.attacks.pgd_l2 import PGDL2, l2_step_size
 from lrrobust.evaluation.suite import CheckConfig, Suite
 
 
@@ -30,28 +31,39 @@ def base_eps(suite: Suite) -> float:
     return suite.checks.eps if suite.checks.eps is not None else suite.eps
 
 
-def _pgd(name: str, eps: float, steps: int, restarts: int = 1, source: str | None = None) -> AttackSpec:
+def _pgd(norm: str, name: str, eps: float, steps: int, restarts: int = 1, source: str | None = None) -> AttackSpec:
+    """The checks' PGD in the suite's norm: untargeted, from a random start, step 2.5 eps / steps."""
+    if norm == "l2":
+        return PGDL2(name=name, eps=eps, role="check", step_size=l2_step_size(eps, steps), steps=steps,
+                     random_start=True, restarts=restarts, source=source)
     return PGD(name=name, eps=eps, role="check", step_size=madry_step_size(eps, steps), steps=steps, random_start=True,
                restarts=restarts, source=source)
 
 
+def _one_step(norm: str, eps: float) -> AttackSpec:
+    """The one-step baseline: FGSM, or in L2 the fast gradient method (one normalised step of size eps)."""
+    if norm == "l2":
+        return PGDL2(name="check/fgm", eps=eps, role="check", step_size=eps, steps=1, random_start=False)
+    return FGSM(name="check/fgsm", eps=eps, role="check")
+
+
 def check_attacks(suite: Suite, transfer_from: str | None = None) -> dict[str, list[tuple[Any, AttackSpec]]]:
-    """The attacks each check needs, as (x value, attack) pairs per check: untargeted PGD with random start
-    and step 2.5 eps / steps, and FGSM."""
+    """The attacks each check needs, as (x value, attack) pairs per check: untargeted PGD in the suite's norm with
+    random start and step 2.5 eps / steps, and the one-step baseline."""
     cfg: CheckConfig = suite.checks
     eps = base_eps(suite)
+    norm = suite.norm
     longest = max(cfg.steps)
     plan: dict[str, list[tuple[Any, AttackSpec]]] = {
-        "steps": [(n, _pgd(f"check/steps-{n}", eps, n)) for n in cfg.steps],
-        "fgsm": [("fgsm", FGSM(name="check/fgsm", eps=eps, role="check")),
-                 ("pgd", _pgd(f"check/steps-{longest}", eps, longest))],
-        "eps": [(e, _pgd(f"check/eps-{e:.4g}", e, cfg.eps_steps)) for e in cfg.eps_grid],
-        "restarts": [(1, _pgd(f"check/steps-{longest}", eps, longest)),
-                     (cfg.restarts, _pgd(f"check/restarts-{cfg.restarts}", eps, longest, cfg.restarts))],
+        "steps": [(n, _pgd(norm, f"check/steps-{n}", eps, n)) for n in cfg.steps],
+        "fgsm": [("fgsm", _one_step(norm, eps)), ("pgd", _pgd(norm, f"check/steps-{longest}", eps, longest))],
+        "eps": [(e, _pgd(norm, f"check/eps-{e:.4g}", e, cfg.eps_steps)) for e in cfg.eps_grid],
+        "restarts": [(1, _pgd(norm, f"check/steps-{longest}", eps, longest)),
+                     (cfg.restarts, _pgd(norm, f"check/restarts-{cfg.restarts}", eps, longest, cfg.restarts))],
     }
     if transfer_from is not None:
-        plan["transfer"] = [("white-box", _pgd(f"check/steps-{longest}", eps, longest)),
-                            ("transfer", _pgd("check/transfer", eps, longest, source=transfer_from))]
+        plan["transfer"] = [("white-box", _pgd(norm, f"check/steps-{longest}", eps, longest)),
+                            ("transfer", _pgd(norm, "check/transfer", eps, longest, source=transfer_from))]
     return plan
 
 

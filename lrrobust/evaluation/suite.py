@@ -81,6 +81,11 @@ class Suite:
         """The suite's threat model: the eps its own attacks share (the worst case is taken at this eps)."""
         return self.attacks[0].eps
 
+    @property
+    def norm(self) -> str:
+        """The suite's threat model: the norm its own attacks share, "linf" or "l2"."""
+        return self.attacks[0].norm
+
     def replace(self, **changes: Any) -> Suite:
         return dataclasses.replace(self, **changes)
 
@@ -97,7 +102,7 @@ def _unknown(keys: Any, valid: tuple[str, ...] | set[str], where: str) -> None:
                         f"valid keys: {', '.join(sorted(valid))}")
 
 
-def _parse_checks(table: Any) -> CheckConfig:
+def _parse_checks(table: Any, max_eps: float = 1.0) -> CheckConfig:
     if isinstance(table, bool):
         return CheckConfig(enabled=table)
     if not isinstance(table, dict):
@@ -122,9 +127,9 @@ def _parse_checks(table: Any) -> CheckConfig:
         fraction[key] = float(value)
     return CheckConfig(
         enabled=check_bool(table.get("enabled", True), "[checks] enabled"),
-        eps=None if "eps" not in table else parse_fraction(table["eps"], "[checks] eps"),
+        eps=None if "eps" not in table else parse_fraction(table["eps"], "[checks] eps", maximum=max_eps),
         steps=int_list("steps"),
-        eps_grid=tuple(sorted({parse_fraction(v, "[checks] eps_grid") for v in eps_grid})),
+        eps_grid=tuple(sorted({parse_fraction(v, "[checks] eps_grid", maximum=max_eps) for v in eps_grid})),
         eps_steps=check_int(table.get("eps_steps", default.eps_steps), "[checks] eps_steps", 1),
         restarts=check_int(table.get("restarts", default.restarts), "[checks] restarts", 2),
         min_correct=check_int(table.get("min_correct", default.min_correct), "[checks] min_correct", 1),
@@ -133,7 +138,13 @@ def _parse_checks(table: Any) -> CheckConfig:
 
 
 def check_one_eps(attacks: tuple[AttackSpec, ...], where: str) -> None:
-    """A suite is one threat model: its own attacks share one eps."""
+    """A suite is one threat model: its own attacks share one norm and one eps (L-inf and L2 figures never meet in
+    one worst case)."""
+    norms = sorted({a.norm for a in attacks})
+    if len(norms) > 1:
+        kinds = ", ".join(f"{a.name} ({a.norm})" for a in attacks)
+        raise UserError(f"{where}: the attacks mix norms ({kinds}); a suite is one threat model: put the L2 attacks "
+                        "(pgd-l2, autoattack-l2) in a suite of their own")
     eps = sorted({a.eps for a in attacks})
     if any(not math.isclose(e, eps[0], rel_tol=1e-9) for e in eps):
         raise UserError(f"{where}: the attacks use several eps ({', '.join(f'{e:.4g}' for e in eps)}); a suite is one "
@@ -167,7 +178,7 @@ def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
         batch_size=check_int(data.get("batch_size", 32), f"{where}: batch_size", 1),
         limit=None if limit is None else check_int(limit, f"{where}: limit", 1),
         split=split,
-        checks=_parse_checks(data.get("checks", False)),
+        checks=_parse_checks(data.get("checks", False), attacks[0].max_eps),
     )
 
 
