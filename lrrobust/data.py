@@ -53,7 +53,7 @@ class DatasetInfo:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    stem: str  # the model stem that fits the image size: "small" (8x8, 32x32) or "imagenet" (224x224)
+    stem: str  # the model stem that fits the image size: "small" (8x8, 32x32), "half" (28x28), "imagenet" (224x224)
 
 
 _INFOS = {
@@ -61,7 +61,7 @@ _INFOS = {
     # split's differ by less than 3e-4 (checked by tests/test_data.py).
     "digits": DatasetInfo("digits", 10, 1, 8, (0.3056,), (0.3763,), "small"),
     # mnist mean/std: of its 3,500-image training split, pixels scaled to [0, 1] (checked by tests/test_data.py).
-    "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1311,), (0.3083,), "small"),
+    "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1311,), (0.3083,), "half"),
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "small"),
     "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet"),
     "imagefolder": DatasetInfo("imagefolder", 0, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet"),

@@ -19,20 +19,20 @@ from lrrobust.core.numbers import parse_fraction
 from lrrobust.errors import UserError
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Zoo model name (see `lrrobust models`).")]
-Width = Annotated[float | None, typer.Option(help="Width multiplier of the model (preset: 0.25 on digits).")]
-Stem = Annotated[str | None, typer.Option(help="Model stem: imagenet or small (default: the dataset's).")]
+Width = Annotated[float | None, typer.Option(help="Width multiplier of the model (preset: 0.25 on digits, 0.125 on mnist).")]
+Stem = Annotated[str | None, typer.Option(help="Model stem: imagenet, half or small (default: the preset's).")]
 KernelSize = Annotated[str | None, typer.Option(help="Spatial kernel size: 3, 5, 7, 9 or full (LR-Nets).")]
 ModelOpt = Annotated[
     list[str] | None,
     typer.Option("--model-opt", help="Any create_model option as KEY=VALUE, e.g. geo_prior=none (repeatable)."),
 ]
-Dataset = Annotated[str, typer.Option("--dataset", "-d", help="digits, cifar10, imagenet or imagefolder.")]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="digits, mnist, cifar10, imagenet or imagefolder.")]
 Root = Annotated[Path | None, typer.Option(help="Dataset root (cifar10: holds cifar-10-batches-py; "
                                                    "imagenet/imagefolder: holds train/ and val/).")]
 Download = Annotated[bool, typer.Option("--download", help="Download CIFAR-10 into --root if missing.")]
 Preset = Annotated[str | None, typer.Option(help="Defaults to start from: imagenet, cifar10, digits "
                                                     "(default: the dataset's).")]
-Epochs = Annotated[int | None, typer.Option(help="Epochs (preset: 110 imagenet, 60 cifar10, 12 digits).")]
+Epochs = Annotated[int | None, typer.Option(help="Epochs (preset: 110 imagenet, 60 cifar10, 12 digits, 8 mnist).")]
 BatchSize = Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")]
 Lr = Annotated[float | None, typer.Option(help="Learning rate (preset: 0.4 per 1024 images, scaled linearly).")]
 WeightDecay = Annotated[float | None, typer.Option(help="SGD weight decay.")]
