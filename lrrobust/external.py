@@ -9,7 +9,7 @@ Three ways in, each recorded as ``model.origin`` in summary.json (its ``kind``):
   expects pixels in 0..255 is ``(module, 0, 1/255)``, one that expects [-1, 1] is ``(module, 0.5, 0.5)``.
 - ``torchvision``: ``--torchvision NAME --weights FILE``: ``torchvision.models.get_model(NAME,
   num_classes=<the dataset's>)`` with a local state dict, normalised with the dataset's mean and std; or
-  ``--download``: torchvision's own ImageNet weights and their mean and std (the one download lrrobust makes).
+  ``--download``: torchvision's own ImageNet weights and their mean and std (downloaded only when asked).
 - ``python-api``: ``lrrobust.evaluate(module, dataset=..., suite=..., out=...)`` on an in-memory module (the same
   contract: [0, 1] images, or ``mean``/``std`` given).
 
@@ -78,8 +78,8 @@ def check_training(training: Any) -> str:
     return training
 
 
-def _numbers(value: Any, what: str, in_chans: int) -> list[float]:
-    """mean or std: one number, or one per channel; finite (std positive)."""
+def _per_channel(value: Any, what: str, in_chans: int, positive: bool) -> list[float]:
+    """mean or std: one finite number, or one per channel (std positive); one per channel out."""
     values = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     try:
         out = [float(v) for v in values]
@@ -88,7 +88,7 @@ def _numbers(value: Any, what: str, in_chans: int) -> list[float]:
     if len(out) not in (1, in_chans) or not all(math.isfinite(v) for v in out):
         raise UserError(f"{what} must be one finite number or {in_chans} (one per channel of the dataset), got "
                         f"{value!r}")
-    if what.endswith("std") and any(v <= 0 for v in out):
+    if positive and any(v <= 0 for v in out):
         raise UserError(f"{what} must be positive, got {value!r}")
     return out * in_chans if len(out) == 1 else out
 
@@ -246,8 +246,8 @@ def outside_target(made: Any, origin: dict[str, Any], info: DatasetInfo, *, labe
                         "attack); call model.eval() on it first")
     model = made
     if mean is not None:
-        chans = info.in_chans
-        mean, std = _numbers(mean, f"{what}: mean", chans), _numbers(std, f"{what}: std", chans)
+        mean = _per_channel(mean, f"{what}: mean", info.in_chans, positive=False)
+        std = _per_channel(std, f"{what}: std", info.in_chans, positive=True)
         model = Normalized(made, mean, std).eval()
     label = check_label(label if label is not None else DEFAULT_LABEL[origin["kind"]].format(name=origin["name"]))
     origin = {**origin, "label": label, "class": f"{type(made).__module__}.{type(made).__qualname__}",

@@ -77,7 +77,7 @@ def eval_attack(
     weights: Annotated[Path | None, typer.Option("--weights", help="--torchvision: a state-dict file "
                                                  "(torch.save(model.state_dict(), FILE)).")] = None,
     download: Annotated[bool, typer.Option("--download", help="--torchvision: fetch torchvision's own ImageNet "
-                                           "weights (the only download lrrobust makes).")] = False,
+                                           "weights (downloaded only when asked).")] = False,
     label: Annotated[str | None, typer.Option("--label", help="The model's row name in reports (default: its "
                                               "network, file:factory or torchvision name).")] = None,
     training: Annotated[Training | None, typer.Option("--training", help="--model-py/--torchvision: how the model "
