@@ -260,3 +260,54 @@ def test_nonlocal_networks_in_the_models_command():
     assert 2.0 < rows["resnet26_nl"]["flops"] / count_flops(create_model("resnet26").to("meta")) < 2.3
     with pytest.raises(UserError, match="nl26 has no option 'kernel_size'"):
         create_model("nl26", kernel_size=5)
+
+
+# --- Sec. 5, Fig. 3a: the LR-Net's stem, or the ResNet's conv stem ----------------------------------------------
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "half", "small"])
+def test_conv_stem_differs_from_the_lr_stem_exactly_in_the_stem(stem):
+    lr_net = small_model("lrnet26", stem=stem)
+    conv_net = small_model("lrnet26", stem=stem, stem_layer="conv")
+    resnet = small_model("resnet26", stem=stem)
+    assert conv_net.spec["kwargs"]["stem_layer"] == "conv" and "stem_layer" not in lr_net.spec["kwargs"]
+
+    def shapes(model, inside_stem):
+        return {k: v.shape for k, v in model.state_dict().items() if k.startswith("stem.") == inside_stem}
+
+    assert shapes(conv_net, False) == shapes(lr_net, False)  # blocks, shortcuts, classifier: all the same
+    assert shapes(conv_net, True) == shapes(resnet, True) != shapes(lr_net, True)
+    assert [type(m) for m in conv_net.stem] == [type(m) for m in resnet.stem]
+    assert any(isinstance(m, LocalRelation2d) for m in lr_net.stem)
+    assert not any(isinstance(m, LocalRelation2d) for m in conv_net.stem)
+    assert sum(isinstance(m, LocalRelation2d) for m in conv_net.modules()) == 8  # the blocks' layers remain
+    x = torch.rand(2, 1, 16, 16)
+    assert conv_net(x).shape == lr_net(x).shape == (2, 5)
+    assert conv_net.stem(x).shape == lr_net.stem(x).shape
+
+
+def test_conv_stem_through_the_cli_and_a_checkpoint(tmp_path):
+    from lrrobust.checkpoint import load_checkpoint, read_checkpoint
+
+    run = tmp_path / "run"
+    args = ["train", "-m", "lrnet26", "--width", "0.125", "--epochs", "1", "--model-opt", "stem_layer=conv"]
+    result = CliRunner().invoke(app, [*args, "-o", str(run)])
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(run / "last.pt")["model_spec"]["kwargs"]["stem_layer"] == "conv"
+    model = load_checkpoint(run / "last.pt")
+    assert isinstance(model.stem[0], torch.nn.Conv2d) and model.stem[0].kernel_size == (3, 3)  # digits: small stem
+    assert not any(isinstance(m, LocalRelation2d) for m in model.stem)
+
+
+def test_bad_stem_layer_is_one_line():
+    for name, value, needle in [
+        ("lrnet26", "7x7", "stem_layer must be one of 'lr', 'conv'; got '7x7'"),
+        ("lrnet26_nl", None, "stem_layer must be one of 'lr', 'conv'; got None"),
+        ("resnet26", "conv", "resnet26 has no option 'stem_layer'"),
+    ]:
+        with pytest.raises(UserError) as info:
+            create_model(name, stem_layer=value)
+        assert needle in str(info.value) and "\n" not in str(info.value)
+    result = CliRunner().invoke(app, ["train", "-m", "lrnet26", "--model-opt", "stem_layer=resnet"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "stem_layer must be one of 'lr', 'conv'" in result.output

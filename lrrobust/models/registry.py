@@ -22,12 +22,12 @@ from lrrobust.models.local_relation import (
     QK_DIMS,
     check_choice,
 )
-from lrrobust.models.resnet import IMAGENET_MEAN, IMAGENET_STD, STEMS, ResNet
+from lrrobust.models.resnet import IMAGENET_MEAN, IMAGENET_STD, STEM_LAYERS, STEMS, ResNet
 
 _REGISTRY: dict[str, dict[str, Any]] = {}
 
 COMMON_OPTIONS = ("in_chans", "mean", "std", "stem", "width", "alpha", "kernel_size")
-LR_OPTIONS = ("m", "composability", "geo_prior", "normalize", "qk_dim")
+LR_OPTIONS = ("m", "composability", "geo_prior", "normalize", "qk_dim", "stem_layer")
 
 
 def register_model(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
@@ -55,7 +55,7 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Mod
         name: one of ``list_models()``.
         num_classes: classifier outputs.
         **overrides: in_chans, mean, std, stem, width, alpha, kernel_size and, for LR-Nets, m,
-            composability, geo_prior, normalize, qk_dim.
+            composability, geo_prior, normalize, qk_dim, stem_layer.
 
     Returns:
         The model, with ``model.spec = {"name", "num_classes", "kwargs"}``.
@@ -103,6 +103,7 @@ def _check(name: str, spatial: str, kw: dict[str, Any]) -> dict[str, Any]:
         ("geo_prior", GEO_PRIORS),
         ("normalize", NORMALIZATIONS),
         ("qk_dim", QK_DIMS),
+        ("stem_layer", STEM_LAYERS),
     )
     for key, choices in lr_choices:
         if key in kw:

@@ -3,7 +3,7 @@
 LR-Net is a ResNet whose spatial layers are local relation layers and whose 7x7 stem conv is a 1x1
 channel transform to 64 followed by a 7x7 local relation layer with stride 2 (Fig. 3a). The non-local networks
 of Table 7 are the same configuration with non-local spatial layers (NL-26) or a non-local block after every
-residual block (ResNet-26-NL, LR-Net-26-NL).
+residual block (ResNet-26-NL, LR-Net-26-NL). ``stem_layer="conv"`` gives an LR-Net the ResNet's conv stem.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from lrrobust.models.nonlocal_block import NL_SUBSAMPLE, NonLocalBlock
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STEMS = ("imagenet", "half", "small")
+STEM_LAYERS = ("lr", "conv")  # an LR-Net's stem: the 1x1 + 7x7 local relation stem (Fig. 3a) or the ResNet's conv
 BLOCKS = {"basic": (BasicBlock, 1), "bottleneck": (Bottleneck, 4)}  # block class, expansion
 
 
@@ -46,6 +47,9 @@ class ResNet(nn.Module):
         width: multiplier on every channel count.
         alpha: bottleneck ratio; the spatial layer of res2 has 64 alpha channels (Table 2: 100/64 for LR-Net-50).
         kernel_size: window of the spatial layers (the LR stem keeps 7 unless the window is "full").
+        stem_layer: for LR-Nets, "lr" (the 1x1 transform and 7x7 local relation layer of Fig. 3a) or "conv" (the
+            ResNet's stem instead: the 7x7 conv, or the 3x3 conv with ``stem="small"``; Sec. 5 compares the two).
+            Ignored for the other spatial kinds, whose stem is always the conv.
         nonlocal_blocks: a non-local block after every residual block (Table 7: "-NL"); its keys and values,
             and those of "nl" spatial layers, are max-pooled by ``NL_SUBSAMPLE`` (4, 2, 2, 1 in res2..res5).
         lr: local relation options (m, composability, geo_prior, normalize, qk_dim).
@@ -64,6 +68,7 @@ class ResNet(nn.Module):
         width: float = 1.0,
         alpha: float = 1.0,
         kernel_size: int | str = 3,
+        stem_layer: str = "lr",
         nonlocal_blocks: bool = False,
         **lr: Any,
     ) -> None:
@@ -72,7 +77,8 @@ class ResNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         stem_ch = scaled(64 * width)
-        self.stem = self._stem(spatial, stem, in_chans, stem_ch, kernel_size, lr)
+        lr_stem = spatial == "lr" and stem_layer == "lr"
+        self.stem = self._stem(lr_stem, stem, in_chans, stem_ch, kernel_size, lr)
         stages = []
         in_ch = stem_ch
         for i, depth in enumerate(layers):
@@ -94,9 +100,9 @@ class ResNet(nn.Module):
         self._init_weights()
 
     @staticmethod
-    def _stem(spatial: str, stem: str, in_chans: int, ch: int, kernel_size: int | str, lr: dict) -> nn.Sequential:
+    def _stem(lr_stem: bool, stem: str, in_chans: int, ch: int, kernel_size: int | str, lr: dict) -> nn.Sequential:
         stride = 1 if stem == "small" else 2
-        if spatial == "lr":
+        if lr_stem:
             stem_k = "full" if kernel_size == "full" else 7
             layers = [
                 nn.Conv2d(in_chans, ch, 1, bias=False),
