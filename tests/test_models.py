@@ -227,3 +227,19 @@ def test_alpha_for_flops_equalises_an_ablation_with_resnet26():
         assert alpha * 64 == round(alpha * 64) and alpha < 0.6  # a 7x7 conv is ~5x a 3x3: far narrower
         assert count_flops(create_model("resnet26", kernel_size=7, alpha=alpha)) == pytest.approx(target, rel=0.03)
         assert alpha_for_flops("lrnet101", count_flops(create_model("resnet101"))) == 103 / 64
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet26", "lrnet26", "resnet26_nl"])
+def test_every_residual_block_starts_as_the_identity(name):
+    """The last BN of every residual block (and of every non-local block) starts at zero (Goyal et al.), so each
+    block's residual branch adds nothing at initialisation; every other BN starts at weight 1, bias 0."""
+    from lrrobust.models.blocks import BasicBlock, Bottleneck
+
+    model = create_model(name, num_classes=10, width=0.25)
+    last = {id(m.bn3) for m in model.modules() if isinstance(m, Bottleneck)}
+    last |= {id(m.bn2) for m in model.modules() if isinstance(m, BasicBlock)}
+    last |= {id(m.bn) for m in model.modules() if type(m).__name__ == "NonLocalBlock"}
+    assert last
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            assert bool((mod.weight == (0.0 if id(mod) in last else 1.0)).all()) and not bool(mod.bias.any())

@@ -125,6 +125,10 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
+            elif isinstance(mod, nn.BatchNorm2d):
+                nn.init.ones_(mod.weight)
+                nn.init.zeros_(mod.bias)
+        # After every BN is set: a later pass over the same modules would reset these zeros to one.
         for mod in self.modules():
             if isinstance(mod, LocalRelation2d):
                 mod.reset_query_key()
@@ -132,11 +136,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(mod.bn3.weight)  # each residual block starts as the identity (Goyal et al.)
             elif isinstance(mod, BasicBlock):
                 nn.init.zeros_(mod.bn2.weight)
-            elif isinstance(mod, nn.BatchNorm2d):
-                nn.init.ones_(mod.weight)
-                nn.init.zeros_(mod.bias)
-        for mod in self.modules():
-            if isinstance(mod, NonLocalBlock):
+            elif isinstance(mod, NonLocalBlock):
                 nn.init.zeros_(mod.bn.weight)  # the non-local block starts as the identity (Wang et al., Sec. 4.1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
