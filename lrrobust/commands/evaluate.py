@@ -68,7 +68,8 @@ def _suite_from_options(attack, eps, step_size, steps, random_start, restarts, m
 def eval_attack(
     checkpoint: Annotated[Path | None, typer.Argument(help="A checkpoint (RUN/best.pt) or a run directory (its "
                                                       "best.pt); or give --model-py or --torchvision.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Evaluation directory (resumed when it exists).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Evaluation directory, required (resumed when it "
+                                                  "exists).")] = None,
     model_py: Annotated[str | None, typer.Option("--model-py", help="Your own model: FILE.py:FACTORY, a function "
                                                  "returning an nn.Module on [0, 1] images, or (module, mean, std) "
                                                  "(docs/evaluation.md, Your own model).")] = None,

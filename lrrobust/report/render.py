@@ -2,7 +2,11 @@
 AutoAttack component), table9_tests.csv (the paired tests) and manifest.json. Percentages throughout.
 
 Every row says who trained its model: lrrobust (its recipe under Runs) or someone outside (``lrrobust.external``:
-the kind, with a 12-character SHA-256 prefix in the markdown and the full hash in the CSV and manifest)."""
+the kind, with a 12-character SHA-256 prefix in the markdown and the full hash in the CSV and manifest).
+
+Budgets are written by ``format_eps``: L-inf in 1/255 units, L2 as the plain radius. The L2 columns, the per-attack
+``norm`` and ``eps`` columns and the L2 plot appear only when some model has an L2 evaluation, so a report of
+L-inf evaluations reads as it did before the L2 threat model."""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from lrrobust.core.numbers import format_eps
 from lrrobust.evaluation.stats import format_p
 from lrrobust.io import csv_text
-from lrrobust.report.collect import Entry
-from lrrobust.report.table9 import COLUMNS, Cell, Comparison, Row
+from lrrobust.report.collect import Entry, entry_order
+from lrrobust.report.table9 import Cell, Comparison, Row, shown_columns
 
 # ---------------------------------------------------------------- cells
 
@@ -55,6 +60,18 @@ def _of_row(row: Row, entries: list[Entry]) -> list[Entry]:
     return [e for e in entries if e.network == row.network]
 
 
+def evaluation_label(e: Entry) -> str:
+    """' (L2 evaluation)' beside a model's name for its L2 evaluation; '' for the L-inf one."""
+    return " (L2 evaluation)" if e.norm == "l2" else ""
+
+
+def budgets_text(entries: list[Entry]) -> str:
+    """The evaluations' budgets: '51/255'; with L2 evaluations too, '51/255 (L-inf) and 0.5 (L2)'."""
+    linf = ", ".join(format_eps(x) for x in sorted({e.summary.suite_eps for e in entries if e.norm == "linf"}))
+    l2 = ", ".join(format_eps(x, "l2") for x in sorted({e.summary.suite_eps for e in entries if e.norm == "l2"}))
+    return f"{linf} (L-inf) and {l2}" if linf and l2 else linf or l2
+
+
 def origin_sha256(origin: dict[str, Any]) -> str:
     """What identifies an outside model: its file's SHA-256 (the .py file, the weights file), else its weights'."""
     return origin.get("sha256") or origin.get("state_sha256") or ""
@@ -77,22 +94,27 @@ def table_csv(rows: list[Row], entries: list[Entry]) -> str:
     """table9.csv: per network, every column with its interval, images, seeds and spread."""
     per_column = ("", "_low", "_high", "_interval", "_images", "_seeds", "_sd", "_min", "_max", "_per_seed", "_mixed",
                   "_missing")
+    shown = shown_columns(rows)
+    l2 = any(c.norm == "l2" for c in shown)
     columns = ["network", "model", "origin", "origin_sha256", "origin_path", "dataset", "suite", "eps_255"]
-    columns += [c.key + suffix for c in COLUMNS for suffix in per_column]
+    columns += ["eps_l2"] if l2 else []
+    columns += [c.key + suffix for c in shown for suffix in per_column]
     columns += ["paper_adv_clean", "paper_adv_targeted", "paper_adv_untargeted", "paper_reg_clean", "notes"]
     suites = sorted({e.summary.suite for e in entries if e.summary})
-    eps = sorted({round(e.summary.suite_eps * 255, 4) for e in entries if e.summary})
+    eps = sorted({round(e.summary.suite_eps * 255, 4) for e in entries if e.norm == "linf"})
+    eps_l2 = sorted({e.summary.suite_eps for e in entries if e.norm == "l2"})
     out = []
     for row in rows:
         mine = _of_row(row, entries)
         data: dict[str, Any] = {"network": row.network, "model": row.model, "dataset": entries[0].dataset,
                                 "origin": ", ".join(sorted({e.origin["kind"] for e in mine})),
-                                "suite": ", ".join(suites), "eps_255": ", ".join(str(e) for e in eps)}
+                                "suite": ", ".join(suites), "eps_255": ", ".join(str(e) for e in eps),
+                                "eps_l2": ", ".join(f"{e:g}" for e in eps_l2)}
         if row.outside:  # per model of the row (training kind: hash), the full hashes
             data["origin_sha256"] = "; ".join(f"{e.training}: {origin_sha256(e.origin)}" for e in mine)
             data["origin_path"] = "; ".join(f"{e.training}: {e.origin.get('path') or e.origin['name']}" for e in mine)
         notes = []
-        for column in COLUMNS:
+        for column in shown:
             cell = row.cells[column.key]
             k = column.key
             if not cell.seeds:
@@ -119,15 +141,26 @@ ATTACK_COLUMNS = ["network", "training", "seed", "attack", "stage", "kind", "tar
                   "success_rate", "evaluation"]
 
 
+def attack_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """table9_attacks.csv's header: with L2 attacks among the rows, ``norm`` and the plain ``eps`` too (an L2 row
+    leaves eps_255 empty)."""
+    if all(r["norm"] == "linf" for r in rows):
+        return ATTACK_COLUMNS
+    at = ATTACK_COLUMNS.index("eps_255")
+    return ATTACK_COLUMNS[:at] + ["norm", "eps"] + ATTACK_COLUMNS[at:]
+
+
 def attack_rows(entries: list[Entry]) -> list[dict[str, Any]]:
     """Every single attack's own figure, and each stage (restart, AutoAttack component) of the multi-stage ones."""
     out = []
-    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+    for e in sorted(entries, key=entry_order):
         if e.summary is None:
             continue
         for a in e.summary.attacks:
+            norm = a.get("norm", "linf")
             base = {"network": e.network, "training": e.training, "seed": e.seed, "attack": a["attack"],
-                    "kind": a["kind"], "targeted": a["targeted"], "eps_255": a["eps_255"], "steps": a.get("steps"),
+                    "kind": a["kind"], "targeted": a["targeted"], "norm": norm, "eps": a["eps"],
+                    "eps_255": a["eps_255"] if norm == "linf" else None, "steps": a.get("steps"),
                     "restarts": a.get("restarts"), "source": a.get("source"), "evaluation": e.source,
                     "num_samples": a["num_samples"]}
             out.append({**base, "stage": "all", "accuracy": _r(a["accuracy"]), "accuracy_low": _r(a["accuracy_low"]),
@@ -189,18 +222,21 @@ def detail_md(entries: list[Entry]) -> str:
     """Per model and seed: the worst case and every attack's own figure, AutoAttack components included."""
     parts = []
     rows = attack_rows(entries)
-    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+    for e in sorted(entries, key=entry_order):
         if e.summary is None:
             continue
         w = e.summary.worst_case.figures()
-        parts.append(f"### {e.network}, {e.training} training, seed {e.seed}\n")
+        parts.append(f"### {e.network}, {e.training} training, {'from outside' if e.outside else f'seed {e.seed}'}"
+                     f"{evaluation_label(e)}\n")
         worst = ", ".join(f"{k.replace('_', ' ')} {pct(f.accuracy)} [{pct(f.interval[0])}, {pct(f.interval[1])}] "
                           f"({f.correct}/{f.n})" for k, f in w.items() if f is not None)
-        parts.append(f"Worst case at eps {e.summary.suite_eps * 255:.3g}/255: {worst}.\n")
+        parts.append(f"Worst case at eps {format_eps(e.summary.suite_eps, e.norm)}: {worst}.\n")
         mine = [r for r in rows if r["evaluation"] == e.source]
-        parts.append(_md_table(
-            ["attack", "stage", "kind", "targeted", "eps/255", "steps", "restarts", "acc % [95% CI]", "success %"],
-            [[r["attack"], r["stage"], r["kind"], "yes" if r["targeted"] else "no", f"{r['eps_255']:.3g}",
+        parts.append(_md_table(  # an L-inf evaluation's budgets in 1/255 units, an L2 one's as radii
+            ["attack", "stage", "kind", "targeted", "eps/255" if e.norm == "linf" else "eps (L2)", "steps",
+             "restarts", "acc % [95% CI]", "success %"],
+            [[r["attack"], r["stage"], r["kind"], "yes" if r["targeted"] else "no",
+              f"{r['eps_255']:.3g}" if r["norm"] == "linf" else f"{r['eps']:.3g}",
               str(r["steps"] or ""), str(r["restarts"] or ""),
               f"{r['accuracy']:.1f} [{r['accuracy_low']:.1f}, {r['accuracy_high']:.1f}]",
               "" if r.get("success_rate") is None else f"{r['success_rate']:.1f}"] for r in mine]))
@@ -209,9 +245,10 @@ def detail_md(entries: list[Entry]) -> str:
 
 def checks_md(entries: list[Entry]) -> str:
     rows = []
-    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+    for e in sorted(entries, key=entry_order):
         for c in (e.summary.checks if e.summary else []):
-            rows.append([e.network, e.training, str(e.seed), c["claim"], f"**{c['status']}**", c["detail"]])
+            rows.append([e.network, e.training + evaluation_label(e), "–" if e.outside else str(e.seed), c["claim"],
+                         f"**{c['status']}**", c["detail"]])
     if not rows:
         return "No evaluation ran the checks (eval-attack --checks).\n"
     return _md_table(["network", "training", "seed", "check", "status", "figures"], rows)
@@ -223,13 +260,14 @@ def _manifest_md(items: list[dict[str, Any]]) -> str:
         cfg = item["training_config"] or {}
         man = item["training_manifest"] or {}
         origin = item["origin"]
+        label = " (L2 evaluation)" if (item.get("evaluation") or {}).get("norm") == "l2" else ""
         if origin["kind"] != "lrrobust":
-            lines.append(f"### {item['network']}, {item['training']} training, from outside\n")
+            lines.append(f"### {item['network']}, {item['training']} training, from outside{label}\n")
             lines.append(_outside_md(origin))
             lines.append(_evaluated_md(item.get("evaluation"), None))
             lines.append("")
             continue
-        lines.append(f"### {item['network']}, {item['training']} training, seed {item['seed']}\n")
+        lines.append(f"### {item['network']}, {item['training']} training, seed {item['seed']}{label}\n")
         training = (f"- training: {cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, "
                     f"seed {cfg.get('seed')}, preset {cfg.get('preset')}")
         if cfg.get("adversarial"):
@@ -276,11 +314,12 @@ def _evaluated_md(ev: dict[str, Any] | None, checkpoint: str | None) -> str:
 
 
 def manifest(entries: list[Entry]) -> list[dict[str, Any]]:
-    """Everything each figure depends on: training config and provenance, evaluation settings and provenance."""
+    """Everything each figure depends on: training config and provenance, evaluation settings and provenance (an L2
+    evaluation says ``norm: l2``; without it an evaluation is L-inf, as in summary.json)."""
     from lrrobust.attacks import KINDS
 
     out = []
-    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+    for e in sorted(entries, key=entry_order):
         item: dict[str, Any] = {"network": e.network, "training": e.training, "seed": e.seed, "source": e.source,
                                 "origin": e.origin, "training_config": e.run_config, "training_manifest": e.run_manifest}
         if e.summary is not None:
@@ -294,6 +333,8 @@ def manifest(entries: list[Entry]) -> list[dict[str, Any]]:
                 "checkpoint": s.model.get("checkpoint"), "sha256": s.model.get("sha256"), "epoch": s.model.get("epoch"),
                 "provenance": raw.get("provenance"), "attacks": described,
             }
+            if e.norm != "linf":
+                item["evaluation"]["norm"] = e.norm
         out.append(item)
     return out
 
@@ -304,13 +345,14 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
     imagenet = dataset == "imagenet"
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     evaluated = [e for e in entries if e.summary is not None]
-    eps = sorted({e.summary.suite_eps for e in evaluated})
+    shown = shown_columns(rows)
+    l2 = any(c.norm == "l2" for c in shown)
     images = sorted({e.summary.num_samples for e in evaluated})
     splits = sorted({e.summary.split for e in evaluated})
     intro = (f"Generated by `lrrobust report` on {now} from {len(entries)} trained model"
              f"{'s' if len(entries) != 1 else ''}. Top-1 accuracy in %, as in Table 9 of Hu et al. (ICCV 2019). "
              f"Every robust figure is the per-image worst case over every attack run at eps "
-             f"{', '.join(f'{x * 255:.3g}/255' for x in eps) or '?'} (suite attacks, AutoAttack components, restarts "
+             f"{budgets_text(evaluated) or '?'} (suite attacks, AutoAttack components, restarts "
              f"and the checks' attacks at that eps): an image counts as robust only if its clean prediction and every "
              f"adversarial image found for it are right. Brackets give the 95% interval (Wilson over the "
              f"{', '.join(map(str, images)) or '?'} {'/'.join(splits) or 'test'} images of one training seed; t over "
@@ -322,7 +364,12 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
              "--torchvision, lrrobust.evaluate; its training kind is the user's word), with the SHA-256 of its file; "
              "only lrrobust's LR-Net and ResNet rows enter the paired tests.\n")
     parts = [f"# Robustness to white-box attacks on {dataset} (Table 9 style)\n", intro]
-    main = [c for c in COLUMNS if c.in_table9]
+    if l2:
+        parts.append("Two threat models, two sets of columns: the columns marked L2 take each model's L2 evaluation "
+                     "alone, the other robust columns its L-inf evaluation alone, so figures of the two norms never "
+                     "share a worst case (nor a paired test); clean accuracy comes from the L-inf evaluation where a "
+                     "model has both.\n")
+    main = [c for c in shown if c.in_table9]
     header = ["network", "trained by"] + [c.title for c in main]
     if imagenet:
         header += ["paper: " + c.title for c in main if c.key in ("adv_clean", "adv_targeted", "adv_untargeted",
@@ -342,14 +389,18 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
               "training seed, combined over seeds as docs/evaluation.md explains (significant only when the pooled "
               "test is, no seed points the other way and, from 3 seeds, a t-test over seeds agrees).\n"),
               significance_md(tests)]
-    regular = [c for c in COLUMNS if c.training == "regular"]
+    regular = [c for c in shown if c.training == "regular"]
     parts += ["## Regular training under the same attacks\n",
               _md_table(["network", "trained by"] + [c.title for c in regular],
                         [[r.network, origin_text(r, entries)] + [cell_text(r.cells[c.key]) for c in regular]
                          for r in rows])]
     for section in extra_sections or []:
         parts.append(section)
-    for axis, title in (("steps", "Accuracy against PGD steps"), ("eps", "Accuracy against eps")):
+    figures = [("steps", "Accuracy against PGD steps"), ("eps", "Accuracy against eps")]
+    if l2:
+        figures = [("steps", "Accuracy against PGD steps"), ("eps", "Accuracy against eps (L-inf)"),
+                   ("eps_l2", "Accuracy against eps (L2)")]
+    for axis, title in figures:
         parts.append(f"## {title}\n")
         if plots[axis]:
             parts.append(f"![{title}]({plots[axis]})\n")
