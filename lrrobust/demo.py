@@ -3,7 +3,8 @@
 Trains a small LR-Net-26 and a small ResNet-26 (the digits preset: small stem, width 0.25) regularly and with
 targeted PGD adversarial training at the preset's eps, evaluates the four with ``attacks/digits.toml`` (targeted
 and untargeted PGD and AutoAttack at the training eps, with the gradient-masking checks), and writes the report
-(table9.md, the CSVs, plots): every figure the per-image worst case over every attack, with its interval.
+(table9.md, the CSVs, plots, and the LR-Nets' learnt geometric priors, Fig. 4, in priors/): every figure the
+per-image worst case over every attack, with its interval.
 
 The four trainings, then the four evaluations (each with a transfer check from the other architecture), run in
 worker processes with one thread each, ``jobs`` at a time (default: one per core), the costliest first: 8x8 images
@@ -223,14 +224,36 @@ def robustness_verdicts(rows: list[Any]) -> list[tuple[str, str, bool, str]]:
     return verdicts
 
 
+def prior_sections(configs: list[Any], out: Path) -> list[str]:
+    """Fig. 4 of each LR-Net run (``lrrobust plot prior``) drawn into OUT/priors/RUN/; the report's section linking
+    them (none when the plan has no LR-Net)."""
+    from lrrobust.figures.prior import plot_priors
+    from lrrobust.models import default_config
+
+    parts = []
+    for config in configs:
+        if default_config(config.model)["spatial"] != "lr":
+            continue
+        run = Path(config.out)
+        paths = plot_priors(run / "best.pt", out / "priors" / run.name)
+        links = ", ".join(f"[{p.stem.removeprefix('prior-')}]({p.relative_to(out).as_posix()})" for p in paths[1:])
+        parts.append(f"### {run.name}\n\n![{run.name}: geometric priors]({paths[0].relative_to(out).as_posix()})\n\n"
+                     f"Per layer, one map per group: {links}.\n")
+    if not parts:
+        return []
+    return ["## Learnt geometric priors (Fig. 4)\n\nEach LR-Net's geometric prior after softmax over the window, the "
+            "mean over its groups per layer (`lrrobust plot prior RUN/best.pt`).\n\n" + "\n".join(parts)]
+
+
 def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLike = "runs/demo",
              console: Console | None = None, plan: DemoPlan = DemoPlan(), jobs: int | None = None) -> Path:
     """Train, evaluate and report; returns the report's markdown path. Progress and tables go to ``console``."""
     from lrrobust.evaluation.display import print_summary
     from lrrobust.evaluation.suite import load_suite, resolve_suite_path
     from lrrobust.evaluation.summary import read_summary
-    from lrrobust.report import COLUMNS, collect, table_rows, write_report
+    from lrrobust.report import collect, table_rows, write_report
     from lrrobust.report.render import cell_text
+    from lrrobust.report.table9 import shown_columns
 
     console = console or Console()
     suite_path = str(resolve_suite_path(plan.suite))
@@ -250,13 +273,14 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
     eval_dirs = run_pipelines(configs, suite, suite_path, min(jobs, len(configs)), console)
     for eval_dir in eval_dirs:
         print_summary(read_summary(eval_dir).raw, console)
-    report = write_report([workdir], out)
+    report = write_report([workdir], out, extra_sections=prior_sections(configs, Path(out)))
     rows = table_rows(collect([workdir]))
+    shown = shown_columns(rows)  # the L2 columns only when some model has an L2 evaluation
     elapsed = time.time() - started
     wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160))
     for title, columns in (((f"Table 9 on digits: worst case over every attack, top-1 % [95% interval], wall time "
-                            f"{elapsed / 60:.1f} min"), [c for c in COLUMNS if c.in_table9]),
-                           ("Regular training under the same attacks", [c for c in COLUMNS if c.training == "regular"])):
+                            f"{elapsed / 60:.1f} min"), [c for c in shown if c.in_table9]),
+                           ("Regular training under the same attacks", [c for c in shown if c.training == "regular"])):
         table = Table(title=title, title_justify="left")
         table.add_column("network")
         for column in columns:
