@@ -105,3 +105,20 @@ def test_checks_on_a_model_that_gets_few_images_right_say_n_a():
     assert not convergence_notes(low_accuracy)  # n/a never becomes a headline warning
     fine = evaluate_checks(suite, plan, accuracy, 200, None, clean_accuracy=0.9)
     assert "n/a" not in {c["status"] for c in fine}
+
+
+def test_square_breaking_what_gradients_missed_is_flagged_as_gradient_masking():
+    """The pattern of the MNIST LR-Nets: APGD-CE 26.8%, APGD-T and FAB-T 19.6%, then gradient-free Square 5.8%."""
+    suite = parse_suite({"attack": [{"name": "a", "eps": 0.2}, {"name": "aa", "kind": "autoattack", "eps": 0.2}],
+                         "checks": {"steps": [5, 20]}})
+    plan, accuracy = _plan_and_accuracy(0.30, 0.30, [(5, 0.30), (20, 0.30)])
+    masked = evaluate_checks(suite, plan, accuracy, 500, None, 0.9, {"aa": [0.268, 0.196, 0.196, 0.058]})
+    verdict = next(c for c in masked if c["check"] == "black-box")
+    assert verdict["status"] == "flag" and verdict["figures"] == {"attack": "aa", "gradient": 0.196, "square": 0.058}
+    assert "after APGD-CE, APGD-T, FAB-T" in verdict["detail"]
+    assert convergence_notes(masked) == [
+        "gradient masking: Square (no gradients) lowers it by 13.8 points after the gradient attacks"]
+    fine = evaluate_checks(suite, plan, accuracy, 500, None, 0.9, {"aa": [0.268, 0.196, 0.196, 0.19]})
+    assert next(c for c in fine if c["check"] == "black-box")["status"] == "pass"  # 0.6 points: within slack
+    no_stages = evaluate_checks(suite, plan, accuracy, 500, None, 0.9)
+    assert next(c for c in no_stages if c["check"] == "black-box")["status"] == "skipped"

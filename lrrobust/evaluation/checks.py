@@ -6,7 +6,10 @@
 - fgsm: iterative PGD must beat one-step FGSM (FGM, one L2-normalised step of size eps, in an L2 suite);
 - eps: accuracy must fall towards zero as eps grows (eps = 0.5 allows a grey image);
 - restarts: random restarts (per-sample worst case) must not find many more adversarial examples;
-- transfer: examples crafted on a second model must be weaker than white-box ones.
+- transfer: examples crafted on a second model must be weaker than white-box ones;
+- black-box: AutoAttack's gradient-free Square, run last, must find few adversarial examples that its gradient
+  attacks (APGD-CE, APGD-T, FAB-T) missed: when a black-box attack succeeds where gradients fail, the gradients are
+  masked (Carlini et al. 2019, Sec. 5; Croce and Hein 2020).
 
 The checks are ordinary attacks (named ``check/...``) evaluated by the runner, so they are resumable, sharded
 and recorded per sample; ``evaluate_checks`` turns their accuracies into pass/flag verdicts with figures. On a model
@@ -103,14 +106,16 @@ def meaningless(cfg: CheckConfig, clean_accuracy: float, num_samples: int) -> st
 
 def evaluate_checks(
     suite: Suite, plan: dict[str, list], accuracy: dict[str, float], num_samples: int, transfer_from: str | None,
-    clean_accuracy: float = 1.0,
+    clean_accuracy: float = 1.0, stage_accuracy: dict[str, list[float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Pass/flag/n/a verdicts with figures, one per check; ``accuracy`` maps attack names to accuracies."""
+    """Pass/flag/n/a verdicts with figures, one per check; ``accuracy`` maps attack names to accuracies,
+    ``stage_accuracy`` an attack with stages (AutoAttack) to its accuracy after each stage, in order."""
     if not suite.checks.enabled:
         return []
     cfg = suite.checks
     slack = _slack(cfg.tolerance, num_samples)
     results = _verdicts(cfg, plan, accuracy, slack, transfer_from)
+    results.append(_black_box(suite, stage_accuracy or {}, slack))
     why = meaningless(cfg, clean_accuracy, num_samples)
     if why is not None:
         for result in results:
@@ -179,8 +184,31 @@ def _verdicts(cfg: CheckConfig, plan: dict[str, list], accuracy: dict[str, float
     return results
 
 
+GRADIENT_FREE = "square"  # the stage of AutoAttack that uses no gradient
+BLACK_BOX_CLAIM = "the gradient-free Square attack finds few adversarial examples that the gradient attacks missed"
+
+
+def _black_box(suite: Suite, stage_accuracy: dict[str, list[float]], slack: float) -> dict[str, Any]:
+    """Square, run after the gradient attacks of AutoAttack, must lower accuracy by at most the slack."""
+    for attack in suite.attacks:
+        names = attack.stages()
+        if GRADIENT_FREE not in names or names.index(GRADIENT_FREE) == 0 or attack.name not in stage_accuracy:
+            continue
+        k = names.index(GRADIENT_FREE)
+        before, after = stage_accuracy[attack.name][k - 1], stage_accuracy[attack.name][k]
+        return _verdict(
+            "black-box", BLACK_BOX_CLAIM, before - after <= slack,
+            f"{attack.name}: accuracy {before:.3f} after {', '.join(n.upper() for n in names[:k])}, {after:.3f} after "
+            f"Square" + ("" if before - after <= slack else " (gradient masking: a black-box attack succeeds where "
+                                                              "gradients fail)"),
+            {"attack": attack.name, "gradient": before, "square": after},
+        )
+    return {"check": "black-box", "claim": BLACK_BOX_CLAIM, "status": "skipped",
+            "detail": "no AutoAttack in the suite (its Square component is the gradient-free attack)", "figures": {}}
+
+
 def convergence_notes(checks: list[dict[str, Any]]) -> list[str]:
-    """The headline's warnings: what the flagged steps and restarts checks say about convergence."""
+    """The headline's warnings: what the flagged steps, restarts and black-box checks say."""
     notes = []
     for check in checks:
         if check["status"] != "flag":
@@ -197,6 +225,9 @@ def convergence_notes(checks: list[dict[str, Any]]) -> list[str]:
                              f"from {steps[-2]}")
             else:
                 notes.append("accuracy rises with more steps (gradient masking?)")
+        elif check["check"] == "black-box":
+            notes.append(f"gradient masking: Square (no gradients) lowers it by "
+                         f"{100 * (figures['gradient'] - figures['square']):.1f} points after the gradient attacks")
     return notes
 
 

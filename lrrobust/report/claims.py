@@ -1,0 +1,93 @@
+"""The paper's Table 9 claims (Sec. 6.2) held against a report's paired tests: which ones its data support.
+
+Sec. 6.2 reads Table 9 as four claims about adversarially trained models: LR-Net-26 is more robust than ResNet-26
+against targeted (+6.3) and untargeted (+12.4) attacks, and more robust than ResNet-50 (+0.8 and +4.3), which has
+about twice its FLOPs. A claim is *supported* when the report's combined paired test of the two rows in that column
+is significant in the paper's direction, *contradicted* when it is significant in the other, *not resolved* when it
+is not significant, and *not measured* when the report lacks one of the rows or the test
+(``lrrobust.report.table9.comparisons``). Each test is at 5%, not corrected for the four claims.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lrrobust.report.table9 import Comparison, Row
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    column: str  # a Table 9 column key
+    lrnet: str  # zoo model names
+    resnet: str
+    paper_difference: float  # points, ImageNet
+    text: str
+
+
+PAPER_CLAIMS = (
+    Claim("adv_targeted", "lrnet26", "resnet26", 6.3, "LR-Net-26 beats ResNet-26 against targeted attacks"),
+    Claim("adv_untargeted", "lrnet26", "resnet26", 12.4, "LR-Net-26 beats ResNet-26 against untargeted attacks"),
+    Claim("adv_targeted", "lrnet26", "resnet50", 0.8, "LR-Net-26 beats ResNet-50 against targeted attacks"),
+    Claim("adv_untargeted", "lrnet26", "resnet50", 4.3, "LR-Net-26 beats ResNet-50 against untargeted attacks"),
+)
+VERDICTS = ("supported", "contradicted", "not resolved", "not measured")
+
+
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    claim: Claim
+    verdict: str  # one of VERDICTS
+    detail: str
+
+
+def assess(rows: list[Row], tests: list[Comparison]) -> list[Assessment]:
+    """Each of the paper's claims against the comparison of the rows of its two models (lrrobust-trained rows)."""
+    model = {r.network: r.model for r in rows if not r.outside}
+    out = []
+    for claim in PAPER_CLAIMS:
+        found = [t for t in tests if t.column.key == claim.column and model.get(t.lrnet) == claim.lrnet
+                 and model.get(t.resnet) == claim.resnet]
+        if not found:
+            out.append(Assessment(claim, "not measured", f"no {claim.lrnet} and {claim.resnet} rows tested"))
+            continue
+        if len(found) > 1:  # several variants of one model (e.g. two widths): not one claim
+            out.append(Assessment(claim, "not measured", f"{len(found)} pairs of {claim.lrnet} and {claim.resnet} rows"))
+            continue
+        t = found[0]
+        if t.test is None:
+            out.append(Assessment(claim, "not measured", t.reason or "no paired test"))
+            continue
+        diff = 100 * t.test.pooled.difference
+        seeds = f"{len(t.seeds)} seed{'s' if len(t.seeds) != 1 else ''}"
+        detail = (f"{diff:+.1f} points (paper {claim.paper_difference:+.1f}), pooled McNemar p = "
+                  f"{t.test.pooled.p_value:.2g} over {t.test.pooled.n} paired images, {seeds}")
+        if t.test.significant:
+            verdict = "supported" if diff > 0 else "contradicted"
+        else:
+            verdict = "not resolved"
+            detail += f" ({t.test.verdict})" if t.test.verdict else ""
+        out.append(Assessment(claim, verdict, detail))
+    return out
+
+
+def claims_sentence(assessments: list[Assessment]) -> str:
+    """One sentence: which of the paper's claims the data support, contradict or leave open."""
+    parts = []
+    for verdict in VERDICTS:
+        chosen = [a for a in assessments if a.verdict == verdict]
+        if chosen:
+            parts.append(f"{verdict}: " + "; ".join(f"{a.claim.text} ({a.detail})" for a in chosen))
+    counts = {v: sum(a.verdict == v for a in assessments) for v in VERDICTS}
+    return (f"Of the paper's {len(assessments)} Table 9 claims (Sec. 6.2), this data supports {counts['supported']}, "
+            f"contradicts {counts['contradicted']} and leaves {counts['not resolved'] + counts['not measured']} "
+            "open. " + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")
+
+
+def claims_md(rows: list[Row], tests: list[Comparison]) -> str:
+    """The report's section on the paper's claims: the sentence and a table."""
+    assessments = assess(rows, tests)
+    lines = ["## The paper's claims\n", claims_sentence(assessments) + "\n",
+             "| claim (adversarial training) | paper | verdict | this data |", "|---|---|---|---|"]
+    for a in assessments:
+        lines.append(f"| {a.claim.text} | {a.claim.paper_difference:+.1f} | {a.verdict} | {a.detail} |")
+    return "\n".join(lines) + "\n"
