@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lrrobust.core.numbers import format_eps
+
 STATUS_STYLE = {"pass": "green", "flag": "bold red", "skipped": "yellow", "n/a": "yellow"}
 
 
@@ -22,8 +24,9 @@ def worst_case_table(summary: dict[str, Any]) -> Table:
     model = summary.get("model", {})
     name = (model.get("origin") or {}).get("label") or model.get("model_spec", {}).get("name", "model")
     worst = summary["worst_case"]
+    eps = format_eps(worst["eps"], summary.get("suite_norm", "linf"))
     title = (f"{name} ({model.get('training', '?')} training) on {summary.get('dataset', '?')} "
-             f"{summary['split']}: worst case over every attack at eps {worst['eps_255']:.3g}/255, "
+             f"{summary['split']}: worst case over every attack at eps {eps}, "
              f"{summary['num_samples']} images, top-1 % with 95% Wilson interval")
     table = Table(title=escape(title), title_justify="left")
     for column in ("clean", "untargeted", "targeted", "targeted success", "warnings"):
@@ -36,12 +39,13 @@ def worst_case_table(summary: dict[str, Any]) -> Table:
 
 def attacks_table(summary: dict[str, Any]) -> Table:
     table = Table(title="every attack (robust accuracy: clean right and attacked image right)", title_justify="left")
-    for column in ("attack", "kind", "targeted", "eps/255", "steps", "restarts", "acc % [95% CI]", "success %"):
+    for column in ("attack", "kind", "targeted", "eps", "steps", "restarts", "acc % [95% CI]", "success %"):
         table.add_column(column, justify="left" if column == "attack" else "right", no_wrap=column == "attack")
     for row in summary["attacks"]:
         name = row["attack"] + (" (transfer)" if row.get("source") else "")
         table.add_row(
-            escape(name), row["kind"], "yes" if row["targeted"] else "no", f"{row['eps_255']:.3g}",
+            escape(name), row["kind"], "yes" if row["targeted"] else "no",
+            format_eps(row["eps"], row.get("norm", "linf")),
             str(row.get("steps", 1)), str(row.get("restarts", 1)),
             percent_with_interval({"accuracy": row["accuracy"], "low": row["accuracy_low"],
                                    "high": row["accuracy_high"]}), f"{100 * row['success_rate']:.1f}",

@@ -4,12 +4,13 @@ their typed readers (used by the report, the demo and the study).
 - ``samples.csv``: one row per (image, attack): dataset index, label, clean prediction, attack name and key,
   target, adversarial prediction, success and the stage (restart, AutoAttack component) that found it.
 - ``summary.csv``: one row per attack: every hyper-parameter, its robust accuracy with a 95% Wilson interval.
-- ``summary.json``: all of that, the worst case over every attack at the suite's eps (``ledger.py``), the
+- ``summary.json``: all of that, the worst case over every attack at the suite's norm and eps (``ledger.py``), the
   checks against gradient masking, the model's facts, where the model came from (``model.origin``: trained by
   lrrobust, or from outside, ``lrrobust.external``) and the provenance. Every file is written atomically.
 
 Schema 3 added ``model.origin``; schema 2 summaries (all of lrrobust's own checkpoints) still read, as trained by
-lrrobust.
+lrrobust. ``suite_norm`` (the suite's threat model, "linf" or "l2") is optional: a summary without it was written
+before the L2 suites existed, so it is L-inf.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lrrobust.io import atomic_write_json, atomic_write_text, csv_text
 
 SCHEMA = 3
 READABLE_SCHEMAS = (2, 3)  # schema 2: no model.origin, every model was trained by lrrobust
+NORMS = ("linf", "l2")  # suite_norm; absent in summaries written before the L2 suites (all L-inf)
 ORIGIN_KINDS = ("lrrobust", "model-py", "torchvision", "python-api")  # lrrobust.external loads the last three
 SAMPLE_COLUMNS = ("index", "label", "clean_pred", "attack", "key", "target", "adv_pred", "success", "found_at")
 SUMMARY_COLUMNS = ("attack", "kind", "norm", "targeted", "eps", "eps_255", "step_size", "steps", "random_start",
@@ -86,6 +88,8 @@ def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: di
         successes = sum(outcome.success)
         low, high = robust.interval
         settings = {k: v for k, v in outcome.settings.items() if k != "stages"}
+        if settings.get("norm", "linf") != "linf":  # an L2 radius has no meaning in 1/255 units
+            settings["eps_255"] = None
         rows.append({
             "attack": outcome.name, **settings, "num_samples": n, "seed": suite.seed,
             "clean_accuracy": clean.accuracy, "accuracy": robust.accuracy, "accuracy_low": low, "accuracy_high": high,
@@ -95,12 +99,13 @@ def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: di
         })
     accuracy = {row["attack"]: row["accuracy"] for row in rows}
     checks = evaluate_checks(suite, plan, accuracy, n, transfer_from, clean.accuracy)
-    worst = ledger.worst_case(suite.eps)
+    worst = ledger.worst_case(suite.eps, suite.norm)
     return {
         "schema": SCHEMA,
         "suite": suite.name,
         "suite_config": suite.to_dict(),
         "suite_eps": suite.eps,
+        "suite_norm": suite.norm,
         "num_samples": n,
         "indices_sha256": indices_digest(ledger.indices),
         "num_classes": num_classes,
@@ -110,7 +115,8 @@ def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: di
         "clean_accuracy": clean.accuracy,
         "clean": clean.to_dict(),
         "attacks": rows,
-        "worst_case": {**worst.to_dict(), "notes": convergence_notes(checks)},
+        "worst_case": {**worst.to_dict(), **({} if suite.norm == "linf" else {"eps_255": None}),
+                       "notes": convergence_notes(checks)},
         "checks": checks,
         "check_plan": {k: [[x, name] for x, name in v] for k, v in plan.items()},
         "model": {**target_info, "origin": target_info.get("origin") or lrrobust_origin()},
@@ -144,6 +150,7 @@ class Summary:
     path: Path
     suite: str
     suite_eps: float
+    suite_norm: str  # the threat model: "linf" or "l2"
     dataset: str
     split: str
     num_samples: int
@@ -182,9 +189,10 @@ def read_summary(directory: str | Path) -> Summary:
                         "with this version")
     try:
         ledger = read_ledger(directory, data)
-        worst = ledger.worst_case(float(data["suite_eps"]))
+        norm = _read_norm(data)
+        worst = ledger.worst_case(float(data["suite_eps"]), norm)
         return Summary(
-            path=Path(directory), suite=str(data["suite"]), suite_eps=float(data["suite_eps"]),
+            path=Path(directory), suite=str(data["suite"]), suite_eps=float(data["suite_eps"]), suite_norm=norm,
             dataset=str(data.get("dataset", "?")), split=str(data["split"]), num_samples=int(data["num_samples"]),
             indices_sha256=str(data["indices_sha256"]), seed=int(data["seed"]),
             clean=Figure(int(data["clean"]["correct"]), int(data["clean"]["n"])), worst_case=worst,
@@ -194,6 +202,14 @@ def read_summary(directory: str | Path) -> Summary:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); re-run lrrobust eval-attack") from None
+
+
+def _read_norm(data: dict[str, Any]) -> str:
+    """``suite_norm``: "linf" when absent (written before the L2 suites existed)."""
+    norm = data.get("suite_norm", "linf")
+    if norm not in NORMS:
+        raise ValueError(f"suite_norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    return norm
 
 
 def _read_origin(data: dict[str, Any]) -> dict[str, Any]:

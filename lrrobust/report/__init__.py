@@ -18,8 +18,8 @@ from lrrobust.io import atomic_write_json, atomic_write_text, csv_text
 from lrrobust.report.collect import Entry, collect, network_name
 from lrrobust.report.plots import write_plots
 from lrrobust.report.render import (
-    ATTACK_COLUMNS,
     TEST_COLUMNS,
+    attack_columns,
     attack_rows,
     manifest,
     render_markdown,
@@ -46,7 +46,8 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike, allow_mi
     try:  # every file is written first; a failure (a full disk) leaves the previous report as it was
         plots = write_plots(entries, staging)
         atomic_write_text(staging / "table9.csv", table_csv(rows, entries))
-        atomic_write_text(staging / "table9_attacks.csv", csv_text(ATTACK_COLUMNS, attack_rows(entries)))
+        attacks = attack_rows(entries)
+        atomic_write_text(staging / "table9_attacks.csv", csv_text(attack_columns(attacks), attacks))
         atomic_write_text(staging / "table9_tests.csv", csv_text(TEST_COLUMNS, test_rows(tests)))
         atomic_write_json(staging / "manifest.json", manifest(entries))
         atomic_write_text(staging / "table9.md", render_markdown(entries, rows, tests, plots, extra_sections))

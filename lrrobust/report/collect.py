@@ -3,7 +3,8 @@
 Each trained model evaluated once is an ``Entry``: its network label (the user's ``--label`` when given), training
 kind and training seed, where it came from (trained by lrrobust, or from outside: ``lrrobust.external``), and its
 evaluation summary (``lrrobust.evaluation.summary.read_summary``). Several training seeds of one network and
-training kind are several entries of one cell; two evaluations of the same cell and seed are refused, and so is a
+training kind are several entries of one cell. A model may be evaluated once per threat model (an L-inf and an L2
+evaluation: two entries, one per norm); two evaluations of the same cell, seed and norm are refused, and so is a
 row mixing models trained by lrrobust with models from outside.
 """
 
@@ -42,6 +43,16 @@ class Entry:
     def outside(self) -> bool:
         """A model lrrobust did not train (``--model-py``, ``--torchvision``, ``lrrobust.evaluate``)."""
         return self.origin["kind"] != "lrrobust"
+
+    @property
+    def norm(self) -> str | None:
+        """Its evaluation's threat model ("linf" or "l2"); None when it was not evaluated."""
+        return None if self.summary is None else self.summary.suite_norm
+
+
+def entry_order(e: Entry) -> tuple:
+    """The order a report lists entries in: network, training, seed, the L-inf evaluation before the L2 one."""
+    return e.network, e.training, e.seed or 0, e.norm == "l2"
 
 
 def network_name(spec: dict[str, Any]) -> str:
@@ -131,7 +142,8 @@ def collect(dirs: list[str | os.PathLike]) -> list[Entry]:
 
 
 def cells(entries: list[Entry]) -> dict[str, dict[str, list[Entry]]]:
-    """network -> training -> its entries, one per training seed (sorted); a repeated seed is an error."""
+    """network -> training -> its entries, one per training seed and norm (sorted by seed); a seed repeated within
+    one norm (or beside a run that was not evaluated) is an error."""
     rows: dict[str, dict[str, list[Entry]]] = {}
     for e in sorted(entries, key=lambda e: (e.network, e.training, -1 if e.seed is None else e.seed)):
         row = rows.setdefault(e.network, {})
@@ -140,9 +152,10 @@ def cells(entries: list[Entry]) -> dict[str, dict[str, list[Entry]]]:
             raise UserError(f"{e.network} names both a model trained by lrrobust and one from outside ({other.source} "
                             f"and {e.source}); give them different --label")
         cell = row.setdefault(e.training, [])
-        twin = next((o for o in cell if o.seed == e.seed), None)
+        twin = next((o for o in cell if o.seed == e.seed and (o.norm == e.norm or None in (o.norm, e.norm))), None)
         if twin is not None:
-            raise UserError(f"two {e.training} evaluations of {e.network} with training seed {e.seed}: {twin.source} "
-                            f"and {e.source}; pass one of them")
+            norm = " L2" if e.norm == "l2" else ""
+            raise UserError(f"two {e.training}{norm} evaluations of {e.network} with training seed {e.seed}: "
+                            f"{twin.source} and {e.source}; pass one of them")
         cell.append(e)
     return rows

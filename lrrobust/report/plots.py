@@ -1,28 +1,34 @@
-"""The report's plots: accuracy against PGD steps and against eps (the checks' ladders, fd_steps-style suites)."""
+"""The report's plots: accuracy against PGD steps and against eps (the checks' ladders, fd_steps-style suites).
+
+Against eps, one plot per threat model (an L2 radius and an L-inf bound share no axis); against steps, the L2
+evaluations' lines are named L2.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from lrrobust.core.numbers import format_eps
 from lrrobust.io import atomic_path
-from lrrobust.report.collect import Entry
+from lrrobust.report.collect import Entry, entry_order
 
 Line = tuple[str, list[float], list[float]]
 
 
 def curves(entries: list[Entry], axis: str) -> list[Line]:
-    """(label, x, accuracy %) per model and seed: against PGD steps ('steps') or eps ('eps').
+    """(label, x, accuracy %) per model, seed and threat model: against PGD steps ('steps') or eps ('eps').
 
-    From the checks' ladders (untargeted PGD, step 2.5 eps / steps) and from suites that run the same white-box
-    PGD at several step counts (fd_steps).
+    From the checks' ladders (untargeted PGD in the suite's norm, step 2.5 eps / steps) and from suites that run the
+    same white-box PGD at several step counts (fd_steps).
     """
     lines = []
-    for e in sorted(entries, key=lambda e: (e.network, e.training, e.seed or 0)):
+    for e in sorted(entries, key=entry_order):
         if e.summary is None:
             continue
         attacks = e.summary.attacks
         by_name = {a["attack"]: a for a in attacks}
-        who = f"{e.network}, {e.training}" + ("" if e.seed is None else f", seed {e.seed}")
+        who = f"{e.network}, {e.training}" + ("" if e.seed is None else f", seed {e.seed}") + (
+            ", L2" if e.norm == "l2" else "")
         plan = e.summary.raw.get("check_plan", {}).get(axis)
         if plan:
             xs = [float(x) for x, _ in plan]
@@ -30,12 +36,13 @@ def curves(entries: list[Entry], axis: str) -> list[Line]:
         if axis == "steps":
             groups: dict[tuple, list[dict]] = {}
             for a in attacks:
-                if a["kind"] == "pgd" and a["role"] == "suite" and not a.get("source") and a["restarts"] == 1:
-                    groups.setdefault((a["targeted"], a["eps"]), []).append(a)
-            for (targeted, eps), group in sorted(groups.items()):
+                white_box = a["role"] == "suite" and not a.get("source") and a["restarts"] == 1
+                if a["kind"] in ("pgd", "pgd-l2") and white_box:
+                    groups.setdefault((a["targeted"], a["eps"], a.get("norm", "linf")), []).append(a)
+            for (targeted, eps, norm), group in sorted(groups.items()):
                 if len({a["steps"] for a in group}) >= 2:
                     group = sorted(group, key=lambda a: a["steps"])
-                    lines.append((f"{who}: {'targeted' if targeted else 'untargeted'} eps {eps * 255:.3g}/255",
+                    lines.append((f"{who}: {'targeted' if targeted else 'untargeted'} eps {format_eps(eps, norm)}",
                                   [a["steps"] for a in group], [100 * a["accuracy"] for a in group]))
     return lines
 
@@ -69,11 +76,19 @@ def plot(lines: list[Line], path: Path, xlabel: str, log_x: bool) -> None:
     plt.close(fig)
 
 
+PLOTS = (  # name (accuracy_vs_NAME.png), axis, the evaluations it draws (None: all), x label, log x
+    ("steps", "steps", None, "PGD steps", True),
+    ("eps", "eps", "linf", "eps (L-inf, pixels in [0, 1])", False),
+    ("eps_l2", "eps", "l2", "eps (L2 radius, pixels in [0, 1])", False),
+)
+
+
 def write_plots(entries: list[Entry], out: Path) -> dict[str, str | None]:
-    """accuracy_vs_steps.png and accuracy_vs_eps.png where some evaluation varies them; name or None per axis."""
+    """accuracy_vs_steps.png, accuracy_vs_eps.png (L-inf) and accuracy_vs_eps_l2.png where some evaluation varies
+    them; name or None per plot."""
     plots: dict[str, str | None] = {}
-    for axis, xlabel, log_x in (("steps", "PGD steps", True), ("eps", "eps (L-inf, pixels in [0, 1])", False)):
-        lines = curves(entries, axis)
+    for axis, varied, norm, xlabel, log_x in PLOTS:
+        lines = curves([e for e in entries if norm is None or e.norm == norm], varied)
         name = f"accuracy_vs_{axis}.png"
         plots[axis] = name if lines else None
         if lines:

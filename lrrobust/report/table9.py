@@ -9,6 +9,10 @@ and the paired comparison of every LR-Net row with every ResNet row.
   combined verdict over seeds (``lrrobust.evaluation.stats.combine_paired``; docs/evaluation.md says why).
 - Results measured with different attacks, eps, sample sets or datasets never share a table: ``check_matching``
   refuses them, or, when allowed, marks the cells that differ from the majority and leaves them out of the tests.
+- Two threat models, two sets of columns: a model may have an L-inf and an L2 evaluation; each robust column takes
+  the evaluations of its own norm alone (L-inf and L2 figures never share a worst case), and the L2 columns are
+  shown only when some model has an L2 evaluation. Clean accuracy is no threat model's: from the L-inf evaluation,
+  else the L2 one.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from lrrobust.core.numbers import format_eps
 from lrrobust.errors import UserError
 from lrrobust.evaluation.ledger import Figure
 from lrrobust.evaluation.stats import CombinedTest, SeedSummary, combine_paired, exact_mcnemar, summarize_seeds
@@ -39,18 +44,28 @@ class Column:
     figure: str  # clean, targeted, untargeted or targeted_success (WorstCase.figures)
     in_table9: bool  # in the paper's table (else in the table of regular models under attack)
     higher_is_robust: bool = True
+    norm: str | None = "linf"  # the threat model of a robust figure; None for clean accuracy (no attack)
 
 
 COLUMNS = (
-    Column("adv_clean", "adv. train: clean", "adversarial", "clean", True),
+    Column("adv_clean", "adv. train: clean", "adversarial", "clean", True, norm=None),
     Column("adv_targeted", "adv. train: targeted", "adversarial", "targeted", True),
     Column("adv_untargeted", "adv. train: untargeted", "adversarial", "untargeted", True),
     Column("adv_targeted_success", "adv. train: targeted success", "adversarial", "targeted_success", True, False),
-    Column("reg_clean", "regular train: clean", "regular", "clean", True),
+    Column("adv_targeted_l2", "adv. train: targeted L2", "adversarial", "targeted", True, norm="l2"),
+    Column("adv_untargeted_l2", "adv. train: untargeted L2", "adversarial", "untargeted", True, norm="l2"),
+    Column("adv_targeted_success_l2", "adv. train: targeted success L2", "adversarial", "targeted_success", True,
+           False, norm="l2"),
+    Column("reg_clean", "regular train: clean", "regular", "clean", True, norm=None),
     Column("reg_targeted", "regular train: targeted", "regular", "targeted", False),
     Column("reg_untargeted", "regular train: untargeted", "regular", "untargeted", False),
     Column("reg_targeted_success", "regular train: targeted success", "regular", "targeted_success", False, False),
+    Column("reg_targeted_l2", "regular train: targeted L2", "regular", "targeted", False, norm="l2"),
+    Column("reg_untargeted_l2", "regular train: untargeted L2", "regular", "untargeted", False, norm="l2"),
+    Column("reg_targeted_success_l2", "regular train: targeted success L2", "regular", "targeted_success", False,
+           False, norm="l2"),
 )
+NORM_NAMES = {"linf": "L-inf", "l2": "L2"}
 COLUMN = {c.key: c for c in COLUMNS}
 
 
@@ -109,6 +124,14 @@ class Row:
     cells: dict[str, Cell]
     paper: dict[str, float]
     outside: bool = False  # a model lrrobust did not train: shown, never in the paired LR-Net/ResNet tests
+    norms: frozenset[str] = frozenset()  # the threat models of its evaluations
+
+
+def shown_columns(rows: list[Row]) -> list[Column]:
+    """The columns a report shows: clean accuracy, and the robust columns of each threat model some row was
+    evaluated under (L-inf when none was): a report without an L2 evaluation looks as it did before L2."""
+    norms = {n for r in rows for n in r.norms} or {"linf"}
+    return [c for c in COLUMNS if c.norm is None or c.norm in norms]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +156,8 @@ def attack_signature(row: dict) -> tuple:
 
 
 def signature(entry: Entry) -> tuple:
-    """What must match for two evaluations to share a table: dataset, split, eps, images, attacks at eps."""
+    """What must match for two evaluations of one norm to share a table: dataset, split, eps, images, attacks at
+    eps."""
     s = entry.summary
     assert s is not None
     at_eps = set(s.worst_case.untargeted_attacks)
@@ -142,10 +166,15 @@ def signature(entry: Entry) -> tuple:
 
 
 def check_matching(entries: list[Entry], allow_mixed: bool) -> set[str]:
-    """The sources measured differently from the majority; a UserError naming the mismatch unless allowed."""
-    evaluated = [e for e in entries if e.summary is not None]
-    if not evaluated:
-        return set()
+    """The sources measured differently from the majority of their norm's evaluations (L2 ones are compared among
+    themselves, L-inf ones among themselves); a UserError naming the mismatch unless allowed."""
+    odd: set[str] = set()
+    for norm in sorted({e.norm for e in entries if e.norm is not None}):
+        odd |= _check_matching([e for e in entries if e.norm == norm], allow_mixed)
+    return odd
+
+
+def _check_matching(evaluated: list[Entry], allow_mixed: bool) -> set[str]:
     counts = collections.Counter(signature(e) for e in evaluated)
     majority, _ = counts.most_common(1)[0]
     odd = [e for e in evaluated if signature(e) != majority]
@@ -161,19 +190,34 @@ def check_matching(entries: list[Entry], allow_mixed: bool) -> set[str]:
     return {e.source for e in odd}
 
 
+def measured(column: Column, entries: list[Entry]) -> list[Entry]:
+    """The evaluations a column's cell takes, one per training seed: those of the column's norm; for clean
+    accuracy the L-inf evaluation, else the L2 one."""
+    if column.norm is not None:
+        return [e for e in entries if e.norm == column.norm]
+    by_seed: dict[int | None, Entry] = {}
+    for e in entries:
+        if e.norm is not None and (e.seed not in by_seed or e.norm == "linf"):
+            by_seed[e.seed] = e
+    return list(by_seed.values())
+
+
 def _cell(column: Column, entries: list[Entry], odd: set[str]) -> Cell:
     if not entries:
         return Cell(column, [], [], f"no {column.training} run")
-    evaluated = [e for e in entries if e.summary is not None]
-    if not evaluated:
+    if all(e.summary is None for e in entries):
         return Cell(column, [], [], "not evaluated (lrrobust eval-attack)")
+    evaluated = measured(column, entries)
+    if not evaluated:
+        return Cell(column, [], [], f"no {NORM_NAMES[column.norm]} evaluation")
     seeds, notes = [], []
     for e in evaluated:
         worst = e.summary.worst_case
         figure = worst.figures()[column.figure]
         if figure is None:
             kind = "targeted" if "targeted" in column.figure else "untargeted"
-            return Cell(column, [], [], f"no {kind} attack at eps {worst.eps * 255:.3g}/255 in suite {e.summary.suite}")
+            return Cell(column, [], [], f"no {kind} attack at eps {format_eps(worst.eps, e.norm)} in suite "
+                                        f"{e.summary.suite}")
         flags = {"clean": worst.clean, "untargeted": worst.untargeted, "targeted": worst.targeted,
                  "targeted_success": worst.target_reached}[column.figure]
         seeds.append(SeedFigure(e.seed, figure, list(flags), e.summary.indices_sha256, e.source in odd, e.source))
@@ -192,7 +236,8 @@ def table_rows(entries: list[Entry], odd: set[str] | None = None) -> list[Row]:
         row_cells = {c.key: _cell(c, by_training.get(c.training, []), odd) for c in COLUMNS}
         mine = not any_entry.outside
         paper = PAPER_TABLE9.get(any_entry.model, {}) if any_entry.dataset == "imagenet" and mine else {}
-        rows.append(Row(network, any_entry.model, row_cells, paper, outside=not mine))
+        norms = frozenset(e.norm for es in by_training.values() for e in es if e.norm is not None)
+        rows.append(Row(network, any_entry.model, row_cells, paper, outside=not mine, norms=norms))
     return rows
 
 
@@ -211,7 +256,8 @@ def compare(a: Cell, b: Cell) -> tuple[list[int | None], CombinedTest | None, st
 
 
 def comparisons(rows: list[Row]) -> list[Comparison]:
-    """Every LR-Net row against every ResNet row of lrrobust's zoo, in every accuracy column both have."""
+    """Every LR-Net row against every ResNet row of lrrobust's zoo, in every accuracy column both have (the L2
+    columns get their own tests)."""
     out = []
     lrnets = [r for r in rows if r.model.startswith("lrnet") and not r.outside]
     resnets = [r for r in rows if r.model.startswith("resnet") and not r.outside]
