@@ -189,7 +189,8 @@ def test_checks_report_pass_and_flag_with_figures(tmp_path):
     summary = run_evaluation(target, Blobs(), parse_suite(suite), tmp_path / "e", transfer_from="src",
                              sources={"src": source})
     checks = {c["check"]: c for c in summary["checks"]}
-    assert set(checks) == {"steps", "fgsm", "eps", "restarts", "transfer"}
+    assert set(checks) == {"steps", "fgsm", "eps", "restarts", "transfer", "black-box"}
+    assert checks.pop("black-box")["status"] == "skipped"  # no AutoAttack, so no gradient-free attack
     for check in checks.values():
         assert check["status"] in ("pass", "flag") and check["detail"]
     assert checks["eps"]["status"] == "pass"  # a real model is broken at eps 0.5

@@ -98,7 +98,8 @@ def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: di
             "stages": _stage_figures(ledger, outcome),
         })
     accuracy = {row["attack"]: row["accuracy"] for row in rows}
-    checks = evaluate_checks(suite, plan, accuracy, n, transfer_from, clean.accuracy)
+    stage_accuracy = {row["attack"]: [s["accuracy"] for s in row["stages"]] for row in rows if row["stages"]}
+    checks = evaluate_checks(suite, plan, accuracy, n, transfer_from, clean.accuracy, stage_accuracy)
     worst = ledger.worst_case(suite.eps, suite.norm)
     return {
         "schema": SCHEMA,

@@ -17,6 +17,7 @@ from typing import Any
 from lrrobust.core.numbers import format_eps
 from lrrobust.evaluation.stats import format_p
 from lrrobust.io import csv_text
+from lrrobust.report.claims import assess, claims_md
 from lrrobust.report.collect import Entry, entry_order
 from lrrobust.report.table9 import Cell, Comparison, Row, shown_columns
 
@@ -390,6 +391,8 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
               "training seed, combined over seeds as docs/evaluation.md explains (significant only when the pooled "
               "test is, no seed points the other way and, from 3 seeds, a t-test over seeds agrees).\n"),
               significance_md(tests)]
+    if any(a.verdict != "not measured" for a in assess(rows, tests)):
+        parts.append(claims_md(rows, tests))
     regular = [c for c in shown if c.training == "regular"]
     parts += ["## Regular training under the same attacks\n",
               _md_table(["network", "trained by"] + [c.title for c in regular],
