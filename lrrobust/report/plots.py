@@ -36,8 +36,9 @@ def curves(entries: list[Entry], axis: str) -> list[Line]:
         if axis == "steps":
             groups: dict[tuple, list[dict]] = {}
             for a in attacks:
-                white_box = a["role"] == "suite" and not a.get("source") and a["restarts"] == 1
-                if a["kind"] in ("pgd", "pgd-l2") and white_box:
+                if a["kind"] not in ("pgd", "pgd-l2"):
+                    continue
+                if a["role"] == "suite" and not a.get("source") and a.get("restarts", 1) == 1:
                     groups.setdefault((a["targeted"], a["eps"], a.get("norm", "linf")), []).append(a)
             for (targeted, eps, norm), group in sorted(groups.items()):
                 if len({a["steps"] for a in group}) >= 2:
