@@ -150,6 +150,7 @@ def test_l2_columns_hold_the_l2_worst_case_and_the_linf_columns_are_unchanged(ev
     assert len(same) > 80 and {k: both[k] for k in same} == {k: linf[k] for k in same}  # as without L2
 
     md = (tmp_path / "both" / "table9.md").read_text()
+    assert "from 2 trained models (4 evaluations)" in md  # an L-inf and an L2 evaluation: one model
     assert "worst case over every attack run at eps 51/255 (L-inf) and 0.5 (L2)" in md
     assert "| adv. train: untargeted L2 |" in md and "| regular train: targeted L2 |" in md
     assert "### ResNet-18 (width 0.25), adversarial training, seed 0 (L2 evaluation)" in md
