@@ -328,6 +328,11 @@ def test_an_l2_suite_checks_itself_with_l2_attacks():
     assert (one_step.steps, one_step.step_size, one_step.random_start) == (1, 2.0, False)  # FGM
     assert {a.eps for a in attacks if a.name.startswith("check/eps-")} == {1.0, 4.0}
     assert plan["restarts"][0][1] == "p"  # the suite's own PGD-L2-8 is the checks' one-start PGD
+    from lrrobust.evaluation.checks import evaluate_checks
+
+    accuracy = {a.name: 0.5 for a in attacks}
+    verdict = next(c for c in evaluate_checks(suite, plan, accuracy, 100, None) if c["check"] == "fgsm")
+    assert verdict["claim"] == "PGD is stronger than FGM" and "vs FGM 0.500" in verdict["detail"]
 
 
 def test_repository_l2_suites():

@@ -114,7 +114,7 @@ def evaluate_checks(
         return []
     cfg = suite.checks
     slack = _slack(cfg.tolerance, num_samples)
-    results = _verdicts(cfg, plan, accuracy, slack, transfer_from)
+    results = _verdicts(cfg, plan, accuracy, slack, transfer_from, "FGM" if suite.norm == "l2" else "FGSM")
     results.append(_black_box(suite, stage_accuracy or {}, slack))
     why = meaningless(cfg, clean_accuracy, num_samples)
     if why is not None:
@@ -126,7 +126,7 @@ def evaluate_checks(
 
 
 def _verdicts(cfg: CheckConfig, plan: dict[str, list], accuracy: dict[str, float], slack: float,
-              transfer_from: str | None) -> list[dict[str, Any]]:
+              transfer_from: str | None, one_step: str = "FGSM") -> list[dict[str, Any]]:
     results = []
 
     def curve(check: str) -> list[tuple[Any, float]]:
@@ -148,8 +148,8 @@ def _verdicts(cfg: CheckConfig, plan: dict[str, list], accuracy: dict[str, float
 
     (_, fgsm), (_pgd_steps_x, pgd) = curve("fgsm")
     results.append(_verdict(
-        "fgsm", "PGD is stronger than FGSM", pgd <= fgsm + slack,
-        f"PGD-{max(cfg.steps)} accuracy {pgd:.3f} vs FGSM {fgsm:.3f}", {"pgd": pgd, "fgsm": fgsm},
+        "fgsm", f"PGD is stronger than {one_step}", pgd <= fgsm + slack,
+        f"PGD-{max(cfg.steps)} accuracy {pgd:.3f} vs {one_step} {fgsm:.3f}", {"pgd": pgd, "fgsm": fgsm},
     ))
 
     eps_curve = curve("eps")
