@@ -14,6 +14,7 @@ import torch
 from lrrobust import ops
 from lrrobust.ops import local_relation
 from lrrobust.ops.reference import local_relation_reference
+from lrrobust.ops.self_check import TOLERANCES  # the CUDA self-check on first use holds the kernels to the same
 
 pytestmark = [
     pytest.mark.cuda,
@@ -96,7 +97,7 @@ def test_forward_and_gradients_match_reference(case, kind, dtype):
     *inputs, grad_out = make_inputs(case, dtype)
     out, grads = run(inputs, case, kind, grad_out)
     ref_out, ref_grads = reference(inputs, case, kind, grad_out)
-    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    tol = TOLERANCES[dtype]
     assert out.dtype == dtype and out.shape == ref_out.shape
     assert_close(out, ref_out, tol, "out")
     for name, got, ref in zip(("query", "key", "value", "geo_prior"), grads, ref_grads):
@@ -123,7 +124,7 @@ def test_low_precision_agrees_with_float32(case, kind, dtype):
     grad32 = grad_out.to(dtype).float()
     out32, grads32 = run(inputs32, case, kind, grad32)
     out, grads = run([x.to(dtype) for x in inputs32], case, kind, grad32.to(dtype))
-    tol = 2e-2 if dtype == torch.float16 else 6e-2
+    tol = TOLERANCES[dtype]
     assert out.dtype == dtype
     assert_close(out, out32, tol, "out")
     for name, got, ref in zip(("query", "key", "value", "geo_prior"), grads, grads32):
@@ -141,13 +142,13 @@ def test_lr_net26_stage_shapes_bfloat16(channels, size):
     grad_out = grad_out.bfloat16().float()
     out32, grads32 = run(inputs, case, "sqdiff", grad_out)
     ref_out, ref_grads = reference(inputs, case, "sqdiff", grad_out)
-    assert_close(out32, ref_out, 2e-4, "fp32 out")
+    assert_close(out32, ref_out, TOLERANCES[torch.float32], "fp32 out")
     for got, ref in zip(grads32, ref_grads):
-        assert_close(got, ref, 2e-4, "fp32 grad")
+        assert_close(got, ref, TOLERANCES[torch.float32], "fp32 grad")
     out, grads = run([x.bfloat16() for x in inputs], case, "sqdiff", grad_out.bfloat16())
-    assert_close(out, out32, 6e-2, "bf16 out")
+    assert_close(out, out32, TOLERANCES[torch.bfloat16], "bf16 out")
     for got, ref in zip(grads, grads32):
-        assert_close(got, ref, 6e-2, "bf16 grad")
+        assert_close(got, ref, TOLERANCES[torch.bfloat16], "bf16 grad")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -173,9 +174,9 @@ def test_non_contiguous_inputs():
     geo = inputs[3].transpose(1, 2).contiguous().transpose(1, 2)
     assert not any(x.is_contiguous() for x in (q, key, value, geo))
     out, grads = run([q, key, value, geo], case, "sqdiff", grad_out.transpose(2, 3).contiguous().transpose(2, 3))
-    assert_close(out, ref_out, 1e-10, "out")
+    assert_close(out, ref_out, TOLERANCES[torch.float64], "out")
     for got, ref in zip(grads, ref_grads):
-        assert_close(got, ref, 1e-10, "grad")
+        assert_close(got, ref, TOLERANCES[torch.float64], "grad")
 
 
 def test_empty_batch():
@@ -210,7 +211,7 @@ def test_nonfinite_inputs_follow_the_reference(case, kind, dtype):
     inputs[3][0] = -float("inf")  # group 0: every window's logits are -inf
     out, grads = run(inputs, case, kind, grad_out)
     ref_out, ref_grads = reference(inputs, case, kind, grad_out)
-    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    tol = TOLERANCES[dtype]
     for name, got, ref in zip(("out", "query", "key", "value", "geo_prior"), [out, *grads], [ref_out, *ref_grads]):
         got = got.double().cpu()
         for pick in (torch.isnan, lambda t: t == float("inf"), lambda t: t == -float("inf")):

@@ -5,7 +5,8 @@ is timed beside ``nn.Conv2d(C, C, 3, padding=1)`` and a depthwise 7x7 conv of th
 stage shapes of LR-Net-26 (C = 100, 200, 400, 800 channels at 56, 28, 14, 7 pixels; m = 8 channels per group,
 K = 7, stride 1). Each implementation runs a forward pass (``fwd``, under ``torch.no_grad()``) and a forward
 plus backward pass (``fwd_bwd``: every input and weight requires grad, as in a layer being trained, and the
-backward takes a fixed random output gradient; gradients are dropped after each call).
+backward takes a fixed random output gradient; gradients are dropped after each call). Before timing, the
+command runs the op's self-check on the device (``run_op_self_check``), so a wrong kernel is reported, not timed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from rich import box
@@ -21,6 +23,9 @@ from torch import nn
 
 from lrrobust.bench.timing import measure
 from lrrobust.errors import UserError
+
+if TYPE_CHECKING:
+    from lrrobust.ops.self_check import SelfCheckResult
 
 IMPLS = ("lr_fused", "lr_reference", "conv3x3", "dwconv7x7")
 PASSES = ("fwd", "fwd_bwd")
@@ -52,6 +57,36 @@ def fused_kernel_compiled(device: str) -> bool:
     import lrrobust.ops
 
     return bool(lrrobust.ops.kernel_available(device))
+
+
+def run_op_self_check(device: str, dtype: str) -> tuple[SelfCheckResult | None, str]:
+    """The op's self-check (``lrrobust.ops.self_check``: the fused kernel against the reference on small problems)
+    on ``device`` in ``dtype``, run now: the result and one line saying what it found.
+
+    The result is None, and the line says why, when the fused kernel does not serve ``device`` (not compiled, or
+    ``LRROBUST_REFERENCE_OP=1``) or ``LRROBUST_SKIP_SELF_CHECK=1`` is set.
+    """
+    from lrrobust.ops.library import env_flag
+    from lrrobust.ops.self_check import SKIP_VARIABLE, run_self_check
+
+    if not fused_kernel_compiled(device):
+        return None, f"self-check: not run (lr_fused runs the pure-PyTorch reference on {device})"
+    if env_flag(SKIP_VARIABLE):
+        return None, f"self-check: skipped by {SKIP_VARIABLE}"
+    result = run_self_check(device, DTYPES[dtype])
+    return result, f"self-check: {result.describe()}"
+
+
+def self_check_table(result: SelfCheckResult) -> Table:
+    """Every (case, quantity) of a self-check: the largest difference from the reference and its tolerance."""
+    title = f"self-check on {result.device} ({result.device_name})"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("case", "quantity", "difference", "tolerance", "ok"):
+        table.add_column(name, justify="right" if name in ("difference", "tolerance") else "left")
+    for case, quantity, difference, tolerance in result.rows:
+        ok = "[green]yes[/]" if difference <= tolerance else "[red]no[/]"
+        table.add_row(case, quantity, f"{difference:.3g}", f"{tolerance:.3g}", ok)
+    return table
 
 
 def _lr_inputs(stage: Stage, batch: int, device: str, dtype: torch.dtype, grad: bool) -> list[torch.Tensor]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lrrobust.commands import console, err_console, is_terminal, user_errors
+from lrrobust.commands import console, err_console, is_terminal, print_error, user_errors
 from lrrobust.errors import UserError
 
 
@@ -98,6 +98,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             markdown_targets,
             op_table,
             run_op_bench,
+            run_op_self_check,
+            self_check_table,
             targets_table,
         )
 
@@ -125,6 +127,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         )
         if "lr_fused" in impls and not compiled:
             err_console.print(fallback_note)
+        # The fused kernel against the reference first: timings of a wrong kernel would mean nothing.
+        check, check_line = run_op_self_check(device, dtype)
+        if check is not None and not check.passed:
+            err_console.print(self_check_table(check))
+            print_error(check.error_message())
+            raise typer.Exit(1)
+        err_console.print(check_line, highlight=False, markup=False)
 
         def progress(r: dict) -> None:
             err_console.print(
@@ -161,6 +170,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             atomic_write_json(json, records)
             err_console.print(f"wrote {len(records)} records to {json}", highlight=False)
         if markdown is not None:
-            text = f"{title}\n\n" + markdown_table(records) + (f"\n{markdown_targets(rows)}" if rows else "")
+            text = f"{title}\n\n{check_line}\n\n" + markdown_table(records)
+            text += f"\n{markdown_targets(rows)}" if rows else ""
             atomic_write_text(markdown, text)
             err_console.print(f"wrote the table to {markdown}", highlight=False)

@@ -3,6 +3,10 @@
 Public API: ``local_relation`` (Eq. 2-5, fused compiled kernels with a pure-PyTorch fallback),
 ``kernel_available`` and ``build_info``. The CPU kernel carries AVX-512, AVX2 and SSE2 copies and runs the widest
 the CPU supports; the environment variable ``LRROBUST_CPU_ISA=avx2`` (or ``baseline``) forces a narrower one.
+
+The first fused call per CUDA device and dtype compares the kernels with the reference on a few small problems
+(``lrrobust.ops.self_check``) and raises RuntimeError if they disagree; ``LRROBUST_SKIP_SELF_CHECK=1`` skips that
+check, ``LRROBUST_REFERENCE_OP=1`` makes the reference serve every device (both read at every eager call).
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import warnings
 
 import torch
 
+from lrrobust.ops import library, self_check
 from lrrobust.ops.checks import check_inputs
-from lrrobust.ops.library import KERNELS, LOAD_ERROR, LOADED, PHI_CODES, build_info
+from lrrobust.ops.library import KERNELS, LOAD_ERROR, LOADED, PHI_CODES, REFERENCE_OP_VARIABLE, reference_forced
 from lrrobust.ops.reference import COMPOSABILITIES, local_relation_reference
 
 __all__ = ["COMPOSABILITIES", "build_info", "kernel_available", "local_relation", "local_relation_reference"]
@@ -21,10 +26,19 @@ _warned_fallback = False
 
 
 def kernel_available(device_type: str | torch.device) -> bool:
-    """Whether the compiled kernel (not the reference fallback) serves ``device_type`` ("cpu" or "cuda")."""
+    """Whether the compiled kernel (not the reference) serves ``device_type`` ("cpu" or "cuda"): compiled in, and
+    not overridden by ``LRROBUST_REFERENCE_OP=1``."""
     if isinstance(device_type, torch.device):
         device_type = device_type.type
-    return KERNELS.get(device_type, False)
+    return KERNELS.get(device_type, False) and not reference_forced()
+
+
+def build_info() -> str:
+    """One line: which compiled kernels this installation has, and what the self-check found so far."""
+    kernels = library.kernel_info()
+    if reference_forced():
+        kernels += f"; {REFERENCE_OP_VARIABLE}=1: the pure-PyTorch reference serves every device"
+    return f"{kernels}; {self_check.summary()}"
 
 
 def _warn_fallback(device_type: str) -> None:
@@ -80,7 +94,12 @@ def local_relation(
     Returns:
         (N, C, ceil(H/stride), ceil(W/stride)). Tensors of different floating dtypes are promoted to a common
         one. On the CPU, float16 and bfloat16 are computed in float32 and returned in their own dtype. Where no
-        compiled kernel serves the device, the pure-PyTorch reference computes the same (one warning).
+        compiled kernel serves the device, the pure-PyTorch reference computes the same (one warning; none when
+        ``LRROBUST_REFERENCE_OP=1`` asked for it).
+
+    Raises:
+        RuntimeError: on a CUDA device and dtype whose fused kernel disagreed with the reference in the self-check
+            that the first fused call there runs (``lrrobust.ops.self_check``).
 
     Non-finite inputs (inf, -inf, NaN) propagate by IEEE arithmetic, as in ``torch.softmax`` and the reference:
     the logits are Phi(q, k) + geo_prior (inf - inf and 0 * inf are NaN); a window whose in-image logits are all
@@ -96,10 +115,11 @@ def local_relation(
     check_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability)
     query, key, value, geo_prior = _common_dtype(query, key, value, geo_prior)
     device_type = value.device.type
-    if kernel_available(device_type) or (device_type == "meta" and LOADED):
-        return torch.ops.lrrobust.local_relation_forward(
-            query, key, value, geo_prior, int(kernel_size), int(stride), int(dilation), PHI_CODES[composability]
-        )
-    if not torch.compiler.is_compiling():
+    if kernel_available(device_type) or (device_type == "meta" and LOADED and not reference_forced()):
+        if not torch.compiler.is_compiling():  # checked at the next eager call, never while tracing
+            self_check.check_before_use(value.device, value.dtype)
+        phi = PHI_CODES[composability]
+        return library.fused_forward(query, key, value, geo_prior, kernel_size, stride, dilation, phi)
+    if not torch.compiler.is_compiling() and not reference_forced():
         _warn_fallback(device_type)
     return local_relation_reference(query, key, value, geo_prior, kernel_size, stride, dilation, composability)

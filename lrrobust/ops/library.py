@@ -4,9 +4,15 @@
 (and, when built with nvcc, CUDA) kernels. This module adds what PyTorch needs around them, following
 pytorch/extension-cpp: fake (meta) kernels, so ``torch.compile`` traces the op without a graph break, and an
 autograd formula whose backward is the backward op (the weights are recomputed there, not saved).
+
+``fused_forward`` and ``fused_backward`` are the only Python calls of the two ops: ``local_relation``, its autograd
+formula and the self-check (``lrrobust.ops.self_check``) all go through them. ``LRROBUST_REFERENCE_OP=1`` makes
+the pure-PyTorch reference serve every device instead (``reference_forced``).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -25,6 +31,35 @@ BACKWARD = "lrrobust::local_relation_backward"
 
 # composability name -> the schema's int (csrc/local_relation.cpp)
 PHI_CODES = {"sqdiff": 0, "absdiff": 1, "product": 2}
+
+REFERENCE_OP_VARIABLE = "LRROBUST_REFERENCE_OP"
+
+
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to something other than "" or "0" (e.g. ``=1``)."""
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def reference_forced() -> bool:
+    """Whether ``LRROBUST_REFERENCE_OP=1`` asks for the pure-PyTorch reference on every device.
+
+    Read at every eager call of ``local_relation``; a graph ``torch.compile`` traced keeps the choice of its tracing.
+    """
+    return env_flag(REFERENCE_OP_VARIABLE)
+
+
+def fused_forward(query, key, value, geo_prior, kernel_size: int, stride: int, dilation: int, phi: int):
+    """The compiled forward: the output (N, C, Ho, Wo). ``phi`` is the composability's code in ``PHI_CODES``."""
+    return torch.ops.lrrobust.local_relation_forward(
+        query, key, value, geo_prior, int(kernel_size), int(stride), int(dilation), int(phi)
+    )
+
+
+def fused_backward(grad_out, query, key, value, geo_prior, kernel_size: int, stride: int, dilation: int, phi: int):
+    """The compiled backward: the gradients of (query, key, value, geo_prior) for ``grad_out``."""
+    return torch.ops.lrrobust.local_relation_backward(
+        grad_out, query, key, value, geo_prior, int(kernel_size), int(stride), int(dilation), int(phi)
+    )
 
 
 def _has_kernel(dispatch_key: str) -> bool:
@@ -81,7 +116,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     query, key, value, geo_prior = ctx.saved_tensors
-    grads = torch.ops.lrrobust.local_relation_backward(grad_out, query, key, value, geo_prior, *ctx.options)
+    grads = fused_backward(grad_out, query, key, value, geo_prior, *ctx.options)
     return (*grads, None, None, None, None)
 
 
@@ -91,8 +126,8 @@ if LOADED:
     torch.library.register_autograd(FORWARD, _backward, setup_context=_setup_context)
 
 
-def build_info() -> str:
-    """One line: which compiled kernels this installation has (used by ``make install``)."""
+def kernel_info() -> str:
+    """Which compiled kernels this installation has (the first part of ``lrrobust.ops.build_info``)."""
     if not LOADED:
         return f"lrrobust._C not loaded ({LOAD_ERROR}); the pure-PyTorch reference serves every device"
     kernels = ", ".join(f"{name.upper()} kernel {'compiled' if has else 'not compiled'}" for name, has in KERNELS.items())
