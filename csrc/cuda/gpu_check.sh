@@ -53,6 +53,8 @@ arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=${MAX_JOBS:-16}
 step build $PY setup.py build_ext --inplace
 step build_info $PY -c "import lrrobust.ops as o; print(o.build_info()); assert o.kernel_available('cuda')"
+# The first-use self-check (lrrobust/ops/self_check.py) in every dtype: each one's worst difference and its cost.
+step self_check $PY -c "import lrrobust.ops.self_check as s; rs=[s.run_self_check('cuda', d) for d in s.TOLERANCES]; [print(r.describe()) for r in rs]; assert all(r.passed for r in rs)"
 sanitize() {  # sanitize TOOL PYTEST_K: small cases of test_ops_cuda.py under compute-sanitizer
   # without PyTorch's caching allocator, so a read past a tensor's end leaves its allocation and is seen
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$1" --error-exitcode 1 --target-processes all \
@@ -60,7 +62,7 @@ sanitize() {  # sanitize TOOL PYTEST_K: small cases of test_ops_cuda.py under co
 }
 
 if [[ $MODE != bench ]]; then
-  step pytest_cuda $PY -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py tests/test_fold.py tests/test_ops.py
+  step pytest_cuda $PY -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py tests/test_op_self_check.py tests/test_fold.py tests/test_ops.py
   step sanitizer_memcheck sanitize memcheck "not stage_shapes and not gradcheck"
   step sanitizer_racecheck sanitize racecheck "forward_and_gradients_match_reference"  # every kernel and tile path
 fi
