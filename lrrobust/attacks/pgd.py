@@ -7,7 +7,7 @@ iterate; restarts keep the per-sample worst case (``AttackSpec.run``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torchattacks
 from torch import nn
@@ -45,8 +45,14 @@ class PGD(AttackSpec):
     source: str | None = None
 
     kind = "pgd"
+    title: ClassVar[str] = "PGD"  # how describe() names the attack
     keys = frozenset({"targeted", "eps", "step_size", "steps", "random_start", "restarts", "source"})
     example = 'eps = "16/255", steps = 100, step_size = "1/255"'
+
+    @classmethod
+    def default_step(cls, eps: float, steps: int) -> float:
+        """The step when a suite gives none (``default_step_size``)."""
+        return default_step_size(eps, steps)
 
     @classmethod
     def from_table(cls, name: str, table: dict[str, Any], role: str = "suite") -> PGD:
@@ -59,13 +65,14 @@ class PGD(AttackSpec):
             raise UserError(f"{where}: source must be a checkpoint path")
         return cls(
             name=name, eps=eps, targeted=check_bool(table.get("targeted", False), f"{where}: targeted"), role=role,
-            step_size=default_step_size(eps, steps) if step is None else parse_fraction(step, f"{where}: step_size"),
+            step_size=cls.default_step(eps, steps) if step is None else parse_fraction(step, f"{where}: step_size",
+                                                                                      maximum=cls.max_eps),
             steps=steps, random_start=check_bool(table.get("random_start", True), f"{where}: random_start"),
             restarts=check_int(table.get("restarts", 1), f"{where}: restarts", 1), source=source,
         )
 
     def describe(self) -> str:
-        return (f"{self.name}: PGD {'targeted' if self.targeted else 'untargeted'}, eps {self.eps_text()}, "
+        return (f"{self.name}: {self.title} {'targeted' if self.targeted else 'untargeted'}, eps {self.eps_text()}, "
                 f"step {format_eps(self.step_size, self.norm)}, {self.steps} steps, "
                 f"{'random' if self.random_start else 'no random'} start, {self.restarts} restart"
                 f"{'s' if self.restarts != 1 else ''}" + (f", transfer from {self.source}" if self.source else ""))
