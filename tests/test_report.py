@@ -281,6 +281,15 @@ def test_report_cli(runs, tmp_path):
     assert result.exit_code == 2
     assert "not a directory" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r2").exists()
+    notes = tmp_path / "notes.md"
+    notes.write_text("## How these models were sized\n\nWidth 0.125 to fit 3 hours.\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["report", str(runs / "resnet18-adversarial"), "--out", str(tmp_path / "r3"),
+                                      "--notes", str(notes)])
+    assert result.exit_code == 0, result.output
+    assert "## How these models were sized\n\nWidth 0.125 to fit 3 hours." in (tmp_path / "r3" / "table9.md").read_text()
+    result = CliRunner().invoke(app, ["report", str(runs / "resnet18-adversarial"), "--out", str(tmp_path / "r4"),
+                                      "--notes", str(tmp_path / "nope.md")])
+    assert result.exit_code == 2 and "--notes" in result.output and not (tmp_path / "r4").exists()
 
 
 def _edit_attack(directory: Path, name: str, **changes) -> None:

@@ -191,13 +191,21 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="Report directory, e.g. reports/NAME.")],
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Put results measured with other attacks, eps, "
                                               "images or splits in one table anyway, marked with a dagger.")] = False,
+    notes: Annotated[Path | None, typer.Option("--notes", help="A markdown file added to the report as a section "
+                                               "after the tables (how the models were sized, what was run).")] = None,
 ) -> None:
     """Table 9 style report: worst case with intervals, paired tests, plots, masking checks and manifests."""
     from lrrobust.io import ensure_writable_dir
     from lrrobust.report import write_report
 
+    sections = []
+    if notes is not None:
+        try:
+            sections.append(notes.read_text(encoding="utf-8").rstrip() + "\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--notes {notes} cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
     ensure_writable_dir(out, "--out", create=False)  # the report creates it only once its inputs are read
-    path = write_report(dirs, out, allow_mixed=allow_mixed)
+    path = write_report(dirs, out, allow_mixed=allow_mixed, extra_sections=sections)
     console.print(f"wrote {path}")
 
 
