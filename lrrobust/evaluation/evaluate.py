@@ -85,17 +85,12 @@ def check_compatible(info: dict[str, Any], dataset: str, classes: int | None, in
                         f"but {dataset} has {in_chans}; evaluate it on its own dataset")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available; use --device cpu")
-        if "LOCAL_RANK" in os.environ and name == "cuda":
-            name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    elif name != "cpu":
-        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+def resolve_device(name: str) -> torch.device:
+    """``--device`` of eval-attack: auto (CUDA when available), cpu, cuda or cuda:N; under torchrun, the local
+    rank's GPU (``lrrobust.training.distributed.resolve_device`` with "auto" as its default)."""
+    from lrrobust.training.distributed import resolve_device as resolve
+
+    return resolve(None if name == "auto" else name, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _start_distributed(device: torch.device) -> bool:
@@ -176,7 +171,7 @@ def evaluate_target(
         check_compatible(source.info, dataset, target.num_classes, info.in_chans, "transfer source")
         sources[name] = source.model
         source_info[name] = {k: source.info[k] for k in ("checkpoint", "sha256", "model_spec", "training", "dataset")}
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     target.model.to(torch_device)
     check_module(target.model, data, target.num_classes, dataset, torch_device)
     started = _start_distributed(torch_device)

@@ -97,7 +97,7 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
-def _stage_seeds(seed: int, batch: int, spec: AttackSpec, source_digest: str | None) -> Callable[[int], int]:
+def stage_seeds(seed: int, batch: int, spec: AttackSpec, source_digest: str | None) -> Callable[[int], int]:
     """The global-RNG seed of each stage (restart or component) of ``spec`` on ``batch``."""
     key = spec.seed_key()
     if source_digest is None:
@@ -155,7 +155,7 @@ def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
                 restarts = getattr(spec, "restarts", 1)
                 outcome = spec.run(
                     model, images, labels, num_classes=classes, targets=targets if spec.targeted else None,
-                    seed_for=_stage_seeds(shard.seed, b, spec, shard.source_digests.get(source_name)),
+                    seed_for=stage_seeds(shard.seed, b, spec, shard.source_digests.get(source_name)),
                     source=shard.sources.get(source_name) if source_name else None,
                     first=single.get(spec.seed_key() + str(source_name)) if restarts > 1 else None,
                 )

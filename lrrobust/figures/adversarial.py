@@ -20,7 +20,7 @@ import torch
 from lrrobust.attacks import spec_class
 from lrrobust.errors import UserError
 from lrrobust.evaluation.ledger import Ledger, Outcome
-from lrrobust.evaluation.loop import EvalTarget, _stage_seeds, sample_indices, target_offsets
+from lrrobust.evaluation.loop import EvalTarget, sample_indices, stage_seeds, target_offsets
 from lrrobust.evaluation.summary import Summary, indices_digest, read_ledger, read_summary
 
 
@@ -114,7 +114,7 @@ def regenerate(summary: Summary, ledger: Ledger, target: EvalTarget, index: int,
     targets = (labels + target_offsets(len(data), classes, summary.seed)[batch].to(device)) % classes
     model = target.model.to(device)
     result = spec.run(model, images, labels, num_classes=classes, targets=targets if spec.targeted else None,
-                      seed_for=_stage_seeds(summary.seed, b, spec, None))
+                      seed_for=stage_seeds(summary.seed, b, spec, None))
     rows = [ledger.indices.index(i) for i in batch]
     recorded = torch.tensor([outcome.adv_pred[r] for r in rows])
     j = batch.index(index)

@@ -43,13 +43,13 @@ def plot_relation(
     """Draw Fig. 5 for test image ``image`` at ``pixel`` (default the centre) of ``layer`` (default the first
     local relation layer of res2); with ``eval_dir``, also on the image's adversarial version. Returns the PNG."""
     from lrrobust.data import load_dataset
-    from lrrobust.evaluation.evaluate import _device, load_target
+    from lrrobust.evaluation.evaluate import load_target, resolve_device
 
     if groups < 1:
         raise UserError(f"--groups must be at least 1, got {groups}")
     target, _ = load_target(checkpoint)
     entry = choose_layer(lr_layers(target.model, str(checkpoint)), layer)
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     evaluation = read_evaluation(eval_dir, target) if eval_dir is not None else None
     if evaluation is not None:
         check_attacked(*evaluation, image)
