@@ -182,7 +182,7 @@ def test_mnist_images_are_28x28_in_the_unit_interval_with_the_recorded_statistic
     assert len(train) == 3500 and tuple(train[0][0].shape) == (1, 28, 28)
     assert float(train.images.min()) == 0.0 and float(train.images.max()) == 1.0
     info = dataset_info("mnist")
-    assert (info.num_classes, info.in_chans, info.image_size, info.stem) == (10, 1, 28, "small")
+    assert (info.num_classes, info.in_chans, info.image_size, info.stem) == (10, 1, 28, "half")
     assert float(train.images.mean()) == pytest.approx(info.mean[0], abs=1e-3)
     assert float(train.images.std()) == pytest.approx(info.std[0], abs=1e-3)
     assert len(load_dataset("mnist", "val")) == 500 and len(load_dataset("mnist", "test")) == 1000
