@@ -220,3 +220,12 @@ def test_format_p():
     assert format_p(0.03857) == "p = 0.039"
     assert format_p(0.41) == "p = 0.410"
     assert format_p(1.0) == "p = 1.000"
+
+
+def test_a_t_interval_over_seeds_never_leaves_the_unit_interval():
+    from lrrobust.evaluation.stats import summarize_seeds
+
+    wide = summarize_seeds([0.058, 0.092, 0.282])  # the MNIST LR-Nets' untargeted figures: the t-interval reaches -0.16
+    assert wide.interval[0] == 0.0 and 0.144 < wide.interval[1] < 1.0
+    high = summarize_seeds([0.912, 0.918, 0.768])
+    assert high.interval[1] == 1.0 and high.interval[0] < high.mean

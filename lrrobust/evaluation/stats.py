@@ -106,7 +106,8 @@ class SeedSummary:
 
 
 def summarize_seeds(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
-    """Mean, sample std, range and (3 seeds or more) t-interval of the mean of per-seed accuracies."""
+    """Mean, sample std, range and (3 seeds or more) t-interval of the mean of per-seed accuracies, clipped to
+    [0, 1] (with 3 seeds and a large spread the t-interval reaches past what an accuracy can be)."""
     _check_level("confidence", confidence)
     vals = tuple(float(v) for v in values)
     if not vals:
@@ -117,7 +118,7 @@ def summarize_seeds(values: Sequence[float], confidence: float = 0.95) -> SeedSu
     interval: tuple[float, float] | None = None
     if k >= _MIN_SEEDS_FOR_T:
         half = float(stats.t.ppf((1.0 + confidence) / 2.0, df=k - 1)) * std / math.sqrt(k)
-        interval = (mean - half, mean + half)
+        interval = (max(0.0, mean - half), min(1.0, mean + half))  # an accuracy lies in [0, 1]
     return SeedSummary(values=vals, mean=mean, std=std, minimum=min(vals), maximum=max(vals), interval=interval)
 
 
