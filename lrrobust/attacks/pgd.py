@@ -46,6 +46,7 @@ class PGD(AttackSpec):
 
     kind = "pgd"
     title: ClassVar[str] = "PGD"  # how describe() names the attack
+    attack_class: ClassVar[type] = torchattacks.PGD  # the torchattacks attack it builds
     keys = frozenset({"targeted", "eps", "step_size", "steps", "random_start", "restarts", "source"})
     example = 'eps = "16/255", steps = 100, step_size = "1/255"'
 
@@ -78,8 +79,8 @@ class PGD(AttackSpec):
                 f"{'s' if self.restarts != 1 else ''}" + (f", transfer from {self.source}" if self.source else ""))
 
     def build(self, model: nn.Module, num_classes: int, seed: int) -> torchattacks.PGD:
-        attack = torchattacks.PGD(model, eps=self.eps, alpha=self.step_size, steps=self.steps,
-                                  random_start=self.random_start)
+        attack = self.attack_class(model, eps=self.eps, alpha=self.step_size, steps=self.steps,
+                                   random_start=self.random_start)
         if self.targeted:
             attack.set_mode_targeted_by_label(quiet=True)
         return attack

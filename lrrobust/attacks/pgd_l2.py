@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import torchattacks
-from torch import nn
 
 from lrrobust.attacks.pgd import PGD
 from lrrobust.attacks.registry import register
@@ -35,15 +34,9 @@ class PGDL2(PGD):
     norm = "l2"
     max_eps = MAX_L2_EPS
     title = "PGD-L2"
+    attack_class = torchattacks.PGDL2
     example = "eps = 0.5, steps = 100"
 
     @classmethod
     def default_step(cls, eps: float, steps: int) -> float:
         return l2_step_size(eps, steps)
-
-    def build(self, model: nn.Module, num_classes: int, seed: int) -> torchattacks.PGDL2:
-        attack = torchattacks.PGDL2(model, eps=self.eps, alpha=self.step_size, steps=self.steps,
-                                    random_start=self.random_start)
-        if self.targeted:
-            attack.set_mode_targeted_by_label(quiet=True)
-        return attack
