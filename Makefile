@@ -28,7 +28,8 @@ $(STAMP): $(VENV)/.torch-installed $(EXT_SOURCES)
 install: $(STAMP)
 
 test: install
-	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; \
+	$(PY) csrc/cuda/sass_count.py || true; exit $$rc  # static SASS counts: a report, never a pass/fail
 
 demo: install
 	$(VENV)/bin/lrrobust demo
