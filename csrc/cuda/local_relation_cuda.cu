@@ -5,7 +5,10 @@
 #if !defined(__CUDA_ARCH__)
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include "lr_host.cuh"
@@ -34,8 +37,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backwa
   check_cuda(value, "value");
   check_cuda(grad_out, "grad_out");
   const c10::cuda::CUDAGuard guard(value.device());
+  int sms = 0;  // the gather pass aims at kMinWaves blocks per multiprocessor of this device
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  const cuda::LrLimits lim{cuda::kSharedLimit, cuda::kPartialBudget, cuda::kPartialCap, int64_t(cuda::kMinWaves) * sms};
   return cuda::lr_backward_checked(grad_out, query, key, value, geo_prior, kernel_size, stride, dilation,
-                                   composability, cuda::kSharedLimit, cuda::kPartialBudget);
+                                   composability, lim);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@ template <typename T>
 LR_DEV T lr_shfl_xor(T v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
 }
+LR_DEV bool lr_vote_any(bool pred) { return __any_sync(0xffffffffu, pred) != 0; }
 LR_DEV float lr_exp(float x) { return __expf(x); }
 LR_DEV double lr_exp(double x) { return ::exp(x); }
 LR_DEV float lr_log(float x) { return __logf(x); }
@@ -39,6 +40,7 @@ template <typename T>
 inline T lr_shfl_xor(T v, int lane_mask) {
   return ::lremu::shfl_xor(v, lane_mask);
 }
+inline bool lr_vote_any(bool pred) { return ::lremu::vote_any(pred); }
 inline float lr_exp(float x) { return std::exp(x); }
 inline double lr_exp(double x) { return std::exp(x); }
 inline float lr_log(float x) { return std::log(x); }

@@ -65,6 +65,12 @@ inline LrGeom lr_geom(const LocalRelationShape& s, int64_t composability) {
   return g;
 }
 
+// What the backward's planner may use: dynamic shared memory per block, the geo_prior partial sums' budget
+// and cap (entries), and the blocks the gather pass should at least launch (kMinWaves per multiprocessor).
+struct LrLimits {
+  int64_t smem, partial_budget, partial_cap, min_blocks;
+};
+
 inline void lr_check_grid(int64_t blocks) {
   TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), "local_relation (CUDA): ", blocks,
               " thread blocks exceed the grid limit of 2^31 - 1; split the batch");
@@ -91,8 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
                                                                        const at::Tensor& key,
                                                                        const at::Tensor& value,
                                                                        const at::Tensor& geo_prior,
-                                                                       const LrGeom& g, int64_t smem_limit,
-                                                                       int64_t partial_budget) {
+                                                                       const LrGeom& g, const LrLimits& lim) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor grad_query = at::empty(query.sizes(), query.options());
   at::Tensor grad_key = at::empty(key.sizes(), key.options());
@@ -115,15 +120,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
   // Per-output statistics (N*G*Ho*Wo each): the log-sum-exp of the logits and D = sum_ab w*dw.
   at::Tensor lse = at::empty({g.n, g.groups, g.out_h, g.out_w}, acc_options);
   at::Tensor dsum = at::empty({g.n, g.groups, g.out_h, g.out_w}, acc_options);
-  const LrTile tw = lr_plan_window_pass(g, sizeof(scalar_t), sizeof(acc_t), smem_limit);
+  const LrTile tw = lr_plan_window_pass(g, sizeof(scalar_t), sizeof(acc_t), lim.smem);
   lr_check_grid(int64_t(tw.tiles_x) * tw.tiles_y * g.groups * g.n);
   lr_run_stats<scalar_t>(go, q, k, v, geo, grad_query.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(),
                          dsum.mutable_data_ptr<acc_t>(), g, tw, stream);
   LR_CHECK_LAUNCH();
   // Gradients of key and value, and per-block partial sums of the geo_prior gradient, then their sum.
-  const LrTile tg = lr_plan_gather_pass(g, sizeof(scalar_t), sizeof(acc_t), smem_limit, partial_budget);
+  const LrTile tg = lr_plan_gather_pass(g, sizeof(scalar_t), sizeof(acc_t), lim.smem, lim.partial_budget,
+                                        lim.partial_cap, lim.min_blocks);
   const int64_t entries = int64_t(g.groups) * g.ksize * g.ksize;
-  const int64_t slots = int64_t(tg.n_chunks) * tg.tiles_x * tg.tiles_y;
+  const int64_t slots = int64_t(tg.n_chunks) * tg.tile_slots;
   lr_check_grid(slots * g.groups);
   lr_check_grid(entries);
   at::Tensor partial = at::empty({entries * slots}, acc_options);
@@ -156,7 +162,7 @@ inline at::Tensor lr_forward_checked(const at::Tensor& query, const at::Tensor& 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward_checked(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t composability,
-    int64_t smem_limit, int64_t partial_budget) {
+    const LrLimits& lim) {
   const LocalRelationShape shape =
       check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == shape.n && grad_out.size(1) == shape.channels &&
@@ -170,7 +176,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward_ch
   const at::Tensor v = value.contiguous(), gp = geo_prior.contiguous();
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "local_relation_backward_cuda", [&] {
-    grads = lr_backward<scalar_t>(go, q, k, v, gp, g, smem_limit, partial_budget);
+    grads = lr_backward<scalar_t>(go, q, k, v, gp, g, lim);
   });
   return grads;
 }

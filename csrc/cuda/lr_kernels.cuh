@@ -50,18 +50,28 @@ LR_HD void lr_window_range(int i, int size, int K, int r, int s, int d, int& lo,
   hi = lr_min(K - 1, r + (size - 1 - y) / d);
 }
 
-// Inverse neighbourhood: the output index i with i*s + delta = y (delta = (a-r)*d); false if none exists.
-LR_HD bool lr_inverse_index(int y, int delta, int s, int out_size, int& i) {
-  const int t = y - delta;
-  if (t < 0) return false;
-  if (s == 1) {
-    i = t;
-  } else {
-    if (t % s != 0) return false;
-    i = t / s;
-  }
-  return i < out_size;
+// Inverse neighbourhood: the output index i with i*s + (a-r)*d = y, walked along the offsets a = 0, 1, ...
+// without a division per offset. t = y - (a-r)*d is kept as q*s + rem with 0 <= rem < s; an output exists
+// when rem == 0 and 0 <= q < out_size (then i = q). Each step subtracts d = dq*s + dr.
+struct LrInverse {
+  int q, rem;
+};
+LR_HD LrInverse lr_inverse_at(int y, int a, int r, int s, int d) {
+  const int t = y - (a - r) * d;
+  LrInverse v;
+  v.q = lr_floor_div(t, s);
+  v.rem = t - v.q * s;
+  return v;
 }
+LR_HD void lr_inverse_step(LrInverse& v, int s, int dq, int dr) {
+  v.q -= dq;
+  v.rem -= dr;
+  if (v.rem < 0) {
+    v.rem += s;
+    v.q -= 1;
+  }
+}
+LR_HD bool lr_inverse_valid(const LrInverse& v, int out_size) { return v.rem == 0 && v.q >= 0 && v.q < out_size; }
 
 // Appearance composability Phi(q, k) (Eq. 3-5) and its derivatives. KIND >= 0 fixes the kind at compile
 // time; KIND = -1 reads it from `kind` (the global-memory kernels, which are not the fast path).
@@ -102,6 +112,9 @@ LR_HD bool lr_finite(T x) {
   return x - x == T(0);
 }
 
+// Whether pred holds for any lane of the warp (every lane gets the same answer).
+LR_DEV bool lr_warp_any(bool pred) { return lr_vote_any(pred); }
+
 // Butterfly sum over the 32 lanes of a warp: every lane gets the same, deterministic, result.
 template <typename T>
 LR_DEV T lr_warp_sum(T v) {
@@ -109,17 +122,18 @@ LR_DEV T lr_warp_sum(T v) {
   return v;
 }
 
-// Copies the rows x cols window at (y0, x0) of a height x width plane into dst (pitch cols); pixels outside
-// the plane read as 0 (they are never used: the kernels only visit in-image offsets). All threads call it.
+// Copies the rows x cols window at (y0, x0) of a height x width plane into dst (row pitch `pitch`); pixels
+// outside the plane read as 0 (they are never used: the kernels only visit in-image offsets). All threads
+// call it.
 template <typename T>
-LR_DEV void lr_stage_plane(T* dst, const T* __restrict__ src, int y0, int x0, int rows, int cols, int height,
-                           int width) {
+LR_DEV void lr_stage_plane(T* dst, const T* __restrict__ src, int y0, int x0, int rows, int cols, int pitch,
+                           int height, int width) {
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
     const bool row_in = y >= 0 && y < height;
     for (int rx = threadIdx.x; rx < cols; rx += blockDim.x) {
       const int x = x0 + rx;
-      dst[ry * cols + rx] = (row_in && x >= 0 && x < width) ? src[y * width + x] : static_cast<T>(0.0f);
+      dst[ry * pitch + rx] = (row_in && x >= 0 && x < width) ? src[y * width + x] : static_cast<T>(0.0f);
     }
   }
 }
@@ -134,7 +148,7 @@ struct alignas(16) LrVec {
 // Like lr_stage_plane, for the channels [0, mc) of planes src + c * plane_stride, interleaved.
 template <typename T>
 LR_DEV void lr_stage_channels(LrVec<T>* dst, const T* __restrict__ src, int64_t plane_stride, int mc, int y0,
-                              int x0, int rows, int cols, int height, int width) {
+                              int x0, int rows, int cols, int pitch, int height, int width) {
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
     const bool row_in = y >= 0 && y < height;
@@ -145,7 +159,7 @@ LR_DEV void lr_stage_channels(LrVec<T>* dst, const T* __restrict__ src, int64_t 
       LrVec<T> e;
 #pragma unroll
       for (int c = 0; c < kChannelChunk; ++c) e.v[c] = (in && c < mc) ? p[c * plane_stride] : static_cast<T>(0.0f);
-      dst[ry * cols + rx] = e;
+      dst[ry * pitch + rx] = e;
     }
   }
 }
@@ -193,22 +207,36 @@ LR_DEV LrBlock lr_block(const LrTile& t, int groups) {
   return b;
 }
 
+// The input region a tile of the window passes reads: the haloed span of its output pixels, clipped to the
+// map (rows [y0, y0 + rows), cols [x0, x0 + cols); at most t.rh x t.rw, see lr_plan_window_pass).
+struct LrRegion {
+  int y0, x0, rows, cols;
+};
+LR_DEV LrRegion lr_window_region(const LrGeom& g, const LrTile& t, const LrBlock& blk) {
+  const int rd = g.radius * g.dilation;
+  const int i0 = blk.tile_i * t.th, j0 = blk.tile_j * t.tw;
+  const int i1 = lr_min(g.out_h, i0 + t.th) - 1, j1 = lr_min(g.out_w, j0 + t.tw) - 1;
+  LrRegion reg;
+  reg.y0 = lr_max(0, i0 * g.stride - rd);
+  reg.x0 = lr_max(0, j0 * g.stride - rd);
+  reg.rows = lr_min(g.height - 1, i1 * g.stride + rd) - reg.y0 + 1;
+  reg.cols = lr_min(g.width - 1, j1 * g.stride + rd) - reg.x0 + 1;
+  return reg;
+}
+
 // The window of one output pixel: offsets [a_lo, a_hi] x [b_lo, b_hi] are in the image, and the element of
-// offset (a, b) sits at plane[centre + (a - r) * row_step + (b - r) * d] in the staged tile (TILED) or in
-// the global plane.
+// offset (a, b) sits at plane[centre + (a - r) * row_step + (b - r) * d] in the staged tile (TILED: the region
+// reg with row pitch t.rw) or in the global plane.
 struct LrWindow {
   int a_lo, a_hi, b_lo, b_hi, centre, row_step;
 };
 template <bool TILED>
-LR_DEV LrWindow lr_window(const LrGeom& g, const LrTile& t, int i, int j) {
+LR_DEV LrWindow lr_window(const LrGeom& g, const LrTile& t, const LrRegion& reg, int i, int j) {
   LrWindow w;
   lr_window_range(i, g.height, g.ksize, g.radius, g.stride, g.dilation, w.a_lo, w.a_hi);
   lr_window_range(j, g.width, g.ksize, g.radius, g.stride, g.dilation, w.b_lo, w.b_hi);
   if constexpr (TILED) {
-    // The tile starts at pixel (tile_i*th*s - r*d, tile_j*tw*s - r*d): pixel (i*s, j*s) is at
-    // (threadIdx.y*s + r*d, threadIdx.x*s + r*d).
-    const int rd = g.radius * g.dilation;
-    w.centre = (static_cast<int>(threadIdx.y) * g.stride + rd) * t.rw + static_cast<int>(threadIdx.x) * g.stride + rd;
+    w.centre = (i * g.stride - reg.y0) * t.rw + j * g.stride - reg.x0;
     w.row_step = g.dilation * t.rw;
   } else {
     w.centre = i * g.stride * g.width + j * g.stride;
@@ -242,12 +270,11 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem);
   scalar_t* s_key = reinterpret_cast<scalar_t*>(smem + t.off_a);
   LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
-  const int y0 = blk.tile_i * t.th * g.stride - r * d;
-  const int x0 = blk.tile_j * t.tw * g.stride - r * d;
+  const LrRegion reg = lr_window_region(g, t, blk);
   if constexpr (TILED) {
     const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
     for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
-    lr_stage_plane(s_key, key_plane, y0, x0, t.rh, t.rw, g.height, g.width);
+    lr_stage_plane(s_key, key_plane, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
   }
   auto geo_at = [&](int ab) -> acc_t {
     if constexpr (TILED) {
@@ -257,7 +284,7 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
     }
   };
   const scalar_t* kp = TILED ? s_key : key_plane;
-  const LrWindow win = lr_window<TILED>(g, t, active ? i : 0, active ? j : 0);
+  const LrWindow win = lr_window<TILED>(g, t, reg, active ? i : 0, active ? j : 0);
   acc_t q = 0;
   acc_t mx = static_cast<acc_t>(-INFINITY);
   if (active) q = static_cast<acc_t>(query[(int64_t(n) * g.groups + grp) * out_hw + int64_t(i) * g.out_w + j]);
@@ -267,7 +294,7 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
     const scalar_t* vp = value_plane + cc * hw;
     if constexpr (TILED) {
       if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tile
-      lr_stage_channels(s_value, vp, hw, mc, y0, x0, t.rh, t.rw, g.height, g.width);
+      lr_stage_channels(s_value, vp, hw, mc, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
       LR_SYNC();
     }
     auto values_at = [&](int off) -> LrVec<scalar_t> {
@@ -346,12 +373,11 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem);
   scalar_t* s_key = reinterpret_cast<scalar_t*>(smem + t.off_a);
   LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
-  const int y0 = blk.tile_i * t.th * g.stride - r * d;
-  const int x0 = blk.tile_j * t.tw * g.stride - r * d;
+  const LrRegion reg = lr_window_region(g, t, blk);
   if constexpr (TILED) {
     const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
     for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
-    lr_stage_plane(s_key, key_plane, y0, x0, t.rh, t.rw, g.height, g.width);
+    lr_stage_plane(s_key, key_plane, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
   }
   auto geo_at = [&](int ab) -> acc_t {
     if constexpr (TILED) {
@@ -361,7 +387,7 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
     }
   };
   const scalar_t* kp = TILED ? s_key : key_plane;
-  const LrWindow win = lr_window<TILED>(g, t, active ? i : 0, active ? j : 0);
+  const LrWindow win = lr_window<TILED>(g, t, reg, active ? i : 0, active ? j : 0);
   acc_t q = 0, t0 = 0;
   acc_t mx = static_cast<acc_t>(-INFINITY);
   acc_t z = 0, s_sum = 0, a_sum = 0, b_sum = 0;  // sum p, sum p*tq, sum p*dw, sum p*dw*tq
@@ -372,7 +398,7 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
     const scalar_t* vp = value_plane + cc * hw;
     if constexpr (TILED) {
       if (cc > 0) LR_SYNC();
-      lr_stage_channels(s_value, vp, hw, mc, y0, x0, t.rh, t.rw, g.height, g.width);
+      lr_stage_channels(s_value, vp, hw, mc, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
       LR_SYNC();
     }
     auto values_at = [&](int off) -> LrVec<scalar_t> {
@@ -439,8 +465,10 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
 
 // Backward, per input pixel y = (yy, xx) of one group: grad_key, grad_value over the inverse neighbourhood,
 // and the partial sums of the geo_prior gradient: geo_partial[(g*KK + ab) * slots + slot] = sum over the
-// block's pixels and batch chunk of w*(dw - D). Offsets run in block-uniform order so a warp can reduce
-// each one with shuffles; no atomics anywhere, every sum has a fixed order.
+// block's pixels (its run of t.tiles_per_block tiles) and batch chunk of w*(dw - D). Offsets run in
+// block-uniform order so a warp can reduce each one with shuffles, skipped when no lane of the warp has an
+// output at that offset (at stride s most rows and columns have none); no atomics anywhere, every sum has a
+// fixed order.
 template <typename scalar_t, int KIND, bool TILED>
 LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
                                 const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
@@ -451,37 +479,27 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
   using acc_t = at::opmath_type<scalar_t>;
   LR_DYNAMIC_SMEM(smem);
   const int K = g.ksize, KK = K * K, r = g.radius, s = g.stride, d = g.dilation;
-  const LrBlock blk = lr_block(t, g.groups);
-  const int grp = blk.group;
-  const int n_begin = blk.outer * t.n_per;
+  // Block index -> (run of tiles, group, batch chunk), runs fastest.
+  const int64_t blk = blockIdx.x;
+  const int run = static_cast<int>(blk % t.tile_slots);
+  const int grp = static_cast<int>((blk / t.tile_slots) % g.groups);
+  const int outer = static_cast<int>(blk / t.tile_slots / g.groups);
+  const int n_begin = outer * t.n_per;
   const int n_end = lr_min(g.n, n_begin + t.n_per);
-  const int64_t slots = int64_t(t.n_chunks) * t.tiles_x * t.tiles_y;
-  const int64_t slot = int64_t(blk.outer) * t.tiles_x * t.tiles_y + int64_t(blk.tile_i) * t.tiles_x + blk.tile_j;
+  const int64_t slots = int64_t(t.n_chunks) * t.tile_slots;
+  const int64_t slot = int64_t(outer) * t.tile_slots + run;
+  const int tile_begin = run * t.tiles_per_block;
+  const int tile_end = lr_min(t.tiles_x * t.tiles_y, tile_begin + t.tiles_per_block);
   const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
   const int nthreads = t.tw * t.th;
   const int warp = tid / 32, lane = tid % 32, nwarps = nthreads / 32;
-  const int ty0 = blk.tile_i * t.th, tx0 = blk.tile_j * t.tw;  // first pixel of the tile
-  const int yy = ty0 + static_cast<int>(threadIdx.y), xx = tx0 + static_cast<int>(threadIdx.x);
-  const bool active = yy < g.height && xx < g.width;
   const int c_begin = grp * g.per_group;
   const int m_g = lr_min(g.per_group, g.channels - c_begin);
   const int64_t hw = int64_t(g.height) * g.width;
   const int64_t out_hw = int64_t(g.out_h) * g.out_w;
-  const int pix = active ? yy * g.width + xx : 0;
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
   const int rd = r * d;
-
-  // Outputs whose windows reach the tile: rows [oi_lo, oi_lo + orh), cols [oj_lo, oj_lo + orw); the counts
-  // may be <= 0 (no output reaches the tile) and never exceed the capacity t.rh x t.rw.
-  const int oi_lo = lr_max(0, lr_ceil_div(ty0 - rd, s));
-  const int oj_lo = lr_max(0, lr_ceil_div(tx0 - rd, s));
-  const int orh = lr_min(g.out_h - 1, lr_floor_div(ty0 + t.th - 1 + rd, s)) - oi_lo + 1;
-  const int orw = lr_min(g.out_w - 1, lr_floor_div(tx0 + t.tw - 1 + rd, s)) - oj_lo + 1;
-  // Offsets that can reach any pixel of the tile from any output: (a - r)*d in [ty0 - (Ho-1)*s, last row].
-  const int ra_lo = lr_max(0, r + lr_ceil_div(ty0 - (g.out_h - 1) * s, d));
-  const int ra_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.height - 1, ty0 + t.th - 1), d));
-  const int rb_lo = lr_max(0, r + lr_ceil_div(tx0 - (g.out_w - 1) * s, d));
-  const int rb_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.width - 1, tx0 + t.tw - 1), d));
+  const int dq = d / s, dr = d - (d / s) * s;  // one offset step of the inverse index
 
   // Shared memory: per-warp offset sums; TILED adds geo[g], the statistics and grad_out tiles.
   acc_t* s_dg = reinterpret_cast<acc_t*>(smem);
@@ -499,111 +517,135 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
     }
   };
 
-  for (int n = n_begin; n < n_end; ++n) {
-    const int64_t ng = int64_t(n) * g.groups + grp;
-    const scalar_t* q_plane = query + ng * out_hw;
-    const acc_t* lse_plane = lse + ng * out_hw;
-    const acc_t* dsum_plane = dsum + ng * out_hw;
-    if constexpr (TILED) {
-      LR_SYNC();  // the previous image's tiles are no longer read
-      lr_stage_stats(s_stats, q_plane, lse_plane, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
-    }
-    auto stats_at = [&](int o) -> LrStats<acc_t> {
-      if constexpr (TILED) {
-        return s_stats[o];
-      } else {
-        LrStats<acc_t> e;
-        e.q = static_cast<acc_t>(q_plane[o]);
-        e.lse = lse_plane[o];
-        e.dsum = dsum_plane[o];
-        e.pad = 0;
-        return e;
-      }
-    };
-    const acc_t kv = active ? static_cast<acc_t>(key[ng * hw + pix]) : acc_t(0);
-    acc_t dk = 0;
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int ty0 = (tile / t.tiles_x) * t.th, tx0 = (tile % t.tiles_x) * t.tw;  // first pixel of the tile
+    const int yy = ty0 + static_cast<int>(threadIdx.y), xx = tx0 + static_cast<int>(threadIdx.x);
+    const bool active = yy < g.height && xx < g.width;
+    const int pix = active ? yy * g.width + xx : 0;
+    // Outputs whose windows reach the tile: rows [oi_lo, oi_lo + orh), cols [oj_lo, oj_lo + orw); the counts
+    // may be <= 0 (no output reaches the tile) and never exceed the capacity t.rh x t.rw.
+    const int oi_lo = lr_max(0, lr_ceil_div(ty0 - rd, s));
+    const int oj_lo = lr_max(0, lr_ceil_div(tx0 - rd, s));
+    const int orh = lr_min(g.out_h - 1, lr_floor_div(ty0 + t.th - 1 + rd, s)) - oi_lo + 1;
+    const int orw = lr_min(g.out_w - 1, lr_floor_div(tx0 + t.tw - 1 + rd, s)) - oj_lo + 1;
+    // Offsets that can reach any pixel of the tile from any output: (a - r)*d in [ty0 - (Ho-1)*s, last row].
+    const int ra_lo = lr_max(0, r + lr_ceil_div(ty0 - (g.out_h - 1) * s, d));
+    const int ra_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.height - 1, ty0 + t.th - 1), d));
+    const int rb_lo = lr_max(0, r + lr_ceil_div(tx0 - (g.out_w - 1) * s, d));
+    const int rb_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.width - 1, tx0 + t.tw - 1), d));
+    const LrInverse col_first = lr_inverse_at(xx, 0, r, s, d);  // the column's inverse index at b = 0
 
-    for (int cc = 0; cc < m_g; cc += kChannelChunk) {
-      const int mc = lr_min(kChannelChunk, m_g - cc);
-      const int64_t plane0 = int64_t(n) * g.channels + c_begin + cc;  // first channel plane of the chunk
-      const scalar_t* go_planes = grad_out + plane0 * out_hw;
+    for (int n = n_begin; n < n_end; ++n) {
+      const int64_t ng = int64_t(n) * g.groups + grp;
+      const scalar_t* q_plane = query + ng * out_hw;
+      const acc_t* lse_plane = lse + ng * out_hw;
+      const acc_t* dsum_plane = dsum + ng * out_hw;
       if constexpr (TILED) {
-        if (cc > 0) LR_SYNC();
-        lr_stage_channels(s_go, go_planes, out_hw, mc, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
-        LR_SYNC();
+        LR_SYNC();  // the previous image's (or tile's) tiles are no longer read
+        lr_stage_stats(s_stats, q_plane, lse_plane, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
       }
-      auto go_at = [&](int o) -> LrVec<scalar_t> {
+      auto stats_at = [&](int o) -> LrStats<acc_t> {
         if constexpr (TILED) {
-          return s_go[o];
+          return s_stats[o];
         } else {
-          LrVec<scalar_t> e;
-#pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) {
-            e.v[c] = c < mc ? go_planes[c * out_hw + o] : static_cast<scalar_t>(0.0f);
-          }
+          LrStats<acc_t> e;
+          e.q = static_cast<acc_t>(q_plane[o]);
+          e.lse = lse_plane[o];
+          e.dsum = dsum_plane[o];
+          e.pad = 0;
           return e;
         }
       };
-      acc_t v[kChannelChunk], dv[kChannelChunk];
-#pragma unroll
-      for (int c = 0; c < kChannelChunk; ++c) {
-        v[c] = (active && c < mc) ? static_cast<acc_t>(value[(plane0 + c) * hw + pix]) : acc_t(0);
-        dv[c] = 0;
-      }
-      const bool first = n == n_begin && cc == 0;  // first write of this block's partial sums
-      const bool subtract = cc == 0;               // D enters once per (pixel, image)
+      const acc_t kv = active ? static_cast<acc_t>(key[ng * hw + pix]) : acc_t(0);
+      acc_t dk = 0;
 
-      for (int ab0 = 0; ab0 < KK; ab0 += kOffsetChunk) {
-        const int ab1 = lr_min(KK, ab0 + kOffsetChunk);
-        int a = ab0 / K, b = ab0 - (ab0 / K) * K;
-        int oi = 0;
-        bool row_ok = active && lr_inverse_index(yy, (a - r) * d, s, g.out_h, oi);
-        for (int ab = ab0; ab < ab1; ++ab) {
-          acc_t contrib = 0;
-          if (a >= ra_lo && a <= ra_hi && b >= rb_lo && b <= rb_hi) {  // block-uniform
-            int oj = 0;
-            if (row_ok && lr_inverse_index(xx, (b - r) * d, s, g.out_w, oj)) {
-              const int o = TILED ? (oi - oi_lo) * orw + (oj - oj_lo) : oi * g.out_w + oj;
-              const LrStats<acc_t> st = stats_at(o);
-              const acc_t w = lr_exp(lr_phi<KIND>(st.q, kv, g.kind) + geo_at(ab) - st.lse);
-              const LrVec<scalar_t> gov = go_at(o);
-              acc_t dw = 0;
+      for (int cc = 0; cc < m_g; cc += kChannelChunk) {
+        const int mc = lr_min(kChannelChunk, m_g - cc);
+        const int64_t plane0 = int64_t(n) * g.channels + c_begin + cc;  // first channel plane of the chunk
+        const scalar_t* go_planes = grad_out + plane0 * out_hw;
+        if constexpr (TILED) {
+          if (cc > 0) LR_SYNC();
+          lr_stage_channels(s_go, go_planes, out_hw, mc, oi_lo, oj_lo, orh, orw, orw, g.out_h, g.out_w);
+          LR_SYNC();
+        }
+        auto go_at = [&](int o) -> LrVec<scalar_t> {
+          if constexpr (TILED) {
+            return s_go[o];
+          } else {
+            LrVec<scalar_t> e;
 #pragma unroll
-              for (int c = 0; c < kChannelChunk; ++c) {
-                const acc_t go = static_cast<acc_t>(gov.v[c]);
-                dw += go * v[c];
-                dv[c] += w * go;
-              }
-              const acc_t dl = w * (subtract ? dw - st.dsum : dw);  // d loss / d logit (this chunk's share)
-              dk += dl * lr_dphi_dk<KIND>(st.q, kv, g.kind);
-              contrib = dl;
+            for (int c = 0; c < kChannelChunk; ++c) {
+              e.v[c] = c < mc ? go_planes[c * out_hw + o] : static_cast<scalar_t>(0.0f);
             }
-            contrib = lr_warp_sum(contrib);
+            return e;
           }
-          if (lane == 0) s_dg[warp * kOffsetChunk + (ab - ab0)] = contrib;
-          if (++b == K) {
-            b = 0;
-            ++a;
-            row_ok = active && lr_inverse_index(yy, (a - r) * d, s, g.out_h, oi);
-          }
-        }
-        LR_SYNC();
-        for (int e = tid; e < ab1 - ab0; e += nthreads) {
-          acc_t sum = 0;
-          for (int w = 0; w < nwarps; ++w) sum += s_dg[w * kOffsetChunk + e];
-          acc_t* dst = geo_partial + (int64_t(grp) * KK + ab0 + e) * slots + slot;
-          *dst = first ? sum : *dst + sum;
-        }
-        LR_SYNC();
-      }
-      if (active) {
+        };
+        acc_t v[kChannelChunk], dv[kChannelChunk];
 #pragma unroll
         for (int c = 0; c < kChannelChunk; ++c) {
-          if (c < mc) grad_value[(plane0 + c) * hw + pix] = static_cast<scalar_t>(dv[c]);
+          v[c] = (active && c < mc) ? static_cast<acc_t>(value[(plane0 + c) * hw + pix]) : acc_t(0);
+          dv[c] = 0;
+        }
+        const bool first = tile == tile_begin && n == n_begin && cc == 0;  // first write of the partial sums
+        const bool subtract = cc == 0;  // D enters once per (pixel, image)
+
+        for (int ab0 = 0; ab0 < KK; ab0 += kOffsetChunk) {
+          const int ab1 = lr_min(KK, ab0 + kOffsetChunk);
+          int a = ab0 / K, b = ab0 - (ab0 / K) * K;
+          LrInverse row = lr_inverse_at(yy, a, r, s, d);
+          LrInverse col = lr_inverse_at(xx, b, r, s, d);
+          bool row_ok = active && lr_inverse_valid(row, g.out_h);
+          for (int ab = ab0; ab < ab1; ++ab) {
+            acc_t contrib = 0;
+            if (a >= ra_lo && a <= ra_hi && b >= rb_lo && b <= rb_hi) {  // block-uniform
+              const bool valid = row_ok && lr_inverse_valid(col, g.out_w);
+              if (valid) {
+                const int oi = row.q, oj = col.q;
+                const int o = TILED ? (oi - oi_lo) * orw + (oj - oj_lo) : oi * g.out_w + oj;
+                const LrStats<acc_t> st = stats_at(o);
+                const acc_t w = lr_exp(lr_phi<KIND>(st.q, kv, g.kind) + geo_at(ab) - st.lse);
+                const LrVec<scalar_t> gov = go_at(o);
+                acc_t dw = 0;
+#pragma unroll
+                for (int c = 0; c < kChannelChunk; ++c) {
+                  const acc_t go = static_cast<acc_t>(gov.v[c]);
+                  dw += go * v[c];
+                  dv[c] += w * go;
+                }
+                const acc_t dl = w * (subtract ? dw - st.dsum : dw);  // d loss / d logit (this chunk's share)
+                dk += dl * lr_dphi_dk<KIND>(st.q, kv, g.kind);
+                contrib = dl;
+              }
+              if (lr_warp_any(valid)) contrib = lr_warp_sum(contrib);  // a sum of zeros is skipped
+            }
+            if (lane == 0) s_dg[warp * kOffsetChunk + (ab - ab0)] = contrib;
+            lr_inverse_step(col, s, dq, dr);
+            if (++b == K) {
+              b = 0;
+              ++a;
+              col = col_first;
+              lr_inverse_step(row, s, dq, dr);
+              row_ok = active && lr_inverse_valid(row, g.out_h);
+            }
+          }
+          LR_SYNC();
+          for (int e = tid; e < ab1 - ab0; e += nthreads) {
+            acc_t sum = 0;
+            for (int w = 0; w < nwarps; ++w) sum += s_dg[w * kOffsetChunk + e];
+            acc_t* dst = geo_partial + (int64_t(grp) * KK + ab0 + e) * slots + slot;
+            *dst = first ? sum : *dst + sum;
+          }
+          LR_SYNC();
+        }
+        if (active) {
+#pragma unroll
+          for (int c = 0; c < kChannelChunk; ++c) {
+            if (c < mc) grad_value[(plane0 + c) * hw + pix] = static_cast<scalar_t>(dv[c]);
+          }
         }
       }
+      if (active) grad_key[ng * hw + pix] = static_cast<scalar_t>(dk);
     }
-    if (active) grad_key[ng * hw + pix] = static_cast<scalar_t>(dk);
   }
 }
 

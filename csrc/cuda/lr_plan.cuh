@@ -13,7 +13,10 @@ constexpr int kChannelChunk = 8;   // value channels held in registers per pass;
 constexpr int kOffsetChunk = 64;   // window offsets per flush of the geo_prior partial sums
 constexpr int kMaxThreads = 256;   // threads per block
 constexpr int64_t kSharedLimit = 48 * 1024;           // dynamic shared memory a block may use without opt-in
-constexpr int64_t kPartialBudget = int64_t(1) << 22;  // entries of the geo_prior partial sums (gather pass)
+constexpr int64_t kPartialBudget = int64_t(1) << 22;  // entries of the geo_prior partial sums the batch split aims at
+constexpr int64_t kPartialCap = int64_t(1) << 25;     // entries it never exceeds (128 MiB in float), unless one
+                                                      // slot (G*K*K, the size of the prior) is larger
+constexpr int kMinWaves = 4;                          // gather blocks per multiprocessor the batch split aims at
 
 // Sizes of one call. All fit in int (checked by the launcher); products that may not are formed in int64.
 struct LrGeom {
@@ -33,6 +36,8 @@ struct LrTile {
   int tiled;             // 1: stage tiles in shared memory; 0: read global memory directly (tile too big)
   int64_t smem;          // dynamic shared memory bytes of the launch
   int n_chunks, n_per;   // gather pass: the batch is split into n_chunks chunks of n_per images
+  int tiles_per_block;   // gather pass: a block visits this many consecutive tiles (1 unless memory is capped)
+  int tile_slots;        // gather pass: ceil(tiles / tiles_per_block), blocks per (group, batch chunk)
   // Window passes: geo[g] (KK acc_t) at 0, the key tile (rh*rw scalars) at off_a, the value tile
   // (rh*rw pixels x kChannelChunk channels, channel-interleaved) at off_b.
   // Gather pass: per-warp offset sums (warps*kOffsetChunk acc_t) at 0, geo[g] at off_a, the per-output
@@ -66,14 +71,20 @@ inline bool lr_fit_block(int& tw, int& th, int64_t limit, Bytes bytes) {
   return true;
 }
 
+// Rows (or columns) of input a tile of `threads` output rows reads: its haloed span, clipped to the map (the
+// kernels stage only the part inside the map, so a large window on a small map still fits).
+inline int64_t lr_haloed_span(int threads, int stride, int64_t halo, int size) {
+  return std::min<int64_t>(int64_t(threads - 1) * stride + halo + 1, size);
+}
+
 // Forward and statistics passes: one thread per output pixel; the tile stages the haloed key plane, the
 // haloed kChannelChunk value planes (interleaved: one vector load per pixel) and the group's geo_prior.
 inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t acc_bytes, int64_t limit) {
   const int64_t kk = int64_t(g.ksize) * g.ksize;
   const int64_t halo = 2 * int64_t(g.radius) * g.dilation;
-  auto cap = [&](int tw, int th) {
-    return (int64_t(th - 1) * g.stride + halo + 1) * (int64_t(tw - 1) * g.stride + halo + 1);
-  };
+  auto rows = [&](int th) { return lr_haloed_span(th, g.stride, halo, g.height); };
+  auto cols = [&](int tw) { return lr_haloed_span(tw, g.stride, halo, g.width); };
+  auto cap = [&](int tw, int th) { return rows(th) * cols(tw); };
   auto off_a = [&](int, int) { return lr_align16(kk * acc_bytes); };
   auto off_b = [&](int tw, int th) { return lr_align16(off_a(tw, th) + cap(tw, th) * scalar_bytes); };
   auto bytes = [&](int tw, int th) { return off_b(tw, th) + cap(tw, th) * kChannelChunk * scalar_bytes; };
@@ -84,8 +95,8 @@ inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
     t.tw = tw;
     t.th = th;
     t.tiled = 1;
-    t.rh = static_cast<int>(int64_t(th - 1) * g.stride + halo + 1);
-    t.rw = static_cast<int>(int64_t(tw - 1) * g.stride + halo + 1);
+    t.rh = static_cast<int>(rows(th));
+    t.rw = static_cast<int>(cols(tw));
     t.smem = bytes(tw, th);
     t.off_a = static_cast<int>(off_a(tw, th));
     t.off_b = static_cast<int>(off_b(tw, th));
@@ -94,14 +105,38 @@ inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
   t.tiles_y = lr_ceil_div_pos(g.out_h, t.th);
   t.n_chunks = g.n;
   t.n_per = 1;
+  t.tiles_per_block = 1;
+  t.tile_slots = t.tiles_x * t.tiles_y;
   return t;
+}
+
+// The gather pass's parallel split. A block owns one slot of the geo_prior partial sums (G*K*K entries per
+// slot); the slots are (batch chunk, tile or run of tiles). Split the batch into as many chunks as the budget
+// allows, and into more when that leaves under min_blocks blocks (a few waves of the GPU), as long as the
+// partial sums stay under the cap. When one chunk alone is over the cap (large windows on large maps), a
+// block visits several consecutive tiles, so the slots, and the memory, stay under the cap.
+inline void lr_split_gather(const LrGeom& g, int64_t partial_budget, int64_t partial_cap, int64_t min_blocks,
+                            LrTile& t) {
+  const int64_t per_slot = std::max<int64_t>(1, int64_t(g.groups) * g.ksize * g.ksize);
+  const int64_t cap_slots = std::max<int64_t>(1, partial_cap / per_slot);
+  const int64_t tiles = int64_t(t.tiles_x) * t.tiles_y;
+  t.tiles_per_block = lr_ceil_div_pos(tiles, std::min(tiles, cap_slots));
+  t.tile_slots = lr_ceil_div_pos(tiles, t.tiles_per_block);
+  const int64_t per_chunk = per_slot * t.tile_slots;
+  const int64_t n = std::max(1, g.n);
+  const int64_t by_budget = partial_budget / per_chunk;
+  const int64_t by_waves = (min_blocks + int64_t(g.groups) * t.tile_slots - 1) / (int64_t(g.groups) * t.tile_slots);
+  const int64_t by_cap = std::max<int64_t>(1, cap_slots / t.tile_slots);
+  const int64_t want = std::max<int64_t>(1, std::min({n, by_cap, std::max(by_budget, by_waves)}));
+  t.n_per = lr_ceil_div_pos(n, want);
+  t.n_chunks = lr_ceil_div_pos(n, t.n_per);
 }
 
 // Gather pass (gradients of key, value and geo_prior): one thread per input pixel; the tile stages, over
 // the outputs whose windows reach it, the statistics {q, lse, D} and kChannelChunk grad_out planes
 // (interleaved), and the group's geo_prior. Every launch also holds the per-warp geo_prior partial sums.
 inline LrTile lr_plan_gather_pass(const LrGeom& g, int64_t scalar_bytes, int64_t acc_bytes, int64_t limit,
-                                  int64_t partial_budget) {
+                                  int64_t partial_budget, int64_t partial_cap, int64_t min_blocks) {
   const int64_t kk = int64_t(g.ksize) * g.ksize;
   const int64_t halo = 2 * int64_t(g.radius) * g.dilation;
   auto rows = [&](int th) { return std::min<int64_t>(g.out_h, (th - 1 + halo) / g.stride + 1); };
@@ -128,11 +163,7 @@ inline LrTile lr_plan_gather_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
   }
   t.tiles_x = lr_ceil_div_pos(g.width, t.tw);
   t.tiles_y = lr_ceil_div_pos(g.height, t.th);
-  // Partial sums: one per (group, offset, tile, batch chunk). Split the batch as finely as the budget allows.
-  const int64_t per_chunk = int64_t(g.groups) * kk * t.tiles_x * t.tiles_y;
-  const int64_t want = std::max<int64_t>(1, std::min<int64_t>(g.n, partial_budget / std::max<int64_t>(1, per_chunk)));
-  t.n_per = lr_ceil_div_pos(g.n, want);
-  t.n_chunks = lr_ceil_div_pos(g.n, t.n_per);
+  lr_split_gather(g, partial_budget, partial_cap, min_blocks, t);
   return t;
 }
 

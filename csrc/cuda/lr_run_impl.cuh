@@ -26,7 +26,7 @@ inline int64_t lr_window_blocks(const LrTile& t, const LrGeom& g) {
   return int64_t(t.tiles_x) * t.tiles_y * g.groups * g.n;
 }
 inline int64_t lr_gather_blocks(const LrTile& t, const LrGeom& g) {
-  return int64_t(t.tiles_x) * t.tiles_y * g.groups * t.n_chunks;
+  return int64_t(t.tile_slots) * g.groups * t.n_chunks;
 }
 
 template <typename scalar_t>

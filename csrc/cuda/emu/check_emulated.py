@@ -29,6 +29,7 @@ KINDS = ("sqdiff", "absdiff", "product")
 BIG = 1 << 40  # a shared-memory limit that lets every tile fit
 SMEM = 48 * 1024
 BUDGET = 1 << 22
+CAP = 1 << 25
 
 
 def build():
@@ -71,16 +72,17 @@ def reference_grads(q, key, v, geo, go, k, s, d, kind):
 
 
 def check_case(ext, n, c, g, h, w, k, s, d, kind, smem_limit, budget=BUDGET, dtype=torch.float64, seed=0,
-               schedule=(0, 0, 0), want_tiled=None):
+               schedule=(0, 0, 0), want_tiled=None, cap=CAP, min_blocks=0):
     """Emulated forward and backward against the reference; returns the plan used."""
     ext.set_schedule(*schedule)
     q, key, v, geo, go = make_inputs(n, c, g, h, w, k, s, dtype, seed)
     ki = KINDS.index(kind)
-    plan = ext.plan(q, key, v, geo, k, s, d, ki, smem_limit, budget)
+    plan = ext.plan(q, key, v, geo, k, s, d, ki, smem_limit, budget, cap, min_blocks)
     if want_tiled is not None:
         assert plan[2] == want_tiled and plan[10] == want_tiled, (plan, want_tiled)
     out = ext.forward(padded(q), padded(key), padded(v), padded(geo), k, s, d, ki, smem_limit)
-    grads = ext.backward(padded(go), padded(q), padded(key), padded(v), padded(geo), k, s, d, ki, smem_limit, budget)
+    grads = ext.backward(padded(go), padded(q), padded(key), padded(v), padded(geo), k, s, d, ki, smem_limit, budget,
+                         cap, min_blocks)
     ref_out, ref_grads = reference_grads(q, key, v, geo, go, k, s, d, kind)
     tol = {torch.float64: 1e-10, torch.float32: 2e-4, torch.float16: 3e-2, torch.bfloat16: 1.5e-1}[dtype]
     label = f"n={n} c={c} g={g} {h}x{w} K={k} s={s} d={d} {kind} {dtype} smem={smem_limit} plan={plan}"
@@ -211,7 +213,18 @@ def main() -> int:
         plan, _, _ = check_case(ext, 3, 4, 2, 6, 5, 3, 1, 1, "sqdiff", BIG, budget=budget)
         assert plan[14] == (1 if budget == 1 else 3), plan
         plan, _, _ = check_case(ext, 3, 18, 2, 5, 6, 5, 2, 1, "absdiff", 0, budget=budget)
-    print("gather batch split OK", flush=True)
+    # The waves minimum splits the batch past the budget; a cap under one chunk makes blocks visit runs of tiles
+    # (plan[16] tiles per block, plan[17] runs), whose partial sums must come out as with one tile per block.
+    plan, _, _ = check_case(ext, 4, 6, 2, 20, 40, 5, 1, 1, "sqdiff", BIG, budget=1, min_blocks=10**6)
+    assert plan[14] == 4 and plan[16] == 1, plan
+    # 6 tiles of 32 x 8 on 20 x 40, 2 groups x 25 offsets per slot: (batch chunks, tiles per block, runs)
+    for cap, want in ((50, (1, 6, 1)), (100, (1, 3, 2)), (200, (1, 2, 3)), (600, (2, 1, 6))):
+        for kind, smem in (("sqdiff", BIG), ("product", 0)):
+            plan, _, _ = check_case(ext, 3, 6, 2, 20, 40, 5, 1, 1, kind, smem, budget=1, cap=cap, min_blocks=10**6)
+            assert (plan[14], plan[16], plan[17]) == want, (cap, plan)
+            assert 2 * 25 * plan[14] * plan[17] <= max(cap, 2 * 25), (cap, plan)
+        check_case(ext, 2, 3, 1, 9, 37, 9, 2, 2, "absdiff", BIG, budget=1, cap=81 * 2)
+    print("gather batch split, waves minimum and tile runs OK", flush=True)
 
     # Schedules: reversed and random thread orders expose missing barriers; block orders expose blocks that
     # write the same place. Results must be bitwise equal under every schedule.
