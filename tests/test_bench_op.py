@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 import lrrobust.ops
-from lrrobust.bench.op import IMPLS, PASSES, Stage, add_ratios, check_targets, run_op_bench
+from lrrobust.bench.op import IMPLS, PASSES, Stage, add_ratios, check_targets, make_forward, run_op_bench
 from lrrobust.bench.timing import measure, peak_memory_mb, time_ms
 from lrrobust.cli import app
 from lrrobust.errors import UserError
@@ -137,6 +137,32 @@ def test_targets_are_judged_on_the_fused_forward_backward():
     assert rows[(1, "peak memory / reference")]["met"] and not rows[(2, "peak memory / reference")]["met"]
 
 
+def test_every_impl_runs_the_stage_window_and_stride():
+    # K = 5, stride 2 on a 9 x 9 map: every impl maps (1, 16, 9, 9) to (1, 16, 5, 5); the fused op and the reference
+    # see the same inputs and agree.
+    stage = Stage(1, 16, 9, kernel_size=5, stride=2)
+    assert stage.out_size == 5
+    outputs = {}
+    for impl in IMPLS:
+        torch.manual_seed(0)
+        forward, leaves = make_forward(impl, stage, 1, "cpu", torch.float32, grad=False)
+        outputs[impl] = forward()
+        assert outputs[impl].shape == (1, 16, 5, 5), impl
+    assert [tuple(x.shape) for x in leaves[:1]] == [(1, 16, 9, 9)]  # dwconv7x7's input
+    torch.testing.assert_close(outputs["lr_fused"], outputs["lr_reference"], atol=1e-4, rtol=1e-4)
+
+
+def test_records_carry_the_window_and_stride_and_no_target_is_judged_off_the_paper_shapes():
+    stages = (Stage(1, 16, 9, kernel_size=11, stride=1), Stage(2, 20, 8, kernel_size=3, stride=2))
+    records = run_op_bench(device="cpu", batch=1, stages=stages, impls=("lr_fused", "lr_reference", "conv3x3"),
+                           passes=("fwd_bwd",), repeats=1, warmup=0)
+    assert sorted((r["stage"], r["kernel_size"], r["stride"]) for r in records) == [(1, 11, 1)] * 3 + [(2, 3, 2)] * 3
+    assert all("ms_vs_conv3x3" in r for r in records)
+    assert check_targets(records) == []
+    # The same records at the paper's K = 7, stride 1 are judged.
+    assert len(check_targets([{**r, "kernel_size": 7, "stride": 1} for r in records])) == 6
+
+
 def test_library_refuses_bad_options():
     with pytest.raises(UserError, match="--batch"):
         run_op_bench(batch=0, stages=TINY)
@@ -144,6 +170,10 @@ def test_library_refuses_bad_options():
         run_op_bench(device="tpu", stages=TINY)
     with pytest.raises(UserError, match="--impl"):
         run_op_bench(impls=("conv5x5",), stages=TINY)
+    with pytest.raises(UserError, match="--kernel-size must be odd"):
+        run_op_bench(stages=(Stage(1, 16, 6, kernel_size=4),))
+    with pytest.raises(UserError, match="--stride"):
+        run_op_bench(stages=(Stage(1, 16, 6, stride=0),))
 
 
 def test_cli_writes_the_records_as_json_and_markdown(tmp_path):
@@ -165,6 +195,20 @@ def test_cli_writes_the_records_as_json_and_markdown(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # no temporary file left beside it
     if not lrrobust.ops.kernel_available("cpu"):
         assert "NOT available" in result.stderr and "FALLBACK" in result.stdout
+
+
+def test_cli_times_the_stages_at_another_window_and_stride(tmp_path):
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["bench", "op", "--stages", "4", "--kernel-size", "15", "--stride", "2", "--batch", "1"]
+    args += ["--impl", "lr_fused,conv3x3", "--passes", "fwd_bwd", "--repeats", "1", "--warmup", "0"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out), "--markdown", str(md)])
+    assert result.exit_code == 0, result.output
+    assert "K 15, stride 2" in result.stdout and "issue 2 targets" not in result.stdout
+    records = json.loads(out.read_text())
+    assert sorted(r["impl"] for r in records) == ["conv3x3", "lr_fused"]
+    assert all((r["stage"], r["channels"], r["size"], r["kernel_size"], r["stride"]) == (4, 800, 7, 15, 2)
+               for r in records)
+    assert sum("| 4 | 800 x 7^2 (100) | 15, 2 | fwd_bwd |" in line for line in md.read_text().splitlines()) == 2
 
 
 def test_cli_runs_a_subset_of_the_lrnet26_stages(tmp_path):
@@ -192,6 +236,11 @@ def test_cli_runs_a_subset_of_the_lrnet26_stages(tmp_path):
         (["--shape", "0x6"], "--shape"),
         (["--repeats", "0"], "--repeats"),
         (["--threads", "0"], "--threads"),
+        (["--kernel-size", "4"], "--kernel-size"),
+        (["--kernel-size", "-1"], "--kernel-size"),
+        (["--kernel-size", "32769"], "--kernel-size"),
+        (["--stride", "0"], "--stride"),
+        (["--shape", "16x6", "--stride", str(2**28 + 1)], "--stride"),
     ],
 )
 def test_cli_bad_options_give_one_line_and_exit_2(args, named):

@@ -3,7 +3,9 @@
 Every test needs a CUDA GPU and is skipped without one. Shapes cover strides 1-3, dilations 1-2, K = 3, 5,
 7, 9 and windows beyond the whole map, m = 1, 2, 8 and more than 8 (channel chunks), C not a multiple of G,
 odd and non-square maps, all three composability terms, both kernel variants (shared-memory tiles, and
-direct global reads when a tile would not fit), and the LR-Net-26 stage shapes.
+direct global reads when a tile would not fit), and the LR-Net-26 stage shapes. Two tests marked slow check the
+op at scale: tensors of over 2^31 elements (int32 offsets would overflow) and a bitwise-deterministic backward at
+batch 32 (csrc/cuda/gpu_check.sh runs them in its "scale" part, and the rest in its "tests" part).
 """
 
 from __future__ import annotations
@@ -159,6 +161,54 @@ def test_backward_is_deterministic(case, dtype):
     second = run(inputs, case, "sqdiff", grad_out)[1]
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(32, 100, 13, 56, 56, 7, 1, 1), (32, 64, 8, 56, 56, 7, 2, 1)])
+def test_backward_is_deterministic_at_batch_32(case, dtype):
+    # LR-Net-26 stage 1 at a training batch (m = 8, the last group of C = 100 holds 4 channels), and at stride 2:
+    # the gather pass splits the batch into chunks whose geo_prior partial sums are reduced in a fixed order.
+    *inputs, grad_out = make_inputs(case, dtype, seed=6)
+    first_out, first = run(inputs, case, "sqdiff", grad_out)
+    second_out, second = run(inputs, case, "sqdiff", grad_out)
+    assert torch.equal(first_out, second_out)
+    for name, a, b in zip(("query", "key", "value", "geo_prior"), first, second):
+        assert torch.equal(a, b), f"grad {name} differs between two calls: {(a.double() - b.double()).abs().max()}"
+
+
+@pytest.mark.slow
+def test_tensors_over_2_31_elements():
+    """value, output and their gradients of (32770, 64, 32, 32) bfloat16 elements, 2^31 + 2^17: the last two images
+    start at element 2^31, past any int32 offset. Their output and gradients must equal the op run on them alone
+    (bitwise: each pixel's result depends on its own image only, in a fixed order)."""
+    c, size, k = 64, 32, 7
+    g = c // 8
+    n = 2**31 // (c * size * size) + 2
+    # value, output, grad_out, grad_value (4 x 4.3 GB), query, key and their gradients, the backward's float32
+    # statistics (2 per output pixel and group), with room to spare.
+    need = (4 * n * c + 4 * n * g) * size * size * 2 + 2 * n * g * size * size * 4
+    free, _ = torch.cuda.mem_get_info()
+    if free < 1.5 * need:
+        pytest.skip(f"needs {1.5 * need / 2**30:.0f} GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    shapes = [(n, g, size, size), (n, g, size, size), (n, c, size, size), (g, k, k), (n, c, size, size)]
+    q, key, value, geo, grad_out = (torch.randn(x, generator=gen, device="cuda", dtype=torch.bfloat16) for x in shapes)
+    assert value.numel() > 2**31 and (n - 2) * c * size * size == 2**31
+    leaves = [x.requires_grad_() for x in (q, key, value, geo)]
+    out = local_relation(*leaves, k)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    del leaves
+    tail = [x[-2:].detach().clone().requires_grad_() for x in (q, key, value)] + [geo.detach().requires_grad_()]
+    tail_out = local_relation(*tail, k)
+    tail_grads = torch.autograd.grad(tail_out, tail, grad_out[-2:])
+    # The last images alone are right (against the float64 reference), and the full batch gives them the same.
+    ref_out, ref_grads = reference(tail, (n, c, g, size, size, k, 1, 1), "sqdiff", grad_out[-2:])
+    names = ("output", "grad query", "grad key", "grad value")
+    for name, got, alone, ref in zip(names, (out, *grads[:3]), (tail_out, *tail_grads[:3]), (ref_out, *ref_grads)):
+        assert_close(alone, ref, TOLERANCES[torch.bfloat16], f"{name} of the last two images alone")
+        got = got[-2:]
+        assert torch.equal(got, alone), f"{name} of the last images: max difference {(got - alone).abs().max()}"
 
 
 def test_non_contiguous_inputs():

@@ -3,10 +3,13 @@
 The local relation layer (paper Sec. 4, Eq. 2-5) replaces the 3x3 conv of a ResNet bottleneck (Sec. 5), so it
 is timed beside ``nn.Conv2d(C, C, 3, padding=1)`` and a depthwise 7x7 conv of the same channels, at the four
 stage shapes of LR-Net-26 (C = 100, 200, 400, 800 channels at 56, 28, 14, 7 pixels; m = 8 channels per group,
-K = 7, stride 1). Each implementation runs a forward pass (``fwd``, under ``torch.no_grad()``) and a forward
-plus backward pass (``fwd_bwd``: every input and weight requires grad, as in a layer being trained, and the
-backward takes a fixed random output gradient; gradients are dropped after each call). Before timing, the
-command runs the op's self-check on the device (``run_op_self_check``), so a wrong kernel is reported, not timed.
+K = 7, stride 1). A stage may take another window size K (the paper's Table 2 spans 3x3 to 9x9; larger K and
+full windows are the op's hard cases) or stride; the convolutions then run at the same stride, so every impl
+maps (N, C, S, S) to (N, C, ceil(S/s), ceil(S/s)). Each implementation runs a forward pass (``fwd``, under
+``torch.no_grad()``) and a forward plus backward pass (``fwd_bwd``: every input and weight requires grad, as in a
+layer being trained, and the backward takes a fixed random output gradient; gradients are dropped after each
+call). Before timing, the command runs the op's self-check on the device (``run_op_self_check``), so a wrong
+kernel is reported, not timed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 
 from lrrobust.bench.timing import measure
 from lrrobust.errors import UserError
+from lrrobust.ops.checks import MAX_KERNEL_SIZE, MAX_STRIDE
 
 if TYPE_CHECKING:
     from lrrobust.ops.self_check import SelfCheckResult
@@ -38,15 +42,34 @@ DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage's spatial layer: ``channels`` x ``size`` x ``size``, ceil(C / m) groups."""
+    """One stage's spatial layer: ``channels`` x ``size`` x ``size``, ceil(C / m) groups, a ``kernel_size`` x
+    ``kernel_size`` window and ``stride``."""
 
     stage: int
     channels: int
     size: int
+    kernel_size: int = KERNEL_SIZE
+    stride: int = 1
 
     @property
     def groups(self) -> int:
         return math.ceil(self.channels / CHANNELS_PER_GROUP)
+
+    @property
+    def out_size(self) -> int:
+        """Output pixels a side, ceil(S / s), of every impl."""
+        return -(-self.size // self.stride)
+
+
+def check_stage(stage: Stage) -> None:
+    """Raise UserError (one line naming the option) unless ``stage`` is a shape the op and the convolutions run."""
+    if stage.channels < 1 or stage.size < 1:
+        raise UserError(f"stage shapes need at least 1 channel and 1 pixel, got {stage.channels}x{stage.size}")
+    k, s = stage.kernel_size, stage.stride
+    if k < 1 or k % 2 == 0 or k > MAX_KERNEL_SIZE:
+        raise UserError(f"--kernel-size must be odd, from 1 to {MAX_KERNEL_SIZE} (the window is centred), got {k}")
+    if not 1 <= s <= MAX_STRIDE:
+        raise UserError(f"--stride must be from 1 to {MAX_STRIDE}, got {s}")
 
 
 LRNET26_STAGES = (Stage(1, 100, 56), Stage(2, 200, 28), Stage(3, 400, 14), Stage(4, 800, 7))
@@ -90,8 +113,8 @@ def self_check_table(result: SelfCheckResult) -> Table:
 
 
 def _lr_inputs(stage: Stage, batch: int, device: str, dtype: torch.dtype, grad: bool) -> list[torch.Tensor]:
-    n, c, g, s, k = batch, stage.channels, stage.groups, stage.size, KERNEL_SIZE
-    shapes = [(n, g, s, s), (n, g, s, s), (n, c, s, s), (g, k, k)]  # query, key, value, geo_prior
+    n, c, g, s, k, o = batch, stage.channels, stage.groups, stage.size, stage.kernel_size, stage.out_size
+    shapes = [(n, g, o, o), (n, g, s, s), (n, c, s, s), (g, k, k)]  # query, key, value, geo_prior
     tensors = [torch.randn(shape, device=device, dtype=dtype) for shape in shapes]
     tensors[3].mul_(0.1)
     return [t.requires_grad_(grad) for t in tensors]
@@ -108,10 +131,14 @@ def make_forward(impl: str, stage: Stage, batch: int, device: str, dtype: torch.
 
         op = lrrobust.ops.local_relation if impl == "lr_fused" else local_relation_reference
         q, k, v, prior = _lr_inputs(stage, batch, device, dtype, grad)
-        return (lambda: op(q, k, v, prior, KERNEL_SIZE)), [q, k, v, prior]
+        return (lambda: op(q, k, v, prior, stage.kernel_size, stage.stride)), [q, k, v, prior]
     if impl in ("conv3x3", "dwconv7x7"):
-        c = stage.channels
-        conv = nn.Conv2d(c, c, 3, padding=1) if impl == "conv3x3" else nn.Conv2d(c, c, 7, padding=3, groups=c)
+        c, s = stage.channels, stage.stride
+        conv = (
+            nn.Conv2d(c, c, 3, stride=s, padding=1)
+            if impl == "conv3x3"
+            else nn.Conv2d(c, c, 7, stride=s, padding=3, groups=c)
+        )
         conv = conv.to(device=device, dtype=dtype).requires_grad_(grad)
         x = torch.randn(batch, c, stage.size, stage.size, device=device, dtype=dtype, requires_grad=grad)
         return (lambda: conv(x)), [x, *conv.parameters()]
@@ -121,7 +148,7 @@ def make_forward(impl: str, stage: Stage, batch: int, device: str, dtype: torch.
 def make_pass(impl: str, pass_: str, stage: Stage, batch: int, device: str, dtype: torch.dtype) -> Callable[[], None]:
     """A callable that runs one ``fwd`` or ``fwd_bwd`` pass of ``impl`` on fixed inputs.
 
-    Every impl maps (N, C, S, S) to (N, C, S, S) at stride 1, so the output gradient has that shape.
+    Every impl maps (N, C, S, S) to (N, C, ceil(S/s), ceil(S/s)), so the output gradient has that shape.
     """
     if pass_ == "fwd":
         forward, _ = make_forward(impl, stage, batch, device, dtype, grad=False)
@@ -133,7 +160,7 @@ def make_pass(impl: str, pass_: str, stage: Stage, batch: int, device: str, dtyp
         return run_fwd
     if pass_ == "fwd_bwd":
         forward, leaves = make_forward(impl, stage, batch, device, dtype, grad=True)
-        grad_out = torch.randn(batch, stage.channels, stage.size, stage.size, device=device, dtype=dtype)
+        grad_out = torch.randn(batch, stage.channels, stage.out_size, stage.out_size, device=device, dtype=dtype)
 
         def run_fwd_bwd() -> None:
             forward().backward(grad_out)
@@ -188,14 +215,13 @@ def run_op_bench(
     Each measurement takes ``warmup`` untimed calls, one memory call, then up to ``repeats`` timed calls, cut
     to about ``max_seconds`` of timed calls but never fewer than 3 (the reference at stage 1 takes seconds per
     call). Records: ``stage``, ``impl``, ``pass``, ``ms`` (median), ``peak_mb`` and the context (``ms_min``,
-    ``ms_max``, channels, size, groups, batch, device, dtype, repeats, threads; ``kernel`` = "compiled" or
-    "fallback" for lr_fused).
+    ``ms_max``, channels, size, groups, kernel_size, stride, batch, device, dtype, repeats, threads; ``kernel`` =
+    "compiled" or "fallback" for lr_fused).
     ``threads`` sets torch's intra-op CPU threads for the run (default: leave torch's setting).
     """
     dtype = check_options(device, batch, dtype, repeats, warmup, max_seconds)
     for stage in stages:
-        if stage.channels < 1 or stage.size < 1:
-            raise UserError(f"stage shapes need at least 1 channel and 1 pixel, got {stage.channels}x{stage.size}")
+        check_stage(stage)
     for name, given, known in (("--impl", impls, IMPLS), ("--passes", passes, PASSES)):
         unknown = [x for x in given if x not in known]
         if unknown or not given:
@@ -217,7 +243,8 @@ def run_op_bench(
                     del fn  # free this case's inputs before the next one
                     record = {"stage": stage.stage, "impl": impl, "pass": pass_, "ms": m.ms, "peak_mb": m.peak_mb}
                     record.update(channels=stage.channels, size=stage.size, groups=stage.groups)
-                    record.update(kernel_size=KERNEL_SIZE, batch=batch, device=device, dtype=dtype)
+                    record.update(kernel_size=stage.kernel_size, stride=stage.stride)
+                    record.update(batch=batch, device=device, dtype=dtype)
                     record.update(ms_min=min(m.times_ms), ms_max=max(m.times_ms), repeats=m.repeats)
                     record.update(threads=torch.get_num_threads())
                     if impl == "lr_fused":
@@ -250,12 +277,15 @@ def check_targets(records: list[dict]) -> list[dict]:
     """Issue 2's targets for the fused forward+backward, one row per stage and target that can be judged.
 
     CPU: at least 10x faster than the reference, within 1.5x of conv3x3 at stage 1 and at most conv3x3's time
-    at stages 2-4, at most a tenth of the reference's peak memory. CUDA: within 2x of conv3x3.
+    at stages 2-4, at most a tenth of the reference's peak memory. CUDA: within 2x of conv3x3. The targets are set
+    at the paper's 7x7 window and stride 1: records of another K or stride are not judged.
     Rows: ``stage``, ``target``, ``value`` (the measured ratio), ``limit``, ``met``, ``kernel``.
     """
     rows = []
     for r in records:
         if r["impl"] != "lr_fused" or r["pass"] != "fwd_bwd":
+            continue
+        if r.get("kernel_size", KERNEL_SIZE) != KERNEL_SIZE or r.get("stride", 1) != 1:
             continue
         if r["device"] == "cuda":
             limits = [("ms_vs_conv3x3", "time / conv3x3", 2.0)]
@@ -290,6 +320,7 @@ def _cells(r: dict, impl: str) -> list[str]:
     return [
         str(r["stage"]),
         f"{r['channels']} x {r['size']}^2 ({r['groups']})",
+        f"{r.get('kernel_size', KERNEL_SIZE)}, {r.get('stride', 1)}",
         r["pass"],
         impl,
         f"{r['ms']:.2f}",
@@ -311,7 +342,7 @@ def impl_label(record: dict) -> str:
 def op_table(records: list[dict], title: str = "local relation op vs convolutions") -> Table:
     """A rich table of the records: median ms, peak MB and the ratios to conv3x3 and to the reference."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for name in ("stage", "C x S^2 (G)", "pass", "impl"):
+    for name in ("stage", "C x S^2 (G)", "K, s", "pass", "impl"):
         table.add_column(name, no_wrap=True)
     for name in ("ms", "peak MB", "ms/conv3x3", "ms/ref", "MB/ref", "runs"):
         table.add_column(name, justify="right", no_wrap=True)
@@ -342,8 +373,8 @@ def targets_table(rows: list[dict]) -> Table:
 
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (for BENCHMARKS.md), same columns as ``op_table``."""
-    header = "| stage | C x S^2 (G) | pass | impl | ms | peak MB | ms / conv3x3 | ms / ref | MB / ref | runs |"
-    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = "| stage | C x S^2 (G) | K, s | pass | impl | ms | peak MB | ms / conv3x3 | ms / ref | MB / ref | runs |"
+    lines = [header, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         impl = (
             "lr_fused (FALLBACK: reference)" if r["impl"] == "lr_fused" and r.get("kernel") == "fallback" else r["impl"]
