@@ -13,10 +13,12 @@ barriers, reductions, determinism), not speed, the real warp scheduler or the ha
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import os
 import random
 import sys
+import tempfile
 import time
 
 import torch
@@ -33,7 +35,9 @@ CAP = 1 << 25
 
 
 def build():
-    build_dir = "/tmp/lr_cuda_emu_build"
+    # One build folder per checkout: ninja rebuilds when this checkout's kernel headers change.
+    tag = hashlib.sha1(HERE.encode()).hexdigest()[:10]
+    build_dir = os.path.join(tempfile.gettempdir(), f"lr_cuda_emu_build_{tag}")
     os.makedirs(build_dir, exist_ok=True)
     return load(
         name="lr_cuda_emu",
