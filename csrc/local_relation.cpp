@@ -19,8 +19,9 @@ PyObject* PyInit__C(void) {
 namespace {
 
 // The CUDA kernels' launch plans (cuda/lr_plan.cuh) for a call's sizes, computed on the host: what a GPU would
-// launch, for tests and tools on any machine. Returns the window passes' and the gather pass's
-// {tw, th, tiled, smem, rh, rw, tiles_x, tiles_y, n_chunks, n_per, tiles_per_block, tile_slots}.
+// launch, for tests and tools on any machine. Returns the forward's, the statistics pass's and the gather
+// pass's {tw, th, tiled, smem, rh, rw, tiles_x, tiles_y, n_chunks, n_per, tiles_per_block, tile_slots,
+// rows_per_thread}.
 std::vector<int64_t> cuda_launch_plan(int64_t n, int64_t channels, int64_t groups, int64_t height, int64_t width,
                                       int64_t kernel_size, int64_t stride, int64_t dilation, int64_t element_size,
                                       int64_t smem_limit, int64_t partial_budget, int64_t partial_cap,
@@ -50,13 +51,14 @@ std::vector<int64_t> cuda_launch_plan(int64_t n, int64_t channels, int64_t group
   g.stride = static_cast<int>(stride);
   g.dilation = static_cast<int>(dilation);
   const int64_t acc_size = element_size == 8 ? 8 : 4;
+  const auto f = lrrobust::cuda::lr_plan_forward(g, element_size, acc_size, smem_limit);
   const auto w = lrrobust::cuda::lr_plan_window_pass(g, element_size, acc_size, smem_limit);
   const auto a = lrrobust::cuda::lr_plan_gather_pass(g, element_size, acc_size, smem_limit, partial_budget,
                                                      partial_cap, min_blocks);
   std::vector<int64_t> out;
-  for (const auto& t : {w, a}) {
+  for (const auto& t : {f, w, a}) {
     out.insert(out.end(), {t.tw, t.th, t.tiled, t.smem, t.rh, t.rw, t.tiles_x, t.tiles_y, t.n_chunks, t.n_per,
-                           t.tiles_per_block, t.tile_slots});
+                           t.tiles_per_block, t.tile_slots, t.rows_per_thread});
   }
   return out;
 }

@@ -22,6 +22,13 @@ LR_DEV T lr_shfl_xor(T v, int lane_mask) {
 }
 LR_DEV bool lr_vote_any(bool pred) { return __any_sync(0xffffffffu, pred) != 0; }
 LR_DEV float lr_exp(float x) { return __expf(x); }
+LR_DEV double lr_exp2(double x) { return ::exp2(x); }
+LR_DEV float lr_exp2(float x) { return exp2f(x); }  // ex2.approx under --use_fast_math
+LR_DEV float lr_ceil(float x) { return ceilf(x); }
+LR_DEV double lr_ceil(double x) { return ::ceil(x); }
+// 2^e for an integral e <= 0, and 0 below the normal range (or for e = -inf or NaN).
+LR_DEV float lr_pow2_below(float e) { return e >= -126.0f ? ldexpf(1.0f, static_cast<int>(e)) : 0.0f; }
+LR_DEV double lr_pow2_below(double e) { return e >= -1022.0 ? ::ldexp(1.0, static_cast<int>(e)) : 0.0; }
 LR_DEV double lr_exp(double x) { return ::exp(x); }
 LR_DEV float lr_log(float x) { return __logf(x); }
 LR_DEV double lr_log(double x) { return ::log(x); }
@@ -42,6 +49,12 @@ inline T lr_shfl_xor(T v, int lane_mask) {
 }
 inline bool lr_vote_any(bool pred) { return ::lremu::vote_any(pred); }
 inline float lr_exp(float x) { return std::exp(x); }
+inline float lr_exp2(float x) { return std::exp2(x); }
+inline double lr_exp2(double x) { return std::exp2(x); }
+inline float lr_ceil(float x) { return std::ceil(x); }
+inline double lr_ceil(double x) { return std::ceil(x); }
+inline float lr_pow2_below(float e) { return e >= -126.0f ? std::ldexp(1.0f, static_cast<int>(e)) : 0.0f; }
+inline double lr_pow2_below(double e) { return e >= -1022.0 ? std::ldexp(1.0, static_cast<int>(e)) : 0.0; }
 inline double lr_exp(double x) { return std::exp(x); }
 inline float lr_log(float x) { return std::log(x); }
 inline double lr_log(double x) { return std::log(x); }

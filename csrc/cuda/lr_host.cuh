@@ -82,7 +82,7 @@ at::Tensor lr_forward(const at::Tensor& query, const at::Tensor& key, const at::
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor out = at::empty({g.n, g.channels, g.out_h, g.out_w}, value.options());
   if (out.numel() == 0) return out;
-  const LrTile t = lr_plan_window_pass(g, sizeof(scalar_t), sizeof(acc_t), smem_limit);
+  const LrTile t = lr_plan_forward(g, sizeof(scalar_t), sizeof(acc_t), smem_limit);
   lr_check_grid(int64_t(t.tiles_x) * t.tiles_y * g.groups * g.n);
   lr_run_forward<scalar_t>(query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
                            value.const_data_ptr<scalar_t>(), geo_prior.const_data_ptr<scalar_t>(),

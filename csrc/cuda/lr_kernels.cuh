@@ -24,6 +24,7 @@
 // cancellation. The same source runs on the CPU in emu/ (see emu/check_emulated.py).
 #pragma once
 
+#include <limits>
 #include <type_traits>
 
 #include <ATen/OpMathType.h>
@@ -214,8 +215,9 @@ struct LrRegion {
 };
 LR_DEV LrRegion lr_window_region(const LrGeom& g, const LrTile& t, const LrBlock& blk) {
   const int rd = g.radius * g.dilation;
-  const int i0 = blk.tile_i * t.th, j0 = blk.tile_j * t.tw;
-  const int i1 = lr_min(g.out_h, i0 + t.th) - 1, j1 = lr_min(g.out_w, j0 + t.tw) - 1;
+  const int tile_rows = t.th * t.rows_per_thread;
+  const int i0 = blk.tile_i * tile_rows, j0 = blk.tile_j * t.tw;
+  const int i1 = lr_min(g.out_h, i0 + tile_rows) - 1, j1 = lr_min(g.out_w, j0 + t.tw) - 1;
   LrRegion reg;
   reg.y0 = lr_max(0, i0 * g.stride - rd);
   reg.x0 = lr_max(0, j0 * g.stride - rd);
@@ -338,6 +340,128 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
 #pragma unroll
       for (int c = 0; c < kChannelChunk; ++c) {
         if (c < mc) out_p[c * out_hw] = static_cast<scalar_t>(acc[c] * inv);
+      }
+    }
+  }
+}
+
+// Forward, fast path (stride 1, dilation 1, tiled): each thread computes kRowsPerThread output rows i0..i0+P-1
+// of one column j. Output row i0+p takes offset a = u - p from input row u (counted from i0 - r), so each staged
+// key and value pixel is loaded and unpacked once for up to P outputs. The softmax is one pass (online): per
+// output, the logits are taken in base 2 (x = l*log2(e) - m) against a running maximum m kept at an integer, so
+// that a rescale, when a logit exceeds m, is an exact multiplication by a power of two; the same weights as the
+// two-pass form, with the same IEEE propagation of non-finite logits (-inf weighs 0, +inf and NaN give NaN).
+// geo[g] is staged transposed (entry (a, b) at b*K + a) so the P outputs' entries of one pixel sit at
+// consecutive addresses.
+template <typename scalar_t, int KIND>
+LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
+                                      const scalar_t* __restrict__ value, const scalar_t* __restrict__ geo,
+                                      scalar_t* __restrict__ out, const LrGeom g, const LrTile t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int P = kRowsPerThread;
+  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
+  LR_DYNAMIC_SMEM(smem);
+  const int K = g.ksize, KK = K * K, r = g.radius;
+  const LrBlock blk = lr_block(t, g.groups);
+  const int grp = blk.group, n = blk.outer;
+  const int i0 = (blk.tile_i * t.th + static_cast<int>(threadIdx.y)) * P;
+  const int j = blk.tile_j * t.tw + static_cast<int>(threadIdx.x);
+  const int c_begin = grp * g.per_group;
+  const int m_g = lr_min(g.per_group, g.channels - c_begin);
+  const int64_t hw = int64_t(g.height) * g.width;
+  const scalar_t* key_plane = key + (int64_t(n) * g.groups + grp) * hw;
+  const scalar_t* value_plane = value + (int64_t(n) * g.channels + c_begin) * hw;
+  const scalar_t* geo_g = geo + int64_t(grp) * KK;
+
+  acc_t* s_geo = reinterpret_cast<acc_t*>(smem);  // transposed: (a, b) at b*K + a
+  scalar_t* s_key = reinterpret_cast<scalar_t*>(smem + t.off_a);
+  LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
+  const LrRegion reg = lr_window_region(g, t, blk);
+  const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
+  for (int e = tid; e < KK; e += t.tw * t.th) s_geo[(e % K) * K + e / K] = static_cast<acc_t>(geo_g[e]);
+  lr_stage_plane(s_key, key_plane, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
+
+  // The thread's outputs: rows i0 + p < out_h of column j < out_w. Input rows [y_lo, y_hi] and offsets
+  // b in [b_lo, b_hi] are the ones inside the map (the same b for every row, since they share the column).
+  const bool col_active = j < g.out_w && i0 < g.out_h;
+  const int jj = col_active ? j : reg.x0;
+  int b_lo = 0, b_hi = -1;
+  lr_window_range(jj, g.width, K, r, 1, 1, b_lo, b_hi);
+  const int y_lo = lr_max(0, i0 - r), y_hi = col_active ? lr_min(g.height - 1, i0 + P - 1 + r) : y_lo - 1;
+  acc_t q[P], m[P], z[P];
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const bool in = col_active && i0 + p < g.out_h;
+    q[p] = in ? static_cast<acc_t>(query[((int64_t(n) * g.groups + grp) * g.out_h + i0 + p) * g.out_w + j]) : acc_t(0);
+    m[p] = -std::numeric_limits<acc_t>::max();  // below every finite logit: the first one rescales by 0
+    z[p] = 0;
+  }
+
+  for (int cc = 0; cc < m_g; cc += kChannelChunk) {
+    const int mc = lr_min(kChannelChunk, m_g - cc);
+    if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tile
+    lr_stage_channels(s_value, value_plane + cc * hw, hw, mc, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height,
+                      g.width);
+    LR_SYNC();
+    acc_t acc[P][kChannelChunk];
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) acc[p][c] = 0;
+    }
+    // The first chunk finds each output's maximum and normaliser; later chunks reuse them (m is then final).
+    auto run_rows = [&](auto online) {
+      for (int y = y_lo; y <= y_hi; ++y) {
+        const int u = y - i0 + r;  // output row i0 + p takes offset a = u - p from this row
+        bool take[P];
+#pragma unroll
+        for (int p = 0; p < P; ++p) take[p] = u - p >= 0 && u - p < K && i0 + p < g.out_h;
+        int px = (y - reg.y0) * t.rw + (jj - reg.x0) + (b_lo - r);  // the pixel of offset b_lo
+        const acc_t* geo_col = s_geo + b_lo * K + u;                 // entry (u - p, b) at geo_col[-p]
+        for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
+          const acc_t kv = static_cast<acc_t>(s_key[px]);
+          const LrVec<scalar_t> vv = s_value[px];
+          acc_t v[kChannelChunk];
+#pragma unroll
+          for (int c = 0; c < kChannelChunk; ++c) v[c] = static_cast<acc_t>(vv.v[c]);
+#pragma unroll
+          for (int p = 0; p < P; ++p) {
+            if (!take[p]) continue;
+            const acc_t l = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
+            acc_t x = l * kLog2e - m[p];
+            if constexpr (decltype(online)::value) {
+              if (x > acc_t(0)) {  // a new maximum (or +inf): move m up to an integer, rescale by 2^(m_old - m)
+                const acc_t m_new = lr_ceil(l * kLog2e);
+                const acc_t scale = lr_pow2_below(m[p] - m_new);
+                z[p] *= scale;
+#pragma unroll
+                for (int c = 0; c < kChannelChunk; ++c) acc[p][c] *= scale;
+                m[p] = m_new;
+                x = l * kLog2e - m_new;
+              }
+            }
+            const acc_t e = lr_exp2(x);
+            if constexpr (decltype(online)::value) z[p] += e;
+#pragma unroll
+            for (int c = 0; c < kChannelChunk; ++c) acc[p][c] += e * v[c];
+          }
+        }
+      }
+    };
+    if (cc == 0) {
+      run_rows(std::true_type{});
+    } else {
+      run_rows(std::false_type{});
+    }
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      if (!col_active || i0 + p >= g.out_h) continue;
+      const acc_t inv = acc_t(1) / z[p];
+      scalar_t* out_p = out + ((int64_t(n) * g.channels + c_begin + cc) * g.out_h + i0 + p) * g.out_w + j;
+      const int64_t out_hw = int64_t(g.out_h) * g.out_w;
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) {
+        if (c < mc) out_p[c * out_hw] = static_cast<scalar_t>(acc[p][c] * inv);
       }
     }
   }

@@ -12,6 +12,7 @@ namespace cuda {
 constexpr int kChannelChunk = 8;   // value channels held in registers per pass; more channels loop in chunks
 constexpr int kOffsetChunk = 64;   // window offsets per flush of the geo_prior partial sums
 constexpr int kMaxThreads = 256;   // threads per block
+constexpr int kRowsPerThread = 4;  // output rows per thread of the forward's fast path (stride 1, dilation 1)
 constexpr int64_t kSharedLimit = 48 * 1024;           // dynamic shared memory a block may use without opt-in
 constexpr int64_t kPartialBudget = int64_t(1) << 22;  // entries of the geo_prior partial sums the batch split aims at
 constexpr int64_t kPartialCap = int64_t(1) << 25;     // entries it never exceeds (128 MiB in float), unless one
@@ -36,6 +37,7 @@ struct LrTile {
   int tiled;             // 1: stage tiles in shared memory; 0: read global memory directly (tile too big)
   int64_t smem;          // dynamic shared memory bytes of the launch
   int n_chunks, n_per;   // gather pass: the batch is split into n_chunks chunks of n_per images
+  int rows_per_thread;   // window passes: output rows per thread (a tile is tw x th*rows_per_thread outputs)
   int tiles_per_block;   // gather pass: a block visits this many consecutive tiles (1 unless memory is capped)
   int tile_slots;        // gather pass: ceil(tiles / tiles_per_block), blocks per (group, batch chunk)
   // Window passes: geo[g] (KK acc_t) at 0, the key tile (rh*rw scalars) at off_a, the value tile
@@ -77,19 +79,23 @@ inline int64_t lr_haloed_span(int threads, int stride, int64_t halo, int size) {
   return std::min<int64_t>(int64_t(threads - 1) * stride + halo + 1, size);
 }
 
-// Forward and statistics passes: one thread per output pixel; the tile stages the haloed key plane, the
-// haloed kChannelChunk value planes (interleaved: one vector load per pixel) and the group's geo_prior.
-inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t acc_bytes, int64_t limit) {
+// Forward and statistics passes: one thread per output pixel (or per `rows` output rows of one column, the
+// forward's fast path); the tile stages the haloed key plane, the haloed kChannelChunk value planes
+// (interleaved: one vector load per pixel) and the group's geo_prior.
+inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t acc_bytes, int64_t limit,
+                                  int rows_per_thread = 1) {
+  const int P = rows_per_thread;
   const int64_t kk = int64_t(g.ksize) * g.ksize;
   const int64_t halo = 2 * int64_t(g.radius) * g.dilation;
-  auto rows = [&](int th) { return lr_haloed_span(th, g.stride, halo, g.height); };
+  auto rows = [&](int th) { return lr_haloed_span(th * P, g.stride, halo, g.height); };
   auto cols = [&](int tw) { return lr_haloed_span(tw, g.stride, halo, g.width); };
   auto cap = [&](int tw, int th) { return rows(th) * cols(tw); };
   auto off_a = [&](int, int) { return lr_align16(kk * acc_bytes); };
   auto off_b = [&](int tw, int th) { return lr_align16(off_a(tw, th) + cap(tw, th) * scalar_bytes); };
   auto bytes = [&](int tw, int th) { return off_b(tw, th) + cap(tw, th) * kChannelChunk * scalar_bytes; };
   LrTile t{};
-  lr_block_shape(g.out_h, g.out_w, t.tw, t.th);
+  t.rows_per_thread = P;
+  lr_block_shape(lr_ceil_div_pos(g.out_h, P), g.out_w, t.tw, t.th);
   int tw = t.tw, th = t.th;
   if (lr_fit_block(tw, th, limit, bytes)) {
     t.tw = tw;
@@ -102,12 +108,23 @@ inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
     t.off_b = static_cast<int>(off_b(tw, th));
   }
   t.tiles_x = lr_ceil_div_pos(g.out_w, t.tw);
-  t.tiles_y = lr_ceil_div_pos(g.out_h, t.th);
+  t.tiles_y = lr_ceil_div_pos(g.out_h, int64_t(t.th) * P);
   t.n_chunks = g.n;
   t.n_per = 1;
   t.tiles_per_block = 1;
   t.tile_slots = t.tiles_x * t.tiles_y;
   return t;
+}
+
+// The forward's plan: the row-stacked fast path (kRowsPerThread output rows per thread, each staged key and
+// value pixel loaded once for all of them) at stride 1 and dilation 1 when its tile fits; otherwise one output
+// per thread, as the statistics pass.
+inline LrTile lr_plan_forward(const LrGeom& g, int64_t scalar_bytes, int64_t acc_bytes, int64_t limit) {
+  if (g.stride == 1 && g.dilation == 1 && g.ksize > 1) {
+    const LrTile t = lr_plan_window_pass(g, scalar_bytes, acc_bytes, limit, kRowsPerThread);
+    if (t.tiled) return t;
+  }
+  return lr_plan_window_pass(g, scalar_bytes, acc_bytes, limit);
 }
 
 // The gather pass's parallel split. A block owns one slot of the geo_prior partial sums (G*K*K entries per
@@ -161,6 +178,7 @@ inline LrTile lr_plan_gather_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
   } else {
     t.smem = off_a(t.tw, t.th);
   }
+  t.rows_per_thread = 1;
   t.tiles_x = lr_ceil_div_pos(g.width, t.tw);
   t.tiles_y = lr_ceil_div_pos(g.height, t.th);
   lr_split_gather(g, partial_budget, partial_cap, min_blocks, t);

@@ -34,7 +34,15 @@ void lr_run_forward(const scalar_t* query, const scalar_t* key, const scalar_t* 
                     scalar_t* out, const LrGeom& g, const LrTile& t, LrStream stream) {
   const int64_t blocks = lr_window_blocks(t, g);
   const dim3 block(t.tw, t.th);
-  if (!t.tiled) {
+  if (t.tiled && t.rows_per_thread > 1) {  // lr_plan_forward's fast path: stride 1, dilation 1
+    if (g.kind == 0) {
+      lr_launch(lr_forward_rows_kernel<scalar_t, 0>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+    } else if (g.kind == 1) {
+      lr_launch(lr_forward_rows_kernel<scalar_t, 1>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+    } else {
+      lr_launch(lr_forward_rows_kernel<scalar_t, 2>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+    }
+  } else if (!t.tiled) {
     lr_launch(lr_forward_kernel<scalar_t, -1, false>, blocks, block, 0, stream, query, key, value, geo, out, g, t);
   } else if (g.kind == 0) {
     lr_launch(lr_forward_kernel<scalar_t, 0, true>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);

@@ -17,14 +17,15 @@ from lrrobust.ops import library
 
 H100_SMS = 132  # multiprocessors of an H100 SXM / H200, the planner's default target
 FIELDS = ("tw", "th", "tiled", "smem", "rh", "rw", "tiles_x", "tiles_y", "n_chunks", "n_per", "tiles_per_block",
-          "tile_slots")
+          "tile_slots", "rows_per_thread")
 
 
 @dataclass(frozen=True)
 class PassPlan:
     """One pass's launch: blocks of tw x th threads, a haloed tile of rh x rw pixels in ``smem`` bytes of shared
     memory when ``tiled``; for the gather pass, the batch in ``n_chunks`` chunks of ``n_per`` images and the
-    tiles in ``tile_slots`` runs of ``tiles_per_block``."""
+    tiles in ``tile_slots`` runs of ``tiles_per_block``; for the forward's fast path, ``rows_per_thread`` output rows
+    per thread."""
 
     tw: int
     th: int
@@ -38,6 +39,7 @@ class PassPlan:
     n_per: int
     tiles_per_block: int
     tile_slots: int
+    rows_per_thread: int
     groups: int
 
     @property
@@ -48,8 +50,9 @@ class PassPlan:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """The plans of the window passes (forward, statistics) and of the gather pass, and the gather's partial sums."""
+    """The plans of the forward, of the statistics pass and of the gather pass, and the gather's partial sums."""
 
+    forward: PassPlan
     window: PassPlan
     gather: PassPlan
     partial_entries: int  # G*K*K per slot, one slot per gather block per group
@@ -81,9 +84,10 @@ def cuda_launch_plan(n: int, channels: int, groups: int, height: int, width: int
         limits["partial_cap"] if partial_cap is None else partial_cap,
         limits["min_waves"] * sm_count,
     )
-    window_pass, gather_pass = (
-        PassPlan(**{k: (bool(v) if k == "tiled" else v) for k, v in zip(FIELDS, part)}, groups=groups)
-        for part in (values[: len(FIELDS)], values[len(FIELDS):])
+    forward_pass, window_pass, gather_pass = (
+        PassPlan(**{k: (bool(v) if k == "tiled" else v) for k, v in zip(FIELDS, values[i: i + len(FIELDS)])},
+                 groups=groups)
+        for i in range(0, 3 * len(FIELDS), len(FIELDS))
     )
     entries = groups * kernel_size * kernel_size * gather_pass.n_chunks * gather_pass.tile_slots
-    return LaunchPlan(window=window_pass, gather=gather_pass, partial_entries=entries)
+    return LaunchPlan(forward=forward_pass, window=window_pass, gather=gather_pass, partial_entries=entries)

@@ -84,6 +84,8 @@ def check_case(ext, n, c, g, h, w, k, s, d, kind, smem_limit, budget=BUDGET, dty
     plan = ext.plan(q, key, v, geo, k, s, d, ki, smem_limit, budget, cap, min_blocks)
     if want_tiled is not None:
         assert plan[2] == want_tiled and plan[10] == want_tiled, (plan, want_tiled)
+        # The forward's row-stacked fast path serves every tiled stride-1, dilation-1 window (plan[18] rows).
+        assert plan[18] == (4 if want_tiled and s == 1 and d == 1 and k > 1 else 1), plan
     out = ext.forward(padded(q), padded(key), padded(v), padded(geo), k, s, d, ki, smem_limit)
     grads = ext.backward(padded(go), padded(q), padded(key), padded(v), padded(geo), k, s, d, ki, smem_limit, budget,
                          cap, min_blocks)

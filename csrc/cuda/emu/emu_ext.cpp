@@ -28,7 +28,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& q
 }
 
 // The plans of the window passes and the gather pass: {tw, th, tiled, smem, rh, rw, n_chunks, n_per} each,
-// then the gather pass's {tiles_per_block, tile_slots}.
+// then the gather pass's {tiles_per_block, tile_slots}, then the forward's {rows_per_thread, tiled}.
 std::vector<int64_t> plan(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& geo, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t kind,
                           int64_t smem_limit, int64_t partial_budget, int64_t partial_cap, int64_t min_blocks) {
@@ -38,10 +38,12 @@ std::vector<int64_t> plan(const at::Tensor& query, const at::Tensor& key, const 
   const int64_t scalar_bytes = value.element_size();
   const int64_t acc_bytes = value.scalar_type() == at::kDouble ? 8 : 4;
   const LrTile w = lrrobust::cuda::lr_plan_window_pass(g, scalar_bytes, acc_bytes, smem_limit);
+  const LrTile f = lrrobust::cuda::lr_plan_forward(g, scalar_bytes, acc_bytes, smem_limit);
   const LrTile a = lrrobust::cuda::lr_plan_gather_pass(g, scalar_bytes, acc_bytes, smem_limit, partial_budget,
                                                        partial_cap, min_blocks);
   return {w.tw, w.th, w.tiled, w.smem, w.rh, w.rw, w.n_chunks, w.n_per,
-          a.tw, a.th, a.tiled, a.smem, a.rh, a.rw, a.n_chunks, a.n_per, a.tiles_per_block, a.tile_slots};
+          a.tw, a.th, a.tiled, a.smem, a.rh, a.rw, a.n_chunks, a.n_per, a.tiles_per_block, a.tile_slots,
+          f.rows_per_thread, f.tiled};
 }
 
 void set_schedule(int64_t thread_order, int64_t block_order, int64_t seed) {
