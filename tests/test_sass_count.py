@@ -146,6 +146,40 @@ def test_float64_exp_is_counted_by_its_range_reduction_constant():
     assert (loop.role, loop.offsets, loop.per_offset) == ("exp", 2, 2.0)
 
 
+ROWS = "_ZN8lrrobust4cuda22lr_forward_rows_kernelIN3c108BFloat16ELi0EEEvPKT_S6_S6_S6_PS4_NS0_6LrGeomENS0_6LrTileE"
+# The row-stacked forward's online softmax: a full row (2 outputs) with its rare rescale block skipped by a forward
+# branch (6 instructions, FRND.CEIL, no exp), and a row of one output without a rescale test.
+ROWS_CODE = [
+    (0x000, "LDS R8, [R5]"),  # full row: 12 instructions, 6 of them on the rare path, 2 offsets
+    (0x010, "FSETP.GT.FTZ.AND P1, PT, R8, RZ, PT"),
+    (0x020, "@!P1 BRA 0x90"),
+    (0x030, "FRND.FTZ.CEIL R9, R8"),
+    (0x040, "FADD.FTZ R10, R11, -R9"),
+    (0x050, "FMUL.FTZ R12, R12, R10"),
+    (0x060, "FMUL.FTZ R13, R13, R10"),
+    (0x070, "FFMA.FTZ R8, R8, 1.4426950216293334961, -R9"),
+    (0x080, "MOV R11, R9"),
+    (0x090, "MUFU.EX2 R14, R8"),
+    (0x0a0, "MUFU.EX2 R15, R8"),
+    (0x0b0, "@P0 BRA 0x0"),
+    (0x0c0, "LDS R8, [R5]"),  # one output: 4 instructions, 1 offset, and a forward branch over a block with an exp
+    (0x0d0, "@!P1 BRA 0x100"),
+    (0x0e0, "FRND.FTZ.CEIL R9, R8"),
+    (0x0f0, "MUFU.EX2 R14, R8"),
+    (0x100, "@P0 BRA 0xc0"),
+    (0x110, "EXIT"),
+]
+
+
+def test_online_loops_leave_the_rare_rescale_out_and_report_the_steady_row():
+    rows = sc.analyse(sass({ROWS: ROWS_CODE}))[0]
+    assert (rows.kernel, rows.dtype, rows.kind, rows.tiled) == ("forward_rows", "bf16", 0, True)
+    assert [(lp.role, lp.instructions, lp.offsets, lp.rare) for lp in rows.loops] == [
+        ("online", 6, 2, 6), ("exp", 5, 1, 0)]
+    assert rows.steady() == pytest.approx(3.0)
+    assert rows.total() == pytest.approx((3.0, 3.0))  # the worst row is an online loop too, here the same one
+
+
 def test_kernel_names_demangle_to_kernel_dtype_kind_tiled():
     assert sc.parse_kernel_name(FORWARD) == ("forward", "f32", 0, True)
     assert sc.parse_kernel_name(GATHER.replace("IfLi0ELb1", "IN3c108BFloat16ELin1ELb0")) == (
@@ -157,7 +191,7 @@ def test_kernel_names_demangle_to_kernel_dtype_kind_tiled():
 
 def test_tables_add_stats_and_gather_into_the_backward():
     reports = sc.analyse(FIXTURE, RES_USAGE)
-    assert sc.budget_rows(reports) == [["f32", "sqdiff", "3.5 + 3", "3 + 4", "7 / 10", "6.5", "14", "17"]]
+    assert sc.budget_rows(reports) == [["f32", "sqdiff", "-", "3.5 + 3", "3 + 4", "7 / 10", "6.5", "14", "17"]]
     text = sc.markdown(reports, "header")
     assert "| f32 | sqdiff | gather | tiled | s>1 10/1, s=1 7/1 | 7 (s>1: 10) | 71 | 0 |" in text
     assert "geo_reduce" not in text  # no per-offset pass

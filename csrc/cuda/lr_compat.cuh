@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 
@@ -20,9 +21,12 @@ template <typename T>
 LR_DEV T lr_shfl_xor(T v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
 }
+LR_DEV float lr_bits_to_float(uint32_t bits) { return __uint_as_float(bits); }
 LR_DEV bool lr_vote_any(bool pred) { return __any_sync(0xffffffffu, pred) != 0; }
 LR_DEV float lr_exp(float x) { return __expf(x); }
 LR_DEV double lr_exp2(double x) { return ::exp2(x); }
+LR_DEV float lr_fma(float a, float b, float c) { return fmaf(a, b, c); }
+LR_DEV double lr_fma(double a, double b, double c) { return ::fma(a, b, c); }
 LR_DEV float lr_exp2(float x) { return exp2f(x); }  // ex2.approx under --use_fast_math
 LR_DEV float lr_ceil(float x) { return ceilf(x); }
 LR_DEV double lr_ceil(double x) { return ::ceil(x); }
@@ -47,9 +51,16 @@ template <typename T>
 inline T lr_shfl_xor(T v, int lane_mask) {
   return ::lremu::shfl_xor(v, lane_mask);
 }
+inline float lr_bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
 inline bool lr_vote_any(bool pred) { return ::lremu::vote_any(pred); }
 inline float lr_exp(float x) { return std::exp(x); }
 inline float lr_exp2(float x) { return std::exp2(x); }
+inline float lr_fma(float a, float b, float c) { return std::fma(a, b, c); }
+inline double lr_fma(double a, double b, double c) { return std::fma(a, b, c); }
 inline double lr_exp2(double x) { return std::exp2(x); }
 inline float lr_ceil(float x) { return std::ceil(x); }
 inline double lr_ceil(double x) { return std::ceil(x); }

@@ -24,6 +24,8 @@
 // cancellation. The same source runs on the CPU in emu/ (see emu/check_emulated.py).
 #pragma once
 
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -145,6 +147,23 @@ template <typename T>
 struct alignas(16) LrVec {
   T v[kChannelChunk];
 };
+
+// The kChannelChunk channels of one staged pixel in the accumulation type. bfloat16 is the top half of a float:
+// each 32-bit word of the vector holds two channels, widened by one shift and one mask.
+template <typename T, typename A>
+LR_DEV void lr_widen(const LrVec<T> vec, A (&v)[kChannelChunk]) {
+#pragma unroll
+  for (int c = 0; c < kChannelChunk; ++c) v[c] = static_cast<A>(vec.v[c]);
+}
+LR_DEV void lr_widen(const LrVec<c10::BFloat16> vec, float (&v)[kChannelChunk]) {
+  uint32_t words[kChannelChunk / 2];
+  memcpy(words, &vec, sizeof(words));
+#pragma unroll
+  for (int w = 0; w < kChannelChunk / 2; ++w) {
+    v[2 * w] = lr_bits_to_float(words[w] << 16);
+    v[2 * w + 1] = lr_bits_to_float(words[w] & 0xffff0000u);
+  }
+}
 
 // Like lr_stage_plane, for the channels [0, mc) of planes src + c * plane_stride, interleaved.
 template <typename T>
@@ -330,9 +349,10 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
           const acc_t p =
               lr_exp(lr_phi<KIND>(q, static_cast<acc_t>(kp[off]), g.kind) + geo_at(a * K + b) - mx);
           z += p;
-          const LrVec<scalar_t> vv = values_at(off);
+          acc_t v[kChannelChunk];
+          lr_widen(values_at(off), v);
 #pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) acc[c] += p * static_cast<acc_t>(vv.v[c]);
+          for (int c = 0; c < kChannelChunk; ++c) acc[c] += p * v[c];
         }
       }
       const acc_t inv = acc_t(1) / z;
@@ -410,41 +430,101 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
       for (int c = 0; c < kChannelChunk; ++c) acc[p][c] = 0;
     }
     // The first chunk finds each output's maximum and normaliser; later chunks reuse them (m is then final).
-    auto run_rows = [&](auto online) {
-      for (int y = y_lo; y <= y_hi; ++y) {
-        const int u = y - i0 + r;  // output row i0 + p takes offset a = u - p from this row
-        bool take[P];
+    // A logit above m (x > 0, or +inf) moves m up to an integer and rescales that output by 2^(m_old - m).
+    auto rescale = [&](int p, acc_t l) -> acc_t {
+      const acc_t m_new = lr_ceil(l * kLog2e);
+      const acc_t scale = lr_pow2_below(m[p] - m_new);
+      z[p] *= scale;
 #pragma unroll
-        for (int p = 0; p < P; ++p) take[p] = u - p >= 0 && u - p < K && i0 + p < g.out_h;
-        int px = (y - reg.y0) * t.rw + (jj - reg.x0) + (b_lo - r);  // the pixel of offset b_lo
-        const acc_t* geo_col = s_geo + b_lo * K + u;                 // entry (u - p, b) at geo_col[-p]
-        for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
-          const acc_t kv = static_cast<acc_t>(s_key[px]);
-          const LrVec<scalar_t> vv = s_value[px];
-          acc_t v[kChannelChunk];
+      for (int c = 0; c < kChannelChunk; ++c) acc[p][c] *= scale;
+      m[p] = m_new;
+      return lr_fma(l, kLog2e, -m_new);
+    };
+    // One input row for the outputs p in [LO, HI) (compile-time: no per-output test; one branch for any new
+    // maximum), and for any set of outputs (`take`, the rows at the bottom of the map).
+    auto run_row = [&](auto lo_c, auto hi_c, auto online, int px, const acc_t* geo_col) {
+      constexpr int LO = decltype(lo_c)::value, HI = decltype(hi_c)::value;
+      constexpr bool kOnline = decltype(online)::value;
+#pragma unroll 2
+      for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
+        const acc_t kv = static_cast<acc_t>(s_key[px]);
+        acc_t v[kChannelChunk];
+        lr_widen(s_value[px], v);
+        acc_t l[P], x[P];
 #pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) v[c] = static_cast<acc_t>(vv.v[c]);
+        for (int p = LO; p < HI; ++p) {
+          l[p] = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
+          x[p] = lr_fma(l[p], kLog2e, -m[p]);
+        }
+        if constexpr (kOnline) {
+          bool up = false;
 #pragma unroll
-          for (int p = 0; p < P; ++p) {
-            if (!take[p]) continue;
-            const acc_t l = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
-            acc_t x = l * kLog2e - m[p];
-            if constexpr (decltype(online)::value) {
-              if (x > acc_t(0)) {  // a new maximum (or +inf): move m up to an integer, rescale by 2^(m_old - m)
-                const acc_t m_new = lr_ceil(l * kLog2e);
-                const acc_t scale = lr_pow2_below(m[p] - m_new);
-                z[p] *= scale;
+          for (int p = LO; p < HI; ++p) up = up || x[p] > acc_t(0);
+          if (up) {
 #pragma unroll
-                for (int c = 0; c < kChannelChunk; ++c) acc[p][c] *= scale;
-                m[p] = m_new;
-                x = l * kLog2e - m_new;
-              }
+            for (int p = LO; p < HI; ++p) {
+              if (x[p] > acc_t(0)) x[p] = rescale(p, l[p]);
             }
-            const acc_t e = lr_exp2(x);
-            if constexpr (decltype(online)::value) z[p] += e;
-#pragma unroll
-            for (int c = 0; c < kChannelChunk; ++c) acc[p][c] += e * v[c];
           }
+        }
+#pragma unroll
+        for (int p = LO; p < HI; ++p) {
+          const acc_t e = lr_exp2(x[p]);
+          if constexpr (kOnline) z[p] += e;
+#pragma unroll
+          for (int c = 0; c < kChannelChunk; ++c) acc[p][c] += e * v[c];
+        }
+      }
+    };
+    auto run_row_checked = [&](auto online, const bool (&take)[P], int px, const acc_t* geo_col) {
+      constexpr bool kOnline = decltype(online)::value;
+      for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
+        const acc_t kv = static_cast<acc_t>(s_key[px]);
+        acc_t v[kChannelChunk];
+        lr_widen(s_value[px], v);
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+          if (!take[p]) continue;
+          const acc_t l = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
+          acc_t x = lr_fma(l, kLog2e, -m[p]);
+          if constexpr (kOnline) {
+            if (x > acc_t(0)) x = rescale(p, l);
+          }
+          const acc_t e = lr_exp2(x);
+          if constexpr (kOnline) z[p] += e;
+#pragma unroll
+          for (int c = 0; c < kChannelChunk; ++c) acc[p][c] += e * v[c];
+        }
+      }
+    };
+    using std::integral_constant;
+    auto run_rows = [&](auto online) {
+      const bool all_out = i0 + P - 1 < g.out_h;
+      for (int y = y_lo; y <= y_hi; ++y) {
+        const int u = y - i0 + r;  // output row i0 + p takes offset a = u - p from this row: p in [lo, hi]
+        const int lo = lr_max(0, u - K + 1), hi = lr_min(P - 1, u);
+        const int px = (y - reg.y0) * t.rw + (jj - reg.x0) + (b_lo - r);  // the pixel of offset b_lo
+        const acc_t* geo_col = s_geo + b_lo * K + u;                       // entry (u - p, b) at geo_col[-p]
+        static_assert(P == 4, "the row dispatch below lists the runs of 4 outputs");
+        if (all_out && lo == 0 && hi == 3) {
+          run_row(integral_constant<int, 0>{}, integral_constant<int, 4>{}, online, px, geo_col);
+        } else if (all_out && lo == 0 && hi == 2) {
+          run_row(integral_constant<int, 0>{}, integral_constant<int, 3>{}, online, px, geo_col);
+        } else if (all_out && lo == 0 && hi == 1) {
+          run_row(integral_constant<int, 0>{}, integral_constant<int, 2>{}, online, px, geo_col);
+        } else if (all_out && lo == 0 && hi == 0) {
+          run_row(integral_constant<int, 0>{}, integral_constant<int, 1>{}, online, px, geo_col);
+        } else if (all_out && lo == 1 && hi == 3) {
+          run_row(integral_constant<int, 1>{}, integral_constant<int, 4>{}, online, px, geo_col);
+        } else if (all_out && lo == 2 && hi == 3) {
+          run_row(integral_constant<int, 2>{}, integral_constant<int, 4>{}, online, px, geo_col);
+        } else if (all_out && lo == 3 && hi == 3) {
+          run_row(integral_constant<int, 3>{}, integral_constant<int, 4>{}, online, px, geo_col);
+        } else {  // K < 3, or the thread's last outputs lie below the map
+          bool take[P];
+#pragma unroll
+          for (int p = 0; p < P; ++p) take[p] = p >= lo && p <= hi && i0 + p < g.out_h;
+          run_row_checked(online, take, px, geo_col);
         }
       }
     };
@@ -558,10 +638,11 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
           const acc_t kv = static_cast<acc_t>(kp[off]);
           const acc_t p = lr_exp(lr_phi<KIND>(q, kv, g.kind) + geo_at(a * K + b) - mx);
           const acc_t tq = lr_dphi_dq<KIND>(q, kv, g.kind) - t0;
-          const LrVec<scalar_t> vv = values_at(off);
+          acc_t v[kChannelChunk];
+          lr_widen(values_at(off), v);
           acc_t dw = 0;
 #pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) dw += go[c] * static_cast<acc_t>(vv.v[c]);
+          for (int c = 0; c < kChannelChunk; ++c) dw += go[c] * v[c];
           const acc_t pd = p * dw;
           zc += p;
           sc += p * tq;
@@ -728,11 +809,12 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
                 const int o = TILED ? (oi - oi_lo) * orw + (oj - oj_lo) : oi * g.out_w + oj;
                 const LrStats<acc_t> st = stats_at(o);
                 const acc_t w = lr_exp(lr_phi<KIND>(st.q, kv, g.kind) + geo_at(ab) - st.lse);
-                const LrVec<scalar_t> gov = go_at(o);
+                acc_t gov[kChannelChunk];
+                lr_widen(go_at(o), gov);
                 acc_t dw = 0;
 #pragma unroll
                 for (int c = 0; c < kChannelChunk; ++c) {
-                  const acc_t go = static_cast<acc_t>(gov.v[c]);
+                  const acc_t go = gov[c];
                   dw += go * v[c];
                   dv[c] += w * go;
                 }

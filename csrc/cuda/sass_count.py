@@ -9,11 +9,17 @@ This script disassembles the built extension with `cuobjdump -sass`, finds the i
 divides each loop's instruction count by the offsets one iteration covers, which the compiler's unrolling
 decides. The offsets per iteration come from a signature instruction that occurs once per offset:
 
-    exp pass, main pass  one exp each: MUFU.EX2 (float accumulation, fast math); in float64 ::exp is inlined
-                         and its range reduction has one DFMA with the constant 6.755399441055744e15 (2^52+2^51)
+    exp pass, main pass  one exp each: MUFU.EX2 (float accumulation, fast math); in float64 ::exp and ::exp2
+                         are inlined and their range reduction adds the constant 6.755399441055744e15 (2^52+2^51)
+                         once (a DFMA in exp, a DADD in exp2; its subtraction, -6.755e15, is not counted)
     gather offset loop   its exp, as above (cross-check: 5 SHFL.BFLY per offset, 10 in float64)
     max pass             the compare of `l > mx ? l : mx`: FSETP.GT / DSETP.GT (or FMNMX / DMNMX)
 
+The forward's row-stacked fast path (lr_forward_rows_kernel: stride 1, dilation 1, 4 output rows per thread)
+has one loop per run of the thread's outputs a row of input serves; its one-pass softmax moves a running maximum
+up on a rare branch, marked by FRND.CEIL (the maximum is kept at an integer): those blocks are left out of the
+count ("online" loops, hot path only). Its steady state is the loop over the rows every output takes (the most
+offsets per iteration); the rows at the window's top and bottom serve fewer outputs and cost more per offset.
 Loops with none of these (tile staging, reductions) are listed as "other". The counts are static: each loop's
 body is counted whole, every path inside it included (the warp-sum branch of the gather, the slow-path fix-up
 of float64 exp), and the remainder of an unrolled loop and the per-row overhead of the outer loop are not
@@ -48,9 +54,9 @@ TARGETS = (
 )
 DTYPES = {"N3c108BFloat16E": "bf16", "N3c104HalfE": "f16", "f": "f32", "d": "f64"}
 PHI = {0: "sqdiff", 1: "absdiff", 2: "product", -1: "runtime"}
-KERNELS = ("forward", "stats", "gather")  # kernels with per-offset passes, in report order
+KERNELS = ("forward", "forward_rows", "stats", "gather")  # kernels with per-offset passes, in report order
 # Per-offset passes of each kernel, summed into its per-offset total.
-PASSES = {"forward": ("max", "exp"), "stats": ("max", "exp"), "gather": ("offset",)}
+PASSES = {"forward": ("max", "exp"), "forward_rows": ("online",), "stats": ("max", "exp"), "gather": ("offset",)}
 F64_EXP_CONSTANT = "6.75539944105574400000e+15"
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*?)\s*;")
 HEX = re.compile(r"0x[0-9a-f]+")
@@ -71,9 +77,10 @@ class Loop:
     start: int
     end: int
     instructions: int
-    role: str  # "max", "exp", "offset" (gather, with a warp butterfly) or "other"
+    role: str  # "max", "exp", "online" (exp pass with a rare rescale), "offset" (gather, with a warp butterfly), "other"
     offsets: int | None  # window offsets one iteration covers (None for "other")
     divides: bool  # holds an integer division (the stride > 1 index math)
+    rare: int = 0  # instructions on rare branches left out of `instructions` (the online softmax's rescales)
 
     @property
     def per_offset(self) -> float | None:
@@ -107,10 +114,20 @@ class KernelReport:
             return self.pass_range("offset", divides=False) or self.pass_range("offset")
         return self.pass_range("offset", divides=True) or self.pass_range("offset")
 
+    def steady(self) -> float | None:
+        """forward_rows: instructions per offset of the loop over the rows every output of a thread takes (the
+        online loop with the most offsets per iteration)."""
+        online = [lp for lp in self.loops if lp.role == "online" and lp.offsets]
+        return max(online, key=lambda lp: (lp.offsets, -lp.instructions)).per_offset if online else None
+
     def total(self, stride_one: bool = True) -> tuple[float, float] | None:
-        """Instructions per (pixel, group, offset): the sum over the kernel's per-offset passes."""
+        """Instructions per (pixel, group, offset): the sum over the kernel's per-offset passes (forward_rows: the
+        range over its row loops, the steady state first)."""
         if self.kernel not in PASSES:
             return None
+        if self.kernel == "forward_rows":
+            worst = self.pass_range("online")
+            return None if worst is None else (self.steady(), worst[1])
         if self.kernel == "gather":
             return self.gather_range(stride_one)
         return add(*(self.pass_range(role) for role in PASSES[self.kernel]))
@@ -156,16 +173,37 @@ def innermost(loops: list[tuple[int, int]]) -> list[tuple[int, int]]:
             if not any((s2, e2) != (s, e) and s <= s2 and e2 <= e for (s2, e2) in loops)]
 
 
+def rare_blocks(body: list[Instr]) -> int:
+    """Instructions of the loop body that forward branches skip when they jump over a block holding FRND.CEIL
+    and no exp: the online softmax's rescale when a logit exceeds the running maximum."""
+    index = {ins.addr: i for i, ins in enumerate(body)}
+    skipped: set[int] = set()
+    for i, ins in enumerate(body):
+        targets = HEX.findall(ins.operands) if ins.opcode.startswith("BRA") else []
+        target = int(targets[-1], 16) if targets else None
+        if target is None or target <= ins.addr or target not in index:
+            continue
+        block = range(i + 1, index[target])
+        ops = [body[k].opcode for k in block]
+        if any(op.startswith("FRND") for op in ops) and "MUFU.EX2" not in ops:
+            skipped.update(block)
+    return len(skipped)
+
+
 def classify(body: list[Instr]) -> Loop:
     """Role and offsets per iteration of one loop body, from its signature instructions (module docstring)."""
     ops = Counter(ins.opcode for ins in body)
     exps = ops["MUFU.EX2"] + sum(
-        ins.opcode.startswith("DFMA") and F64_EXP_CONSTANT in ins.operands for ins in body)
+        ins.opcode.startswith(("DFMA", "DADD")) and ins.operands.split(",")[-1].strip() == F64_EXP_CONSTANT
+        for ins in body)
     maxes = sum(n for op, n in ops.items() if op.startswith(("FSETP.GT", "DSETP.GT", "FMNMX", "DMNMX")))
     shuffles = sum(n for op, n in ops.items() if op.startswith("SHFL.BFLY"))
     divides = any(op.startswith("I2F.RP") for op in ops)  # the reciprocal seed of an integer division
+    rare = rare_blocks(body)
     if exps and shuffles:
         role, offsets = "offset", exps
+    elif exps and rare:
+        return Loop(body[0].addr, body[-1].addr, len(body) - rare, "online", exps, divides, rare)
     elif exps:
         role, offsets = "exp", exps
     elif maxes:
@@ -181,11 +219,13 @@ def parse_kernel_name(name: str) -> tuple[str, str, int | None, bool | None] | N
     if m is None:
         return None
     base = name[m.end():m.end() + int(m.group(1))]
-    m2 = re.match(r"I(N3c108BFloat16E|N3c104HalfE|f|d)(?:Li(n?)(\d+)ELb([01])E)?E", name[m.end() + len(base):])
+    m2 = re.match(r"I(N3c108BFloat16E|N3c104HalfE|f|d)(?:Li(n?)(\d+)E(?:Lb([01])E)?)?E", name[m.end() + len(base):])
     if not (base.startswith("lr_") and base.endswith("_kernel")) or m2 is None:
         return None
     kind = None if m2.group(3) is None else (-1 if m2.group(2) else 1) * int(m2.group(3))
     tiled = None if m2.group(4) is None else m2.group(4) == "1"
+    if base == "lr_forward_rows_kernel":
+        tiled = True  # the row-stacked fast path always stages its tiles
     return base[3:-7], DTYPES[m2.group(1)], kind, tiled
 
 
@@ -258,8 +298,11 @@ def fmt(r: tuple[float, float] | None) -> str:
 
 
 def loop_text(lp: Loop, versioned: bool) -> str:
-    """"max 39/4": role, instructions, offsets per iteration; the gather's loop says which strides it serves."""
+    """"max 39/4": role, instructions, offsets per iteration; the gather's loop says which strides it serves; an
+    online loop says how many rare-path instructions it leaves out (+N)."""
     tag = lp.role
+    if lp.role == "online":
+        return f"online {lp.instructions}/{lp.offsets} (+{lp.rare})"
     if lp.role == "offset":
         tag = ("s>1" if lp.divides else "s=1") if versioned else "any s"
     return f"{tag} {lp.instructions}/{lp.offsets}"
@@ -298,7 +341,8 @@ def budget_rows(reports: list[KernelReport]) -> list[list[str]]:
         if kernel != "forward" or stats is None or gather is None:
             continue
         g1, g2 = gather.gather_range(True), gather.gather_range(False)
-        rows.append([dtype, PHI[kind],
+        rows_kernel = by_key.get((dtype, kind, "forward_rows"))
+        rows.append([dtype, PHI[kind], fmt(rows_kernel.total() if rows_kernel else None),
                      f"{fmt(fwd.pass_range('max'))} + {fmt(fwd.pass_range('exp'))}",
                      f"{fmt(stats.pass_range('max'))} + {fmt(stats.pass_range('exp'))}",
                      f"{fmt(g1)} / {fmt(g2)}", fmt(fwd.total()), fmt(add(stats.total(), g1)),
@@ -308,8 +352,9 @@ def budget_rows(reports: list[KernelReport]) -> list[list[str]]:
 
 SUMMARY_HEAD = ["dtype", "Phi", "kernel", "path", "innermost loops (role instr/offsets)", "instr per offset",
                 "regs", "LDL/STL"]
-BUDGET_HEAD = ["dtype", "Phi", "forward max + exp", "stats max + main", "gather s=1 / s>1",
-               "forward (<= 20 in bf16)", "backward s=1 (< 70)", "backward s>1"]
+BUDGET_HEAD = ["dtype", "Phi", "forward s=1 d=1: rows (steady-worst row)", "forward other: max + exp",
+               "stats max + main", "gather s=1 / s>1", "forward other (<= 20 in bf16)", "backward s=1 (< 70)",
+               "backward s>1"]
 
 
 def markdown(reports: list[KernelReport], header: str) -> str:
