@@ -661,6 +661,13 @@ void run_kernel(bool backward, const Geometry& g, int64_t phi, const Tensors<T>&
   });
 }
 
+// Results take the memory format of the input they mirror (out and grad_value: value's, grad_query: query's,
+// grad_key: key's), as the CUDA kernels and the fake kernels do: a channels-last network stays channels-last.
+// The CPU kernel computes in NCHW; a channels-last result is one copy here.
+at::Tensor in_format_of(const at::Tensor& t, const at::Tensor& like) {
+  return t.contiguous(like.suggest_memory_format());
+}
+
 at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                       const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride,
                                       int64_t dilation, int64_t composability) {
@@ -672,7 +679,7 @@ at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor&
         .to(value.scalar_type());
   }
   at::Tensor out = at::empty({shape.n, shape.channels, shape.out_height, shape.out_width}, value.options());
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return in_format_of(out, value);
   const Geometry g = geometry_of(shape);
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous(), p = geo_prior.contiguous();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "local_relation_forward_cpu", [&] {
@@ -685,7 +692,7 @@ at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor&
     run_kernel(/*backward=*/false, g, composability, t, shape.n * shape.groups * shape.out_height,
                grain_size(g, shape.out_width), value.options());
   });
-  return out;
+  return in_format_of(out, value);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backward_cpu(
@@ -709,7 +716,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backwa
   at::Tensor grad_key = at::empty(key.sizes(), key.options());
   at::Tensor grad_value = at::empty(value.sizes(), value.options());
   if (query.numel() == 0 || grad_value.numel() == 0) {
-    return {grad_query.zero_(), grad_key.zero_(), grad_value.zero_(), at::zeros_like(geo_prior)};
+    return {in_format_of(grad_query.zero_(), query), in_format_of(grad_key.zero_(), key),
+            in_format_of(grad_value.zero_(), value), at::zeros_like(geo_prior)};
   }
   const Geometry g = geometry_of(shape);
   const at::Tensor go = grad_out.to(value.scalar_type()).contiguous(), q = query.contiguous(), k = key.contiguous(),
@@ -730,7 +738,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backwa
                grain_size(g, shape.out_height * shape.out_width), value.options());
   });
   at::Tensor grad_prior = grad_prior_parts.view({shape.n, shape.groups, kernel_size, kernel_size}).sum(0);
-  return {grad_query, grad_key, grad_value, grad_prior};
+  return {in_format_of(grad_query, query), in_format_of(grad_key, key), in_format_of(grad_value, value), grad_prior};
 }
 
 }  // namespace

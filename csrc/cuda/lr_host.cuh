@@ -1,4 +1,5 @@
-// ATen side of the local relation op's CUDA kernels (paper Sec. 4): input checks, contiguous copies, dtype
+// ATen side of the local relation op's CUDA kernels (paper Sec. 4): input checks, layouts (copies only for strides
+// the kernels cannot index), dtype
 // dispatch, output and workspace allocation, launch planning, then the raw launchers of lr_run.cuh on the
 // current stream, each followed by C10_CUDA_KERNEL_LAUNCH_CHECK. Included by the op registration
 // (local_relation_cuda.cu) and the emulator; the kernels themselves live in the lr_cuda_<dtype>.cu files.
@@ -71,6 +72,41 @@ struct LrLimits {
   int64_t smem, partial_budget, partial_cap, min_blocks;
 };
 
+// The layout of a 4-D tensor whose pixels are evenly spaced (element (n, c, y, x) at
+// n*stride(0) + c*stride(1) + (y*W + x)*pix): contiguous NCHW, channels-last and channel slices of either; false
+// for any other strides (the caller copies those).
+inline bool lr_layout_of(const at::Tensor& t, LrLayout& layout) {
+  const int64_t height = t.size(2), width = t.size(3);
+  int64_t pix = 1;
+  if (width > 1) {
+    pix = t.stride(3);
+    if (height > 1 && t.stride(2) != width * pix) return false;
+  } else if (height > 1) {
+    pix = t.stride(2);
+  }
+  layout = LrLayout{t.stride(0), t.stride(1), pix};
+  return true;
+}
+
+// t itself when the kernels can index it (lr_layout_of), else a contiguous copy: channels-last inputs of the
+// --channels-last training, and the channel slices a layer's 1x1 convolution splits into query, key and value,
+// are read in place.
+inline at::Tensor lr_indexable(const at::Tensor& t) {
+  LrLayout unused{};
+  return lr_layout_of(t, unused) ? t : t.contiguous();
+}
+
+inline LrLayout lr_layout(const at::Tensor& t) {
+  LrLayout layout{};
+  TORCH_CHECK(lr_layout_of(t, layout), "local_relation (CUDA): internal error, a tensor the kernels cannot index");
+  return layout;
+}
+
+// An uninitialised tensor of the given sizes in the memory format of `like` (channels-last stays channels-last).
+inline at::Tensor lr_empty_like_format(at::IntArrayRef sizes, const at::Tensor& like) {
+  return at::empty(sizes, like.options().memory_format(like.suggest_memory_format()));
+}
+
 inline void lr_check_grid(int64_t blocks) {
   TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), "local_relation (CUDA): ", blocks,
               " thread blocks exceed the grid limit of 2^31 - 1; split the batch");
@@ -78,10 +114,14 @@ inline void lr_check_grid(int64_t blocks) {
 
 template <typename scalar_t>
 at::Tensor lr_forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                      const at::Tensor& geo_prior, const LrGeom& g, int64_t smem_limit) {
+                      const at::Tensor& geo_prior, LrGeom g, int64_t smem_limit) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::Tensor out = at::empty({g.n, g.channels, g.out_h, g.out_w}, value.options());
+  at::Tensor out = lr_empty_like_format({g.n, g.channels, g.out_h, g.out_w}, value);
   if (out.numel() == 0) return out;
+  g.lay.query = lr_layout(query);
+  g.lay.key = lr_layout(key);
+  g.lay.value = lr_layout(value);
+  g.lay.out = lr_layout(out);
   const LrTile t = lr_plan_forward(g, sizeof(scalar_t), sizeof(acc_t), smem_limit);
   lr_check_grid(int64_t(t.tiles_x) * t.tiles_y * g.groups * g.n);
   lr_run_forward<scalar_t>(query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
@@ -97,11 +137,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
                                                                        const at::Tensor& key,
                                                                        const at::Tensor& value,
                                                                        const at::Tensor& geo_prior,
-                                                                       const LrGeom& g, const LrLimits& lim) {
+                                                                       LrGeom g, const LrLimits& lim) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::Tensor grad_query = at::empty(query.sizes(), query.options());
-  at::Tensor grad_key = at::empty(key.sizes(), key.options());
-  at::Tensor grad_value = at::empty(value.sizes(), value.options());
+  at::Tensor grad_query = lr_empty_like_format(query.sizes(), query);
+  at::Tensor grad_key = lr_empty_like_format(key.sizes(), key);
+  at::Tensor grad_value = lr_empty_like_format(value.sizes(), value);
   at::Tensor grad_geo = at::empty(geo_prior.sizes(), geo_prior.options());
   if (g.n == 0 || g.height == 0 || g.width == 0) {
     grad_query.zero_();
@@ -110,6 +150,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
     grad_geo.zero_();
     return {grad_query, grad_key, grad_value, grad_geo};
   }
+  g.lay = LrLayouts{lr_layout(query), lr_layout(key), lr_layout(value), lr_layout(grad_out), LrLayout{},
+                    lr_layout(grad_query), lr_layout(grad_key), lr_layout(grad_value)};
   const LrStream stream = lr_current_stream();
   const at::TensorOptions acc_options = query.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
@@ -143,14 +185,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
   return {grad_query, grad_key, grad_value, grad_geo};
 }
 
-// Checked, contiguous, dispatched forward. The caller sets the device (CUDAGuard).
+// Checked, indexable (lr_indexable), dispatched forward. The caller sets the device (CUDAGuard).
 inline at::Tensor lr_forward_checked(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                      const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride,
                                      int64_t dilation, int64_t composability, int64_t smem_limit) {
   const LocalRelationShape shape =
       check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   const LrGeom g = lr_geom(shape, composability);
-  const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous();
+  const at::Tensor q = lr_indexable(query), k = lr_indexable(key), v = lr_indexable(value);
   const at::Tensor gp = geo_prior.contiguous();
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "local_relation_forward_cuda",
@@ -158,7 +200,7 @@ inline at::Tensor lr_forward_checked(const at::Tensor& query, const at::Tensor& 
   return out;
 }
 
-// Checked, contiguous, dispatched backward. The caller sets the device (CUDAGuard).
+// Checked, indexable (lr_indexable), dispatched backward. The caller sets the device (CUDAGuard).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward_checked(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t composability,
@@ -172,8 +214,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward_ch
   TORCH_CHECK(grad_out.device() == value.device() && grad_out.scalar_type() == value.scalar_type(),
               "local_relation_backward: grad_out must have the device and dtype of value");
   const LrGeom g = lr_geom(shape, composability);
-  const at::Tensor go = grad_out.contiguous(), q = query.contiguous(), k = key.contiguous();
-  const at::Tensor v = value.contiguous(), gp = geo_prior.contiguous();
+  const at::Tensor go = lr_indexable(grad_out), q = lr_indexable(query), k = lr_indexable(key);
+  const at::Tensor v = lr_indexable(value), gp = geo_prior.contiguous();
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "local_relation_backward_cuda", [&] {
     grads = lr_backward<scalar_t>(go, q, k, v, gp, g, lim);

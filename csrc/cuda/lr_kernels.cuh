@@ -41,6 +41,9 @@ namespace cuda {
 
 LR_HD int lr_min(int a, int b) { return a < b ? a : b; }
 LR_HD int lr_max(int a, int b) { return a > b ? a : b; }
+// Offset of element (n, c, pixel) of a tensor with layout l (see LrLayout), in 64 bits.
+LR_HD int64_t lr_at(const LrLayout& l, int n, int c, int64_t pixel) { return n * l.n + c * l.c + pixel * l.pix; }
+
 // Division rounding towards -inf / +inf, for any sign of a and b > 0.
 LR_HD int lr_floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 LR_HD int lr_ceil_div(int a, int b) { return -lr_floor_div(-a, b); }
@@ -129,14 +132,15 @@ LR_DEV T lr_warp_sum(T v) {
 // outside the plane read as 0 (they are never used: the kernels only visit in-image offsets). All threads
 // call it.
 template <typename T>
-LR_DEV void lr_stage_plane(T* dst, const T* __restrict__ src, int y0, int x0, int rows, int cols, int pitch,
-                           int height, int width) {
+LR_DEV void lr_stage_plane(T* dst, const T* __restrict__ src, int64_t pix_stride, int y0, int x0, int rows, int cols,
+                           int pitch, int height, int width) {
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
     const bool row_in = y >= 0 && y < height;
     for (int rx = threadIdx.x; rx < cols; rx += blockDim.x) {
       const int x = x0 + rx;
-      dst[ry * pitch + rx] = (row_in && x >= 0 && x < width) ? src[y * width + x] : static_cast<T>(0.0f);
+      dst[ry * pitch + rx] =
+          (row_in && x >= 0 && x < width) ? src[(int64_t(y) * width + x) * pix_stride] : static_cast<T>(0.0f);
     }
   }
 }
@@ -165,20 +169,20 @@ LR_DEV void lr_widen(const LrVec<c10::BFloat16> vec, float (&v)[kChannelChunk]) 
   }
 }
 
-// Like lr_stage_plane, for the channels [0, mc) of planes src + c * plane_stride, interleaved.
+// Like lr_stage_plane, for the channels [0, mc) of planes src + c * c_stride, interleaved.
 template <typename T>
-LR_DEV void lr_stage_channels(LrVec<T>* dst, const T* __restrict__ src, int64_t plane_stride, int mc, int y0,
-                              int x0, int rows, int cols, int pitch, int height, int width) {
+LR_DEV void lr_stage_channels(LrVec<T>* dst, const T* __restrict__ src, int64_t c_stride, int64_t pix_stride, int mc,
+                              int y0, int x0, int rows, int cols, int pitch, int height, int width) {
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
     const bool row_in = y >= 0 && y < height;
     for (int rx = threadIdx.x; rx < cols; rx += blockDim.x) {
       const int x = x0 + rx;
       const bool in = row_in && x >= 0 && x < width;
-      const T* p = src + (in ? y * width + x : 0);
+      const T* p = src + (in ? (int64_t(y) * width + x) * pix_stride : 0);
       LrVec<T> e;
 #pragma unroll
-      for (int c = 0; c < kChannelChunk; ++c) e.v[c] = (in && c < mc) ? p[c * plane_stride] : static_cast<T>(0.0f);
+      for (int c = 0; c < kChannelChunk; ++c) e.v[c] = (in && c < mc) ? p[c * c_stride] : static_cast<T>(0.0f);
       dst[ry * pitch + rx] = e;
     }
   }
@@ -192,7 +196,7 @@ struct alignas(16) LrStats {
 };
 
 template <typename T, typename A>
-LR_DEV void lr_stage_stats(LrStats<A>* dst, const T* __restrict__ q, const A* __restrict__ lse,
+LR_DEV void lr_stage_stats(LrStats<A>* dst, const T* __restrict__ q, int64_t q_pix, const A* __restrict__ lse,
                            const A* __restrict__ dsum, int y0, int x0, int rows, int cols, int height, int width) {
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
@@ -202,7 +206,7 @@ LR_DEV void lr_stage_stats(LrStats<A>* dst, const T* __restrict__ q, const A* __
       LrStats<A> e;
       e.q = e.lse = e.dsum = e.pad = A(0);
       if (row_in && x >= 0 && x < width) {
-        e.q = static_cast<A>(q[y * width + x]);
+        e.q = static_cast<A>(q[(int64_t(y) * width + x) * q_pix]);
         e.lse = lse[y * width + x];
         e.dsum = dsum[y * width + x];
       }
@@ -281,10 +285,8 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
   const bool active = i < g.out_h && j < g.out_w;
   const int c_begin = grp * g.per_group;
   const int m_g = lr_min(g.per_group, g.channels - c_begin);
-  const int64_t hw = int64_t(g.height) * g.width;
-  const int64_t out_hw = int64_t(g.out_h) * g.out_w;
-  const scalar_t* key_plane = key + (int64_t(n) * g.groups + grp) * hw;
-  const scalar_t* value_plane = value + (int64_t(n) * g.channels + c_begin) * hw;
+  const scalar_t* key_plane = key + lr_at(g.lay.key, n, grp, 0);
+  const scalar_t* value_plane = value + lr_at(g.lay.value, n, c_begin, 0);
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
 
   // Shared memory (TILED): geo[g], the key tile, the interleaved value tile of one channel chunk.
@@ -295,7 +297,7 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
   if constexpr (TILED) {
     const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
     for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
-    lr_stage_plane(s_key, key_plane, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
+    lr_stage_plane(s_key, key_plane, g.lay.key.pix, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
   }
   auto geo_at = [&](int ab) -> acc_t {
     if constexpr (TILED) {
@@ -304,18 +306,25 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
       return static_cast<acc_t>(geo_g[ab]);
     }
   };
-  const scalar_t* kp = TILED ? s_key : key_plane;
+  auto key_at = [&](int e) -> acc_t {  // the key of pixel e of the tile (TILED) or of the plane
+    if constexpr (TILED) {
+      return static_cast<acc_t>(s_key[e]);
+    } else {
+      return static_cast<acc_t>(key_plane[int64_t(e) * g.lay.key.pix]);
+    }
+  };
   const LrWindow win = lr_window<TILED>(g, t, reg, active ? i : 0, active ? j : 0);
   acc_t q = 0;
   acc_t mx = static_cast<acc_t>(-INFINITY);
-  if (active) q = static_cast<acc_t>(query[(int64_t(n) * g.groups + grp) * out_hw + int64_t(i) * g.out_w + j]);
+  if (active) q = static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, int64_t(i) * g.out_w + j)]);
 
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
-    const scalar_t* vp = value_plane + cc * hw;
+    const scalar_t* vp = value_plane + cc * g.lay.value.c;
     if constexpr (TILED) {
       if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tile
-      lr_stage_channels(s_value, vp, hw, mc, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
+      lr_stage_channels(s_value, vp, g.lay.value.c, g.lay.value.pix, mc, reg.y0, reg.x0, reg.rows, reg.cols, t.rw,
+                        g.height, g.width);
       LR_SYNC();
     }
     auto values_at = [&](int off) -> LrVec<scalar_t> {
@@ -324,7 +333,9 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
       } else {
         LrVec<scalar_t> e;
 #pragma unroll
-        for (int c = 0; c < kChannelChunk; ++c) e.v[c] = c < mc ? vp[c * hw + off] : static_cast<scalar_t>(0.0f);
+        for (int c = 0; c < kChannelChunk; ++c) {
+          e.v[c] = c < mc ? vp[c * g.lay.value.c + int64_t(off) * g.lay.value.pix] : static_cast<scalar_t>(0.0f);
+        }
         return e;
       }
     };
@@ -333,7 +344,7 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
         for (int a = win.a_lo; a <= win.a_hi; ++a) {
           const int row = win.centre + (a - r) * win.row_step;
           for (int b = win.b_lo; b <= win.b_hi; ++b) {
-            const acc_t l = lr_phi<KIND>(q, static_cast<acc_t>(kp[row + (b - r) * d]), g.kind) + geo_at(a * K + b);
+            const acc_t l = lr_phi<KIND>(q, key_at(row + (b - r) * d), g.kind) + geo_at(a * K + b);
             mx = l > mx ? l : mx;
           }
         }
@@ -347,7 +358,7 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
         for (int b = win.b_lo; b <= win.b_hi; ++b) {
           const int off = row + (b - r) * d;
           const acc_t p =
-              lr_exp(lr_phi<KIND>(q, static_cast<acc_t>(kp[off]), g.kind) + geo_at(a * K + b) - mx);
+              lr_exp(lr_phi<KIND>(q, key_at(off), g.kind) + geo_at(a * K + b) - mx);
           z += p;
           acc_t v[kChannelChunk];
           lr_widen(values_at(off), v);
@@ -356,10 +367,10 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
         }
       }
       const acc_t inv = acc_t(1) / z;
-      scalar_t* out_p = out + (int64_t(n) * g.channels + c_begin + cc) * out_hw + int64_t(i) * g.out_w + j;
+      scalar_t* out_p = out + lr_at(g.lay.out, n, c_begin + cc, int64_t(i) * g.out_w + j);
 #pragma unroll
       for (int c = 0; c < kChannelChunk; ++c) {
-        if (c < mc) out_p[c * out_hw] = static_cast<scalar_t>(acc[c] * inv);
+        if (c < mc) out_p[c * g.lay.out.c] = static_cast<scalar_t>(acc[c] * inv);
       }
     }
   }
@@ -388,9 +399,8 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
   const int j = blk.tile_j * t.tw + static_cast<int>(threadIdx.x);
   const int c_begin = grp * g.per_group;
   const int m_g = lr_min(g.per_group, g.channels - c_begin);
-  const int64_t hw = int64_t(g.height) * g.width;
-  const scalar_t* key_plane = key + (int64_t(n) * g.groups + grp) * hw;
-  const scalar_t* value_plane = value + (int64_t(n) * g.channels + c_begin) * hw;
+  const scalar_t* key_plane = key + lr_at(g.lay.key, n, grp, 0);
+  const scalar_t* value_plane = value + lr_at(g.lay.value, n, c_begin, 0);
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
 
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem);  // transposed: (a, b) at b*K + a
@@ -399,7 +409,7 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
   const LrRegion reg = lr_window_region(g, t, blk);
   const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
   for (int e = tid; e < KK; e += t.tw * t.th) s_geo[(e % K) * K + e / K] = static_cast<acc_t>(geo_g[e]);
-  lr_stage_plane(s_key, key_plane, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
+  lr_stage_plane(s_key, key_plane, g.lay.key.pix, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
 
   // The thread's outputs: rows i0 + p < out_h of column j < out_w. Input rows [y_lo, y_hi] and offsets
   // b in [b_lo, b_hi] are the ones inside the map (the same b for every row, since they share the column).
@@ -412,7 +422,7 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const bool in = col_active && i0 + p < g.out_h;
-    q[p] = in ? static_cast<acc_t>(query[((int64_t(n) * g.groups + grp) * g.out_h + i0 + p) * g.out_w + j]) : acc_t(0);
+    q[p] = in ? static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, int64_t(i0 + p) * g.out_w + j)]) : acc_t(0);
     m[p] = -std::numeric_limits<acc_t>::max();  // below every finite logit: the first one rescales by 0
     z[p] = 0;
   }
@@ -420,8 +430,8 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
     if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tile
-    lr_stage_channels(s_value, value_plane + cc * hw, hw, mc, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height,
-                      g.width);
+    lr_stage_channels(s_value, value_plane + cc * g.lay.value.c, g.lay.value.c, g.lay.value.pix, mc, reg.y0, reg.x0,
+                      reg.rows, reg.cols, t.rw, g.height, g.width);
     LR_SYNC();
     acc_t acc[P][kChannelChunk];
 #pragma unroll
@@ -537,11 +547,10 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
     for (int p = 0; p < P; ++p) {
       if (!col_active || i0 + p >= g.out_h) continue;
       const acc_t inv = acc_t(1) / z[p];
-      scalar_t* out_p = out + ((int64_t(n) * g.channels + c_begin + cc) * g.out_h + i0 + p) * g.out_w + j;
-      const int64_t out_hw = int64_t(g.out_h) * g.out_w;
+      scalar_t* out_p = out + lr_at(g.lay.out, n, c_begin + cc, int64_t(i0 + p) * g.out_w + j);
 #pragma unroll
       for (int c = 0; c < kChannelChunk; ++c) {
-        if (c < mc) out_p[c * out_hw] = static_cast<scalar_t>(acc[p][c] * inv);
+        if (c < mc) out_p[c * g.lay.out.c] = static_cast<scalar_t>(acc[p][c] * inv);
       }
     }
   }
@@ -567,11 +576,11 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
   const bool active = i < g.out_h && j < g.out_w;
   const int c_begin = grp * g.per_group;
   const int m_g = lr_min(g.per_group, g.channels - c_begin);
-  const int64_t hw = int64_t(g.height) * g.width;
   const int64_t out_hw = int64_t(g.out_h) * g.out_w;
-  const int64_t pix = (int64_t(n) * g.groups + grp) * out_hw + int64_t(i) * g.out_w + j;  // (n, grp, i, j)
-  const scalar_t* key_plane = key + (int64_t(n) * g.groups + grp) * hw;
-  const scalar_t* value_plane = value + (int64_t(n) * g.channels + c_begin) * hw;
+  const int64_t out_pix = int64_t(i) * g.out_w + j;
+  const int64_t stat = (int64_t(n) * g.groups + grp) * out_hw + out_pix;  // (n, grp, i, j) of lse and dsum
+  const scalar_t* key_plane = key + lr_at(g.lay.key, n, grp, 0);
+  const scalar_t* value_plane = value + lr_at(g.lay.value, n, c_begin, 0);
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
 
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem);
@@ -581,7 +590,7 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
   if constexpr (TILED) {
     const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
     for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
-    lr_stage_plane(s_key, key_plane, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
+    lr_stage_plane(s_key, key_plane, g.lay.key.pix, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
   }
   auto geo_at = [&](int ab) -> acc_t {
     if constexpr (TILED) {
@@ -590,19 +599,26 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
       return static_cast<acc_t>(geo_g[ab]);
     }
   };
-  const scalar_t* kp = TILED ? s_key : key_plane;
+  auto key_at = [&](int e) -> acc_t {  // the key of pixel e of the tile (TILED) or of the plane
+    if constexpr (TILED) {
+      return static_cast<acc_t>(s_key[e]);
+    } else {
+      return static_cast<acc_t>(key_plane[int64_t(e) * g.lay.key.pix]);
+    }
+  };
   const LrWindow win = lr_window<TILED>(g, t, reg, active ? i : 0, active ? j : 0);
   acc_t q = 0, t0 = 0;
   acc_t mx = static_cast<acc_t>(-INFINITY);
   acc_t z = 0, s_sum = 0, a_sum = 0, b_sum = 0;  // sum p, sum p*tq, sum p*dw, sum p*dw*tq
-  if (active) q = static_cast<acc_t>(query[pix]);
+  if (active) q = static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, out_pix)]);
 
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
-    const scalar_t* vp = value_plane + cc * hw;
+    const scalar_t* vp = value_plane + cc * g.lay.value.c;
     if constexpr (TILED) {
       if (cc > 0) LR_SYNC();
-      lr_stage_channels(s_value, vp, hw, mc, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
+      lr_stage_channels(s_value, vp, g.lay.value.c, g.lay.value.pix, mc, reg.y0, reg.x0, reg.rows, reg.cols, t.rw,
+                        g.height, g.width);
       LR_SYNC();
     }
     auto values_at = [&](int off) -> LrVec<scalar_t> {
@@ -611,31 +627,35 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
       } else {
         LrVec<scalar_t> e;
 #pragma unroll
-        for (int c = 0; c < kChannelChunk; ++c) e.v[c] = c < mc ? vp[c * hw + off] : static_cast<scalar_t>(0.0f);
+        for (int c = 0; c < kChannelChunk; ++c) {
+          e.v[c] = c < mc ? vp[c * g.lay.value.c + int64_t(off) * g.lay.value.pix] : static_cast<scalar_t>(0.0f);
+        }
         return e;
       }
     };
     if (active) {
       if (cc == 0) {
-        t0 = lr_dphi_dq<KIND>(q, static_cast<acc_t>(kp[win.centre]), g.kind);
+        t0 = lr_dphi_dq<KIND>(q, key_at(win.centre), g.kind);
         for (int a = win.a_lo; a <= win.a_hi; ++a) {
           const int row = win.centre + (a - r) * win.row_step;
           for (int b = win.b_lo; b <= win.b_hi; ++b) {
-            const acc_t l = lr_phi<KIND>(q, static_cast<acc_t>(kp[row + (b - r) * d]), g.kind) + geo_at(a * K + b);
+            const acc_t l = lr_phi<KIND>(q, key_at(row + (b - r) * d), g.kind) + geo_at(a * K + b);
             mx = l > mx ? l : mx;
           }
         }
       }
       acc_t go[kChannelChunk];
-      const scalar_t* go_p = grad_out + (int64_t(n) * g.channels + c_begin + cc) * out_hw + int64_t(i) * g.out_w + j;
+      const scalar_t* go_p = grad_out + lr_at(g.lay.grad_out, n, c_begin + cc, out_pix);
 #pragma unroll
-      for (int c = 0; c < kChannelChunk; ++c) go[c] = c < mc ? static_cast<acc_t>(go_p[c * out_hw]) : acc_t(0);
+      for (int c = 0; c < kChannelChunk; ++c) {
+        go[c] = c < mc ? static_cast<acc_t>(go_p[c * g.lay.grad_out.c]) : acc_t(0);
+      }
       acc_t zc = 0, sc = 0, ac = 0, bc = 0;
       for (int a = win.a_lo; a <= win.a_hi; ++a) {
         const int row = win.centre + (a - r) * win.row_step;
         for (int b = win.b_lo; b <= win.b_hi; ++b) {
           const int off = row + (b - r) * d;
-          const acc_t kv = static_cast<acc_t>(kp[off]);
+          const acc_t kv = key_at(off);
           const acc_t p = lr_exp(lr_phi<KIND>(q, kv, g.kind) + geo_at(a * K + b) - mx);
           const acc_t tq = lr_dphi_dq<KIND>(q, kv, g.kind) - t0;
           acc_t v[kChannelChunk];
@@ -662,9 +682,9 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
     // A non-finite D (an infinite dw under a positive weight, or a NaN) makes some w*(dw - D) NaN: grad_query is
     // NaN, as the plain sum_ab w*(dw - D)*dPhi/dq gives (the rearranged form could give +-inf instead).
     const acc_t gq = lr_finite(D) ? (b_sum - D * s_sum) * inv : static_cast<acc_t>(NAN);
-    grad_query[pix] = static_cast<scalar_t>(gq);
-    lse[pix] = mx + lr_log(z);
-    dsum[pix] = D;
+    grad_query[lr_at(g.lay.grad_query, n, grp, out_pix)] = static_cast<scalar_t>(gq);
+    lse[stat] = mx + lr_log(z);
+    dsum[stat] = D;
   }
 }
 
@@ -700,7 +720,6 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
   const int warp = tid / 32, lane = tid % 32, nwarps = nthreads / 32;
   const int c_begin = grp * g.per_group;
   const int m_g = lr_min(g.per_group, g.channels - c_begin);
-  const int64_t hw = int64_t(g.height) * g.width;
   const int64_t out_hw = int64_t(g.out_h) * g.out_w;
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
   const int rd = r * d;
@@ -742,35 +761,37 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
 
     for (int n = n_begin; n < n_end; ++n) {
       const int64_t ng = int64_t(n) * g.groups + grp;
-      const scalar_t* q_plane = query + ng * out_hw;
+      const scalar_t* q_plane = query + lr_at(g.lay.query, n, grp, 0);
       const acc_t* lse_plane = lse + ng * out_hw;
       const acc_t* dsum_plane = dsum + ng * out_hw;
       if constexpr (TILED) {
         LR_SYNC();  // the previous image's (or tile's) tiles are no longer read
-        lr_stage_stats(s_stats, q_plane, lse_plane, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h, g.out_w);
+        lr_stage_stats(s_stats, q_plane, g.lay.query.pix, lse_plane, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h,
+                       g.out_w);
       }
       auto stats_at = [&](int o) -> LrStats<acc_t> {
         if constexpr (TILED) {
           return s_stats[o];
         } else {
           LrStats<acc_t> e;
-          e.q = static_cast<acc_t>(q_plane[o]);
+          e.q = static_cast<acc_t>(q_plane[int64_t(o) * g.lay.query.pix]);
           e.lse = lse_plane[o];
           e.dsum = dsum_plane[o];
           e.pad = 0;
           return e;
         }
       };
-      const acc_t kv = active ? static_cast<acc_t>(key[ng * hw + pix]) : acc_t(0);
+      const acc_t kv = active ? static_cast<acc_t>(key[lr_at(g.lay.key, n, grp, pix)]) : acc_t(0);
       acc_t dk = 0;
 
       for (int cc = 0; cc < m_g; cc += kChannelChunk) {
         const int mc = lr_min(kChannelChunk, m_g - cc);
-        const int64_t plane0 = int64_t(n) * g.channels + c_begin + cc;  // first channel plane of the chunk
-        const scalar_t* go_planes = grad_out + plane0 * out_hw;
+        const int c0 = c_begin + cc;  // first channel of the chunk
+        const scalar_t* go_planes = grad_out + lr_at(g.lay.grad_out, n, c0, 0);
         if constexpr (TILED) {
           if (cc > 0) LR_SYNC();
-          lr_stage_channels(s_go, go_planes, out_hw, mc, oi_lo, oj_lo, orh, orw, orw, g.out_h, g.out_w);
+          lr_stage_channels(s_go, go_planes, g.lay.grad_out.c, g.lay.grad_out.pix, mc, oi_lo, oj_lo, orh, orw, orw,
+                            g.out_h, g.out_w);
           LR_SYNC();
         }
         auto go_at = [&](int o) -> LrVec<scalar_t> {
@@ -780,7 +801,8 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
             LrVec<scalar_t> e;
 #pragma unroll
             for (int c = 0; c < kChannelChunk; ++c) {
-              e.v[c] = c < mc ? go_planes[c * out_hw + o] : static_cast<scalar_t>(0.0f);
+              e.v[c] = c < mc ? go_planes[c * g.lay.grad_out.c + int64_t(o) * g.lay.grad_out.pix]
+                              : static_cast<scalar_t>(0.0f);
             }
             return e;
           }
@@ -788,7 +810,7 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
         acc_t v[kChannelChunk], dv[kChannelChunk];
 #pragma unroll
         for (int c = 0; c < kChannelChunk; ++c) {
-          v[c] = (active && c < mc) ? static_cast<acc_t>(value[(plane0 + c) * hw + pix]) : acc_t(0);
+          v[c] = (active && c < mc) ? static_cast<acc_t>(value[lr_at(g.lay.value, n, c0 + c, pix)]) : acc_t(0);
           dv[c] = 0;
         }
         const bool first = tile == tile_begin && n == n_begin && cc == 0;  // first write of the partial sums
@@ -846,11 +868,11 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
         if (active) {
 #pragma unroll
           for (int c = 0; c < kChannelChunk; ++c) {
-            if (c < mc) grad_value[(plane0 + c) * hw + pix] = static_cast<scalar_t>(dv[c]);
+            if (c < mc) grad_value[lr_at(g.lay.grad_value, n, c0 + c, pix)] = static_cast<scalar_t>(dv[c]);
           }
         }
       }
-      if (active) grad_key[ng * hw + pix] = static_cast<scalar_t>(dk);
+      if (active) grad_key[lr_at(g.lay.grad_key, n, grp, pix)] = static_cast<scalar_t>(dk);
     }
   }
 }

@@ -19,12 +19,23 @@ constexpr int64_t kPartialCap = int64_t(1) << 25;     // entries it never exceed
                                                       // slot (G*K*K, the size of the prior) is larger
 constexpr int kMinWaves = 4;                          // gather blocks per multiprocessor the batch split aims at
 
-// Sizes of one call. All fit in int (checked by the launcher); products that may not are formed in int64.
+// Where a 4-D tensor's elements are: (n, c, y, x) at n*n_stride + c*c_stride + (y*W + x)*pix, which holds for
+// contiguous NCHW (pix 1, c H*W), channels-last NHWC (pix C, c 1) and channel slices of either.
+struct LrLayout {
+  int64_t n, c, pix;
+};
+struct LrLayouts {
+  LrLayout query, key, value, grad_out, out, grad_query, grad_key, grad_value;
+};
+
+// Sizes and memory layouts of one call. Sizes fit in int (checked by the launcher); products that may not are
+// formed in int64.
 struct LrGeom {
   int n, groups, channels, per_group;  // per_group = m = ceil(C/G); the last group may hold fewer
   int height, width, out_h, out_w;
   int ksize, radius, stride, dilation;  // K, r = (K-1)/2, s, d
   int kind;                             // 0 sqdiff, 1 absdiff, 2 product
+  LrLayouts lay;                        // set by the launcher (lr_host.cuh); the planner does not read it
 };
 
 // One pass's launch: a block of tw x th threads covers a tile of tw x th pixels (output pixels for the

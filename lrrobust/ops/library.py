@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 from lrrobust.ops.checks import check_one_device, check_window
 
@@ -89,11 +90,17 @@ def _check_fake(kernel_size, stride, dilation, composability, grad_out=None, **t
         raise ValueError(f"local_relation: composability must be 0, 1 or 2; got {composability}")
 
 
+def _empty_in_format_of(shape, like: torch.Tensor) -> torch.Tensor:
+    """An empty tensor in the memory format of ``like``, as the compiled kernels return their results (a
+    channels-last input gives a channels-last output and gradient; C++'s ``suggest_memory_format``)."""
+    return like.new_empty(shape).contiguous(memory_format=suggest_memory_format(like))
+
+
 def _forward_fake(query, key, value, geo_prior, kernel_size, stride, dilation, composability):
     _check_fake(kernel_size, stride, dilation, composability, query=query, key=key, value=value, geo_prior=geo_prior)
     n, channels, height, width = value.shape
     torch._check(query.shape[0] == n and key.shape[0] == n, lambda: "local_relation: batch sizes differ")
-    return value.new_empty((n, channels, -(-height // stride), -(-width // stride)))
+    return _empty_in_format_of((n, channels, -(-height // stride), -(-width // stride)), value)
 
 
 def _backward_fake(grad_out, query, key, value, geo_prior, kernel_size, stride, dilation, composability):
@@ -101,9 +108,9 @@ def _backward_fake(grad_out, query, key, value, geo_prior, kernel_size, stride, 
                 geo_prior=geo_prior)
     torch._check(grad_out.shape[1] == value.shape[1], lambda: "local_relation_backward: grad_out has wrong channels")
     return (
-        query.new_empty(query.shape),
-        key.new_empty(key.shape),
-        value.new_empty(value.shape),
+        _empty_in_format_of(query.shape, query),
+        _empty_in_format_of(key.shape, key),
+        _empty_in_format_of(value.shape, value),
         geo_prior.new_empty(geo_prior.shape),
     )
 

@@ -165,6 +165,42 @@ def check_bounds(ext) -> None:
                 raise AssertionError(f"K={k} s={s} d={d} was accepted (backward={backward})")
 
 
+def check_layouts(ext) -> int:
+    """Channels-last tensors, channel slices and an expanded grad_out are read in place (element (n, c, y, x) at
+    n*sn + c*sc + (y*W + x)*pix); results take the memory format of the input they mirror."""
+    cl = torch.channels_last
+    count = 0
+    for cfg, smem in itertools.product([(2, 16, 2, 9, 10, 7, 1, 1), (1, 6, 3, 8, 9, 5, 2, 2), (2, 10, 2, 6, 7, 3, 1, 1)],
+                                       (BIG, 0)):
+        n, c, g, h, w, k, s, d = cfg
+        q, key, v, geo, go = make_inputs(*cfg[:7])
+        wide = torch.randn(n, c + 5, h, w, dtype=torch.float64)
+        variants = {
+            "channels-last": [x.contiguous(memory_format=cl) for x in (q, key, v)] + [go.contiguous(memory_format=cl)],
+            "value channels-last": [q, key, v.contiguous(memory_format=cl), go],
+            "value a channel slice": [q, key, wide[:, 2:2 + c], go],
+            "channels-last slice": [q, key.contiguous(memory_format=cl), wide.contiguous(memory_format=cl)[:, 3:3 + c],
+                                    go],
+            "expanded grad_out": [q, key, v, torch.ones(1, 1, 1, 1, dtype=torch.float64).expand(go.shape)],
+            "transposed (copied)": [q, key, v.transpose(2, 3).contiguous().transpose(2, 3), go],
+        }
+        for label, (qq, kk, vv, gg) in variants.items():
+            out = ext.forward(qq, kk, vv, geo, k, s, d, 0, smem)
+            grads = ext.backward(gg, qq, kk, vv, geo, k, s, d, 0, smem, BUDGET)
+            ref_out, ref_grads = reference_grads(qq.contiguous(), kk.contiguous(), vv.contiguous(), geo,
+                                                 gg.contiguous(), k, s, d, "sqdiff")
+            for name, got, ref in zip(("out", "grad_query", "grad_key", "grad_value", "grad_geo"), [out, *grads],
+                                      [ref_out, *ref_grads]):
+                err = (got - ref).abs().max().item() / (ref.abs().max().item() + 1.0)
+                assert err < 1e-10, f"{cfg} {label} smem={smem}: {name} max error {err:.3g}"
+            for got, like in ((out, vv), (grads[0], qq), (grads[1], kk), (grads[2], vv)):
+                want = cl if like.is_contiguous(memory_format=cl) and not like.is_contiguous() else None
+                if want is not None:
+                    assert got.is_contiguous(memory_format=cl), f"{cfg} {label}: a result lost channels-last"
+            count += 1
+    return count
+
+
 def configs(quick: bool):
     # (n, c, g, h, w, k, s, d)
     base = [
@@ -266,6 +302,7 @@ def main() -> int:
     assert out.shape == (0, 4, 6, 7) and all(gr.shape == x.shape for gr, x in zip(grads, e[:4]))
     assert grads[3].abs().sum() == 0
     print("non-contiguous and empty OK", flush=True)
+    print(f"layouts read in place: {check_layouts(ext)} runs OK", flush=True)
     print(f"non-finite inputs follow the reference: {check_nonfinite(ext, args.quick)} runs OK", flush=True)
     check_bounds(ext)
     print("out-of-bound kernel size, stride and dilation rejected", flush=True)
