@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
   // Per-output statistics (N*G*Ho*Wo each): the log-sum-exp of the logits and D = sum_ab w*dw.
   at::Tensor lse = at::empty({g.n, g.groups, g.out_h, g.out_w}, acc_options);
   at::Tensor dsum = at::empty({g.n, g.groups, g.out_h, g.out_w}, acc_options);
-  const LrTile tw = lr_plan_window_pass(g, sizeof(scalar_t), sizeof(acc_t), lim.smem);
+  const LrTile tw = lr_plan_forward(g, sizeof(scalar_t), sizeof(acc_t), lim.smem);  // the same tiles as the forward
   lr_check_grid(int64_t(tw.tiles_x) * tw.tiles_y * g.groups * g.n);
   lr_run_stats<scalar_t>(go, q, k, v, geo, grad_query.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(),
                          dsum.mutable_data_ptr<acc_t>(), g, tw, stream);

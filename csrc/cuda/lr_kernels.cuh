@@ -376,6 +376,47 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
   }
 }
 
+// The row walk of the row-stacked kernels (stride 1, dilation 1): for each input row y of the thread's span
+// [y_lo, y_hi], output row i0 + p takes offset a = u - p (u = y - i0 + r), so the row serves the outputs p in
+// [max(0, u-K+1), min(P-1, u)]. `row(LO, HI, px, geo_col)` is called with that run as compile-time constants
+// (std::integral_constant; px: the staged pixel of offset b_lo, geo_col: the transposed prior at (u, b_lo), so
+// entry (u - p, b) is geo_col[(b - b_lo) * K - p]); `checked(take, px, geo_col)` when the thread's last outputs
+// lie below the map.
+template <int P, typename A, typename Row, typename Checked>
+LR_DEV void lr_walk_rows(const LrGeom& g, const LrTile& t, const LrRegion& reg, const A* s_geo, int i0, int jj,
+                         int b_lo, int y_lo, int y_hi, Row row, Checked checked) {
+  using std::integral_constant;
+  static_assert(P == 4, "the row dispatch below lists the runs of 4 outputs");
+  const int K = g.ksize, r = g.radius;
+  const bool all_out = i0 + P - 1 < g.out_h;
+  for (int y = y_lo; y <= y_hi; ++y) {
+    const int u = y - i0 + r;
+    const int lo = lr_max(0, u - K + 1), hi = lr_min(P - 1, u);
+    const int px = (y - reg.y0) * t.rw + (jj - reg.x0) + (b_lo - r);
+    const A* geo_col = s_geo + b_lo * K + u;
+    if (all_out && lo == 0 && hi == 3) {
+      row(integral_constant<int, 0>{}, integral_constant<int, 4>{}, px, geo_col);
+    } else if (all_out && lo == 0 && hi == 2) {
+      row(integral_constant<int, 0>{}, integral_constant<int, 3>{}, px, geo_col);
+    } else if (all_out && lo == 0 && hi == 1) {
+      row(integral_constant<int, 0>{}, integral_constant<int, 2>{}, px, geo_col);
+    } else if (all_out && lo == 0 && hi == 0) {
+      row(integral_constant<int, 0>{}, integral_constant<int, 1>{}, px, geo_col);
+    } else if (all_out && lo == 1 && hi == 3) {
+      row(integral_constant<int, 1>{}, integral_constant<int, 4>{}, px, geo_col);
+    } else if (all_out && lo == 2 && hi == 3) {
+      row(integral_constant<int, 2>{}, integral_constant<int, 4>{}, px, geo_col);
+    } else if (all_out && lo == 3 && hi == 3) {
+      row(integral_constant<int, 3>{}, integral_constant<int, 4>{}, px, geo_col);
+    } else {  // K < 3, or the thread's last outputs lie below the map
+      bool take[P];
+#pragma unroll
+      for (int p = 0; p < P; ++p) take[p] = p >= lo && p <= hi && i0 + p < g.out_h;
+      checked(take, px, geo_col);
+    }
+  }
+}
+
 // Forward, fast path (stride 1, dilation 1, tiled): each thread computes kRowsPerThread output rows i0..i0+P-1
 // of one column j. Output row i0+p takes offset a = u - p from input row u (counted from i0 - r), so each staged
 // key and value pixel is loaded and unpacked once for up to P outputs. The softmax is one pass (online): per
@@ -507,36 +548,10 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
         }
       }
     };
-    using std::integral_constant;
     auto run_rows = [&](auto online) {
-      const bool all_out = i0 + P - 1 < g.out_h;
-      for (int y = y_lo; y <= y_hi; ++y) {
-        const int u = y - i0 + r;  // output row i0 + p takes offset a = u - p from this row: p in [lo, hi]
-        const int lo = lr_max(0, u - K + 1), hi = lr_min(P - 1, u);
-        const int px = (y - reg.y0) * t.rw + (jj - reg.x0) + (b_lo - r);  // the pixel of offset b_lo
-        const acc_t* geo_col = s_geo + b_lo * K + u;                       // entry (u - p, b) at geo_col[-p]
-        static_assert(P == 4, "the row dispatch below lists the runs of 4 outputs");
-        if (all_out && lo == 0 && hi == 3) {
-          run_row(integral_constant<int, 0>{}, integral_constant<int, 4>{}, online, px, geo_col);
-        } else if (all_out && lo == 0 && hi == 2) {
-          run_row(integral_constant<int, 0>{}, integral_constant<int, 3>{}, online, px, geo_col);
-        } else if (all_out && lo == 0 && hi == 1) {
-          run_row(integral_constant<int, 0>{}, integral_constant<int, 2>{}, online, px, geo_col);
-        } else if (all_out && lo == 0 && hi == 0) {
-          run_row(integral_constant<int, 0>{}, integral_constant<int, 1>{}, online, px, geo_col);
-        } else if (all_out && lo == 1 && hi == 3) {
-          run_row(integral_constant<int, 1>{}, integral_constant<int, 4>{}, online, px, geo_col);
-        } else if (all_out && lo == 2 && hi == 3) {
-          run_row(integral_constant<int, 2>{}, integral_constant<int, 4>{}, online, px, geo_col);
-        } else if (all_out && lo == 3 && hi == 3) {
-          run_row(integral_constant<int, 3>{}, integral_constant<int, 4>{}, online, px, geo_col);
-        } else {  // K < 3, or the thread's last outputs lie below the map
-          bool take[P];
-#pragma unroll
-          for (int p = 0; p < P; ++p) take[p] = p >= lo && p <= hi && i0 + p < g.out_h;
-          run_row_checked(online, take, px, geo_col);
-        }
-      }
+      lr_walk_rows<P>(g, t, reg, s_geo, i0, jj, b_lo, y_lo, y_hi,
+                      [&](auto lo_c, auto hi_c, int px, const acc_t* geo_col) { run_row(lo_c, hi_c, online, px, geo_col); },
+                      [&](const bool(&take)[P], int px, const acc_t* geo_col) { run_row_checked(online, take, px, geo_col); });
     };
     if (cc == 0) {
       run_rows(std::true_type{});
@@ -553,6 +568,170 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
         if (c < mc) out_p[c * g.lay.out.c] = static_cast<scalar_t>(acc[p][c] * inv);
       }
     }
+  }
+}
+
+// Backward statistics, fast path (stride 1, dilation 1, tiled): as lr_stats_kernel, for kRowsPerThread output
+// rows of one column per thread with the row walk and the one-pass softmax of lr_forward_rows_kernel. Per output:
+// z = sum e, S = sum e*tq, A = sum e*dw, B = sum e*dw*tq with e = 2^(l*log2(e) - m), all rescaled together when
+// m moves; then D = A/z, grad_query = (B - D*S)/z and lse = m*ln(2) + ln(z).
+template <typename scalar_t, int KIND>
+LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
+                                    const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
+                                    const scalar_t* __restrict__ geo, scalar_t* __restrict__ grad_query,
+                                    at::opmath_type<scalar_t>* __restrict__ lse,
+                                    at::opmath_type<scalar_t>* __restrict__ dsum, const LrGeom g, const LrTile t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int P = kRowsPerThread;
+  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
+  constexpr acc_t kLn2 = static_cast<acc_t>(0.6931471805599453);
+  LR_DYNAMIC_SMEM(smem);
+  const int K = g.ksize, KK = K * K, r = g.radius;
+  const LrBlock blk = lr_block(t, g.groups);
+  const int grp = blk.group, n = blk.outer;
+  const int i0 = (blk.tile_i * t.th + static_cast<int>(threadIdx.y)) * P;
+  const int j = blk.tile_j * t.tw + static_cast<int>(threadIdx.x);
+  const int c_begin = grp * g.per_group;
+  const int m_g = lr_min(g.per_group, g.channels - c_begin);
+  const scalar_t* key_plane = key + lr_at(g.lay.key, n, grp, 0);
+  const scalar_t* value_plane = value + lr_at(g.lay.value, n, c_begin, 0);
+  const scalar_t* geo_g = geo + int64_t(grp) * KK;
+
+  acc_t* s_geo = reinterpret_cast<acc_t*>(smem);  // transposed: (a, b) at b*K + a
+  scalar_t* s_key = reinterpret_cast<scalar_t*>(smem + t.off_a);
+  LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
+  const LrRegion reg = lr_window_region(g, t, blk);
+  const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
+  for (int e = tid; e < KK; e += t.tw * t.th) s_geo[(e % K) * K + e / K] = static_cast<acc_t>(geo_g[e]);
+  lr_stage_plane(s_key, key_plane, g.lay.key.pix, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
+  LR_SYNC();  // the key tile is read for the window centres below
+
+  const bool col_active = j < g.out_w && i0 < g.out_h;
+  const int jj = col_active ? j : reg.x0;
+  int b_lo = 0, b_hi = -1;
+  lr_window_range(jj, g.width, K, r, 1, 1, b_lo, b_hi);
+  const int y_lo = lr_max(0, i0 - r), y_hi = col_active ? lr_min(g.height - 1, i0 + P - 1 + r) : y_lo - 1;
+  bool in[P];
+  acc_t q[P], t0[P], m[P], z[P], sq[P], sa[P], sb[P];  // sq = S, sa = A, sb = B
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    in[p] = col_active && i0 + p < g.out_h;
+    q[p] = in[p] ? static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, int64_t(i0 + p) * g.out_w + j)]) : acc_t(0);
+    // dPhi/dq relative to its value at the window centre (sum_ab w*(dw - D) = 0 keeps B - D*S free of cancellation)
+    t0[p] = in[p] ? lr_dphi_dq<KIND>(q[p], static_cast<acc_t>(s_key[(i0 + p - reg.y0) * t.rw + (j - reg.x0)]), g.kind)
+                  : acc_t(0);
+    m[p] = -std::numeric_limits<acc_t>::max();
+    z[p] = sq[p] = sa[p] = sb[p] = 0;
+  }
+
+  for (int cc = 0; cc < m_g; cc += kChannelChunk) {
+    const int mc = lr_min(kChannelChunk, m_g - cc);
+    LR_SYNC();  // every thread is done with the previous chunk's tile (and the centres' keys)
+    lr_stage_channels(s_value, value_plane + cc * g.lay.value.c, g.lay.value.c, g.lay.value.pix, mc, reg.y0, reg.x0,
+                      reg.rows, reg.cols, t.rw, g.height, g.width);
+    LR_SYNC();
+    acc_t go[P][kChannelChunk];
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const scalar_t* go_p = grad_out + lr_at(g.lay.grad_out, n, c_begin + cc, int64_t(i0 + p) * g.out_w + j);
+#pragma unroll
+      for (int c = 0; c < kChannelChunk; ++c) {
+        go[p][c] = in[p] && c < mc ? static_cast<acc_t>(go_p[c * g.lay.grad_out.c]) : acc_t(0);
+      }
+    }
+    auto rescale = [&](int p, acc_t l) -> acc_t {
+      const acc_t m_new = lr_ceil(l * kLog2e);
+      const acc_t scale = lr_pow2_below(m[p] - m_new);
+      z[p] *= scale;
+      sq[p] *= scale;
+      sa[p] *= scale;
+      sb[p] *= scale;
+      m[p] = m_new;
+      return lr_fma(l, kLog2e, -m_new);
+    };
+    // One output's share of one offset: e, tq and dw into the four sums (z and S only in the first chunk).
+    auto add = [&](auto online, int p, acc_t x, acc_t kv, const acc_t (&v)[kChannelChunk]) {
+      const acc_t e = lr_exp2(x);
+      const acc_t tq = lr_dphi_dq<KIND>(q[p], kv, g.kind) - t0[p];
+      acc_t dw = go[p][0] * v[0];
+#pragma unroll
+      for (int c = 1; c < kChannelChunk; ++c) dw += go[p][c] * v[c];
+      if constexpr (decltype(online)::value) {
+        z[p] += e;
+        sq[p] += e * tq;
+      }
+      const acc_t pd = e * dw;
+      sa[p] += pd;
+      sb[p] += pd * tq;
+    };
+    auto run_row = [&](auto lo_c, auto hi_c, auto online, int px, const acc_t* geo_col) {
+      constexpr int LO = decltype(lo_c)::value, HI = decltype(hi_c)::value;
+#pragma unroll 2
+      for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
+        const acc_t kv = static_cast<acc_t>(s_key[px]);
+        acc_t v[kChannelChunk];
+        lr_widen(s_value[px], v);
+        acc_t l[P], x[P];
+#pragma unroll
+        for (int p = LO; p < HI; ++p) {
+          l[p] = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
+          x[p] = lr_fma(l[p], kLog2e, -m[p]);
+        }
+        if constexpr (decltype(online)::value) {
+          bool up = false;
+#pragma unroll
+          for (int p = LO; p < HI; ++p) up = up || x[p] > acc_t(0);
+          if (up) {
+#pragma unroll
+            for (int p = LO; p < HI; ++p) {
+              if (x[p] > acc_t(0)) x[p] = rescale(p, l[p]);
+            }
+          }
+        }
+#pragma unroll
+        for (int p = LO; p < HI; ++p) add(online, p, x[p], kv, v);
+      }
+    };
+    auto run_row_checked = [&](auto online, const bool (&take)[P], int px, const acc_t* geo_col) {
+      for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
+        const acc_t kv = static_cast<acc_t>(s_key[px]);
+        acc_t v[kChannelChunk];
+        lr_widen(s_value[px], v);
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+          if (!take[p]) continue;
+          const acc_t l = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
+          acc_t x = lr_fma(l, kLog2e, -m[p]);
+          if constexpr (decltype(online)::value) {
+            if (x > acc_t(0)) x = rescale(p, l);
+          }
+          add(online, p, x, kv, v);
+        }
+      }
+    };
+    auto run_rows = [&](auto online) {
+      lr_walk_rows<P>(g, t, reg, s_geo, i0, jj, b_lo, y_lo, y_hi,
+                      [&](auto lo_c, auto hi_c, int px, const acc_t* geo_col) { run_row(lo_c, hi_c, online, px, geo_col); },
+                      [&](const bool(&take)[P], int px, const acc_t* geo_col) { run_row_checked(online, take, px, geo_col); });
+    };
+    if (cc == 0) {
+      run_rows(std::true_type{});
+    } else {
+      run_rows(std::false_type{});
+    }
+  }
+  const int64_t out_hw = int64_t(g.out_h) * g.out_w;
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    if (!in[p]) continue;
+    const int64_t out_pix = int64_t(i0 + p) * g.out_w + j;
+    const int64_t stat = (int64_t(n) * g.groups + grp) * out_hw + out_pix;
+    const acc_t inv = acc_t(1) / z[p];
+    const acc_t D = sa[p] * inv;
+    const acc_t gq = lr_finite(D) ? (sb[p] - D * sq[p]) * inv : static_cast<acc_t>(NAN);
+    grad_query[lr_at(g.lay.grad_query, n, grp, out_pix)] = static_cast<scalar_t>(gq);
+    lse[stat] = m[p] * kLn2 + lr_log(z[p]);
+    dsum[stat] = D;
   }
 }
 

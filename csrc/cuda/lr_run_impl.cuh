@@ -59,7 +59,18 @@ void lr_run_stats(const scalar_t* grad_out, const scalar_t* query, const scalar_
                   at::opmath_type<scalar_t>* dsum, const LrGeom& g, const LrTile& t, LrStream stream) {
   const int64_t blocks = lr_window_blocks(t, g);
   const dim3 block(t.tw, t.th);
-  if (!t.tiled) {
+  if (t.tiled && t.rows_per_thread > 1) {  // lr_plan_forward's fast path: stride 1, dilation 1
+    if (g.kind == 0) {
+      lr_launch(lr_stats_rows_kernel<scalar_t, 0>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
+                grad_query, lse, dsum, g, t);
+    } else if (g.kind == 1) {
+      lr_launch(lr_stats_rows_kernel<scalar_t, 1>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
+                grad_query, lse, dsum, g, t);
+    } else {
+      lr_launch(lr_stats_rows_kernel<scalar_t, 2>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
+                grad_query, lse, dsum, g, t);
+    }
+  } else if (!t.tiled) {
     lr_launch(lr_stats_kernel<scalar_t, -1, false>, blocks, block, 0, stream, grad_out, query, key, value, geo,
               grad_query, lse, dsum, g, t);
   } else if (g.kind == 0) {
