@@ -35,6 +35,8 @@ LR_DEV float lr_pow2_below(float e) { return e >= -126.0f ? ldexpf(1.0f, static_
 LR_DEV double lr_pow2_below(double e) { return e >= -1022.0 ? ::ldexp(1.0, static_cast<int>(e)) : 0.0; }
 LR_DEV double lr_exp(double x) { return ::exp(x); }
 LR_DEV float lr_log(float x) { return __logf(x); }
+LR_DEV float lr_log2(float x) { return __log2f(x); }
+LR_DEV double lr_log2(double x) { return ::log2(x); }
 LR_DEV double lr_log(double x) { return ::log(x); }
 
 #elif defined(LR_CUDA_EMULATE)
@@ -68,6 +70,8 @@ inline float lr_pow2_below(float e) { return e >= -126.0f ? std::ldexp(1.0f, sta
 inline double lr_pow2_below(double e) { return e >= -1022.0 ? std::ldexp(1.0, static_cast<int>(e)) : 0.0; }
 inline double lr_exp(double x) { return std::exp(x); }
 inline float lr_log(float x) { return std::log(x); }
+inline float lr_log2(float x) { return std::log2(x); }
+inline double lr_log2(double x) { return std::log2(x); }
 inline double lr_log(double x) { return std::log(x); }
 
 #else

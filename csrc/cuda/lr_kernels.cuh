@@ -128,19 +128,42 @@ LR_DEV T lr_warp_sum(T v) {
   return v;
 }
 
-// Copies the rows x cols window at (y0, x0) of a height x width plane into dst (row pitch `pitch`); pixels
-// outside the plane read as 0 (they are never used: the kernels only visit in-image offsets). All threads
-// call it.
+// Reduce-scatter over the 32 lanes of a warp: lane e returns the sum over all lanes of v[e] (31 shuffles for 32
+// sums, against 5 per sum of a butterfly). At the step with mask M a lane keeps the half of its first 2M entries
+// its bit M selects and adds the partner's copy of that half; the order of every sum is fixed.
+template <int M, typename T>
+LR_DEV void lr_reduce_scatter_step(T (&v)[32], int lane) {
+  const bool upper = (lane & M) != 0;
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    const T send = upper ? v[i] : v[i + M];
+    const T keep = upper ? v[i + M] : v[i];
+    v[i] = keep + lr_shfl_xor(send, M);
+  }
+}
 template <typename T>
-LR_DEV void lr_stage_plane(T* dst, const T* __restrict__ src, int64_t pix_stride, int y0, int x0, int rows, int cols,
+LR_DEV T lr_warp_reduce_scatter(T (&v)[32], int lane) {
+  lr_reduce_scatter_step<16>(v, lane);
+  lr_reduce_scatter_step<8>(v, lane);
+  lr_reduce_scatter_step<4>(v, lane);
+  lr_reduce_scatter_step<2>(v, lane);
+  lr_reduce_scatter_step<1>(v, lane);
+  return v[0];
+}
+
+// Copies the rows x cols window at (y0, x0)// Copies the rows x cols window at (y0, x0) of a height x width plane into dst (row pitch `pitch`); pixels
+// outside the plane read as 0 (they are never used: the kernels only visit in-image offsets). All threads
+// call it. D is T, or the accumulation type (a tile widened once when staged, not at every read).
+template <typename D, typename T>
+LR_DEV void lr_stage_plane(D* dst, const T* __restrict__ src, int64_t pix_stride, int y0, int x0, int rows, int cols,
                            int pitch, int height, int width) {
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
     const bool row_in = y >= 0 && y < height;
     for (int rx = threadIdx.x; rx < cols; rx += blockDim.x) {
       const int x = x0 + rx;
-      dst[ry * pitch + rx] =
-          (row_in && x >= 0 && x < width) ? src[(int64_t(y) * width + x) * pix_stride] : static_cast<T>(0.0f);
+      dst[ry * pitch + rx] = (row_in && x >= 0 && x < width) ? static_cast<D>(src[(int64_t(y) * width + x) * pix_stride])
+                                                             : static_cast<D>(0.0f);
     }
   }
 }
@@ -170,8 +193,8 @@ LR_DEV void lr_widen(const LrVec<c10::BFloat16> vec, float (&v)[kChannelChunk]) 
 }
 
 // Like lr_stage_plane, for the channels [0, mc) of planes src + c * c_stride, interleaved.
-template <typename T>
-LR_DEV void lr_stage_channels(LrVec<T>* dst, const T* __restrict__ src, int64_t c_stride, int64_t pix_stride, int mc,
+template <typename D, typename T>
+LR_DEV void lr_stage_channels(LrVec<D>* dst, const T* __restrict__ src, int64_t c_stride, int64_t pix_stride, int mc,
                               int y0, int x0, int rows, int cols, int pitch, int height, int width) {
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
@@ -180,9 +203,11 @@ LR_DEV void lr_stage_channels(LrVec<T>* dst, const T* __restrict__ src, int64_t 
       const int x = x0 + rx;
       const bool in = row_in && x >= 0 && x < width;
       const T* p = src + (in ? (int64_t(y) * width + x) * pix_stride : 0);
-      LrVec<T> e;
+      LrVec<D> e;
 #pragma unroll
-      for (int c = 0; c < kChannelChunk; ++c) e.v[c] = (in && c < mc) ? p[c * c_stride] : static_cast<T>(0.0f);
+      for (int c = 0; c < kChannelChunk; ++c) {
+        e.v[c] = (in && c < mc) ? static_cast<D>(p[c * c_stride]) : static_cast<D>(0.0f);
+      }
       dst[ry * pitch + rx] = e;
     }
   }
@@ -445,8 +470,8 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
 
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem);  // transposed: (a, b) at b*K + a
-  scalar_t* s_key = reinterpret_cast<scalar_t*>(smem + t.off_a);
-  LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
+  acc_t* s_key = reinterpret_cast<acc_t*>(smem + t.off_a);  // tiles in acc_t: widened once, when staged
+  LrVec<acc_t>* s_value = reinterpret_cast<LrVec<acc_t>*>(smem + t.off_b);
   const LrRegion reg = lr_window_region(g, t, blk);
   const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
   for (int e = tid; e < KK; e += t.tw * t.th) s_geo[(e % K) * K + e / K] = static_cast<acc_t>(geo_g[e]);
@@ -574,7 +599,7 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
 // Backward statistics, fast path (stride 1, dilation 1, tiled): as lr_stats_kernel, for kRowsPerThread output
 // rows of one column per thread with the row walk and the one-pass softmax of lr_forward_rows_kernel. Per output:
 // z = sum e, S = sum e*tq, A = sum e*dw, B = sum e*dw*tq with e = 2^(l*log2(e) - m), all rescaled together when
-// m moves; then D = A/z, grad_query = (B - D*S)/z and lse = m*ln(2) + ln(z).
+// m moves; then D = A/z, grad_query = (B - D*S)/z and the log-sum-exp in base 2, m + log2(z).
 template <typename scalar_t, int KIND>
 LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
                                     const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
@@ -584,7 +609,6 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int P = kRowsPerThread;
   constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
-  constexpr acc_t kLn2 = static_cast<acc_t>(0.6931471805599453);
   LR_DYNAMIC_SMEM(smem);
   const int K = g.ksize, KK = K * K, r = g.radius;
   const LrBlock blk = lr_block(t, g.groups);
@@ -598,8 +622,8 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
 
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem);  // transposed: (a, b) at b*K + a
-  scalar_t* s_key = reinterpret_cast<scalar_t*>(smem + t.off_a);
-  LrVec<scalar_t>* s_value = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_b);
+  acc_t* s_key = reinterpret_cast<acc_t*>(smem + t.off_a);  // tiles in acc_t: widened once, when staged
+  LrVec<acc_t>* s_value = reinterpret_cast<LrVec<acc_t>*>(smem + t.off_b);
   const LrRegion reg = lr_window_region(g, t, blk);
   const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
   for (int e = tid; e < KK; e += t.tw * t.th) s_geo[(e % K) * K + e / K] = static_cast<acc_t>(geo_g[e]);
@@ -730,7 +754,7 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
     const acc_t D = sa[p] * inv;
     const acc_t gq = lr_finite(D) ? (sb[p] - D * sq[p]) * inv : static_cast<acc_t>(NAN);
     grad_query[lr_at(g.lay.grad_query, n, grp, out_pix)] = static_cast<scalar_t>(gq);
-    lse[stat] = m[p] * kLn2 + lr_log(z[p]);
+    lse[stat] = m[p] + lr_log2(z[p]);  // base 2: log2 sum_ab 2^(l log2(e)), as the gather reads it
     dsum[stat] = D;
   }
 }
@@ -862,7 +886,7 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
     // NaN, as the plain sum_ab w*(dw - D)*dPhi/dq gives (the rearranged form could give +-inf instead).
     const acc_t gq = lr_finite(D) ? (b_sum - D * s_sum) * inv : static_cast<acc_t>(NAN);
     grad_query[lr_at(g.lay.grad_query, n, grp, out_pix)] = static_cast<scalar_t>(gq);
-    lse[stat] = mx + lr_log(z);
+    lse[stat] = (mx + lr_log(z)) * static_cast<acc_t>(1.4426950408889634);  // base 2, as the gather reads it
     dsum[stat] = D;
   }
 }
@@ -873,7 +897,7 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
 // block-uniform order so a warp can reduce each one with shuffles, skipped when no lane of the warp has an
 // output at that offset (at stride s most rows and columns have none); no atomics anywhere, every sum has a
 // fixed order.
-template <typename scalar_t, int KIND, bool TILED>
+template <typename scalar_t, int KIND, bool TILED, int COLS>
 LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
                                 const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
                                 const scalar_t* __restrict__ geo, const at::opmath_type<scalar_t>* __restrict__ lse,
@@ -903,12 +927,14 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
   const scalar_t* geo_g = geo + int64_t(grp) * KK;
   const int rd = r * d;
   const int dq = d / s, dr = d - (d / s) * s;  // one offset step of the inverse index
+  constexpr int ROWS = kOffsetChunk / COLS;     // offset chunks: 4 rows of 8 (K <= 8) or 1 row of 32
+  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
 
   // Shared memory: per-warp offset sums; TILED adds geo[g], the statistics and grad_out tiles.
   acc_t* s_dg = reinterpret_cast<acc_t*>(smem);
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem + t.off_a);
   LrStats<acc_t>* s_stats = reinterpret_cast<LrStats<acc_t>*>(smem + t.off_b);
-  LrVec<scalar_t>* s_go = reinterpret_cast<LrVec<scalar_t>*>(smem + t.off_c);
+  LrVec<acc_t>* s_go = reinterpret_cast<LrVec<acc_t>*>(smem + t.off_c);  // widened once, when staged
   if constexpr (TILED) {
     for (int e = tid; e < KK; e += nthreads) s_geo[e] = static_cast<acc_t>(geo_g[e]);
   }
@@ -973,15 +999,15 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
                             g.out_h, g.out_w);
           LR_SYNC();
         }
-        auto go_at = [&](int o) -> LrVec<scalar_t> {
+        auto go_at = [&](int o) -> LrVec<acc_t> {
           if constexpr (TILED) {
             return s_go[o];
           } else {
-            LrVec<scalar_t> e;
+            LrVec<acc_t> e;
 #pragma unroll
             for (int c = 0; c < kChannelChunk; ++c) {
-              e.v[c] = c < mc ? go_planes[c * g.lay.grad_out.c + int64_t(o) * g.lay.grad_out.pix]
-                              : static_cast<scalar_t>(0.0f);
+              e.v[c] = c < mc ? static_cast<acc_t>(go_planes[c * g.lay.grad_out.c + int64_t(o) * g.lay.grad_out.pix])
+                              : acc_t(0);
             }
             return e;
           }
@@ -995,54 +1021,55 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
         const bool first = tile == tile_begin && n == n_begin && cc == 0;  // first write of the partial sums
         const bool subtract = cc == 0;  // D enters once per (pixel, image)
 
-        for (int ab0 = 0; ab0 < KK; ab0 += kOffsetChunk) {
-          const int ab1 = lr_min(KK, ab0 + kOffsetChunk);
-          int a = ab0 / K, b = ab0 - (ab0 / K) * K;
-          LrInverse row = lr_inverse_at(yy, a, r, s, d);
-          LrInverse col = lr_inverse_at(xx, b, r, s, d);
-          bool row_ok = active && lr_inverse_valid(row, g.out_h);
-          for (int ab = ab0; ab < ab1; ++ab) {
-            acc_t contrib = 0;
-            if (a >= ra_lo && a <= ra_hi && b >= rb_lo && b <= rb_hi) {  // block-uniform
-              const bool valid = row_ok && lr_inverse_valid(col, g.out_w);
-              if (valid) {
-                const int oi = row.q, oj = col.q;
-                const int o = TILED ? (oi - oi_lo) * orw + (oj - oj_lo) : oi * g.out_w + oj;
-                const LrStats<acc_t> st = stats_at(o);
-                const acc_t w = lr_exp(lr_phi<KIND>(st.q, kv, g.kind) + geo_at(ab) - st.lse);
-                acc_t gov[kChannelChunk];
-                lr_widen(go_at(o), gov);
-                acc_t dw = 0;
+        // The offsets in chunks of ROWS x COLS = 32 (one per lane): this thread's d loss / d logit at each offset
+        // of the chunk (0 where it has no output) is summed over the warp by one reduce-scatter, lane e getting
+        // offset (a0 + e / COLS, b0 + e % COLS), then over the block's warps in shared memory.
+        for (int a0 = 0; a0 < K; a0 += ROWS) {
+          for (int b0 = 0; b0 < K; b0 += COLS) {
+            acc_t part[kOffsetChunk];
+            LrInverse row = lr_inverse_at(yy, a0, r, s, d);
+            const LrInverse col0 = lr_inverse_at(xx, b0, r, s, d);
 #pragma unroll
-                for (int c = 0; c < kChannelChunk; ++c) {
-                  const acc_t go = gov[c];
-                  dw += go * v[c];
-                  dv[c] += w * go;
+            for (int tr = 0; tr < ROWS; ++tr) {
+              const int a = a0 + tr;
+              const bool row_ok = active && a < K && lr_inverse_valid(row, g.out_h);
+              LrInverse col = col0;
+#pragma unroll
+              for (int tc = 0; tc < COLS; ++tc) {
+                const int b = b0 + tc;
+                acc_t dl = 0;
+                if (row_ok && b < K && lr_inverse_valid(col, g.out_w)) {
+                  const int oi = row.q, oj = col.q;
+                  const int o = TILED ? (oi - oi_lo) * orw + (oj - oj_lo) : oi * g.out_w + oj;
+                  const LrStats<acc_t> st = stats_at(o);  // st.lse in base 2
+                  const acc_t w = lr_exp2(lr_fma(lr_phi<KIND>(st.q, kv, g.kind) + geo_at(a * K + b), kLog2e, -st.lse));
+                  acc_t gov[kChannelChunk];
+                  lr_widen(go_at(o), gov);
+                  acc_t dw = gov[0] * v[0];
+#pragma unroll
+                  for (int c = 1; c < kChannelChunk; ++c) dw += gov[c] * v[c];
+#pragma unroll
+                  for (int c = 0; c < kChannelChunk; ++c) dv[c] += w * gov[c];
+                  dl = w * (subtract ? dw - st.dsum : dw);  // d loss / d logit (this chunk's share)
+                  dk += dl * lr_dphi_dk<KIND>(st.q, kv, g.kind);
                 }
-                const acc_t dl = w * (subtract ? dw - st.dsum : dw);  // d loss / d logit (this chunk's share)
-                dk += dl * lr_dphi_dk<KIND>(st.q, kv, g.kind);
-                contrib = dl;
+                part[tr * COLS + tc] = dl;
+                lr_inverse_step(col, s, dq, dr);
               }
-              if (lr_warp_any(valid)) contrib = lr_warp_sum(contrib);  // a sum of zeros is skipped
-            }
-            if (lane == 0) s_dg[warp * kOffsetChunk + (ab - ab0)] = contrib;
-            lr_inverse_step(col, s, dq, dr);
-            if (++b == K) {
-              b = 0;
-              ++a;
-              col = col_first;
               lr_inverse_step(row, s, dq, dr);
-              row_ok = active && lr_inverse_valid(row, g.out_h);
             }
+            s_dg[warp * kOffsetChunk + lane] = lr_warp_reduce_scatter(part, lane);
+            LR_SYNC();
+            for (int e = tid; e < kOffsetChunk; e += nthreads) {
+              const int a = a0 + e / COLS, b = b0 + e % COLS;
+              if (a >= K || b >= K) continue;
+              acc_t sum = 0;
+              for (int w = 0; w < nwarps; ++w) sum += s_dg[w * kOffsetChunk + e];
+              acc_t* dst = geo_partial + (int64_t(grp) * KK + a * K + b) * slots + slot;
+              *dst = first ? sum : *dst + sum;
+            }
+            LR_SYNC();
           }
-          LR_SYNC();
-          for (int e = tid; e < ab1 - ab0; e += nthreads) {
-            acc_t sum = 0;
-            for (int w = 0; w < nwarps; ++w) sum += s_dg[w * kOffsetChunk + e];
-            acc_t* dst = geo_partial + (int64_t(grp) * KK + ab0 + e) * slots + slot;
-            *dst = first ? sum : *dst + sum;
-          }
-          LR_SYNC();
         }
         if (active) {
 #pragma unroll

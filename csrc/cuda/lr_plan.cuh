@@ -10,7 +10,7 @@ namespace lrrobust {
 namespace cuda {
 
 constexpr int kChannelChunk = 8;   // value channels held in registers per pass; more channels loop in chunks
-constexpr int kOffsetChunk = 64;   // window offsets per flush of the geo_prior partial sums
+constexpr int kOffsetChunk = 32;   // window offsets per flush of the geo_prior partial sums (one per lane)
 constexpr int kMaxThreads = 256;   // threads per block
 constexpr int kRowsPerThread = 4;  // output rows per thread of the forward's fast path (stride 1, dilation 1)
 constexpr int64_t kSharedLimit = 48 * 1024;           // dynamic shared memory a block may use without opt-in
@@ -132,7 +132,8 @@ inline LrTile lr_plan_window_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
 // per thread, as the statistics pass.
 inline LrTile lr_plan_forward(const LrGeom& g, int64_t scalar_bytes, int64_t acc_bytes, int64_t limit) {
   if (g.stride == 1 && g.dilation == 1 && g.ksize > 1) {
-    const LrTile t = lr_plan_window_pass(g, scalar_bytes, acc_bytes, limit, kRowsPerThread);
+    // Its tiles hold the accumulation type (the key and value are widened once, when staged).
+    const LrTile t = lr_plan_window_pass(g, acc_bytes, acc_bytes, limit, kRowsPerThread);
     if (t.tiled) return t;
   }
   return lr_plan_window_pass(g, scalar_bytes, acc_bytes, limit);
@@ -172,7 +173,7 @@ inline LrTile lr_plan_gather_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
   auto off_a = [&](int tw, int th) { return int64_t(tw) * th / 32 * kOffsetChunk * acc_bytes; };
   auto off_b = [&](int tw, int th) { return lr_align16(off_a(tw, th) + kk * acc_bytes); };
   auto off_c = [&](int tw, int th) { return off_b(tw, th) + rows(th) * cols(tw) * 4 * acc_bytes; };
-  auto bytes = [&](int tw, int th) { return off_c(tw, th) + rows(th) * cols(tw) * kChannelChunk * scalar_bytes; };
+  auto bytes = [&](int tw, int th) { return off_c(tw, th) + rows(th) * cols(tw) * kChannelChunk * acc_bytes; };
   LrTile t{};
   lr_block_shape(g.height, g.width, t.tw, t.th);
   int tw = t.tw, th = t.th;

@@ -85,25 +85,40 @@ void lr_run_stats(const scalar_t* grad_out, const scalar_t* query, const scalar_
   }
 }
 
+// The gather kernel with offset chunks of COLS columns (8 for windows up to 8 wide, else 32).
+template <typename scalar_t, int COLS>
+void lr_run_gather_cols(const scalar_t* grad_out, const scalar_t* query, const scalar_t* key, const scalar_t* value,
+                        const scalar_t* geo, const at::opmath_type<scalar_t>* lse,
+                        const at::opmath_type<scalar_t>* dsum, scalar_t* grad_key, scalar_t* grad_value,
+                        at::opmath_type<scalar_t>* geo_partial, const LrGeom& g, const LrTile& t, LrStream stream) {
+  const int64_t blocks = lr_gather_blocks(t, g);
+  const dim3 block(t.tw, t.th);
+  if (!t.tiled) {
+    lr_launch(lr_gather_kernel<scalar_t, -1, false, COLS>, blocks, block, t.smem, stream, grad_out, query, key, value,
+              geo, lse, dsum, grad_key, grad_value, geo_partial, g, t);
+  } else if (g.kind == 0) {
+    lr_launch(lr_gather_kernel<scalar_t, 0, true, COLS>, blocks, block, t.smem, stream, grad_out, query, key, value,
+              geo, lse, dsum, grad_key, grad_value, geo_partial, g, t);
+  } else if (g.kind == 1) {
+    lr_launch(lr_gather_kernel<scalar_t, 1, true, COLS>, blocks, block, t.smem, stream, grad_out, query, key, value,
+              geo, lse, dsum, grad_key, grad_value, geo_partial, g, t);
+  } else {
+    lr_launch(lr_gather_kernel<scalar_t, 2, true, COLS>, blocks, block, t.smem, stream, grad_out, query, key, value,
+              geo, lse, dsum, grad_key, grad_value, geo_partial, g, t);
+  }
+}
+
 template <typename scalar_t>
 void lr_run_gather(const scalar_t* grad_out, const scalar_t* query, const scalar_t* key, const scalar_t* value,
                    const scalar_t* geo, const at::opmath_type<scalar_t>* lse, const at::opmath_type<scalar_t>* dsum,
                    scalar_t* grad_key, scalar_t* grad_value, at::opmath_type<scalar_t>* geo_partial, const LrGeom& g,
                    const LrTile& t, LrStream stream) {
-  const int64_t blocks = lr_gather_blocks(t, g);
-  const dim3 block(t.tw, t.th);
-  if (!t.tiled) {
-    lr_launch(lr_gather_kernel<scalar_t, -1, false>, blocks, block, t.smem, stream, grad_out, query, key, value,
-              geo, lse, dsum, grad_key, grad_value, geo_partial, g, t);
-  } else if (g.kind == 0) {
-    lr_launch(lr_gather_kernel<scalar_t, 0, true>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-              lse, dsum, grad_key, grad_value, geo_partial, g, t);
-  } else if (g.kind == 1) {
-    lr_launch(lr_gather_kernel<scalar_t, 1, true>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-              lse, dsum, grad_key, grad_value, geo_partial, g, t);
+  if (g.ksize <= 8) {
+    lr_run_gather_cols<scalar_t, 8>(grad_out, query, key, value, geo, lse, dsum, grad_key, grad_value, geo_partial, g,
+                                    t, stream);
   } else {
-    lr_launch(lr_gather_kernel<scalar_t, 2, true>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-              lse, dsum, grad_key, grad_value, geo_partial, g, t);
+    lr_run_gather_cols<scalar_t, 32>(grad_out, query, key, value, geo, lse, dsum, grad_key, grad_value, geo_partial,
+                                     g, t, stream);
   }
 }
 
