@@ -172,6 +172,7 @@ LR_DEV void lr_stage_plane(D* dst, const T* __restrict__ src, int64_t pix_stride
 // 16-byte loads. Channels past the chunk's count are 0, so the kernels can use all kChannelChunk.
 template <typename T>
 struct alignas(16) LrVec {
+  using Scalar = T;
   T v[kChannelChunk];
 };
 
@@ -193,9 +194,14 @@ LR_DEV void lr_widen(const LrVec<c10::BFloat16> vec, float (&v)[kChannelChunk]) 
 }
 
 // Like lr_stage_plane, for the channels [0, mc) of planes src + c * c_stride, interleaved.
-template <typename D, typename T>
-LR_DEV void lr_stage_channels(LrVec<D>* dst, const T* __restrict__ src, int64_t c_stride, int64_t pix_stride, int mc,
+template <typename D>
+LR_DEV LrVec<D>& lr_vec_of(LrVec<D>& e) {
+  return e;
+}
+template <typename E, typename T>
+LR_DEV void lr_stage_channels(E* dst, const T* __restrict__ src, int64_t c_stride, int64_t pix_stride, int mc,
                               int y0, int x0, int rows, int cols, int pitch, int height, int width) {
+  using D = typename std::remove_reference_t<decltype(lr_vec_of(*dst))>::Scalar;
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
     const bool row_in = y >= 0 && y < height;
@@ -208,7 +214,7 @@ LR_DEV void lr_stage_channels(LrVec<D>* dst, const T* __restrict__ src, int64_t 
       for (int c = 0; c < kChannelChunk; ++c) {
         e.v[c] = (in && c < mc) ? static_cast<D>(p[c * c_stride]) : static_cast<D>(0.0f);
       }
-      dst[ry * pitch + rx] = e;
+      lr_vec_of(dst[ry * pitch + rx]) = e;
     }
   }
 }
@@ -220,8 +226,20 @@ struct alignas(16) LrStats {
   A q, lse, dsum, pad;
 };
 
+// One output pixel of the gather's tile: its statistics and kChannelChunk grad_out channels side by side, so one
+// address serves both (three 16-byte loads in float).
+template <typename A>
+struct alignas(16) LrGatherPixel {
+  LrStats<A> st;
+  LrVec<A> go;
+};
+template <typename A>
+LR_DEV LrVec<A>& lr_vec_of(LrGatherPixel<A>& e) {
+  return e.go;
+}
+
 template <typename T, typename A>
-LR_DEV void lr_stage_stats(LrStats<A>* dst, const T* __restrict__ q, int64_t q_pix, const A* __restrict__ lse,
+LR_DEV void lr_stage_stats(LrGatherPixel<A>* dst, const T* __restrict__ q, int64_t q_pix, const A* __restrict__ lse,
                            const A* __restrict__ dsum, int y0, int x0, int rows, int cols, int height, int width) {
   for (int ry = threadIdx.y; ry < rows; ry += blockDim.y) {
     const int y = y0 + ry;
@@ -235,7 +253,7 @@ LR_DEV void lr_stage_stats(LrStats<A>* dst, const T* __restrict__ q, int64_t q_p
         e.lse = lse[y * width + x];
         e.dsum = dsum[y * width + x];
       }
-      dst[ry * cols + rx] = e;
+      dst[ry * cols + rx].st = e;
     }
   }
 }
@@ -933,8 +951,7 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
   // Shared memory: per-warp offset sums; TILED adds geo[g], the statistics and grad_out tiles.
   acc_t* s_dg = reinterpret_cast<acc_t*>(smem);
   acc_t* s_geo = reinterpret_cast<acc_t*>(smem + t.off_a);
-  LrStats<acc_t>* s_stats = reinterpret_cast<LrStats<acc_t>*>(smem + t.off_b);
-  LrVec<acc_t>* s_go = reinterpret_cast<LrVec<acc_t>*>(smem + t.off_c);  // widened once, when staged
+  LrGatherPixel<acc_t>* s_pix = reinterpret_cast<LrGatherPixel<acc_t>*>(smem + t.off_b);  // grad_out widened
   if constexpr (TILED) {
     for (int e = tid; e < KK; e += nthreads) s_geo[e] = static_cast<acc_t>(geo_g[e]);
   }
@@ -971,12 +988,12 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
       const acc_t* dsum_plane = dsum + ng * out_hw;
       if constexpr (TILED) {
         LR_SYNC();  // the previous image's (or tile's) tiles are no longer read
-        lr_stage_stats(s_stats, q_plane, g.lay.query.pix, lse_plane, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h,
+        lr_stage_stats(s_pix, q_plane, g.lay.query.pix, lse_plane, dsum_plane, oi_lo, oj_lo, orh, orw, g.out_h,
                        g.out_w);
       }
       auto stats_at = [&](int o) -> LrStats<acc_t> {
         if constexpr (TILED) {
-          return s_stats[o];
+          return s_pix[o].st;
         } else {
           LrStats<acc_t> e;
           e.q = static_cast<acc_t>(q_plane[int64_t(o) * g.lay.query.pix]);
@@ -995,13 +1012,13 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
         const scalar_t* go_planes = grad_out + lr_at(g.lay.grad_out, n, c0, 0);
         if constexpr (TILED) {
           if (cc > 0) LR_SYNC();
-          lr_stage_channels(s_go, go_planes, g.lay.grad_out.c, g.lay.grad_out.pix, mc, oi_lo, oj_lo, orh, orw, orw,
+          lr_stage_channels(s_pix, go_planes, g.lay.grad_out.c, g.lay.grad_out.pix, mc, oi_lo, oj_lo, orh, orw, orw,
                             g.out_h, g.out_w);
           LR_SYNC();
         }
         auto go_at = [&](int o) -> LrVec<acc_t> {
           if constexpr (TILED) {
-            return s_go[o];
+            return s_pix[o].go;
           } else {
             LrVec<acc_t> e;
 #pragma unroll
@@ -1024,52 +1041,78 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
         // The offsets in chunks of ROWS x COLS = 32 (one per lane): this thread's d loss / d logit at each offset
         // of the chunk (0 where it has no output) is summed over the warp by one reduce-scatter, lane e getting
         // offset (a0 + e / COLS, b0 + e % COLS), then over the block's warps in shared memory.
-        for (int a0 = 0; a0 < K; a0 += ROWS) {
-          for (int b0 = 0; b0 < K; b0 += COLS) {
-            acc_t part[kOffsetChunk];
-            LrInverse row = lr_inverse_at(yy, a0, r, s, d);
-            const LrInverse col0 = lr_inverse_at(xx, b0, r, s, d);
+        // d loss / d logit of offset ab through output o (tile or plane index), with its share of grad_value and
+        // grad_key.
+        auto term = [&](int ab, int o) -> acc_t {
+          const LrStats<acc_t> st = stats_at(o);  // st.lse in base 2
+          const acc_t w = lr_exp2(lr_fma(lr_phi<KIND>(st.q, kv, g.kind) + geo_at(ab), kLog2e, -st.lse));
+          acc_t gov[kChannelChunk];
+          lr_widen(go_at(o), gov);
+          acc_t dw = gov[0] * v[0];
 #pragma unroll
-            for (int tr = 0; tr < ROWS; ++tr) {
-              const int a = a0 + tr;
-              const bool row_ok = active && a < K && lr_inverse_valid(row, g.out_h);
-              LrInverse col = col0;
+          for (int c = 1; c < kChannelChunk; ++c) dw += gov[c] * v[c];
 #pragma unroll
-              for (int tc = 0; tc < COLS; ++tc) {
-                const int b = b0 + tc;
-                acc_t dl = 0;
-                if (row_ok && b < K && lr_inverse_valid(col, g.out_w)) {
-                  const int oi = row.q, oj = col.q;
-                  const int o = TILED ? (oi - oi_lo) * orw + (oj - oj_lo) : oi * g.out_w + oj;
-                  const LrStats<acc_t> st = stats_at(o);  // st.lse in base 2
-                  const acc_t w = lr_exp2(lr_fma(lr_phi<KIND>(st.q, kv, g.kind) + geo_at(a * K + b), kLog2e, -st.lse));
-                  acc_t gov[kChannelChunk];
-                  lr_widen(go_at(o), gov);
-                  acc_t dw = gov[0] * v[0];
-#pragma unroll
-                  for (int c = 1; c < kChannelChunk; ++c) dw += gov[c] * v[c];
-#pragma unroll
-                  for (int c = 0; c < kChannelChunk; ++c) dv[c] += w * gov[c];
-                  dl = w * (subtract ? dw - st.dsum : dw);  // d loss / d logit (this chunk's share)
-                  dk += dl * lr_dphi_dk<KIND>(st.q, kv, g.kind);
+          for (int c = 0; c < kChannelChunk; ++c) dv[c] += w * gov[c];
+          const acc_t dl = w * (subtract ? dw - st.dsum : dw);  // this chunk's share
+          dk += dl * lr_dphi_dk<KIND>(st.q, kv, g.kind);
+          return dl;
+        };
+        // Stride 1 (most layers) walks the outputs with one subtraction per offset; other strides keep the
+        // remainder of the inverse index (lr_inverse_step). Two loops, so each stays lean.
+        auto walk = [&](auto unit_stride) {
+          for (int a0 = 0; a0 < K; a0 += ROWS) {
+            for (int b0 = 0; b0 < K; b0 += COLS) {
+              acc_t part[kOffsetChunk];
+              if constexpr (decltype(unit_stride)::value) {  // output (y - (a-r)*d, x - (b-r)*d): no remainders
+  #pragma unroll
+                for (int tr = 0; tr < ROWS; ++tr) {
+                  const int a = a0 + tr;
+                  const int oi = yy - (a - r) * d;
+                  const bool row_ok = active && a < K && oi >= 0 && oi < g.out_h;
+                  const int base = TILED ? (oi - oi_lo) * orw - oj_lo : oi * g.out_w;  // o = base + oj
+                  int oj = xx - (b0 - r) * d;
+  #pragma unroll
+                  for (int tc = 0; tc < COLS; ++tc, oj -= d) {
+                    const bool ok = row_ok && b0 + tc < K && static_cast<unsigned>(oj) < static_cast<unsigned>(g.out_w);
+                    part[tr * COLS + tc] = ok ? term(a * K + b0 + tc, base + oj) : acc_t(0);
+                  }
                 }
-                part[tr * COLS + tc] = dl;
-                lr_inverse_step(col, s, dq, dr);
+              } else {
+                LrInverse row = lr_inverse_at(yy, a0, r, s, d);
+                const LrInverse col0 = lr_inverse_at(xx, b0, r, s, d);
+  #pragma unroll
+                for (int tr = 0; tr < ROWS; ++tr) {
+                  const int a = a0 + tr;
+                  const bool row_ok = active && a < K && lr_inverse_valid(row, g.out_h);
+                  const int base = TILED ? (row.q - oi_lo) * orw - oj_lo : row.q * g.out_w;
+                  LrInverse col = col0;
+  #pragma unroll
+                  for (int tc = 0; tc < COLS; ++tc) {
+                    const bool ok = row_ok && b0 + tc < K && lr_inverse_valid(col, g.out_w);
+                    part[tr * COLS + tc] = ok ? term(a * K + b0 + tc, base + col.q) : acc_t(0);
+                    lr_inverse_step(col, s, dq, dr);
+                  }
+                  lr_inverse_step(row, s, dq, dr);
+                }
               }
-              lr_inverse_step(row, s, dq, dr);
+              s_dg[warp * kOffsetChunk + lane] = lr_warp_reduce_scatter(part, lane);
+              LR_SYNC();
+              for (int e = tid; e < kOffsetChunk; e += nthreads) {
+                const int a = a0 + e / COLS, b = b0 + e % COLS;
+                if (a >= K || b >= K) continue;
+                acc_t sum = 0;
+                for (int w = 0; w < nwarps; ++w) sum += s_dg[w * kOffsetChunk + e];
+                acc_t* dst = geo_partial + (int64_t(grp) * KK + a * K + b) * slots + slot;
+                *dst = first ? sum : *dst + sum;
+              }
+              LR_SYNC();
             }
-            s_dg[warp * kOffsetChunk + lane] = lr_warp_reduce_scatter(part, lane);
-            LR_SYNC();
-            for (int e = tid; e < kOffsetChunk; e += nthreads) {
-              const int a = a0 + e / COLS, b = b0 + e % COLS;
-              if (a >= K || b >= K) continue;
-              acc_t sum = 0;
-              for (int w = 0; w < nwarps; ++w) sum += s_dg[w * kOffsetChunk + e];
-              acc_t* dst = geo_partial + (int64_t(grp) * KK + a * K + b) * slots + slot;
-              *dst = first ? sum : *dst + sum;
-            }
-            LR_SYNC();
           }
+        };
+        if (s == 1) {
+          walk(std::true_type{});
+        } else {
+          walk(std::false_type{});
         }
         if (active) {
 #pragma unroll

@@ -54,8 +54,8 @@ struct LrTile {
   // Window passes: geo[g] (KK acc_t) at 0, the key tile (rh*rw scalars) at off_a, the value tile
   // (rh*rw pixels x kChannelChunk channels, channel-interleaved) at off_b.
   // Gather pass: per-warp offset sums (warps*kOffsetChunk acc_t) at 0, geo[g] at off_a, the per-output
-  // statistics (rh*rw x {q, lse, D, 0} acc_t) at off_b, the grad_out tile (rh*rw x kChannelChunk) at off_c.
-  int off_a, off_b, off_c;
+  // tile of the outputs (rh*rw x {q, lse, D, 0, kChannelChunk grad_out channels} acc_t) at off_b.
+  int off_a, off_b;
 };
 
 inline int64_t lr_align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
@@ -172,8 +172,7 @@ inline LrTile lr_plan_gather_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
   auto cols = [&](int tw) { return std::min<int64_t>(g.out_w, (tw - 1 + halo) / g.stride + 1); };
   auto off_a = [&](int tw, int th) { return int64_t(tw) * th / 32 * kOffsetChunk * acc_bytes; };
   auto off_b = [&](int tw, int th) { return lr_align16(off_a(tw, th) + kk * acc_bytes); };
-  auto off_c = [&](int tw, int th) { return off_b(tw, th) + rows(th) * cols(tw) * 4 * acc_bytes; };
-  auto bytes = [&](int tw, int th) { return off_c(tw, th) + rows(th) * cols(tw) * kChannelChunk * acc_bytes; };
+  auto bytes = [&](int tw, int th) { return off_b(tw, th) + rows(th) * cols(tw) * (4 + kChannelChunk) * acc_bytes; };
   LrTile t{};
   lr_block_shape(g.height, g.width, t.tw, t.th);
   int tw = t.tw, th = t.th;
@@ -186,7 +185,6 @@ inline LrTile lr_plan_gather_pass(const LrGeom& g, int64_t scalar_bytes, int64_t
     t.smem = bytes(tw, th);
     t.off_a = static_cast<int>(off_a(tw, th));
     t.off_b = static_cast<int>(off_b(tw, th));
-    t.off_c = static_cast<int>(off_c(tw, th));
   } else {
     t.smem = off_a(t.tw, t.th);
   }
