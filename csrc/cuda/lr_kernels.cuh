@@ -8,20 +8,27 @@
 // exp does not), and 0 * inf = NaN in the weighted sums.
 //
 // Three passes, all recomputing the weights (no K*K buffer):
-//   lr_forward_kernel  one thread per output pixel: logits, softmax and aggregation fused; the block
-//                      stages the haloed key tile, the haloed value tile (kChannelChunk channels
-//                      interleaved, one vector load per pixel) and geo[g] in shared memory.
-//   lr_stats_kernel    backward, per output pixel: the log-sum-exp, D = sum_ab w*dw with
-//                      dw_ab = sum_c grad_out_c * v_c(p_ab), and grad_query = sum_ab w*(dw_ab - D)*dPhi/dq.
+//   forward            logits, softmax and aggregation fused. Fast path (stride 1, dilation 1, tile fits):
+//                      lr_forward_rows_kernel, kRowsPerThread output rows of one column per thread, so a staged
+//                      key and value pixel is read once for every output it serves, with a one-pass (online)
+//                      softmax in base 2; otherwise lr_forward_kernel, one thread per output pixel with a max
+//                      pass. The block stages the haloed key tile, the haloed value tile (kChannelChunk
+//                      channels interleaved, one vector load per pixel) and geo[g] in shared memory.
+//   statistics         backward, per output pixel (lr_stats_rows_kernel on the fast path, else lr_stats_kernel):
+//                      the log-sum-exp (base 2), D = sum_ab w*dw with dw_ab = sum_c grad_out_c * v_c(p_ab), and
+//                      grad_query = sum_ab w*(dw_ab - D)*dPhi/dq.
 //   lr_gather_kernel   backward, per input pixel y: over the inverse neighbourhood (offset ab and the output
 //                      i with p_ab(i) = y) grad_value_c(y) = sum w*grad_out_c(i) and
-//                      grad_key(y) = sum w*(dw - D)*dPhi/dk; the per-block sums of w*(dw - D) for every
-//                      offset go to a partial-sum buffer, reduced by lr_geo_reduce_kernel: no atomics.
-// Each kernel has a shared-memory variant (TILED) and a variant reading global memory directly, used when
-// the haloed tile would not fit (large K or dilation); the index math is the same. Accumulation is in
-// at::opmath_type (float for half/bfloat16/float, double for double). Phi is evaluated exactly, also for
-// sqdiff: -(q-k)^2 + g is a subtract and a fused multiply-add, as cheap as 2qk - k^2 + g and free of its
-// cancellation. The same source runs on the CPU in emu/ (see emu/check_emulated.py).
+//                      grad_key(y) = sum w*(dw - D)*dPhi/dk; the offsets go in chunks of 32 whose per-thread
+//                      w*(dw - D) a warp sums with one reduce-scatter, then the block in shared memory, into a
+//                      partial-sum buffer reduced by lr_geo_reduce_kernel: no atomics, every sum in a fixed order.
+// Each pass has a shared-memory variant (TILED) and a variant reading global memory directly, used when
+// the haloed tile would not fit (large K or dilation); the index math is the same. Tensors are read through
+// their layouts (LrLayout: contiguous, channels-last or channel slices). Accumulation is in at::opmath_type
+// (float for half/bfloat16/float, double for double). Phi is evaluated exactly, also for sqdiff: -(q-k)^2 + g
+// is a subtract and a fused multiply-add, as cheap as 2qk - k^2 + g and free of its cancellation. The same
+// source runs on the CPU in emu/ (see emu/check_emulated.py); csrc/cuda/sass_count.py counts the machine
+// instructions per window offset of each pass (BENCHMARKS.md).
 #pragma once
 
 #include <cstdint>
