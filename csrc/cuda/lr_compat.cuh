@@ -22,6 +22,10 @@ LR_DEV T lr_shfl_xor(T v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
 }
 LR_DEV float lr_bits_to_float(uint32_t bits) { return __uint_as_float(bits); }
+LR_HD float lr_abs(float x) { return fabsf(x); }
+LR_HD double lr_abs(double x) { return fabs(x); }
+LR_HD float lr_copysign(float x, float y) { return copysignf(x, y); }
+LR_HD double lr_copysign(double x, double y) { return copysign(x, y); }
 LR_DEV bool lr_vote_any(bool pred) { return __any_sync(0xffffffffu, pred) != 0; }
 LR_DEV float lr_exp(float x) { return __expf(x); }
 LR_DEV double lr_exp2(double x) { return ::exp2(x); }
@@ -53,6 +57,10 @@ template <typename T>
 inline T lr_shfl_xor(T v, int lane_mask) {
   return ::lremu::shfl_xor(v, lane_mask);
 }
+inline float lr_abs(float x) { return std::fabs(x); }
+inline double lr_abs(double x) { return std::fabs(x); }
+inline float lr_copysign(float x, float y) { return std::copysign(x, y); }
+inline double lr_copysign(double x, double y) { return std::copysign(x, y); }
 inline float lr_bits_to_float(uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, sizeof(f));

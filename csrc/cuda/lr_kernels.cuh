@@ -92,16 +92,17 @@ template <int KIND>
 LR_HD int lr_kind(int kind) {
   return KIND >= 0 ? KIND : kind;
 }
+// sign(x), 0 at 0 and for NaN (an ordered compare, then the sign bit copied onto 1).
 template <typename T>
 LR_HD T lr_sign(T x) {
-  return static_cast<T>(x > T(0)) - static_cast<T>(x < T(0));
+  return (x < T(0) || x > T(0)) ? lr_copysign(T(1), x) : T(0);
 }
 template <int KIND, typename T>
 LR_HD T lr_phi(T q, T k, int kind) {
   const int kd = lr_kind<KIND>(kind);
   const T diff = q - k;
   if (kd == 0) return -diff * diff;         // Eq. 3: -(q-k)^2
-  if (kd == 1) return diff < T(0) ? diff : -diff;  // Eq. 4: -|q-k|
+  if (kd == 1) return -lr_abs(diff);        // Eq. 4: -|q-k|
   return q * k;                             // Eq. 5: q*k
 }
 template <int KIND, typename T>
