@@ -25,7 +25,7 @@ import argparse
 import os
 import sys
 import time
-from typing import NamedTuple
+from dataclasses import replace
 
 os.environ["LRROBUST_SKIP_SELF_CHECK"] = "1"  # read at every call of local_relation
 
@@ -33,46 +33,32 @@ import torch
 
 from lrrobust.core.seeding import generator
 from lrrobust.ops import local_relation, local_relation_reference
-from lrrobust.ops.self_check import TOLERANCES  # (the self-check's and the CUDA tests' tolerances)
+from lrrobust.ops.self_check import TOLERANCES, Problem  # (the self-check's problems and tolerances)
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NAMES = ("output", "grad_query", "grad_key", "grad_value", "grad_geo_prior")
 
 
-class Case(NamedTuple):
-    """N images, C channels in G groups, H x W, a K x K window, stride s, dilation d; ``check``: "reference" (the
-    float64 reference on the CPU) or "images" (the batch against each image alone, for windows whose reference
-    would unfold gigabytes)."""
-
-    name: str
-    n: int
-    c: int
-    g: int
-    h: int
-    w: int
-    k: int
-    s: int
-    d: int
-    composability: str
-    check: str = "reference"
-
-
+# A case: one small problem (the self-check's Problem: N images, C channels in G groups, H x W, a K x K window,
+# stride, dilation, composability) and its check, "reference" (the float64 reference on the CPU) or "images" (the
+# batch against each image alone, for windows whose reference would unfold gigabytes).
 CASES = (
-    Case("tiled 7x7, m = 8, partial tiles", 2, 16, 2, 20, 34, 7, 1, 1, "sqdiff"),
-    Case("stride 2, m = 4", 2, 12, 3, 11, 13, 5, 2, 1, "absdiff"),
-    Case("dilation 2, m = 10 (two channel chunks)", 1, 19, 2, 12, 10, 3, 1, 2, "product"),
-    Case("stride 2, dilation 2, K = 9", 2, 16, 2, 15, 17, 9, 2, 2, "sqdiff"),
-    Case("full window K = 23 on 5 x 12", 1, 4, 2, 5, 12, 23, 1, 1, "sqdiff"),
+    (Problem("tiled 7x7, m = 8, partial tiles", 2, 16, 2, 20, 34, 7, 1, 1, "sqdiff"), "reference"),
+    (Problem("stride 2, m = 4", 2, 12, 3, 11, 13, 5, 2, 1, "absdiff"), "reference"),
+    (Problem("dilation 2, m = 10 (two channel chunks)", 1, 19, 2, 12, 10, 3, 1, 2, "product"), "reference"),
+    (Problem("stride 2, dilation 2, K = 9", 2, 16, 2, 15, 17, 9, 2, 2, "sqdiff"), "reference"),
+    (Problem("full window K = 23 on 5 x 12", 1, 4, 2, 5, 12, 23, 1, 1, "sqdiff"), "reference"),
     # Reach 60 on 120 x 120: the smallest tile clipped to the map holds ~14,000 pixels, over 227 KiB in bfloat16.
-    Case("untiled: K = 9, dilation 15 on 120 x 120", 1, 8, 1, 120, 120, 9, 1, 15, "absdiff"),
-    # Gather pass: G*K*K*tiles = 3969 * 532 geo_prior partial sums per image, over half the budget, so both images
-    # share one batch chunk (the image loop inside a block, and its barrier); tiled. The largest case (~4 * 10^6
+    (Problem("untiled: K = 9, dilation 15 on 120 x 120", 1, 8, 1, 120, 120, 9, 1, 15, "absdiff"), "reference"),
+    # Gather pass: G*K*K*tiles = 3969 * 532 geo_prior partial sums per image, over half the budget, and its 532
+    # blocks already make 4 waves of an H200's 132 multiprocessors, so both images share one batch chunk (the image
+    # loop inside a block, and its barrier); tiled. The largest case (~4 * 10^6
     # warp-offset steps): last, so a time limit cuts it, not the others.
-    Case("two images per gather chunk: K = 63 on 1 x 17024", 2, 8, 1, 1, 17024, 63, 1, 1, "product", check="images"),
+    (Problem("two images per gather chunk: K = 63 on 1 x 17024", 2, 8, 1, 1, 17024, 63, 1, 1, "product"), "images"),
 )
 
 
-def make_inputs(case: Case, dtype: torch.dtype) -> list[torch.Tensor]:
+def make_inputs(case: Problem, dtype: torch.dtype) -> list[torch.Tensor]:
     """query, key, value, geo_prior and grad_out on the CPU in ``dtype``, from a generator of the case's own."""
     ho, wo = -(-case.h // case.s), -(-case.w // case.s)
     shapes = [
@@ -86,7 +72,7 @@ def make_inputs(case: Case, dtype: torch.dtype) -> list[torch.Tensor]:
     return [torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype) for shape in shapes]
 
 
-def fused(case: Case, inputs: list[torch.Tensor], device: str) -> list[torch.Tensor]:
+def fused(case: Problem, inputs: list[torch.Tensor], device: str) -> list[torch.Tensor]:
     """Output and the four gradients of ``local_relation`` on ``device``, back on the CPU (copies made by memcpy,
     so PyTorch launches no kernel of its own around the op's)."""
     *tensors, grad_out = inputs
@@ -96,7 +82,7 @@ def fused(case: Case, inputs: list[torch.Tensor], device: str) -> list[torch.Ten
     return [t.detach().cpu() for t in (out, *grads)]
 
 
-def reference(case: Case, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+def reference(case: Problem, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """The same five results from the float64 reference on the CPU."""
     *tensors, grad_out = inputs
     leaves = [t.double().requires_grad_() for t in tensors]
@@ -104,12 +90,12 @@ def reference(case: Case, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [out.detach(), *torch.autograd.grad(out, leaves, grad_out.double())]
 
 
-def image_by_image(case: Case, inputs: list[torch.Tensor], device: str) -> list[torch.Tensor]:
+def image_by_image(case: Problem, inputs: list[torch.Tensor], device: str) -> list[torch.Tensor]:
     """The five results of the batch assembled from each image run alone: per-image results concatenated, the
     geo_prior gradient summed (in float64)."""
     *tensors, grad_out = inputs
     runs = [
-        fused(case._replace(n=1), [t[i : i + 1] for t in tensors[:3]] + [tensors[3], grad_out[i : i + 1]], device)
+        fused(replace(case, n=1), [t[i : i + 1] for t in tensors[:3]] + [tensors[3], grad_out[i : i + 1]], device)
         for i in range(case.n)
     ]
     joined = [torch.cat([run[j] for run in runs]) for j in range(4)]
@@ -142,19 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda: no CUDA GPU is available on this machine; use --device cpu", file=sys.stderr)
         return 2
     failed = 0
-    for case in CASES:
+    for case, check in CASES:
         for name in dtypes:
             dtype = DTYPES[name]
             start = time.perf_counter()
             inputs = make_inputs(case, dtype)
             got = fused(case, inputs, args.device)
-            want = reference(case, inputs) if case.check == "reference" else image_by_image(case, inputs, args.device)
+            want = reference(case, inputs) if check == "reference" else image_by_image(case, inputs, args.device)
             ratio, where = worst(got, want, dtype)
             ok = ratio <= 1.0
             failed += not ok
             print(
                 f"{'ok  ' if ok else 'FAIL'} {case.name}, {name}: worst {where} at {ratio:.3g} of its tolerance "
-                f"(against {'the reference' if case.check == 'reference' else 'each image alone'}), "
+                f"(against {'the reference' if check == 'reference' else 'each image alone'}), "
                 f"{time.perf_counter() - start:.2f} s",
                 flush=True,
             )
