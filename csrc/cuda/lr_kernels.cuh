@@ -159,7 +159,7 @@ LR_DEV T lr_warp_reduce_scatter(T (&v)[32], int lane) {
   return v[0];
 }
 
-// Copies the rows x cols window at (y0, x0)// Copies the rows x cols window at (y0, x0) of a height x width plane into dst (row pitch `pitch`); pixels
+// Copies the rows x cols window at (y0, x0) of a height x width plane into dst (row pitch `pitch`); pixels
 // outside the plane read as 0 (they are never used: the kernels only visit in-image offsets). All threads
 // call it. D is T, or the accumulation type (a tile widened once when staged, not at every read).
 template <typename D, typename T>
@@ -170,8 +170,8 @@ LR_DEV void lr_stage_plane(D* dst, const T* __restrict__ src, int64_t pix_stride
     const bool row_in = y >= 0 && y < height;
     for (int rx = threadIdx.x; rx < cols; rx += blockDim.x) {
       const int x = x0 + rx;
-      dst[ry * pitch + rx] = (row_in && x >= 0 && x < width) ? static_cast<D>(src[(int64_t(y) * width + x) * pix_stride])
-                                                             : static_cast<D>(0.0f);
+      const bool in = row_in && x >= 0 && x < width;
+      dst[ry * pitch + rx] = in ? static_cast<D>(src[(int64_t(y) * width + x) * pix_stride]) : static_cast<D>(0.0f);
     }
   }
 }
@@ -427,24 +427,122 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
   }
 }
 
-// The row walk of the row-stacked kernels (stride 1, dilation 1): for each input row y of the thread's span
-// [y_lo, y_hi], output row i0 + p takes offset a = u - p (u = y - i0 + r), so the row serves the outputs p in
-// [max(0, u-K+1), min(P-1, u)]. `row(LO, HI, px, geo_col)` is called with that run as compile-time constants
-// (std::integral_constant; px: the staged pixel of offset b_lo, geo_col: the transposed prior at (u, b_lo), so
-// entry (u - p, b) is geo_col[(b - b_lo) * K - p]); `checked(take, px, geo_col)` when the thread's last outputs
-// lie below the map.
-template <int P, typename A, typename Row, typename Checked>
-LR_DEV void lr_walk_rows(const LrGeom& g, const LrTile& t, const LrRegion& reg, const A* s_geo, int i0, int jj,
-                         int b_lo, int y_lo, int y_hi, Row row, Checked checked) {
+// What a thread of the row-stacked kernels (stride 1, dilation 1) works on: its kRowsPerThread output rows
+// i0..i0+P-1 of column j (of group grp, image n), the staged tiles in the accumulation type (geo[g] transposed:
+// (a, b) at b*K + a; the key; the value chunk, staged by the kernel), and the input rows [y_lo, y_hi] and
+// offsets [b_lo, b_hi] inside the map. lr_rows_begin stages the prior and the key (every thread calls it).
+template <typename scalar_t>
+struct LrRows {
+  using acc_t = at::opmath_type<scalar_t>;
+  int grp, n, i0, j, jj, c_begin, m_g, b_lo, b_hi, y_lo, y_hi;
+  bool col_active;  // j and i0 inside the output
+  LrRegion reg;
+  acc_t* s_geo;
+  acc_t* s_key;
+  LrVec<acc_t>* s_value;
+  const scalar_t* value_plane;
+};
+template <typename scalar_t>
+LR_DEV LrRows<scalar_t> lr_rows_begin(const LrGeom& g, const LrTile& t, const scalar_t* __restrict__ key,
+                                      const scalar_t* __restrict__ value, const scalar_t* __restrict__ geo,
+                                      unsigned char* smem) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int K = g.ksize, KK = K * K, r = g.radius;
+  const LrBlock blk = lr_block(t, g.groups);
+  LrRows<scalar_t> th;
+  th.grp = blk.group;
+  th.n = blk.outer;
+  th.i0 = (blk.tile_i * t.th + static_cast<int>(threadIdx.y)) * kRowsPerThread;
+  th.j = blk.tile_j * t.tw + static_cast<int>(threadIdx.x);
+  th.c_begin = th.grp * g.per_group;
+  th.m_g = lr_min(g.per_group, g.channels - th.c_begin);
+  th.value_plane = value + lr_at(g.lay.value, th.n, th.c_begin, 0);
+  th.s_geo = reinterpret_cast<acc_t*>(smem);
+  th.s_key = reinterpret_cast<acc_t*>(smem + t.off_a);  // tiles in acc_t: widened once, when staged
+  th.s_value = reinterpret_cast<LrVec<acc_t>*>(smem + t.off_b);
+  th.reg = lr_window_region(g, t, blk);
+  const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
+  const scalar_t* geo_g = geo + int64_t(th.grp) * KK;
+  for (int e = tid; e < KK; e += t.tw * t.th) th.s_geo[(e % K) * K + e / K] = static_cast<acc_t>(geo_g[e]);
+  lr_stage_plane(th.s_key, key + lr_at(g.lay.key, th.n, th.grp, 0), g.lay.key.pix, th.reg.y0, th.reg.x0,
+                 th.reg.rows, th.reg.cols, t.rw, g.height, g.width);
+  th.col_active = th.j < g.out_w && th.i0 < g.out_h;
+  th.jj = th.col_active ? th.j : th.reg.x0;
+  th.b_lo = 0;
+  th.b_hi = -1;
+  lr_window_range(th.jj, g.width, K, r, 1, 1, th.b_lo, th.b_hi);
+  th.y_lo = lr_max(0, th.i0 - r);
+  th.y_hi = th.col_active ? lr_min(g.height - 1, th.i0 + kRowsPerThread - 1 + r) : th.y_lo - 1;
+  return th;
+}
+
+// The window walk of the row-stacked kernels (stride 1, dilation 1), row by row: input row y of the thread's span
+// [y_lo, y_hi] serves its outputs p in [max(0, u-K+1), min(P-1, u)] (u = y - i0 + r: output row i0 + p takes
+// offset a = u - p), so each staged key and value pixel is read once for all of them. For each offset an output
+// takes: l = Phi(q[p], key) + geo[a, b] and x = l*log2(e) - m[p]; ONLINE, a logit above m[p] (x > 0, or +inf)
+// calls rescale(p, l), which moves m[p] and returns the new x; then add(online, p, x, key, value channels).
+// A run of outputs [LO, HI) is a compile-time pair (no per-output test, one branch for any new maximum); a
+// thread whose last outputs lie below the map tests each output.
+template <int KIND, bool ONLINE, typename scalar_t, typename A, typename Rescale, typename Add>
+LR_DEV void lr_walk_rows(const LrGeom& g, const LrTile& t, const LrRows<scalar_t>& th, const A (&q)[kRowsPerThread],
+                         const A (&m)[kRowsPerThread], Rescale rescale, Add add) {
   using std::integral_constant;
+  constexpr int P = kRowsPerThread;
+  constexpr A kLog2e = static_cast<A>(1.4426950408889634);
   static_assert(P == 4, "the row dispatch below lists the runs of 4 outputs");
+  const integral_constant<bool, ONLINE> online{};
   const int K = g.ksize, r = g.radius;
-  const bool all_out = i0 + P - 1 < g.out_h;
-  for (int y = y_lo; y <= y_hi; ++y) {
-    const int u = y - i0 + r;
+  auto row = [&](auto lo_c, auto hi_c, int px, const A* geo_col) {
+    constexpr int LO = decltype(lo_c)::value, HI = decltype(hi_c)::value;
+#pragma unroll 2
+    for (int b = th.b_lo; b <= th.b_hi; ++b, ++px, geo_col += K) {
+      const A kv = th.s_key[px];
+      A v[kChannelChunk];
+      lr_widen(th.s_value[px], v);
+      A l[P], x[P];
+#pragma unroll
+      for (int p = LO; p < HI; ++p) {
+        l[p] = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
+        x[p] = lr_fma(l[p], kLog2e, -m[p]);
+      }
+      if constexpr (ONLINE) {
+        bool up = false;
+#pragma unroll
+        for (int p = LO; p < HI; ++p) up = up || x[p] > A(0);
+        if (up) {
+#pragma unroll
+          for (int p = LO; p < HI; ++p) {
+            if (x[p] > A(0)) x[p] = rescale(p, l[p]);
+          }
+        }
+      }
+#pragma unroll
+      for (int p = LO; p < HI; ++p) add(online, p, x[p], kv, v);
+    }
+  };
+  auto checked = [&](const bool (&take)[P], int px, const A* geo_col) {
+    for (int b = th.b_lo; b <= th.b_hi; ++b, ++px, geo_col += K) {
+      const A kv = th.s_key[px];
+      A v[kChannelChunk];
+      lr_widen(th.s_value[px], v);
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        if (!take[p]) continue;
+        const A l = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
+        A x = lr_fma(l, kLog2e, -m[p]);
+        if constexpr (ONLINE) {
+          if (x > A(0)) x = rescale(p, l);
+        }
+        add(online, p, x, kv, v);
+      }
+    }
+  };
+  const bool all_out = th.i0 + P - 1 < g.out_h;
+  for (int y = th.y_lo; y <= th.y_hi; ++y) {
+    const int u = y - th.i0 + r;
     const int lo = lr_max(0, u - K + 1), hi = lr_min(P - 1, u);
-    const int px = (y - reg.y0) * t.rw + (jj - reg.x0) + (b_lo - r);
-    const A* geo_col = s_geo + b_lo * K + u;
+    const int px = (y - th.reg.y0) * t.rw + (th.jj - th.reg.x0) + (th.b_lo - r);  // the pixel of offset b_lo
+    const A* geo_col = th.s_geo + th.b_lo * K + u;  // entry (u - p, b) at geo_col[(b - b_lo) * K - p]
     if (all_out && lo == 0 && hi == 3) {
       row(integral_constant<int, 0>{}, integral_constant<int, 4>{}, px, geo_col);
     } else if (all_out && lo == 0 && hi == 2) {
@@ -462,7 +560,7 @@ LR_DEV void lr_walk_rows(const LrGeom& g, const LrTile& t, const LrRegion& reg, 
     } else {  // K < 3, or the thread's last outputs lie below the map
       bool take[P];
 #pragma unroll
-      for (int p = 0; p < P; ++p) take[p] = p >= lo && p <= hi && i0 + p < g.out_h;
+      for (int p = 0; p < P; ++p) take[p] = p >= lo && p <= hi && th.i0 + p < g.out_h;
       checked(take, px, geo_col);
     }
   }
@@ -484,32 +582,10 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
   constexpr int P = kRowsPerThread;
   constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
   LR_DYNAMIC_SMEM(smem);
-  const int K = g.ksize, KK = K * K, r = g.radius;
-  const LrBlock blk = lr_block(t, g.groups);
-  const int grp = blk.group, n = blk.outer;
-  const int i0 = (blk.tile_i * t.th + static_cast<int>(threadIdx.y)) * P;
-  const int j = blk.tile_j * t.tw + static_cast<int>(threadIdx.x);
-  const int c_begin = grp * g.per_group;
-  const int m_g = lr_min(g.per_group, g.channels - c_begin);
-  const scalar_t* key_plane = key + lr_at(g.lay.key, n, grp, 0);
-  const scalar_t* value_plane = value + lr_at(g.lay.value, n, c_begin, 0);
-  const scalar_t* geo_g = geo + int64_t(grp) * KK;
-
-  acc_t* s_geo = reinterpret_cast<acc_t*>(smem);  // transposed: (a, b) at b*K + a
-  acc_t* s_key = reinterpret_cast<acc_t*>(smem + t.off_a);  // tiles in acc_t: widened once, when staged
-  LrVec<acc_t>* s_value = reinterpret_cast<LrVec<acc_t>*>(smem + t.off_b);
-  const LrRegion reg = lr_window_region(g, t, blk);
-  const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
-  for (int e = tid; e < KK; e += t.tw * t.th) s_geo[(e % K) * K + e / K] = static_cast<acc_t>(geo_g[e]);
-  lr_stage_plane(s_key, key_plane, g.lay.key.pix, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
-
-  // The thread's outputs: rows i0 + p < out_h of column j < out_w. Input rows [y_lo, y_hi] and offsets
-  // b in [b_lo, b_hi] are the ones inside the map (the same b for every row, since they share the column).
-  const bool col_active = j < g.out_w && i0 < g.out_h;
-  const int jj = col_active ? j : reg.x0;
-  int b_lo = 0, b_hi = -1;
-  lr_window_range(jj, g.width, K, r, 1, 1, b_lo, b_hi);
-  const int y_lo = lr_max(0, i0 - r), y_hi = col_active ? lr_min(g.height - 1, i0 + P - 1 + r) : y_lo - 1;
+  const LrRows<scalar_t> th = lr_rows_begin(g, t, key, value, geo, smem);
+  const int grp = th.grp, n = th.n, i0 = th.i0, j = th.j, c_begin = th.c_begin, m_g = th.m_g;
+  const bool col_active = th.col_active;
+  const LrRegion reg = th.reg;
   acc_t q[P], m[P], z[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
@@ -522,8 +598,8 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
     if (cc > 0) LR_SYNC();  // every thread is done with the previous chunk's tile
-    lr_stage_channels(s_value, value_plane + cc * g.lay.value.c, g.lay.value.c, g.lay.value.pix, mc, reg.y0, reg.x0,
-                      reg.rows, reg.cols, t.rw, g.height, g.width);
+    lr_stage_channels(th.s_value, th.value_plane + cc * g.lay.value.c, g.lay.value.c, g.lay.value.pix, mc, reg.y0,
+                      reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
     LR_SYNC();
     acc_t acc[P][kChannelChunk];
 #pragma unroll
@@ -542,72 +618,16 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
       m[p] = m_new;
       return lr_fma(l, kLog2e, -m_new);
     };
-    // One input row for the outputs p in [LO, HI) (compile-time: no per-output test; one branch for any new
-    // maximum), and for any set of outputs (`take`, the rows at the bottom of the map).
-    auto run_row = [&](auto lo_c, auto hi_c, auto online, int px, const acc_t* geo_col) {
-      constexpr int LO = decltype(lo_c)::value, HI = decltype(hi_c)::value;
-      constexpr bool kOnline = decltype(online)::value;
-#pragma unroll 2
-      for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
-        const acc_t kv = static_cast<acc_t>(s_key[px]);
-        acc_t v[kChannelChunk];
-        lr_widen(s_value[px], v);
-        acc_t l[P], x[P];
+    auto add = [&](auto online, int p, acc_t x, acc_t, const acc_t (&v)[kChannelChunk]) {
+      const acc_t e = lr_exp2(x);
+      if constexpr (decltype(online)::value) z[p] += e;
 #pragma unroll
-        for (int p = LO; p < HI; ++p) {
-          l[p] = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
-          x[p] = lr_fma(l[p], kLog2e, -m[p]);
-        }
-        if constexpr (kOnline) {
-          bool up = false;
-#pragma unroll
-          for (int p = LO; p < HI; ++p) up = up || x[p] > acc_t(0);
-          if (up) {
-#pragma unroll
-            for (int p = LO; p < HI; ++p) {
-              if (x[p] > acc_t(0)) x[p] = rescale(p, l[p]);
-            }
-          }
-        }
-#pragma unroll
-        for (int p = LO; p < HI; ++p) {
-          const acc_t e = lr_exp2(x[p]);
-          if constexpr (kOnline) z[p] += e;
-#pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) acc[p][c] += e * v[c];
-        }
-      }
-    };
-    auto run_row_checked = [&](auto online, const bool (&take)[P], int px, const acc_t* geo_col) {
-      constexpr bool kOnline = decltype(online)::value;
-      for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
-        const acc_t kv = static_cast<acc_t>(s_key[px]);
-        acc_t v[kChannelChunk];
-        lr_widen(s_value[px], v);
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-          if (!take[p]) continue;
-          const acc_t l = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
-          acc_t x = lr_fma(l, kLog2e, -m[p]);
-          if constexpr (kOnline) {
-            if (x > acc_t(0)) x = rescale(p, l);
-          }
-          const acc_t e = lr_exp2(x);
-          if constexpr (kOnline) z[p] += e;
-#pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) acc[p][c] += e * v[c];
-        }
-      }
-    };
-    auto run_rows = [&](auto online) {
-      lr_walk_rows<P>(g, t, reg, s_geo, i0, jj, b_lo, y_lo, y_hi,
-                      [&](auto lo_c, auto hi_c, int px, const acc_t* geo_col) { run_row(lo_c, hi_c, online, px, geo_col); },
-                      [&](const bool(&take)[P], int px, const acc_t* geo_col) { run_row_checked(online, take, px, geo_col); });
+      for (int c = 0; c < kChannelChunk; ++c) acc[p][c] += e * v[c];
     };
     if (cc == 0) {
-      run_rows(std::true_type{});
+      lr_walk_rows<KIND, true>(g, t, th, q, m, rescale, add);
     } else {
-      run_rows(std::false_type{});
+      lr_walk_rows<KIND, false>(g, t, th, q, m, rescale, add);
     }
 #pragma unroll
     for (int p = 0; p < P; ++p) {
@@ -636,31 +656,11 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
   constexpr int P = kRowsPerThread;
   constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
   LR_DYNAMIC_SMEM(smem);
-  const int K = g.ksize, KK = K * K, r = g.radius;
-  const LrBlock blk = lr_block(t, g.groups);
-  const int grp = blk.group, n = blk.outer;
-  const int i0 = (blk.tile_i * t.th + static_cast<int>(threadIdx.y)) * P;
-  const int j = blk.tile_j * t.tw + static_cast<int>(threadIdx.x);
-  const int c_begin = grp * g.per_group;
-  const int m_g = lr_min(g.per_group, g.channels - c_begin);
-  const scalar_t* key_plane = key + lr_at(g.lay.key, n, grp, 0);
-  const scalar_t* value_plane = value + lr_at(g.lay.value, n, c_begin, 0);
-  const scalar_t* geo_g = geo + int64_t(grp) * KK;
-
-  acc_t* s_geo = reinterpret_cast<acc_t*>(smem);  // transposed: (a, b) at b*K + a
-  acc_t* s_key = reinterpret_cast<acc_t*>(smem + t.off_a);  // tiles in acc_t: widened once, when staged
-  LrVec<acc_t>* s_value = reinterpret_cast<LrVec<acc_t>*>(smem + t.off_b);
-  const LrRegion reg = lr_window_region(g, t, blk);
-  const int tid = static_cast<int>(threadIdx.y) * t.tw + static_cast<int>(threadIdx.x);
-  for (int e = tid; e < KK; e += t.tw * t.th) s_geo[(e % K) * K + e / K] = static_cast<acc_t>(geo_g[e]);
-  lr_stage_plane(s_key, key_plane, g.lay.key.pix, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
+  const LrRows<scalar_t> th = lr_rows_begin(g, t, key, value, geo, smem);
+  const int grp = th.grp, n = th.n, i0 = th.i0, j = th.j, c_begin = th.c_begin, m_g = th.m_g;
+  const bool col_active = th.col_active;
+  const LrRegion reg = th.reg;
   LR_SYNC();  // the key tile is read for the window centres below
-
-  const bool col_active = j < g.out_w && i0 < g.out_h;
-  const int jj = col_active ? j : reg.x0;
-  int b_lo = 0, b_hi = -1;
-  lr_window_range(jj, g.width, K, r, 1, 1, b_lo, b_hi);
-  const int y_lo = lr_max(0, i0 - r), y_hi = col_active ? lr_min(g.height - 1, i0 + P - 1 + r) : y_lo - 1;
   bool in[P];
   acc_t q[P], t0[P], m[P], z[P], sq[P], sa[P], sb[P];  // sq = S, sa = A, sb = B
 #pragma unroll
@@ -668,7 +668,7 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
     in[p] = col_active && i0 + p < g.out_h;
     q[p] = in[p] ? static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, int64_t(i0 + p) * g.out_w + j)]) : acc_t(0);
     // dPhi/dq relative to its value at the window centre (sum_ab w*(dw - D) = 0 keeps B - D*S free of cancellation)
-    t0[p] = in[p] ? lr_dphi_dq<KIND>(q[p], static_cast<acc_t>(s_key[(i0 + p - reg.y0) * t.rw + (j - reg.x0)]), g.kind)
+    t0[p] = in[p] ? lr_dphi_dq<KIND>(q[p], th.s_key[(i0 + p - reg.y0) * t.rw + (j - reg.x0)], g.kind)
                   : acc_t(0);
     m[p] = -std::numeric_limits<acc_t>::max();
     z[p] = sq[p] = sa[p] = sb[p] = 0;
@@ -677,8 +677,8 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
     LR_SYNC();  // every thread is done with the previous chunk's tile (and the centres' keys)
-    lr_stage_channels(s_value, value_plane + cc * g.lay.value.c, g.lay.value.c, g.lay.value.pix, mc, reg.y0, reg.x0,
-                      reg.rows, reg.cols, t.rw, g.height, g.width);
+    lr_stage_channels(th.s_value, th.value_plane + cc * g.lay.value.c, g.lay.value.c, g.lay.value.pix, mc, reg.y0,
+                      reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
     LR_SYNC();
     acc_t go[P][kChannelChunk];
 #pragma unroll
@@ -714,60 +714,10 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
       sa[p] += pd;
       sb[p] += pd * tq;
     };
-    auto run_row = [&](auto lo_c, auto hi_c, auto online, int px, const acc_t* geo_col) {
-      constexpr int LO = decltype(lo_c)::value, HI = decltype(hi_c)::value;
-#pragma unroll 2
-      for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
-        const acc_t kv = static_cast<acc_t>(s_key[px]);
-        acc_t v[kChannelChunk];
-        lr_widen(s_value[px], v);
-        acc_t l[P], x[P];
-#pragma unroll
-        for (int p = LO; p < HI; ++p) {
-          l[p] = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
-          x[p] = lr_fma(l[p], kLog2e, -m[p]);
-        }
-        if constexpr (decltype(online)::value) {
-          bool up = false;
-#pragma unroll
-          for (int p = LO; p < HI; ++p) up = up || x[p] > acc_t(0);
-          if (up) {
-#pragma unroll
-            for (int p = LO; p < HI; ++p) {
-              if (x[p] > acc_t(0)) x[p] = rescale(p, l[p]);
-            }
-          }
-        }
-#pragma unroll
-        for (int p = LO; p < HI; ++p) add(online, p, x[p], kv, v);
-      }
-    };
-    auto run_row_checked = [&](auto online, const bool (&take)[P], int px, const acc_t* geo_col) {
-      for (int b = b_lo; b <= b_hi; ++b, ++px, geo_col += K) {
-        const acc_t kv = static_cast<acc_t>(s_key[px]);
-        acc_t v[kChannelChunk];
-        lr_widen(s_value[px], v);
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-          if (!take[p]) continue;
-          const acc_t l = lr_phi<KIND>(q[p], kv, g.kind) + geo_col[-p];
-          acc_t x = lr_fma(l, kLog2e, -m[p]);
-          if constexpr (decltype(online)::value) {
-            if (x > acc_t(0)) x = rescale(p, l);
-          }
-          add(online, p, x, kv, v);
-        }
-      }
-    };
-    auto run_rows = [&](auto online) {
-      lr_walk_rows<P>(g, t, reg, s_geo, i0, jj, b_lo, y_lo, y_hi,
-                      [&](auto lo_c, auto hi_c, int px, const acc_t* geo_col) { run_row(lo_c, hi_c, online, px, geo_col); },
-                      [&](const bool(&take)[P], int px, const acc_t* geo_col) { run_row_checked(online, take, px, geo_col); });
-    };
     if (cc == 0) {
-      run_rows(std::true_type{});
+      lr_walk_rows<KIND, true>(g, t, th, q, m, rescale, add);
     } else {
-      run_rows(std::false_type{});
+      lr_walk_rows<KIND, false>(g, t, th, q, m, rescale, add);
     }
   }
   const int64_t out_hw = int64_t(g.out_h) * g.out_w;
