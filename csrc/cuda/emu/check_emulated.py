@@ -1,10 +1,11 @@
 """Runs the CUDA kernels of the local relation op (paper Sec. 4) in the CPU emulator and checks them.
 
 A development check for machines without a GPU: the kernel and launcher source of csrc/cuda is compiled
-for the host against emu/lr_emu.cuh (fibers for threads, barriers, warp shuffles, NaN-filled shared memory)
-and compared with lrrobust.ops.reference: forward and all four gradients, in both the shared-memory and the
-global-memory variants, under several thread and block schedules; inputs sit inside NaN-filled buffers so
-an out-of-bounds read shows as NaN. It checks what can be checked without a GPU (index math, tiles, halos,
+for the host against emu/lr_emu.cuh (fibers for threads, barriers, warp shuffles and votes, NaN-filled shared
+memory) and compared with lrrobust.ops.reference: forward and all four gradients, in both the shared-memory and
+the global-memory variants (the row-stacked stride-1 kernels included), the planner's clipped tiles, batch
+splits and tile runs, memory layouts read in place, under several thread and block schedules; inputs sit
+inside NaN-filled buffers so an out-of-bounds read shows as NaN. It checks what can be checked without a GPU (index math, tiles, halos,
 barriers, reductions, determinism), not speed, the real warp scheduler or the hardware exp.
 
     .venv/bin/python csrc/cuda/emu/check_emulated.py [--quick]
@@ -287,7 +288,8 @@ def main() -> int:
         check_case(ext, *cfg, random.choice(KINDS), smem, dtype=dtype)
     print("float32 / float16 / bfloat16 OK", flush=True)
 
-    # Non-contiguous inputs and an empty batch go through the launcher's contiguous() and early return.
+    # Non-contiguous inputs (a transposed query is copied, a strided channel view read in place) and an empty batch
+    # (the launcher's early return).
     q, key, v, geo, go = make_inputs(2, 4, 2, 6, 7, 3, 1)
     out = ext.forward(q.transpose(2, 3).contiguous().transpose(2, 3), key, v[:, ::1], geo, 3, 1, 1, 0, BIG)
     ref_out, _ = reference_grads(q, key, v, geo, go, 3, 1, 1, "sqdiff")
