@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from lrrobust import ops
 from lrrobust.cli import app
 from lrrobust.ops import library, local_relation, self_check
+from lrrobust.ops.cuda_plan import cuda_launch_plan
 from lrrobust.ops.reference import local_relation_reference
 
 pytestmark = pytest.mark.skipif(not ops.kernel_available("cpu"), reason="the compiled CPU kernel is not built")
@@ -101,6 +102,19 @@ def test_the_problems_cover_what_the_issue_asks():
     assert {p.composability for p in problems} == set(ops.COMPOSABILITIES)
     assert any(p.g > 1 for p in problems) and any(p.n > 1 for p in problems)
     assert any(-(-p.c // p.g) > 8 for p in problems)  # more channels per group than one CUDA channel chunk
+
+
+@pytest.mark.skipif(not library.LOADED, reason="lrrobust._C is not built")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_the_problems_reach_every_kernel_path_in_every_dtype(dtype):
+    # What a GPU would launch for each problem (the planner on the host): the row-stacked forward and statistics,
+    # the one-output-per-thread tiled ones, every pass untiled, and the gather's two chunk shapes and two walks.
+    plans = [(p, cuda_launch_plan(p.n, p.c, p.g, p.h, p.w, p.k, p.s, p.d, dtype=dtype)) for p in self_check.PROBLEMS]
+    assert any(plan.forward.rows_per_thread == 4 for _, plan in plans)
+    assert any(plan.forward.tiled and plan.forward.rows_per_thread == 1 and plan.window.tiled for _, plan in plans)
+    assert any(not (plan.forward.tiled or plan.window.tiled or plan.gather.tiled) for _, plan in plans)
+    assert any(plan.gather.tiled and p.k <= 8 for p, plan in plans) and any(p.k > 8 for p, _ in plans)
+    assert any(p.s == 1 for p, _ in plans) and any(p.s > 1 for p, _ in plans)
 
 
 def test_first_fused_call_runs_it_once_per_device_and_dtype(on_cpu, calls):

@@ -58,19 +58,22 @@ class Problem:
 
 
 # Paths per csrc/cuda/lr_plan.cuh at its 48 KiB shared-memory limit, the same for float64, float32, float16 and
-# bfloat16: "tiled" stages haloed tiles in shared memory, "untiled" reads global memory directly. Sizes are kept
-# small: the float64 reference unfolds K*K copies of the value, and costs most of the check's time on a CPU.
+# bfloat16 (tests/test_op_self_check.py checks them with lrrobust.ops.cuda_plan): "rows" is the fast path of
+# stride-1, dilation-1 windows (4 output rows per thread), "tiled" stages haloed tiles in shared memory, "untiled"
+# reads global memory directly. Sizes are kept small: the float64 reference unfolds K*K copies of the value, and
+# costs most of the check's time on a CPU.
 PROBLEMS = (
-    # Both passes tiled, 2 x 2 tiles of 32 x 8 pixels, partial ones included; m = 8 as in LR-Net-26; the paper's 7x7.
+    # Rows and a tiled gather in chunks of 4 x 8 offsets; partial tiles; m = 8 as in LR-Net-26; the paper's 7x7.
     Problem("7x7 window", 1, 16, 2, 9, 34, 7, 1, 1, "sqdiff"),
-    # Tiled, an odd map, m = 4 in 3 groups.
+    # Tiled, one output per thread, the gather's general stride walk; an odd map, m = 4 in 3 groups.
     Problem("stride 2", 2, 12, 3, 11, 13, 5, 2, 1, "absdiff"),
-    # Tiled, m = 10: two channel chunks of the CUDA kernels, the last group of 9 channels.
+    # Tiled, one output per thread, m = 10: two channel chunks of the CUDA kernels, the last group of 9 channels.
     Problem("dilation 2", 1, 19, 2, 12, 10, 3, 1, 2, "product"),
-    # K = 2 * max(H, W) - 1, every pixel sees the whole map: the window passes untiled, the gather pass tiled.
+    # K = 2 * max(H, W) - 1, every pixel sees the whole map: rows, tiles clipped to the map, the gather in chunks of
+    # 1 x 32 offsets.
     Problem("full window", 1, 4, 2, 3, 20, 39, 1, 1, "sqdiff"),
-    # A window reaching 21 pixels on a 40 x 40 map: every pass untiled.
-    Problem("wide dilated window", 1, 4, 2, 40, 40, 7, 1, 7, "absdiff"),
+    # A window reaching 45 pixels on a 64 x 64 map: every pass untiled, in every dtype.
+    Problem("wide dilated window", 1, 4, 2, 64, 64, 7, 1, 15, "absdiff"),
 )
 
 
