@@ -19,9 +19,9 @@ PyObject* PyInit__C(void) {
 namespace {
 
 // The CUDA kernels' launch plans (cuda/lr_plan.cuh) for a call's sizes, computed on the host: what a GPU would
-// launch, for tests and tools on any machine. Returns the forward's, the statistics pass's and the gather
-// pass's {tw, th, tiled, smem, rh, rw, tiles_x, tiles_y, n_chunks, n_per, tiles_per_block, tile_slots,
-// rows_per_thread}.
+// launch, for tests and tools on any machine. Returns three plans of {tw, th, tiled, smem, rh, rw, tiles_x, tiles_y,
+// n_chunks, n_per, tiles_per_block, tile_slots, rows_per_thread}: what the forward and the statistics pass launch
+// (lr_plan_forward), the one-output-per-thread plan they fall back to, and the gather pass's.
 std::vector<int64_t> cuda_launch_plan(int64_t n, int64_t channels, int64_t groups, int64_t height, int64_t width,
                                       int64_t kernel_size, int64_t stride, int64_t dilation, int64_t element_size,
                                       int64_t smem_limit, int64_t partial_budget, int64_t partial_cap,

@@ -1,7 +1,7 @@
 """The CUDA kernels (csrc/cuda, paper Sec. 4) run in the CPU emulator against the reference, on every machine.
 
 ``csrc/cuda/emu/check_emulated.py --quick`` compiles the very kernel and launcher source nvcc compiles for the
-host (fibers for threads, barriers, warp shuffles and votes, NaN-filled shared memory) and checks the forward
+host (fibers for threads, barriers, warp shuffles, NaN-filled shared memory) and checks the forward
 and all four gradients in the shared-memory and global-memory variants, the planner's tile clipping, batch
 splits and tile runs, several thread and block schedules (bitwise equal), low precision and non-finite inputs.
 It catches wrong index math, tiles, halos and missing barriers before a GPU ever runs the kernels.

@@ -26,7 +26,6 @@ LR_HD float lr_abs(float x) { return fabsf(x); }
 LR_HD double lr_abs(double x) { return fabs(x); }
 LR_HD float lr_copysign(float x, float y) { return copysignf(x, y); }
 LR_HD double lr_copysign(double x, double y) { return copysign(x, y); }
-LR_DEV bool lr_vote_any(bool pred) { return __any_sync(0xffffffffu, pred) != 0; }
 LR_DEV float lr_exp(float x) { return __expf(x); }
 LR_DEV double lr_exp2(double x) { return ::exp2(x); }
 LR_DEV float lr_fma(float a, float b, float c) { return fmaf(a, b, c); }
@@ -66,7 +65,6 @@ inline float lr_bits_to_float(uint32_t bits) {
   std::memcpy(&f, &bits, sizeof(f));
   return f;
 }
-inline bool lr_vote_any(bool pred) { return ::lremu::vote_any(pred); }
 inline float lr_exp(float x) { return std::exp(x); }
 inline float lr_exp2(float x) { return std::exp2(x); }
 inline float lr_fma(float a, float b, float c) { return std::fma(a, b, c); }

@@ -126,14 +126,15 @@ LR_HD bool lr_finite(T x) {
   return x - x == T(0);
 }
 
-// Whether pred holds for any lane of the warp (every lane gets the same answer).
-LR_DEV bool lr_warp_any(bool pred) { return lr_vote_any(pred); }
-
-// Butterfly sum over the 32 lanes of a warp: every lane gets the same, deterministic, result.
-template <typename T>
-LR_DEV T lr_warp_sum(T v) {
-  for (int mask = 16; mask > 0; mask >>= 1) v += lr_shfl_xor(v, mask);
-  return v;
+// Element e of a staged tile (TILED) or of a global plane whose elements are `stride` apart, in type A: the
+// one-output-per-thread kernels read through this in both variants.
+template <bool TILED, typename A, typename Tile, typename Plane>
+LR_DEV A lr_tile_or_plane(const Tile* tile, const Plane* __restrict__ plane, int e, int64_t stride) {
+  if constexpr (TILED) {
+    return static_cast<A>(tile[e]);
+  } else {
+    return static_cast<A>(plane[int64_t(e) * stride]);
+  }
 }
 
 // Reduce-scatter over the 32 lanes of a warp: lane e returns the sum over all lanes of v[e] (31 shuffles for 32
@@ -350,20 +351,8 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
     for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
     lr_stage_plane(s_key, key_plane, g.lay.key.pix, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
   }
-  auto geo_at = [&](int ab) -> acc_t {
-    if constexpr (TILED) {
-      return s_geo[ab];
-    } else {
-      return static_cast<acc_t>(geo_g[ab]);
-    }
-  };
-  auto key_at = [&](int e) -> acc_t {  // the key of pixel e of the tile (TILED) or of the plane
-    if constexpr (TILED) {
-      return static_cast<acc_t>(s_key[e]);
-    } else {
-      return static_cast<acc_t>(key_plane[int64_t(e) * g.lay.key.pix]);
-    }
-  };
+  auto geo_at = [&](int ab) { return lr_tile_or_plane<TILED, acc_t>(s_geo, geo_g, ab, 1); };
+  auto key_at = [&](int e) { return lr_tile_or_plane<TILED, acc_t>(s_key, key_plane, e, g.lay.key.pix); };
   const LrWindow win = lr_window<TILED>(g, t, reg, active ? i : 0, active ? j : 0);
   acc_t q = 0;
   acc_t mx = static_cast<acc_t>(-INFINITY);
@@ -771,20 +760,8 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
     for (int e = tid; e < KK; e += t.tw * t.th) s_geo[e] = static_cast<acc_t>(geo_g[e]);
     lr_stage_plane(s_key, key_plane, g.lay.key.pix, reg.y0, reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
   }
-  auto geo_at = [&](int ab) -> acc_t {
-    if constexpr (TILED) {
-      return s_geo[ab];
-    } else {
-      return static_cast<acc_t>(geo_g[ab]);
-    }
-  };
-  auto key_at = [&](int e) -> acc_t {  // the key of pixel e of the tile (TILED) or of the plane
-    if constexpr (TILED) {
-      return static_cast<acc_t>(s_key[e]);
-    } else {
-      return static_cast<acc_t>(key_plane[int64_t(e) * g.lay.key.pix]);
-    }
-  };
+  auto geo_at = [&](int ab) { return lr_tile_or_plane<TILED, acc_t>(s_geo, geo_g, ab, 1); };
+  auto key_at = [&](int e) { return lr_tile_or_plane<TILED, acc_t>(s_key, key_plane, e, g.lay.key.pix); };
   const LrWindow win = lr_window<TILED>(g, t, reg, active ? i : 0, active ? j : 0);
   acc_t q = 0, t0 = 0;
   acc_t mx = static_cast<acc_t>(-INFINITY);
@@ -913,13 +890,7 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
   if constexpr (TILED) {
     for (int e = tid; e < KK; e += nthreads) s_geo[e] = static_cast<acc_t>(geo_g[e]);
   }
-  auto geo_at = [&](int ab) -> acc_t {
-    if constexpr (TILED) {
-      return s_geo[ab];
-    } else {
-      return static_cast<acc_t>(geo_g[ab]);
-    }
-  };
+  auto geo_at = [&](int ab) { return lr_tile_or_plane<TILED, acc_t>(s_geo, geo_g, ab, 1); };
 
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     const int ty0 = (tile / t.tiles_x) * t.th, tx0 = (tile % t.tiles_x) * t.tw;  // first pixel of the tile
@@ -932,12 +903,6 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
     const int oj_lo = lr_max(0, lr_ceil_div(tx0 - rd, s));
     const int orh = lr_min(g.out_h - 1, lr_floor_div(ty0 + t.th - 1 + rd, s)) - oi_lo + 1;
     const int orw = lr_min(g.out_w - 1, lr_floor_div(tx0 + t.tw - 1 + rd, s)) - oj_lo + 1;
-    // Offsets that can reach any pixel of the tile from any output: (a - r)*d in [ty0 - (Ho-1)*s, last row].
-    const int ra_lo = lr_max(0, r + lr_ceil_div(ty0 - (g.out_h - 1) * s, d));
-    const int ra_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.height - 1, ty0 + t.th - 1), d));
-    const int rb_lo = lr_max(0, r + lr_ceil_div(tx0 - (g.out_w - 1) * s, d));
-    const int rb_hi = lr_min(K - 1, r + lr_floor_div(lr_min(g.width - 1, tx0 + t.tw - 1), d));
-    const LrInverse col_first = lr_inverse_at(xx, 0, r, s, d);  // the column's inverse index at b = 0
 
     for (int n = n_begin; n < n_end; ++n) {
       const int64_t ng = int64_t(n) * g.groups + grp;

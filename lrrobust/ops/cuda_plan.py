@@ -50,7 +50,9 @@ class PassPlan:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """The plans of the forward, of the statistics pass and of the gather pass, and the gather's partial sums."""
+    """The plans of the window passes and of the gather pass, and the gather's partial sums. ``forward`` is what
+    the forward and the statistics pass launch: the row-stacked plan where it applies (stride 1, dilation 1, its
+    tile fits), else ``window``, the one-output-per-thread plan."""
 
     forward: PassPlan
     window: PassPlan

@@ -1,7 +1,7 @@
 """Runs the CUDA kernels of the local relation op (paper Sec. 4) in the CPU emulator and checks them.
 
 A development check for machines without a GPU: the kernel and launcher source of csrc/cuda is compiled
-for the host against emu/lr_emu.cuh (fibers for threads, barriers, warp shuffles and votes, NaN-filled shared
+for the host against emu/lr_emu.cuh (fibers for threads, barriers, warp shuffles, NaN-filled shared
 memory) and compared with lrrobust.ops.reference: forward and all four gradients, in both the shared-memory and
 the global-memory variants (the row-stacked stride-1 kernels included), the planner's clipped tiles, batch
 splits and tile runs, memory layouts read in place, under several thread and block schedules; inputs sit

@@ -27,8 +27,9 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& q
   return {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g)};
 }
 
-// The plans of the window passes and the gather pass: {tw, th, tiled, smem, rh, rw, n_chunks, n_per} each,
-// then the gather pass's {tiles_per_block, tile_slots}, then the forward's {rows_per_thread, tiled}.
+// The one-output-per-thread plan of the window passes and the gather pass's plan: {tw, th, tiled, smem, rh, rw,
+// n_chunks, n_per} each, then the gather pass's {tiles_per_block, tile_slots}, then {rows_per_thread, tiled} of
+// what the forward and the statistics pass launch (lr_plan_forward: the row-stacked plan where it applies).
 std::vector<int64_t> plan(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& geo, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t kind,
                           int64_t smem_limit, int64_t partial_budget, int64_t partial_cap, int64_t min_blocks) {

@@ -104,23 +104,6 @@ T shfl_xor(T v, int lane_mask) {
   return out;
 }
 
-// __any_sync over the whole warp: every lane takes part, as on the GPU with a full mask.
-inline bool vote_any(bool pred) {
-  Runtime& r = runtime();
-  if (r.threads % 32 != 0) {
-    std::fprintf(stderr, "lremu: warp vote in a block that is not a whole number of warps\n");
-    std::abort();
-  }
-  const int t = r.current;
-  const int lane = t & 31;
-  r.warp_buf[t] = pred ? 1.0 : 0.0;
-  yield(State::kWarpBarrier);
-  bool any = false;
-  for (int l = 0; l < 32; ++l) any = any || r.warp_buf[t - lane + l] != 0.0;
-  yield(State::kWarpBarrier);
-  return any;
-}
-
 inline void fiber_main() {
   Runtime& r = runtime();
   r.body();
