@@ -73,12 +73,17 @@ std::vector<int64_t> cuda_plan_limits() {
 
 TORCH_LIBRARY(lrrobust, m) {
   // composability: 0 = squared difference (Eq. 3), 1 = absolute difference (Eq. 4), 2 = product (Eq. 5).
+  // The forward returns the output and lse (N, G, Ho, Wo), the log-sum-exp of each output's logits in base 2
+  // (log2 sum_ab exp(logit_ab)) in the accumulation dtype (double for double, else float); the backward takes both
+  // back (the CUDA backward reads its weights from lse and D = sum_c grad_out * out from out; the CPU backward
+  // checks them and recomputes).
   m.def(
       "local_relation_forward(Tensor query, Tensor key, Tensor value, Tensor geo_prior, int kernel_size, "
-      "int stride, int dilation, int composability) -> Tensor");
+      "int stride, int dilation, int composability) -> (Tensor, Tensor)");
   m.def(
       "local_relation_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor geo_prior, "
-      "int kernel_size, int stride, int dilation, int composability) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor out, Tensor lse, int kernel_size, int stride, int dilation, int composability) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "cuda_launch_plan(int n, int channels, int groups, int height, int width, int kernel_size, int stride, "
       "int dilation, int element_size, int smem_limit, int partial_budget, int partial_cap, int min_blocks) -> int[]",

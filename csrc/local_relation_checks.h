@@ -82,4 +82,26 @@ inline LocalRelationShape check_local_relation_inputs(const at::Tensor& query, c
   return s;
 }
 
+// The dtype of the forward's log-sum-exp: the accumulation type (at::opmath_type), double for double, else float.
+inline at::ScalarType lse_dtype_of(at::ScalarType value_dtype) {
+  return value_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The backward's saved forward results: out (N, C, Ho, Wo) in value's dtype and lse (N, G, Ho, Wo) in
+// lse_dtype_of(value's dtype), both on value's device.
+inline void check_saved_forward(const at::Tensor& out, const at::Tensor& lse, const at::Tensor& value,
+                                const LocalRelationShape& s) {
+  TORCH_CHECK(out.sizes() == at::IntArrayRef({s.n, s.channels, s.out_height, s.out_width}),
+              "local_relation_backward: out ", out.sizes(), " must be the forward's output (", s.n, ", ", s.channels,
+              ", ", s.out_height, ", ", s.out_width, ")");
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.n, s.groups, s.out_height, s.out_width}),
+              "local_relation_backward: lse ", lse.sizes(), " must be the forward's log-sum-exp (", s.n, ", ",
+              s.groups, ", ", s.out_height, ", ", s.out_width, ")");
+  TORCH_CHECK(out.device() == value.device() && lse.device() == value.device(),
+              "local_relation_backward: out and lse must be on the inputs' device");
+  TORCH_CHECK(out.scalar_type() == value.scalar_type() && lse.scalar_type() == lse_dtype_of(value.scalar_type()),
+              "local_relation_backward: out must have value's dtype and lse ", lse_dtype_of(value.scalar_type()),
+              ", got ", out.scalar_type(), " and ", lse.scalar_type());
+}
+
 }  // namespace lrrobust

@@ -65,12 +65,13 @@ def test_fake_kernels_report_the_strides_the_cpu_kernel_returns(channels_last):
     q, key, v, geo = inputs()
     if channels_last:
         q, key, v = (t.contiguous(memory_format=CL) for t in (q, key, v))
-    real_out = torch.ops.lrrobust.local_relation_forward(q, key, v, geo, 7, 1, 1, 0)
+    real_out, real_lse = torch.ops.lrrobust.local_relation_forward(q, key, v, geo, 7, 1, 1, 0)
     grad = torch.randn_like(real_out)
-    real_grads = torch.ops.lrrobust.local_relation_backward(grad, q, key, v, geo, 7, 1, 1, 0)
+    real_grads = torch.ops.lrrobust.local_relation_backward(grad, q, key, v, geo, real_out, real_lse, 7, 1, 1, 0)
     with FakeTensorMode() as mode:
         fq, fk, fv, fg, fgrad = (mode.from_tensor(t) for t in (q, key, v, geo, grad))
-        fake_out = torch.ops.lrrobust.local_relation_forward(fq, fk, fv, fg, 7, 1, 1, 0)
-        fake_grads = torch.ops.lrrobust.local_relation_backward(fgrad, fq, fk, fv, fg, 7, 1, 1, 0)
+        fake_out, fake_lse = torch.ops.lrrobust.local_relation_forward(fq, fk, fv, fg, 7, 1, 1, 0)
+        fake_grads = torch.ops.lrrobust.local_relation_backward(fgrad, fq, fk, fv, fg, fake_out, fake_lse, 7, 1, 1, 0)
     assert fake_out.stride() == real_out.stride()
+    assert (fake_lse.shape, fake_lse.stride(), fake_lse.dtype) == (real_lse.shape, real_lse.stride(), real_lse.dtype)
     assert [t.stride() for t in fake_grads] == [t.stride() for t in real_grads]

@@ -61,18 +61,28 @@ def inputs(dtype=torch.float32, requires_grad=False, k=3):
 
 
 def wrong_forward_in_full_window(*args):
-    """The real forward, 0.5 off at one pixel when the window is the self-check's full window."""
-    out = REAL_FORWARD(*args)
+    """The real forward, its output 0.5 off at one pixel when the window is the self-check's full window."""
+    out, lse = REAL_FORWARD(*args)
     if args[4] == FULL_WINDOW.k:
         out = out.clone()
         out[0, 1, 2, 3] += 0.5
-    return out
+    return out, lse
+
+
+def wrong_lse_at_stride_2(*args):
+    """The real forward, its log-sum-exp 0.125 off at one pixel when the stride is 2."""
+    out, lse = REAL_FORWARD(*args)
+    if args[5] == 2:
+        lse = lse.clone()
+        lse[1, 0, 1, 2] += 0.125
+    return out, lse
 
 
 def wrong_grad_key_at_stride_2(grad_out, *args):
     """The real backward, grad_key 0.25 off at one pixel when the stride is 2."""
+    stride = args[-3]  # (..., out, lse, kernel_size, stride, dilation, phi)
     grads = list(REAL_BACKWARD(grad_out, *args))
-    if args[5] == 2:
+    if stride == 2:
         grads[1] = grads[1].clone()
         grads[1][1, 0, 3, 4] -= 0.25
     return tuple(grads)
@@ -143,7 +153,7 @@ def test_no_self_check_on_the_cpu_by_default(calls, monkeypatch):
     x = inputs()
     out = local_relation(*x, 3)
     assert calls == [] and self_check.RESULTS == {}
-    torch.testing.assert_close(out, REAL_FORWARD(*x, 3, 1, 1, 0))
+    torch.testing.assert_close(out, REAL_FORWARD(*x, 3, 1, 1, 0)[0])
 
 
 def test_a_wrong_forward_raises_one_clear_error(on_cpu, calls, monkeypatch):
@@ -177,6 +187,13 @@ def test_a_wrong_gradient_raises_naming_it(on_cpu, monkeypatch):
     assert "FAILED" in ops.build_info()
 
 
+def test_a_wrong_log_sum_exp_raises_naming_it(on_cpu, monkeypatch):
+    # The CUDA backward reads its weights from the forward's log-sum-exp, so the self-check compares it too.
+    monkeypatch.setattr(library, "fused_forward", wrong_lse_at_stride_2)
+    with pytest.raises(RuntimeError, match=r"float64: largest difference 0\.125 in log-sum-exp of case 'stride 2'"):
+        local_relation(*inputs(torch.float64), 3)
+
+
 def test_the_seam_is_what_autograd_calls_too(monkeypatch):
     # local_relation's backward goes through library.fused_backward, so the self-check checks what training runs.
     monkeypatch.setattr(library, "fused_backward", wrong_grad_key_at_stride_2)
@@ -207,7 +224,7 @@ def test_skip_variable_skips_it(on_cpu, calls, monkeypatch):
     x = inputs(k=FULL_WINDOW.k)
     wrong = local_relation(*x, FULL_WINDOW.k)  # the wrong kernel's result comes back
     assert calls == [] and self_check.RESULTS == {}
-    assert (wrong - REAL_FORWARD(*x, FULL_WINDOW.k, 1, 1, 0))[0, 1, 2, 3].item() == pytest.approx(0.5)
+    assert (wrong - REAL_FORWARD(*x, FULL_WINDOW.k, 1, 1, 0)[0])[0, 1, 2, 3].item() == pytest.approx(0.5)
     assert "self-check: skipped by LRROBUST_SKIP_SELF_CHECK" in ops.build_info()
     monkeypatch.setenv("LRROBUST_SKIP_SELF_CHECK", "0")
     with pytest.raises(RuntimeError, match="disagrees with the reference"):

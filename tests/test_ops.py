@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lrrobust import ops
 from lrrobust.ops import local_relation
-from lrrobust.ops.reference import local_relation_reference
+from lrrobust.ops.reference import local_relation_reference, log_sum_exp_reference
 
 KINDS = ("sqdiff", "absdiff", "product")
 CODES = {"sqdiff": 0, "absdiff": 1, "product": 2}
@@ -115,9 +115,11 @@ def test_opcheck():
     x = make_inputs(case, requires_grad=True)
     options_ = (case[5], case[6], case[7], CODES["absdiff"])
     torch.library.opcheck(torch.ops.lrrobust.local_relation_forward.default, (*x, *options_))
-    grad_out = torch.randn(local_relation_reference(*x, case[5], case[6], case[7]).shape, dtype=torch.float64)
     inputs = [t.detach() for t in x]
-    torch.library.opcheck(torch.ops.lrrobust.local_relation_backward.default, (grad_out, *inputs, *options_))
+    out, lse = torch.ops.lrrobust.local_relation_forward(*inputs, *options_)
+    grad_out = torch.randn(out.shape, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.lrrobust.local_relation_backward.default,
+                          (grad_out, *inputs, out, lse, *options_))
 
 
 def test_compile_fullgraph_matches_eager():
@@ -306,17 +308,42 @@ def test_compiled_op_checks_inputs_too():
                                                   1, 0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 2, 5, 8)] + [(1, 16, 2, 9, 34, 7, 1, 1)], ids=str)
+def test_the_forward_returns_the_log_sum_exp_of_the_logits(case, dtype, kind):
+    # The op's second result, which the CUDA backward reads its weights from: log2 sum exp(logit) over the
+    # in-image offsets, in the accumulation dtype; several vector chunks per row in the last case.
+    x = [t.to(dtype) for t in make_inputs(case)]
+    out, lse = torch.ops.lrrobust.local_relation_forward(*x, *case[5:8], CODES[kind])
+    want = log_sum_exp_reference(*(x[i].double() for i in (0, 1, 3)), *case[5:8], kind)
+    assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(lse.double(), want, rtol=1e-5 if dtype != torch.float64 else 1e-12, atol=1e-5)
+    torch.testing.assert_close(out, local_relation(*x, *case[5:8], kind), rtol=0, atol=0)
+
+
+def test_the_backward_checks_the_saved_forward_results():
+    args = _good()
+    inputs = [args[n] for n in ("query", "key", "value", "geo_prior")]
+    out, lse = torch.ops.lrrobust.local_relation_forward(*inputs, 3, 1, 1, 0)
+    for bad_out, bad_lse, message in ((out[:, :4], lse, "out .* must be the forward's output"),
+                                      (out, lse[:, :1], "lse .* must be the forward's log-sum-exp"),
+                                      (out, lse.double(), "out must have value.s dtype and lse Float, got .* Double")):
+        with pytest.raises(RuntimeError, match="local_relation_backward: " + message):
+            torch.ops.lrrobust.local_relation_backward(out, *inputs, bad_out, bad_lse, 3, 1, 1, 0)
+
+
 @pytest.mark.parametrize("k,s,d", [(3, 1, 3 * 2**61), (1, 1, 2**40), (3, 1, 2**28 + 1), (5, 1, 2**27 + 1),
                                    (3, 2**28 + 1, 1), (3, 2**62, 1), (32769, 1, 1), (2**31 + 1, 1, 1)])
 def test_compiled_op_rejects_windows_beyond_the_bounds(k, s, d):
     # Called directly (no Python checks): the C++ checks name the bound; the call segfaulted here.
     q, key, v = torch.randn(1, 1, 4, 5), torch.randn(1, 1, 4, 5), torch.randn(1, 2, 4, 5)
     q = q if s == 1 else q[:, :, :1, :1]
-    p, go = torch.randn(1, 3, 3), torch.randn(1, 2, *q.shape[2:])
+    p, go, lse = torch.randn(1, 3, 3), torch.randn(1, 2, *q.shape[2:]), torch.randn(1, 1, *q.shape[2:])
     with pytest.raises(RuntimeError, match="local_relation: .*(at most|must be in)"):
         torch.ops.lrrobust.local_relation_forward(q, key, v, p, k, s, d, 0)
     with pytest.raises(RuntimeError, match="local_relation: .*(at most|must be in)"):
-        torch.ops.lrrobust.local_relation_backward(go, q, key, v, p, k, s, d, 0)
+        torch.ops.lrrobust.local_relation_backward(go, q, key, v, p, go, lse, k, s, d, 0)
 
 
 @pytest.mark.parametrize("k,s,d", [(3, 1, 2**28), (5, 1, 2**27), (1, 2**28, 2**28), (7, 2**28, 3)])
@@ -341,19 +368,21 @@ def test_compiled_op_rejects_a_meta_tensor_among_cpu_tensors(name):
     tensors = {"grad_out": torch.randn(1, 8, 4, 5), **{n: args[n] for n in ("query", "key", "value", "geo_prior")}}
     tensors[name] = tensors[name].to("meta")
     inputs = [tensors[n] for n in ("query", "key", "value", "geo_prior")]
+    saved = (torch.randn(1, 8, 4, 5), torch.randn(1, 2, 4, 5))  # the forward's out and lse
     if name != "grad_out":
         with pytest.raises((RuntimeError, ValueError), match="must be on one device"):
             torch.ops.lrrobust.local_relation_forward(*inputs, 3, 1, 1, 0)
     with pytest.raises((RuntimeError, ValueError), match="must be on one device"):
-        torch.ops.lrrobust.local_relation_backward(tensors["grad_out"], *inputs, 3, 1, 1, 0)
+        torch.ops.lrrobust.local_relation_backward(tensors["grad_out"], *inputs, *saved, 3, 1, 1, 0)
 
 
 def test_compiled_op_on_all_meta_tensors_gives_shapes():
     args = _good()
     inputs = [args[n].to("meta") for n in ("query", "key", "value", "geo_prior")]
-    out = torch.ops.lrrobust.local_relation_forward(*inputs, 3, 1, 1, 0)
+    out, lse = torch.ops.lrrobust.local_relation_forward(*inputs, 3, 1, 1, 0)
     assert out.device.type == "meta" and out.shape == (1, 8, 4, 5)
-    grads = torch.ops.lrrobust.local_relation_backward(out, *inputs, 3, 1, 1, 0)
+    assert lse.device.type == "meta" and lse.shape == (1, 2, 4, 5) and lse.dtype == torch.float32
+    grads = torch.ops.lrrobust.local_relation_backward(out, *inputs, out, lse, 3, 1, 1, 0)
     assert [g.shape for g in grads] == [t.shape for t in inputs] and all(g.device.type == "meta" for g in grads)
     with pytest.raises((RuntimeError, ValueError), match="dilation must be at most"):
         torch.ops.lrrobust.local_relation_forward(*inputs, 3, 1, 3 * 2**61, 0)

@@ -141,6 +141,9 @@ BEYOND_INT64 = [2**63, 2**64, -(2**63) - 1]
 NOT_POSITIVE = [0, -1, -3, -(2**31), -(2**63)]
 
 
+BACKWARD_ONLY = ["grad_out", "out", "lse"]  # the tensors only the backward takes
+
+
 def _base(rng: random.Random) -> dict:
     """A valid call: sizes, options and per-tensor device and dtype; the invalid cases change one thing."""
     groups, per_group = rng.randint(1, 3), rng.randint(1, 3)
@@ -151,7 +154,8 @@ def _base(rng: random.Random) -> dict:
     return {
         "api": rng.choice(["python", "forward", "backward"]),
         "shapes": {"grad_out": [n, channels, ho, wo], "query": [n, groups, ho, wo], "key": [n, groups, height, width],
-                   "value": [n, channels, height, width], "geo_prior": [groups, k, k]},
+                   "value": [n, channels, height, width], "geo_prior": [groups, k, k],
+                   "out": [n, channels, ho, wo], "lse": [n, groups, ho, wo]},  # the backward's saved forward
         "devices": {},
         "dtypes": {},
         "kernel_size": k,
@@ -175,7 +179,8 @@ def _huge_window(case: dict, rng: random.Random) -> str:
     else:
         case[which] = rng.choice(HUGE)
         if which == "stride":  # the query of that stride: one output pixel
-            case["shapes"]["query"][2:] = case["shapes"]["grad_out"][2:] = [1, 1]
+            for name in ("query", "grad_out", "out", "lse"):
+                case["shapes"][name][2:] = [1, 1]
     return f"huge {which}"
 
 
@@ -192,7 +197,7 @@ def _beyond_int64(case: dict, rng: random.Random) -> str:
 
 
 def _bad_shape(case: dict, rng: random.Random) -> str:
-    names = ["query", "key", "value", "geo_prior"] + (["grad_out"] if case["api"] == "backward" else [])
+    names = ["query", "key", "value", "geo_prior"] + (BACKWARD_ONLY if case["api"] == "backward" else [])
     name = rng.choice(names)
     shape = case["shapes"][name]
     change = rng.choice(["resize", "resize", "rank", "groups"])
@@ -215,7 +220,7 @@ def _bad_shape(case: dict, rng: random.Random) -> str:
 
 
 def _bad_device(case: dict, rng: random.Random) -> str:
-    names = ["query", "key", "value", "geo_prior"] + (["grad_out"] if case["api"] == "backward" else [])
+    names = ["query", "key", "value", "geo_prior"] + (BACKWARD_ONLY if case["api"] == "backward" else [])
     name = rng.choice(names)
     if rng.random() < 0.3:  # all meta but one on the CPU
         case["devices"] = dict.fromkeys(names, "meta")
@@ -267,7 +272,7 @@ def invalid_cases() -> list[dict]:
         case = _base(rng)
         case.update(api=api, kernel_size=k, stride=s, dilation=d, label=f"bound: K={k} s={s} d={d}")
         height, width = case["shapes"]["key"][2:]
-        for name in ("query", "grad_out"):
+        for name in ("query", "grad_out", "out", "lse"):
             case["shapes"][name][2:] = [-(-height // s), -(-width // s)]
         cases.append(case)
     while len(cases) < max(CASES, len(EDGE_INVALID)):
@@ -295,18 +300,18 @@ def _tensor(case: dict, name: str, gen: torch.Generator):
 
 def make_case_inputs(case: dict) -> list:
     gen = torch.Generator().manual_seed(0)
-    return [_tensor(case, name, gen) for name in ("query", "key", "value", "geo_prior", "grad_out")]
+    return [_tensor(case, name, gen) for name in ("query", "key", "value", "geo_prior", "grad_out", "out", "lse")]
 
 
 def run_case(case: dict, inputs: list):
-    q, k, v, p, go = inputs
+    q, k, v, p, go, out, lse = inputs
     options = (case["kernel_size"], case["stride"], case["dilation"])
     if case["api"] == "python":
         return local_relation(q, k, v, p, *options, composability=case["composability"])
     code = CODES.get(case["composability"], case["composability"])
     if case["api"] == "forward":
         return torch.ops.lrrobust.local_relation_forward(q, k, v, p, *options, code)
-    return torch.ops.lrrobust.local_relation_backward(go, q, k, v, p, *options, code)
+    return torch.ops.lrrobust.local_relation_backward(go, q, k, v, p, out, lse, *options, code)
 
 
 def worker() -> None:

@@ -51,15 +51,12 @@ FORWARD_CODE = [
     (0x190, "BRA 0x190"),  # the trap after EXIT: not a loop
 ]
 STATS_CODE = [
-    (0x000, "LDS R8, [R5]"),  # max pass with FMNMX, not unrolled: 3 instructions
-    (0x010, "FMNMX R9, R8, R9, !PT"),
-    (0x020, "@P0 BRA 0x0"),
-    (0x030, "LDS R8, [R5]"),  # main pass: 4 instructions, 1 offset
-    (0x040, "MUFU.EX2 R10, R8"),
-    (0x050, "FFMA R11, R10, R8, R11"),
-    (0x060, "@P1 BRA 0x30"),
-    (0x070, "STL [R1], R11"),  # a spill
-    (0x080, "EXIT"),
+    (0x000, "LDS R8, [R5]"),  # main pass (weights from the saved log-sum-exp, no max pass): 4 instructions, 1 offset
+    (0x010, "MUFU.EX2 R10, R8"),
+    (0x020, "FFMA R11, R10, R8, R11"),
+    (0x030, "@P1 BRA 0x0"),
+    (0x040, "STL [R1], R11"),  # a spill
+    (0x050, "EXIT"),
 ]
 SHUFFLES = [(0, f"SHFL.BFLY PT, R{20 + k}, R{20 + k}, 0x{16 >> k:x}, 0x1f") for k in range(5)]
 GATHER_CODE = [
@@ -122,8 +119,8 @@ def test_roles_and_offsets_per_iteration_come_from_the_signature_counts():
     assert fwd.loops[1].per_offset == pytest.approx(3.5) and fwd.loops[2].per_offset == pytest.approx(3.0)
     assert fwd.total() == pytest.approx((6.5, 6.5))
     stats = reports["stats"]
-    assert [(lp.role, lp.instructions, lp.offsets) for lp in stats.loops] == [("max", 3, 1), ("exp", 4, 1)]
-    assert stats.total() == pytest.approx((7.0, 7.0)) and stats.local_ops == 1 and stats.registers is None
+    assert [(lp.role, lp.instructions, lp.offsets) for lp in stats.loops] == [("exp", 4, 1)]
+    assert stats.total() == pytest.approx((4.0, 4.0)) and stats.local_ops == 1 and stats.registers is None
 
 
 def test_gather_loop_versioned_on_the_stride():
@@ -180,6 +177,34 @@ def test_online_loops_leave_the_rare_rescale_out_and_report_the_steady_row():
     assert rows.total() == pytest.approx((3.0, 3.0))  # the worst row is an online loop too, here the same one
 
 
+STATS_ROWS = ROWS.replace("22lr_forward_rows_kernel", "20lr_stats_rows_kernel")
+# The row-stacked statistics pass: no maximum to move, so its row loops are plain exp loops.
+STATS_ROWS_CODE = [
+    (0x000, "LDS R8, [R5]"),  # full row: 8 instructions, 2 offsets
+    (0x010, "MUFU.EX2 R14, R8"),
+    (0x020, "FFMA.FTZ R12, R14, R13, R12"),
+    (0x030, "MUFU.EX2 R15, R8"),
+    (0x040, "FFMA.FTZ R12, R15, R13, R12"),
+    (0x050, "FADD.FTZ R9, R9, -R8"),
+    (0x060, "FMUL.FTZ R10, R9, R9"),
+    (0x070, "@P0 BRA 0x0"),
+    (0x080, "LDS R8, [R5]"),  # one output: 5 instructions, 1 offset
+    (0x090, "MUFU.EX2 R14, R8"),
+    (0x0a0, "FFMA.FTZ R12, R14, R13, R12"),
+    (0x0b0, "FADD.FTZ R9, R9, -R8"),
+    (0x0c0, "@P0 BRA 0x80"),
+    (0x0d0, "EXIT"),
+]
+
+
+def test_row_stacked_statistics_report_their_steady_and_worst_row():
+    rows = sc.analyse(sass({STATS_ROWS: STATS_ROWS_CODE}))[0]
+    assert (rows.kernel, rows.dtype, rows.kind, rows.tiled) == ("stats_rows", "bf16", 0, True)
+    assert [(lp.role, lp.instructions, lp.offsets) for lp in rows.loops] == [("exp", 8, 2), ("exp", 5, 1)]
+    assert rows.steady() == pytest.approx(4.0)
+    assert rows.total() == pytest.approx((4.0, 5.0))
+
+
 def test_kernel_names_demangle_to_kernel_dtype_kind_tiled():
     assert sc.parse_kernel_name(FORWARD) == ("forward", "f32", 0, True)
     assert sc.parse_kernel_name(GATHER.replace("IfLi0ELb1", "IN3c108BFloat16ELin1ELb0")) == (
@@ -192,7 +217,7 @@ def test_kernel_names_demangle_to_kernel_dtype_kind_tiled():
 def test_tables_add_stats_and_gather_into_the_backward():
     reports = sc.analyse(FIXTURE, RES_USAGE)
     # No row-stacked kernels in the fixture: their columns are "-"; the gather's stride-1 loop enters the backward.
-    assert sc.budget_rows(reports) == [["f32", "sqdiff", "-", "-", "7", "-", "3.5 + 3", "3 + 4", "14"]]
+    assert sc.budget_rows(reports) == [["f32", "sqdiff", "-", "-", "7", "-", "3.5 + 3", "4", "11"]]
     text = sc.markdown(reports, "header")
     assert "| f32 | sqdiff | gather | tiled | s>1 10/1, s=1 7/1 | 7 (s>1: 10) | 71 | 0 |" in text
     assert "geo_reduce" not in text  # no per-offset pass

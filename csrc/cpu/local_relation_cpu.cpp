@@ -111,7 +111,7 @@ struct Geometry {
 template <typename T>
 struct Tensors {
   const T *grad_out, *query, *key, *value, *prior;
-  T *out, *grad_query, *grad_key, *grad_value, *grad_prior_parts;
+  T *out, *lse, *grad_query, *grad_key, *grad_value, *grad_prior_parts;
 };
 
 LR_INLINE int64_t floor_div(int64_t a, int64_t b) {
@@ -151,7 +151,7 @@ int64_t max_cols(const Geometry& g) {
 // Sizes of the per-thread scratch (numbers of T, and of int64_t).
 int64_t scratch_size(const Geometry& g, bool backward) {
   const int64_t offsets = max_rows(g) * max_cols(g);
-  return (backward ? 3 * offsets + g.kernel * g.kernel + 2 : offsets + 2) * kMaxLanes;
+  return (backward ? 3 * offsets + g.kernel * g.kernel + 3 : offsets + 3) * kMaxLanes;
 }
 int64_t lane_scratch_size(const Geometry& g) { return 2 * max_cols(g); }
 
@@ -165,6 +165,7 @@ struct Scratch {
   T* dprior;       // [K*K]: per-lane sums of geo_prior's gradient (backward)
   T* query;        // the chunk's query
   T* inv_sum;      // 1 / sum of the softmax numerators (0 for unused lanes)
+  T* top;          // the largest logit (0 for unused lanes)
   int64_t* lanes;  // [columns][2]: lanes [lo, hi) inside the image at each window column
   // The key and value tensors: whole-vector loads may read any of their elements (and mask what they do not need).
   const T *key_begin, *key_end, *value_begin, *value_end;
@@ -177,6 +178,7 @@ struct Scratch {
     dprior = backward ? dweights + offsets : nullptr;
     query = backward ? dprior + g.kernel * g.kernel * S::kLanes : weights + offsets;
     inv_sum = query + S::kLanes;
+    top = inv_sum + S::kLanes;
     lanes = lane_base;
     key_begin = t.key;
     key_end = t.key + g.batch * g.groups * hw;
@@ -329,6 +331,7 @@ LR_INLINE void chunk_softmax(int64_t rows, int64_t width, Scratch<S>& s) {
   }
   // sum >= 1 or NaN in the first `width` lanes (the maximum's numerator is 1), 0 past the row's end.
   S::store(s.inv_sum, sum != 0 ? T(1) / sum : V{});
+  S::store(s.top, top);
 }
 
 // Loads the chunk's query and lane ranges, computes its logits and their softmax numerators; returns the count.
@@ -395,9 +398,16 @@ LR_INLINE void forward_rows(const Geometry& g, int64_t phi, const Tensors<typena
     const T* query_row = t.query + ng * howo + i * g.out_width;
     const T* value_g = t.value + (n * g.channels + c0) * hw;
     T* out_row = t.out + (n * g.channels + c0) * howo + i * g.out_width;
+    T* lse_row = t.lse + ng * howo + i * g.out_width;
     for (int64_t j0 = 0; j0 < g.out_width; j0 += S::kLanes) {
       const Chunk c = chunk_of(i, j0, S::kLanes, g);
       chunk_weights<S, kUnitStride>(c, g, phi, query_row, key_ng, prior_g, s, /*keys=*/false);
+      // The log-sum-exp in base 2, the op's second result; sqdiff's logits here are k*(2q - k), the true ones
+      // -(q - k)^2 less q^2.
+      for (int64_t l = 0; l < c.width; ++l) {
+        const T shift = phi == kSqDiff ? s.query[l] * s.query[l] : T(0);
+        lse_row[j0 + l] = (s.top[l] - std::log(s.inv_sum[l]) - shift) * T(1.4426950408889634);
+      }
       for (int64_t ch = 0; ch < mg; ch += 4) {
         const T* planes = value_g + ch * hw;
         T* dst = out_row + ch * howo + j0;
@@ -668,18 +678,21 @@ at::Tensor in_format_of(const at::Tensor& t, const at::Tensor& like) {
   return t.contiguous(like.suggest_memory_format());
 }
 
-at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                      const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride,
-                                      int64_t dilation, int64_t composability) {
+std::tuple<at::Tensor, at::Tensor> local_relation_forward_cpu(const at::Tensor& query, const at::Tensor& key,
+                                                              const at::Tensor& value, const at::Tensor& geo_prior,
+                                                              int64_t kernel_size, int64_t stride, int64_t dilation,
+                                                              int64_t composability) {
   const LocalRelationShape shape =
       check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   if (is_reduced_float(value)) {  // float16 / bfloat16: computed in float32, returned in the input dtype
-    return local_relation_forward_cpu(query.to(at::kFloat), key.to(at::kFloat), value.to(at::kFloat),
-                                      geo_prior.to(at::kFloat), kernel_size, stride, dilation, composability)
-        .to(value.scalar_type());
+    auto [out, lse] = local_relation_forward_cpu(query.to(at::kFloat), key.to(at::kFloat), value.to(at::kFloat),
+                                                 geo_prior.to(at::kFloat), kernel_size, stride, dilation,
+                                                 composability);
+    return {out.to(value.scalar_type()), lse};
   }
   at::Tensor out = at::empty({shape.n, shape.channels, shape.out_height, shape.out_width}, value.options());
-  if (out.numel() == 0) return in_format_of(out, value);
+  at::Tensor lse = at::empty({shape.n, shape.groups, shape.out_height, shape.out_width}, value.options());
+  if (out.numel() == 0) return {in_format_of(out, value), lse};
   const Geometry g = geometry_of(shape);
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous(), p = geo_prior.contiguous();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "local_relation_forward_cpu", [&] {
@@ -689,26 +702,31 @@ at::Tensor local_relation_forward_cpu(const at::Tensor& query, const at::Tensor&
     t.value = v.data_ptr<scalar_t>();
     t.prior = p.data_ptr<scalar_t>();
     t.out = out.data_ptr<scalar_t>();
+    t.lse = lse.data_ptr<scalar_t>();
     run_kernel(/*backward=*/false, g, composability, t, shape.n * shape.groups * shape.out_height,
                grain_size(g, shape.out_width), value.options());
   });
-  return in_format_of(out, value);
+  return {in_format_of(out, value), lse};
 }
 
+// The CPU backward recomputes the weights of each chunk of outputs in one pass over its window (it keeps them in
+// its scratch), so it checks the saved out and lse of the forward but does not read them.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t composability) {
+    const at::Tensor& geo_prior, const at::Tensor& out, const at::Tensor& lse, int64_t kernel_size, int64_t stride,
+    int64_t dilation, int64_t composability) {
   const LocalRelationShape shape =
       check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({shape.n, shape.channels, shape.out_height, shape.out_width}),
               "local_relation_backward: grad_out ", grad_out.sizes(), " must be the output's shape (", shape.n, ", ",
               shape.channels, ", ", shape.out_height, ", ", shape.out_width, ")");
   TORCH_CHECK(grad_out.device() == value.device(), "local_relation_backward: grad_out must be on the inputs' device");
+  check_saved_forward(out, lse, value, shape);
   if (is_reduced_float(value)) {
     const at::ScalarType dtype = value.scalar_type();
     auto grads = local_relation_backward_cpu(grad_out.to(at::kFloat), query.to(at::kFloat), key.to(at::kFloat),
-                                             value.to(at::kFloat), geo_prior.to(at::kFloat), kernel_size, stride,
-                                             dilation, composability);
+                                             value.to(at::kFloat), geo_prior.to(at::kFloat), out.to(at::kFloat), lse,
+                                             kernel_size, stride, dilation, composability);
     return {std::get<0>(grads).to(dtype), std::get<1>(grads).to(dtype), std::get<2>(grads).to(dtype),
             std::get<3>(grads).to(dtype)};
   }

@@ -20,9 +20,10 @@ void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), "local_relation (CUDA): ", name, " must be a CUDA tensor, got ", t.device());
 }
 
-at::Tensor local_relation_forward_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                       const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride,
-                                       int64_t dilation, int64_t composability) {
+std::tuple<at::Tensor, at::Tensor> local_relation_forward_cuda(const at::Tensor& query, const at::Tensor& key,
+                                                               const at::Tensor& value, const at::Tensor& geo_prior,
+                                                               int64_t kernel_size, int64_t stride, int64_t dilation,
+                                                               int64_t composability) {
   check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   check_cuda(value, "value");
   const c10::cuda::CUDAGuard guard(value.device());
@@ -32,7 +33,8 @@ at::Tensor local_relation_forward_cuda(const at::Tensor& query, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t composability) {
+    const at::Tensor& geo_prior, const at::Tensor& out, const at::Tensor& lse, int64_t kernel_size, int64_t stride,
+    int64_t dilation, int64_t composability) {
   check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   check_cuda(value, "value");
   check_cuda(grad_out, "grad_out");
@@ -40,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_relation_backwa
   int sms = 0;  // the gather pass aims at kMinWaves blocks per multiprocessor of this device
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
   const cuda::LrLimits lim{cuda::kSharedLimit, cuda::kPartialBudget, cuda::kPartialCap, int64_t(cuda::kMinWaves) * sms};
-  return cuda::lr_backward_checked(grad_out, query, key, value, geo_prior, kernel_size, stride, dilation,
+  return cuda::lr_backward_checked(grad_out, query, key, value, geo_prior, out, lse, kernel_size, stride, dilation,
                                    composability, lim);
 }
 

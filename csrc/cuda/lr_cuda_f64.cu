@@ -6,9 +6,10 @@ namespace cuda {
 
 using T = double;
 using A = at::opmath_type<T>;
-template void lr_run_forward<T>(const T*, const T*, const T*, const T*, T*, const LrGeom&, const LrTile&, LrStream);
-template void lr_run_stats<T>(const T*, const T*, const T*, const T*, const T*, T*, A*, A*, const LrGeom&,
-                              const LrTile&, LrStream);
+template void lr_run_forward<T>(const T*, const T*, const T*, const T*, T*, A*, const LrGeom&, const LrTile&,
+                                LrStream);
+template void lr_run_stats<T>(const T*, const T*, const T*, const T*, const T*, const T*, const A*, T*, A*,
+                              const LrGeom&, const LrTile&, LrStream);
 template void lr_run_gather<T>(const T*, const T*, const T*, const T*, const T*, const A*, const A*, T*, T*, A*,
                                const LrGeom&, const LrTile&, LrStream);
 template void lr_run_geo_reduce<T>(const A*, int64_t, int64_t, T*, LrStream);

@@ -113,11 +113,13 @@ inline void lr_check_grid(int64_t blocks) {
 }
 
 template <typename scalar_t>
-at::Tensor lr_forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                      const at::Tensor& geo_prior, LrGeom g, int64_t smem_limit) {
+std::tuple<at::Tensor, at::Tensor> lr_forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                              const at::Tensor& geo_prior, LrGeom g, int64_t smem_limit) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor out = lr_empty_like_format({g.n, g.channels, g.out_h, g.out_w}, value);
-  if (out.numel() == 0) return out;
+  at::Tensor lse =
+      at::empty({g.n, g.groups, g.out_h, g.out_w}, value.options().dtype(lse_dtype_of(value.scalar_type())));
+  if (out.numel() == 0) return {out, lse};
   g.lay.query = lr_layout(query);
   g.lay.key = lr_layout(key);
   g.lay.value = lr_layout(value);
@@ -126,18 +128,15 @@ at::Tensor lr_forward(const at::Tensor& query, const at::Tensor& key, const at::
   lr_check_grid(int64_t(t.tiles_x) * t.tiles_y * g.groups * g.n);
   lr_run_forward<scalar_t>(query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
                            value.const_data_ptr<scalar_t>(), geo_prior.const_data_ptr<scalar_t>(),
-                           out.mutable_data_ptr<scalar_t>(), g, t, lr_current_stream());
+                           out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), g, t, lr_current_stream());
   LR_CHECK_LAUNCH();
-  return out;
+  return {out, lse};
 }
 
 template <typename scalar_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at::Tensor& grad_out,
-                                                                       const at::Tensor& query,
-                                                                       const at::Tensor& key,
-                                                                       const at::Tensor& value,
-                                                                       const at::Tensor& geo_prior,
-                                                                       LrGeom g, const LrLimits& lim) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(
+    const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& geo_prior, const at::Tensor& out, const at::Tensor& lse, LrGeom g, const LrLimits& lim) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor grad_query = lr_empty_like_format(query.sizes(), query);
   at::Tensor grad_key = lr_empty_like_format(key.sizes(), key);
@@ -150,8 +149,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
     grad_geo.zero_();
     return {grad_query, grad_key, grad_value, grad_geo};
   }
-  g.lay = LrLayouts{lr_layout(query), lr_layout(key), lr_layout(value), lr_layout(grad_out), LrLayout{},
-                    lr_layout(grad_query), lr_layout(grad_key), lr_layout(grad_value)};
+  g.lay = LrLayouts{lr_layout(query), lr_layout(key),        lr_layout(value),    lr_layout(grad_out),
+                    lr_layout(out),   lr_layout(grad_query), lr_layout(grad_key), lr_layout(grad_value)};
   const LrStream stream = lr_current_stream();
   const at::TensorOptions acc_options = query.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
@@ -159,13 +158,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
   const scalar_t* k = key.const_data_ptr<scalar_t>();
   const scalar_t* v = value.const_data_ptr<scalar_t>();
   const scalar_t* geo = geo_prior.const_data_ptr<scalar_t>();
-  // Per-output statistics (N*G*Ho*Wo each): the log-sum-exp of the logits and D = sum_ab w*dw.
-  at::Tensor lse = at::empty({g.n, g.groups, g.out_h, g.out_w}, acc_options);
+  // grad_query and D = sum_c grad_out_c * out_c per output (N*G*Ho*Wo), the weights from the forward's lse.
   at::Tensor dsum = at::empty({g.n, g.groups, g.out_h, g.out_w}, acc_options);
   const LrTile tw = lr_plan_forward(g, sizeof(scalar_t), sizeof(acc_t), lim.smem);  // the same tiles as the forward
   lr_check_grid(int64_t(tw.tiles_x) * tw.tiles_y * g.groups * g.n);
-  lr_run_stats<scalar_t>(go, q, k, v, geo, grad_query.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(),
-                         dsum.mutable_data_ptr<acc_t>(), g, tw, stream);
+  lr_run_stats<scalar_t>(go, q, k, v, geo, out.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(),
+                         grad_query.mutable_data_ptr<scalar_t>(), dsum.mutable_data_ptr<acc_t>(), g, tw, stream);
   LR_CHECK_LAUNCH();
   // Gradients of key and value, and per-block partial sums of the geo_prior gradient, then their sum.
   const LrTile tg = lr_plan_gather_pass(g, sizeof(scalar_t), sizeof(acc_t), lim.smem, lim.partial_budget,
@@ -185,26 +183,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward(const at:
   return {grad_query, grad_key, grad_value, grad_geo};
 }
 
-// Checked, indexable (lr_indexable), dispatched forward. The caller sets the device (CUDAGuard).
-inline at::Tensor lr_forward_checked(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                     const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride,
-                                     int64_t dilation, int64_t composability, int64_t smem_limit) {
+// Checked, indexable (lr_indexable), dispatched forward: (out, lse). The caller sets the device (CUDAGuard).
+inline std::tuple<at::Tensor, at::Tensor> lr_forward_checked(const at::Tensor& query, const at::Tensor& key,
+                                                             const at::Tensor& value, const at::Tensor& geo_prior,
+                                                             int64_t kernel_size, int64_t stride, int64_t dilation,
+                                                             int64_t composability, int64_t smem_limit) {
   const LocalRelationShape shape =
       check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   const LrGeom g = lr_geom(shape, composability);
   const at::Tensor q = lr_indexable(query), k = lr_indexable(key), v = lr_indexable(value);
   const at::Tensor gp = geo_prior.contiguous();
-  at::Tensor out;
+  std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "local_relation_forward_cuda",
-                                  [&] { out = lr_forward<scalar_t>(q, k, v, gp, g, smem_limit); });
-  return out;
+                                  [&] { result = lr_forward<scalar_t>(q, k, v, gp, g, smem_limit); });
+  return result;
 }
 
-// Checked, indexable (lr_indexable), dispatched backward. The caller sets the device (CUDAGuard).
+// Checked, indexable (lr_indexable), dispatched backward from the forward's out and lse. The caller sets the
+// device (CUDAGuard).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward_checked(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& geo_prior, int64_t kernel_size, int64_t stride, int64_t dilation, int64_t composability,
-    const LrLimits& lim) {
+    const at::Tensor& geo_prior, const at::Tensor& out, const at::Tensor& lse, int64_t kernel_size, int64_t stride,
+    int64_t dilation, int64_t composability, const LrLimits& lim) {
   const LocalRelationShape shape =
       check_local_relation_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability);
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == shape.n && grad_out.size(1) == shape.channels &&
@@ -213,12 +213,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lr_backward_ch
               shape.channels, ", ", shape.out_height, ", ", shape.out_width, ")");
   TORCH_CHECK(grad_out.device() == value.device() && grad_out.scalar_type() == value.scalar_type(),
               "local_relation_backward: grad_out must have the device and dtype of value");
+  check_saved_forward(out, lse, value, shape);
   const LrGeom g = lr_geom(shape, composability);
   const at::Tensor go = lr_indexable(grad_out), q = lr_indexable(query), k = lr_indexable(key);
-  const at::Tensor v = lr_indexable(value), gp = geo_prior.contiguous();
+  const at::Tensor v = lr_indexable(value), o = lr_indexable(out), gp = geo_prior.contiguous();
+  const at::Tensor lse_c = lse.contiguous();
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "local_relation_backward_cuda", [&] {
-    grads = lr_backward<scalar_t>(go, q, k, v, gp, g, lim);
+    grads = lr_backward<scalar_t>(go, q, k, v, gp, o, lse_c, g, lim);
   });
   return grads;
 }

@@ -8,15 +8,18 @@
 // exp does not), and 0 * inf = NaN in the weighted sums.
 //
 // Three passes, all recomputing the weights (no K*K buffer):
-//   forward            logits, softmax and aggregation fused. Fast path (stride 1, dilation 1, tile fits):
+//   forward            logits, softmax and aggregation fused, and the log-sum-exp of the logits (base 2) per
+//                      output, kept for the backward. Fast path (stride 1, dilation 1, tile fits):
 //                      lr_forward_rows_kernel, kRowsPerThread output rows of one column per thread, so a staged
 //                      key and value pixel is read once for every output it serves, with a one-pass (online)
 //                      softmax in base 2; otherwise lr_forward_kernel, one thread per output pixel with a max
 //                      pass. The block stages the haloed key tile, the haloed value tile (kChannelChunk
 //                      channels interleaved, one vector load per pixel) and geo[g] in shared memory.
 //   statistics         backward, per output pixel (lr_stats_rows_kernel on the fast path, else lr_stats_kernel):
-//                      the log-sum-exp (base 2), D = sum_ab w*dw with dw_ab = sum_c grad_out_c * v_c(p_ab), and
-//                      grad_query = sum_ab w*(dw_ab - D)*dPhi/dq.
+//                      D = sum_c grad_out_c * out_c from the saved output (FlashAttention's "delta"; equal to
+//                      sum_ab w*dw with dw_ab = sum_c grad_out_c * v_c(p_ab)), and grad_query = sum_ab
+//                      w*(dw_ab - D)*dPhi/dq with the weights w = 2^(l*log2(e) - lse) from the saved log-sum-exp:
+//                      no maximum, no normaliser, one term per offset.
 //   lr_gather_kernel   backward, per input pixel y: over the inverse neighbourhood (offset ab and the output
 //                      i with p_ab(i) = y) grad_value_c(y) = sum w*grad_out_c(i) and
 //                      grad_key(y) = sum w*(dw - D)*dPhi/dk; the offsets go in chunks of 32 whose per-thread
@@ -326,7 +329,8 @@ LR_DEV LrWindow lr_window(const LrGeom& g, const LrTile& t, const LrRegion& reg,
 template <typename scalar_t, int KIND, bool TILED>
 LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
                                  const scalar_t* __restrict__ value, const scalar_t* __restrict__ geo,
-                                 scalar_t* __restrict__ out, const LrGeom g, const LrTile t) {
+                                 scalar_t* __restrict__ out, at::opmath_type<scalar_t>* __restrict__ lse,
+                                 const LrGeom g, const LrTile t) {
   using acc_t = at::opmath_type<scalar_t>;
   LR_DYNAMIC_SMEM(smem);
   const int K = g.ksize, KK = K * K, r = g.radius, d = g.dilation;
@@ -411,6 +415,10 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
 #pragma unroll
       for (int c = 0; c < kChannelChunk; ++c) {
         if (c < mc) out_p[c * g.lay.out.c] = static_cast<scalar_t>(acc[c] * inv);
+      }
+      if (cc == 0) {  // z is the same in every chunk: the log-sum-exp in base 2, which the backward reads
+        const int64_t stat = (int64_t(n) * g.groups + grp) * g.out_h * g.out_w + int64_t(i) * g.out_w + j;
+        lse[stat] = (mx + lr_log(z)) * static_cast<acc_t>(1.4426950408889634);
       }
     }
   }
@@ -566,7 +574,8 @@ LR_DEV void lr_walk_rows(const LrGeom& g, const LrTile& t, const LrRows<scalar_t
 template <typename scalar_t, int KIND>
 LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
                                       const scalar_t* __restrict__ value, const scalar_t* __restrict__ geo,
-                                      scalar_t* __restrict__ out, const LrGeom g, const LrTile t) {
+                                      scalar_t* __restrict__ out, at::opmath_type<scalar_t>* __restrict__ lse,
+                                      const LrGeom g, const LrTile t) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int P = kRowsPerThread;
   constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
@@ -629,38 +638,64 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
       }
     }
   }
+  const int64_t out_hw = int64_t(g.out_h) * g.out_w;
+#pragma unroll
+  for (int p = 0; p < P; ++p) {  // the log-sum-exp in base 2, m + log2(z), which the backward reads
+    if (col_active && i0 + p < g.out_h) {
+      lse[(int64_t(n) * g.groups + grp) * out_hw + int64_t(i0 + p) * g.out_w + j] = m[p] + lr_log2(z[p]);
+    }
+  }
+}
+
+// D = sum over the group's channels of grad_out * out at one output pixel: FlashAttention's "delta", equal to
+// sum_ab w*dw (dw_ab = sum_c grad_out_c * v_c(p_ab)) but read from the saved output instead of summed over the window.
+template <typename scalar_t>
+LR_DEV at::opmath_type<scalar_t> lr_delta(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ out,
+                                          const LrGeom& g, int n, int c_begin, int m_g, int64_t pix) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* go = grad_out + lr_at(g.lay.grad_out, n, c_begin, pix);
+  const scalar_t* o = out + lr_at(g.lay.out, n, c_begin, pix);
+  acc_t D = 0;
+  for (int c = 0; c < m_g; ++c) {
+    D += static_cast<acc_t>(go[c * g.lay.grad_out.c]) * static_cast<acc_t>(o[c * g.lay.out.c]);
+  }
+  return D;
 }
 
 // Backward statistics, fast path (stride 1, dilation 1, tiled): as lr_stats_kernel, for kRowsPerThread output
-// rows of one column per thread with the row walk and the one-pass softmax of lr_forward_rows_kernel. Per output:
-// z = sum e, S = sum e*tq, A = sum e*dw, B = sum e*dw*tq with e = 2^(l*log2(e) - m), all rescaled together when
-// m moves; then D = A/z, grad_query = (B - D*S)/z and the log-sum-exp in base 2, m + log2(z).
+// rows of one column per thread with the row walk of lr_forward_rows_kernel. The forward's log-sum-exp makes
+// 2^(l*log2(e) - lse) the weight itself (no maximum, no normaliser) and D comes from the saved output, so each
+// offset adds one term: grad_query += w*(dw - D)*tq.
 template <typename scalar_t, int KIND>
 LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
                                     const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
-                                    const scalar_t* __restrict__ geo, scalar_t* __restrict__ grad_query,
-                                    at::opmath_type<scalar_t>* __restrict__ lse,
-                                    at::opmath_type<scalar_t>* __restrict__ dsum, const LrGeom g, const LrTile t) {
+                                    const scalar_t* __restrict__ geo, const scalar_t* __restrict__ out,
+                                    const at::opmath_type<scalar_t>* __restrict__ lse,
+                                    scalar_t* __restrict__ grad_query, at::opmath_type<scalar_t>* __restrict__ dsum,
+                                    const LrGeom g, const LrTile t) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int P = kRowsPerThread;
-  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
   LR_DYNAMIC_SMEM(smem);
   const LrRows<scalar_t> th = lr_rows_begin(g, t, key, value, geo, smem);
   const int grp = th.grp, n = th.n, i0 = th.i0, j = th.j, c_begin = th.c_begin, m_g = th.m_g;
   const bool col_active = th.col_active;
   const LrRegion reg = th.reg;
+  const int64_t out_hw = int64_t(g.out_h) * g.out_w;
   LR_SYNC();  // the key tile is read for the window centres below
   bool in[P];
-  acc_t q[P], t0[P], m[P], z[P], sq[P], sa[P], sb[P];  // sq = S, sa = A, sb = B
+  acc_t q[P], t0[P], base[P], D[P], gq[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     in[p] = col_active && i0 + p < g.out_h;
-    q[p] = in[p] ? static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, int64_t(i0 + p) * g.out_w + j)]) : acc_t(0);
-    // dPhi/dq relative to its value at the window centre (sum_ab w*(dw - D) = 0 keeps B - D*S free of cancellation)
+    const int64_t out_pix = int64_t(i0 + p) * g.out_w + j;
+    q[p] = in[p] ? static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, out_pix)]) : acc_t(0);
+    // dPhi/dq relative to its value at the window centre: sum_ab w*(dw - D) = 0, so the shift changes nothing
+    // but the rounding, and keeps D's (from a rounded output) out of a large, nearly constant dPhi/dq
     t0[p] = in[p] ? lr_dphi_dq<KIND>(q[p], th.s_key[(i0 + p - reg.y0) * t.rw + (j - reg.x0)], g.kind)
                   : acc_t(0);
-    m[p] = -std::numeric_limits<acc_t>::max();
-    z[p] = sq[p] = sa[p] = sb[p] = 0;
+    base[p] = in[p] ? lse[(int64_t(n) * g.groups + grp) * out_hw + out_pix] : acc_t(0);
+    D[p] = in[p] ? lr_delta(grad_out, out, g, n, c_begin, m_g, out_pix) : acc_t(0);
+    gq[p] = 0;
   }
 
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
@@ -669,7 +704,7 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
     lr_stage_channels(th.s_value, th.value_plane + cc * g.lay.value.c, g.lay.value.c, g.lay.value.pix, mc, reg.y0,
                       reg.x0, reg.rows, reg.cols, t.rw, g.height, g.width);
     LR_SYNC();
-    acc_t go[P][kChannelChunk];
+    acc_t go[P][kChannelChunk], d0[P];  // d0: D in the first chunk, 0 after (dw is a sum over the chunks)
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const scalar_t* go_p = grad_out + lr_at(g.lay.grad_out, n, c_begin + cc, int64_t(i0 + p) * g.out_w + j);
@@ -677,62 +712,37 @@ LR_KERNEL void lr_stats_rows_kernel(const scalar_t* __restrict__ grad_out, const
       for (int c = 0; c < kChannelChunk; ++c) {
         go[p][c] = in[p] && c < mc ? static_cast<acc_t>(go_p[c * g.lay.grad_out.c]) : acc_t(0);
       }
+      d0[p] = cc == 0 ? D[p] : acc_t(0);
     }
-    auto rescale = [&](int p, acc_t l) -> acc_t {
-      const acc_t m_new = lr_ceil(l * kLog2e);
-      const acc_t scale = lr_pow2_below(m[p] - m_new);
-      z[p] *= scale;
-      sq[p] *= scale;
-      sa[p] *= scale;
-      sb[p] *= scale;
-      m[p] = m_new;
-      return lr_fma(l, kLog2e, -m_new);
-    };
-    // One output's share of one offset: e, tq and dw into the four sums (z and S only in the first chunk).
-    auto add = [&](auto online, int p, acc_t x, acc_t kv, const acc_t (&v)[kChannelChunk]) {
-      const acc_t e = lr_exp2(x);
+    auto no_rescale = [](int, acc_t x) { return x; };  // the walk is not ONLINE: the maximum is not tracked
+    auto add = [&](auto, int p, acc_t x, acc_t kv, const acc_t (&v)[kChannelChunk]) {
+      const acc_t w = lr_exp2(x);
       const acc_t tq = lr_dphi_dq<KIND>(q[p], kv, g.kind) - t0[p];
-      acc_t dw = go[p][0] * v[0];
+      acc_t dw = -d0[p];
 #pragma unroll
-      for (int c = 1; c < kChannelChunk; ++c) dw += go[p][c] * v[c];
-      if constexpr (decltype(online)::value) {
-        z[p] += e;
-        sq[p] += e * tq;
-      }
-      const acc_t pd = e * dw;
-      sa[p] += pd;
-      sb[p] += pd * tq;
+      for (int c = 0; c < kChannelChunk; ++c) dw = lr_fma(go[p][c], v[c], dw);
+      gq[p] = lr_fma(w * dw, tq, gq[p]);
     };
-    if (cc == 0) {
-      lr_walk_rows<KIND, true>(g, t, th, q, m, rescale, add);
-    } else {
-      lr_walk_rows<KIND, false>(g, t, th, q, m, rescale, add);
-    }
+    lr_walk_rows<KIND, false>(g, t, th, q, base, no_rescale, add);
   }
-  const int64_t out_hw = int64_t(g.out_h) * g.out_w;
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     if (!in[p]) continue;
     const int64_t out_pix = int64_t(i0 + p) * g.out_w + j;
-    const int64_t stat = (int64_t(n) * g.groups + grp) * out_hw + out_pix;
-    const acc_t inv = acc_t(1) / z[p];
-    const acc_t D = sa[p] * inv;
-    const acc_t gq = lr_finite(D) ? (sb[p] - D * sq[p]) * inv : static_cast<acc_t>(NAN);
-    grad_query[lr_at(g.lay.grad_query, n, grp, out_pix)] = static_cast<scalar_t>(gq);
-    lse[stat] = m[p] + lr_log2(z[p]);  // base 2: log2 sum_ab 2^(l log2(e)), as the gather reads it
-    dsum[stat] = D;
+    grad_query[lr_at(g.lay.grad_query, n, grp, out_pix)] = static_cast<scalar_t>(gq[p]);
+    dsum[(int64_t(n) * g.groups + grp) * out_hw + out_pix] = D[p];
   }
 }
 
-// Backward, per output pixel: lse = log sum exp(logits), dsum = D = sum_ab w*dw,
-// grad_query = sum_ab w*(dw - D)*dPhi/dq. The sums are split into channel chunks (linear in dw), and
-// dPhi/dq is taken relative to its value at the window centre (sum_ab w*(dw - D) = 0), which keeps
-// B - D*S free of cancellation when dPhi/dq is large and nearly constant over the window.
+// Backward, per output pixel, from the forward's log-sum-exp lse (base 2) and output: dsum = D = sum_c
+// grad_out_c * out_c (lr_delta) and grad_query = sum_ab w*(dw - D)*dPhi/dq with w = 2^(l*log2(e) - lse). The sum
+// is split into channel chunks (linear in dw), and dPhi/dq is taken relative to its value at the window centre
+// (sum_ab w*(dw - D) = 0), which keeps the rounding of D out of a large, nearly constant dPhi/dq.
 template <typename scalar_t, int KIND, bool TILED>
 LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
                                const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
-                               const scalar_t* __restrict__ geo, scalar_t* __restrict__ grad_query,
-                               at::opmath_type<scalar_t>* __restrict__ lse,
+                               const scalar_t* __restrict__ geo, const scalar_t* __restrict__ out,
+                               const at::opmath_type<scalar_t>* __restrict__ lse, scalar_t* __restrict__ grad_query,
                                at::opmath_type<scalar_t>* __restrict__ dsum, const LrGeom g, const LrTile t) {
   using acc_t = at::opmath_type<scalar_t>;
   LR_DYNAMIC_SMEM(smem);
@@ -763,10 +773,13 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
   auto geo_at = [&](int ab) { return lr_tile_or_plane<TILED, acc_t>(s_geo, geo_g, ab, 1); };
   auto key_at = [&](int e) { return lr_tile_or_plane<TILED, acc_t>(s_key, key_plane, e, g.lay.key.pix); };
   const LrWindow win = lr_window<TILED>(g, t, reg, active ? i : 0, active ? j : 0);
-  acc_t q = 0, t0 = 0;
-  acc_t mx = static_cast<acc_t>(-INFINITY);
-  acc_t z = 0, s_sum = 0, a_sum = 0, b_sum = 0;  // sum p, sum p*tq, sum p*dw, sum p*dw*tq
-  if (active) q = static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, out_pix)]);
+  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
+  acc_t q = 0, t0 = 0, base = 0, D = 0, gq = 0;
+  if (active) {
+    q = static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, out_pix)]);
+    base = lse[stat];
+    D = lr_delta(grad_out, out, g, n, c_begin, m_g, out_pix);
+  }
 
   for (int cc = 0; cc < m_g; cc += kChannelChunk) {
     const int mc = lr_min(kChannelChunk, m_g - cc);
@@ -790,56 +803,33 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
       }
     };
     if (active) {
-      if (cc == 0) {
-        t0 = lr_dphi_dq<KIND>(q, key_at(win.centre), g.kind);
-        for (int a = win.a_lo; a <= win.a_hi; ++a) {
-          const int row = win.centre + (a - r) * win.row_step;
-          for (int b = win.b_lo; b <= win.b_hi; ++b) {
-            const acc_t l = lr_phi<KIND>(q, key_at(row + (b - r) * d), g.kind) + geo_at(a * K + b);
-            mx = l > mx ? l : mx;
-          }
-        }
-      }
+      if (cc == 0) t0 = lr_dphi_dq<KIND>(q, key_at(win.centre), g.kind);
       acc_t go[kChannelChunk];
       const scalar_t* go_p = grad_out + lr_at(g.lay.grad_out, n, c_begin + cc, out_pix);
 #pragma unroll
       for (int c = 0; c < kChannelChunk; ++c) {
         go[c] = c < mc ? static_cast<acc_t>(go_p[c * g.lay.grad_out.c]) : acc_t(0);
       }
-      acc_t zc = 0, sc = 0, ac = 0, bc = 0;
+      const acc_t d0 = cc == 0 ? D : acc_t(0);  // dw is a sum over the chunks: D is taken once
       for (int a = win.a_lo; a <= win.a_hi; ++a) {
         const int row = win.centre + (a - r) * win.row_step;
         for (int b = win.b_lo; b <= win.b_hi; ++b) {
           const int off = row + (b - r) * d;
           const acc_t kv = key_at(off);
-          const acc_t p = lr_exp(lr_phi<KIND>(q, kv, g.kind) + geo_at(a * K + b) - mx);
+          const acc_t w = lr_exp2(lr_fma(lr_phi<KIND>(q, kv, g.kind) + geo_at(a * K + b), kLog2e, -base));
           const acc_t tq = lr_dphi_dq<KIND>(q, kv, g.kind) - t0;
           acc_t v[kChannelChunk];
           lr_widen(values_at(off), v);
-          acc_t dw = 0;
+          acc_t dw = -d0;
 #pragma unroll
-          for (int c = 0; c < kChannelChunk; ++c) dw += go[c] * v[c];
-          const acc_t pd = p * dw;
-          zc += p;
-          sc += p * tq;
-          ac += pd;
-          bc += pd * tq;
+          for (int c = 0; c < kChannelChunk; ++c) dw = lr_fma(go[c], v[c], dw);
+          gq = lr_fma(w * dw, tq, gq);
         }
       }
-      z = zc;  // the same in every chunk
-      s_sum = sc;
-      a_sum += ac;
-      b_sum += bc;
     }
   }
   if (active) {
-    const acc_t inv = acc_t(1) / z;
-    const acc_t D = a_sum * inv;
-    // A non-finite D (an infinite dw under a positive weight, or a NaN) makes some w*(dw - D) NaN: grad_query is
-    // NaN, as the plain sum_ab w*(dw - D)*dPhi/dq gives (the rearranged form could give +-inf instead).
-    const acc_t gq = lr_finite(D) ? (b_sum - D * s_sum) * inv : static_cast<acc_t>(NAN);
     grad_query[lr_at(g.lay.grad_query, n, grp, out_pix)] = static_cast<scalar_t>(gq);
-    lse[stat] = (mx + lr_log(z)) * static_cast<acc_t>(1.4426950408889634);  // base 2, as the gather reads it
     dsum[stat] = D;
   }
 }

@@ -20,16 +20,19 @@ using LrStream = void*;
 namespace lrrobust {
 namespace cuda {
 
-// out (N, C, Ho, Wo) = the local relation aggregation; t from lr_plan_window_pass.
+// out (N, C, Ho, Wo) = the local relation aggregation, and lse (N, G, Ho, Wo) the log-sum-exp of each output's
+// logits in base 2; t from lr_plan_forward.
 template <typename scalar_t>
 void lr_run_forward(const scalar_t* query, const scalar_t* key, const scalar_t* value, const scalar_t* geo,
-                    scalar_t* out, const LrGeom& g, const LrTile& t, LrStream stream);
+                    scalar_t* out, at::opmath_type<scalar_t>* lse, const LrGeom& g, const LrTile& t, LrStream stream);
 
-// grad_query and the per-output statistics lse, dsum (N, G, Ho, Wo); t from lr_plan_window_pass.
+// grad_query and the per-output statistic dsum = D (N, G, Ho, Wo), from the forward's out and lse; t from
+// lr_plan_forward.
 template <typename scalar_t>
 void lr_run_stats(const scalar_t* grad_out, const scalar_t* query, const scalar_t* key, const scalar_t* value,
-                  const scalar_t* geo, scalar_t* grad_query, at::opmath_type<scalar_t>* lse,
-                  at::opmath_type<scalar_t>* dsum, const LrGeom& g, const LrTile& t, LrStream stream);
+                  const scalar_t* geo, const scalar_t* out, const at::opmath_type<scalar_t>* lse,
+                  scalar_t* grad_query, at::opmath_type<scalar_t>* dsum, const LrGeom& g, const LrTile& t,
+                  LrStream stream);
 
 // grad_key, grad_value and the geo_prior partial sums (G*K*K x slots); t from lr_plan_gather_pass.
 template <typename scalar_t>

@@ -31,57 +31,65 @@ inline int64_t lr_gather_blocks(const LrTile& t, const LrGeom& g) {
 
 template <typename scalar_t>
 void lr_run_forward(const scalar_t* query, const scalar_t* key, const scalar_t* value, const scalar_t* geo,
-                    scalar_t* out, const LrGeom& g, const LrTile& t, LrStream stream) {
+                    scalar_t* out, at::opmath_type<scalar_t>* lse, const LrGeom& g, const LrTile& t, LrStream stream) {
   const int64_t blocks = lr_window_blocks(t, g);
   const dim3 block(t.tw, t.th);
   if (t.tiled && t.rows_per_thread > 1) {  // lr_plan_forward's fast path: stride 1, dilation 1
     if (g.kind == 0) {
-      lr_launch(lr_forward_rows_kernel<scalar_t, 0>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+      lr_launch(lr_forward_rows_kernel<scalar_t, 0>, blocks, block, t.smem, stream, query, key, value, geo, out, lse,
+                g, t);
     } else if (g.kind == 1) {
-      lr_launch(lr_forward_rows_kernel<scalar_t, 1>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+      lr_launch(lr_forward_rows_kernel<scalar_t, 1>, blocks, block, t.smem, stream, query, key, value, geo, out, lse,
+                g, t);
     } else {
-      lr_launch(lr_forward_rows_kernel<scalar_t, 2>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+      lr_launch(lr_forward_rows_kernel<scalar_t, 2>, blocks, block, t.smem, stream, query, key, value, geo, out, lse,
+                g, t);
     }
   } else if (!t.tiled) {
-    lr_launch(lr_forward_kernel<scalar_t, -1, false>, blocks, block, 0, stream, query, key, value, geo, out, g, t);
+    lr_launch(lr_forward_kernel<scalar_t, -1, false>, blocks, block, 0, stream, query, key, value, geo, out, lse,
+              g, t);
   } else if (g.kind == 0) {
-    lr_launch(lr_forward_kernel<scalar_t, 0, true>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+    lr_launch(lr_forward_kernel<scalar_t, 0, true>, blocks, block, t.smem, stream, query, key, value, geo, out, lse,
+              g, t);
   } else if (g.kind == 1) {
-    lr_launch(lr_forward_kernel<scalar_t, 1, true>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+    lr_launch(lr_forward_kernel<scalar_t, 1, true>, blocks, block, t.smem, stream, query, key, value, geo, out, lse,
+              g, t);
   } else {
-    lr_launch(lr_forward_kernel<scalar_t, 2, true>, blocks, block, t.smem, stream, query, key, value, geo, out, g, t);
+    lr_launch(lr_forward_kernel<scalar_t, 2, true>, blocks, block, t.smem, stream, query, key, value, geo, out, lse,
+              g, t);
   }
 }
 
 template <typename scalar_t>
 void lr_run_stats(const scalar_t* grad_out, const scalar_t* query, const scalar_t* key, const scalar_t* value,
-                  const scalar_t* geo, scalar_t* grad_query, at::opmath_type<scalar_t>* lse,
-                  at::opmath_type<scalar_t>* dsum, const LrGeom& g, const LrTile& t, LrStream stream) {
+                  const scalar_t* geo, const scalar_t* out, const at::opmath_type<scalar_t>* lse,
+                  scalar_t* grad_query, at::opmath_type<scalar_t>* dsum, const LrGeom& g, const LrTile& t,
+                  LrStream stream) {
   const int64_t blocks = lr_window_blocks(t, g);
   const dim3 block(t.tw, t.th);
   if (t.tiled && t.rows_per_thread > 1) {  // lr_plan_forward's fast path: stride 1, dilation 1
     if (g.kind == 0) {
       lr_launch(lr_stats_rows_kernel<scalar_t, 0>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-                grad_query, lse, dsum, g, t);
+                out, lse, grad_query, dsum, g, t);
     } else if (g.kind == 1) {
       lr_launch(lr_stats_rows_kernel<scalar_t, 1>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-                grad_query, lse, dsum, g, t);
+                out, lse, grad_query, dsum, g, t);
     } else {
       lr_launch(lr_stats_rows_kernel<scalar_t, 2>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-                grad_query, lse, dsum, g, t);
+                out, lse, grad_query, dsum, g, t);
     }
   } else if (!t.tiled) {
     lr_launch(lr_stats_kernel<scalar_t, -1, false>, blocks, block, 0, stream, grad_out, query, key, value, geo,
-              grad_query, lse, dsum, g, t);
+              out, lse, grad_query, dsum, g, t);
   } else if (g.kind == 0) {
     lr_launch(lr_stats_kernel<scalar_t, 0, true>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-              grad_query, lse, dsum, g, t);
+              out, lse, grad_query, dsum, g, t);
   } else if (g.kind == 1) {
     lr_launch(lr_stats_kernel<scalar_t, 1, true>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-              grad_query, lse, dsum, g, t);
+              out, lse, grad_query, dsum, g, t);
   } else {
     lr_launch(lr_stats_kernel<scalar_t, 2, true>, blocks, block, t.smem, stream, grad_out, query, key, value, geo,
-              grad_query, lse, dsum, g, t);
+              out, lse, grad_query, dsum, g, t);
   }
 }
 

@@ -1,8 +1,9 @@
 """Static SASS instruction counts per window offset of the CUDA kernels of the local relation op (paper Sec. 4).
 
 Every kernel of csrc/cuda/lr_kernels.cuh loops over the K x K window offsets of a pixel (Eq. 2-5): the forward
-has a max pass (max logit) and an exp pass (softmax and aggregation), the backward's stats kernel a max pass and
-a main pass, the gather kernel one offset loop with a warp butterfly per offset. On a GPU they are bound by
+has a max pass (max logit) and an exp pass (softmax and aggregation), the backward's stats kernel one main pass
+(its weights from the forward's saved log-sum-exp), the gather kernel one offset loop with a warp reduce-scatter
+per chunk of offsets. On a GPU they are bound by
 instruction issue, so the figure to lower is the number of machine instructions per (pixel, group, offset).
 This script disassembles the built extension with `cuobjdump -sass`, finds the innermost loops of each kernel
 (a branch to a lower address closes a loop [target, branch]; innermost loops contain no other loop), and
@@ -18,8 +19,10 @@ decides. The offsets per iteration come from a signature instruction that occurs
 The forward's row-stacked fast path (lr_forward_rows_kernel: stride 1, dilation 1, 4 output rows per thread)
 has one loop per run of the thread's outputs a row of input serves; its one-pass softmax moves a running maximum
 up on a rare branch, marked by FRND.CEIL (the maximum is kept at an integer): those blocks are left out of the
-count ("online" loops, hot path only). Its steady state is the loop over the rows every output takes (the most
-offsets per iteration); the rows at the window's top and bottom serve fewer outputs and cost more per offset.
+count ("online" loops, hot path only). The row-stacked statistics pass (lr_stats_rows_kernel) walks the same rows
+with no maximum to move: its row loops are plain "exp" loops. The steady state of either is the loop over the rows
+every output takes (the most offsets per iteration); the rows at the window's top and bottom serve fewer outputs
+and cost more per offset.
 Loops with none of these (tile staging, reductions) are listed as "other". The counts are static: each loop's
 body is counted whole, every path inside it included (the warp-sum branch of the gather, the slow-path fix-up
 of float64 exp), and the remainder of an unrolled loop and the per-row overhead of the outer loop are not
@@ -59,8 +62,9 @@ PHI = {0: "sqdiff", 1: "absdiff", 2: "product", -1: "runtime"}
 # gather_wide above).
 KERNELS = ("forward_rows", "forward", "stats_rows", "stats", "gather", "gather_wide")
 # Per-offset passes of each kernel, summed into its per-offset total.
-PASSES = {"forward": ("max", "exp"), "forward_rows": ("online",), "stats": ("max", "exp"), "stats_rows": ("online",),
+PASSES = {"forward": ("max", "exp"), "forward_rows": ("online",), "stats": ("exp",), "stats_rows": ("exp",),
           "gather": ("offset",), "gather_wide": ("offset",)}
+ROW_KERNELS = ("forward_rows", "stats_rows")  # one loop per run of a thread's 4 outputs; PASSES names their role
 F64_EXP_CONSTANT = "6.75539944105574400000e+15"
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*?)\s*;")
 HEX = re.compile(r"0x[0-9a-f]+")
@@ -119,18 +123,19 @@ class KernelReport:
         return self.pass_range("offset", divides=True) or self.pass_range("offset")
 
     def steady(self) -> float | None:
-        """forward_rows, stats_rows: instructions per offset of the loop over the rows every output of a thread takes (the
-        online loop with the most offsets per iteration)."""
-        online = [lp for lp in self.loops if lp.role == "online" and lp.offsets]
-        return max(online, key=lambda lp: (lp.offsets, -lp.instructions)).per_offset if online else None
+        """forward_rows, stats_rows: instructions per offset of the loop over the rows every output of a thread takes
+        (the row loop with the most offsets per iteration)."""
+        role = PASSES[self.kernel][0]
+        rows = [lp for lp in self.loops if lp.role == role and lp.offsets]
+        return max(rows, key=lambda lp: (lp.offsets, -lp.instructions)).per_offset if rows else None
 
     def total(self, stride_one: bool = True) -> tuple[float, float] | None:
         """Instructions per (pixel, group, offset): the sum over the kernel's per-offset passes (forward_rows: the
         range over its row loops, the steady state first)."""
         if self.kernel not in PASSES:
             return None
-        if self.kernel in ("forward_rows", "stats_rows"):
-            worst = self.pass_range("online")
+        if self.kernel in ROW_KERNELS:
+            worst = self.pass_range(PASSES[self.kernel][0])
             return None if worst is None else (self.steady(), worst[1])
         if self.kernel in ("gather", "gather_wide"):
             return self.gather_range(stride_one)
@@ -368,8 +373,7 @@ def budget_rows(reports: list[KernelReport]) -> list[list[str]]:
         rows.append([dtype, PHI[kind], fmt(fwd_rows.total() if fwd_rows else None), fmt(steady), fmt(g1),
                      fmt(add(None if steady is None else (steady[0], steady[0]), g1)),
                      f"{fmt(fwd.pass_range('max'))} + {fmt(fwd.pass_range('exp'))}",
-                     f"{fmt(stats.pass_range('max'))} + {fmt(stats.pass_range('exp'))}",
-                     fmt(add(stats.total(), g1))])
+                     fmt(stats.pass_range('exp')), fmt(add(stats.total(), g1))])
     return rows
 
 
@@ -377,7 +381,7 @@ SUMMARY_HEAD = ["dtype", "Phi", "kernel", "path", "per-offset loops (role instr/
                 "regs", "LDL/STL"]
 BUDGET_HEAD = ["dtype", "Phi", "forward s=1 d=1 (full row-worst row; <= 20 in bf16)",
                "stats s=1 d=1 (full row-worst row)", "gather K<=8", "backward s=1 d=1 full rows (< 70)",
-               "forward other s, d: max + exp", "stats other: max + main", "backward other"]
+               "forward other s, d: max + exp", "stats other: main", "backward other"]
 
 
 def markdown(reports: list[KernelReport], header: str) -> str:

@@ -119,7 +119,8 @@ def local_relation(
         if not torch.compiler.is_compiling():  # checked at the next eager call, never while tracing
             self_check.check_before_use(value.device, value.dtype)
         phi = PHI_CODES[composability]
-        return library.fused_forward(query, key, value, geo_prior, kernel_size, stride, dilation, phi)
+        out, _lse = library.fused_forward(query, key, value, geo_prior, kernel_size, stride, dilation, phi)
+        return out
     if not torch.compiler.is_compiling() and not reference_forced():
         _warn_fallback(device_type)
     return local_relation_reference(query, key, value, geo_prior, kernel_size, stride, dilation, composability)

@@ -3,7 +3,10 @@
 ``lrrobust._C`` defines ``lrrobust::local_relation_forward`` and ``lrrobust::local_relation_backward`` with CPU
 (and, when built with nvcc, CUDA) kernels. This module adds what PyTorch needs around them, following
 pytorch/extension-cpp: fake (meta) kernels, so ``torch.compile`` traces the op without a graph break, and an
-autograd formula whose backward is the backward op (the weights are recomputed there, not saved).
+autograd formula whose backward is the backward op. The forward returns the output and ``lse``, the log-sum-exp of
+each output's logits in base 2 (N, G, Ho, Wo, float; double for double); autograd keeps both for the backward, which
+on CUDA reads its weights from ``lse`` and FlashAttention's "delta" D = sum_c grad_out * out from the output instead
+of recomputing the softmax's statistics (the weights themselves are recomputed, never stored).
 
 ``fused_forward`` and ``fused_backward`` are the only Python calls of the two ops: ``local_relation``, its autograd
 formula and the self-check (``lrrobust.ops.self_check``) all go through them. ``LRROBUST_REFERENCE_OP=1`` makes
@@ -50,16 +53,19 @@ def reference_forced() -> bool:
 
 
 def fused_forward(query, key, value, geo_prior, kernel_size: int, stride: int, dilation: int, phi: int):
-    """The compiled forward: the output (N, C, Ho, Wo). ``phi`` is the composability's code in ``PHI_CODES``."""
+    """The compiled forward: the output (N, C, Ho, Wo) and its log-sum-exp ``lse`` (N, G, Ho, Wo). ``phi`` is the
+    composability's code in ``PHI_CODES``."""
     return torch.ops.lrrobust.local_relation_forward(
         query, key, value, geo_prior, int(kernel_size), int(stride), int(dilation), int(phi)
     )
 
 
-def fused_backward(grad_out, query, key, value, geo_prior, kernel_size: int, stride: int, dilation: int, phi: int):
-    """The compiled backward: the gradients of (query, key, value, geo_prior) for ``grad_out``."""
+def fused_backward(grad_out, query, key, value, geo_prior, out, lse, kernel_size: int, stride: int, dilation: int,
+                   phi: int):
+    """The compiled backward: the gradients of (query, key, value, geo_prior) for ``grad_out``, given the forward's
+    ``out`` and ``lse`` for these inputs."""
     return torch.ops.lrrobust.local_relation_backward(
-        grad_out, query, key, value, geo_prior, int(kernel_size), int(stride), int(dilation), int(phi)
+        grad_out, query, key, value, geo_prior, out, lse, int(kernel_size), int(stride), int(dilation), int(phi)
     )
 
 
@@ -69,6 +75,12 @@ def _has_kernel(dispatch_key: str) -> bool:
 
 # Looked up once: torch.compile reads this dict while tracing, it could not trace the dispatcher query.
 KERNELS = {"cpu": _has_kernel("CPU"), "cuda": _has_kernel("CUDA")}
+
+
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the forward's log-sum-exp for inputs of ``dtype``: the accumulation type (float64 for float64,
+    else float32), as ``lse_dtype_of`` in csrc/local_relation_checks.h."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_fake(kernel_size, stride, dilation, composability, grad_out=None, **tensors):
@@ -100,13 +112,20 @@ def _forward_fake(query, key, value, geo_prior, kernel_size, stride, dilation, c
     _check_fake(kernel_size, stride, dilation, composability, query=query, key=key, value=value, geo_prior=geo_prior)
     n, channels, height, width = value.shape
     torch._check(query.shape[0] == n and key.shape[0] == n, lambda: "local_relation: batch sizes differ")
-    return _empty_in_format_of((n, channels, -(-height // stride), -(-width // stride)), value)
+    out_size = (-(-height // stride), -(-width // stride))
+    out = _empty_in_format_of((n, channels, *out_size), value)
+    lse = value.new_empty((n, key.shape[1], *out_size), dtype=lse_dtype(value.dtype))
+    return out, lse
 
 
-def _backward_fake(grad_out, query, key, value, geo_prior, kernel_size, stride, dilation, composability):
+def _backward_fake(grad_out, query, key, value, geo_prior, out, lse, kernel_size, stride, dilation, composability):
     _check_fake(kernel_size, stride, dilation, composability, grad_out=grad_out, query=query, key=key, value=value,
                 geo_prior=geo_prior)
+    check_one_device(value=value, out=out, lse=lse)
     torch._check(grad_out.shape[1] == value.shape[1], lambda: "local_relation_backward: grad_out has wrong channels")
+    torch._check(out.shape == grad_out.shape, lambda: "local_relation_backward: out must have grad_out's shape")
+    torch._check(lse.dtype == lse_dtype(value.dtype) and lse.dim() == 4 and lse.shape[1] == key.shape[1],
+                 lambda: "local_relation_backward: lse must be the forward's (N, G, Ho, Wo) log-sum-exp")
     return (
         _empty_in_format_of(query.shape, query),
         _empty_in_format_of(key.shape, key),
@@ -117,13 +136,14 @@ def _backward_fake(grad_out, query, key, value, geo_prior, kernel_size, stride, 
 
 def _setup_context(ctx, inputs, output):
     query, key, value, geo_prior, kernel_size, stride, dilation, composability = inputs
-    ctx.save_for_backward(query, key, value, geo_prior)
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(query, key, value, geo_prior, out, lse)
     ctx.options = (kernel_size, stride, dilation, composability)
 
 
-def _backward(ctx, grad_out):
-    query, key, value, geo_prior = ctx.saved_tensors
-    grads = fused_backward(grad_out, query, key, value, geo_prior, *ctx.options)
+def _backward(ctx, grad_out, _grad_lse):
+    grads = fused_backward(grad_out, *ctx.saved_tensors, *ctx.options)
     return (*grads, None, None, None, None)
 
 

@@ -6,6 +6,8 @@ input. The compiled kernels in ``csrc/`` compute the same thing without that cop
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +38,23 @@ def _unfold(x: torch.Tensor, kernel_size: int, stride: int, dilation: int) -> to
     return cols.view(n, c, kernel_size * kernel_size, output_size(h, stride), output_size(w, stride))
 
 
+def _logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, qk_dim):
+    """(N, G, K*K, Ho, Wo) logits Phi(q, k) + geo_prior of every window offset, and which offsets lie in the image."""
+    n, qk_channels, h, w = key.shape
+    groups = qk_channels // qk_dim
+    kk = kernel_size * kernel_size
+    ho, wo = output_size(h, stride), output_size(w, stride)
+    keys = _unfold(key, kernel_size, stride, dilation)  # (N, G*d, KK, Ho, Wo)
+    inside = _unfold(torch.ones(1, 1, h, w, dtype=key.dtype, device=key.device), kernel_size, stride, dilation) > 0
+    if qk_dim == 1:
+        logits = composability(query.unsqueeze(2), keys, composability_kind)
+    else:
+        vectors = (n, groups, qk_dim, kk, ho, wo)
+        phi = composability(query.reshape(n, groups, qk_dim, 1, ho, wo), keys.reshape(vectors), composability_kind)
+        logits = phi.sum(dim=2) / qk_dim**0.5
+    return logits + geo_prior.reshape(1, groups, kk, 1, 1), inside
+
+
 def local_relation_reference(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -61,31 +80,26 @@ def local_relation_reference(
     kernels follow (see ``lrrobust.ops.local_relation``): a window whose in-image logits are all -inf, or hold a
     +inf or NaN, gets NaN weights; 0 * inf in the weighted sum is NaN.
     """
-    n, qk_channels, h, w = key.shape
-    groups = qk_channels // qk_dim
-    channels = value.shape[1]
+    n, channels = value.shape[:2]
+    groups = key.shape[1] // qk_dim
     per_group = -(-channels // groups)
-    kk = kernel_size * kernel_size
-    ho, wo = output_size(h, stride), output_size(w, stride)
-
-    keys = _unfold(key, kernel_size, stride, dilation)  # (N, G, KK, Ho, Wo)
-    values = _unfold(value, kernel_size, stride, dilation)  # (N, C, KK, Ho, Wo)
-    inside = _unfold(torch.ones(1, 1, h, w, dtype=key.dtype, device=key.device), kernel_size, stride, dilation) > 0
-
-    if qk_dim == 1:
-        logits = composability(query.unsqueeze(2), keys, composability_kind)
-    else:
-        vectors = (n, groups, qk_dim, kk, ho, wo)
-        phi = composability(query.reshape(n, groups, qk_dim, 1, ho, wo), keys.reshape(vectors), composability_kind)
-        logits = phi.sum(dim=2) / qk_dim**0.5
-    logits = logits + geo_prior.reshape(1, groups, kk, 1, 1)
+    logits, inside = _logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, qk_dim)
     if normalize:
         weights = logits.masked_fill(~inside, float("-inf")).softmax(dim=2)
     else:
         weights = logits.masked_fill(~inside, 0.0)
 
+    values = _unfold(value, kernel_size, stride, dilation)  # (N, C, KK, Ho, Wo)
     channel_group = torch.arange(channels, device=value.device) // per_group
     weights = weights.index_select(1, channel_group)  # (N, C, KK, Ho, Wo)
     out = (weights * values).sum(dim=2)
-    assert out.shape == (n, channels, ho, wo)
+    assert out.shape == (n, channels, *values.shape[3:])
     return out
+
+
+def log_sum_exp_reference(query, key, geo_prior, kernel_size: int, stride: int = 1, dilation: int = 1,
+                          composability_kind: str = "sqdiff") -> torch.Tensor:
+    """(N, G, Ho, Wo): log2 of sum exp(logit) over each output's in-image offsets, the compiled forward's second
+    result (``torch.ops.lrrobust.local_relation_forward``), which its backward reads the weights from."""
+    logits, inside = _logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, 1)
+    return logits.masked_fill(~inside, float("-inf")).logsumexp(dim=2) / math.log(2)

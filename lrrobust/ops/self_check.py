@@ -3,9 +3,9 @@
 The CPU kernel is checked at build time by the test suite and the fuzz tests; the CUDA kernels are not (the machines
 that build and test lrrobust have no GPU), so they first meet real hardware in a user's hands. The first fused call
 of ``lrrobust.ops.local_relation`` on each (device, dtype) of a device type in ``SELF_CHECK_DEVICES`` therefore runs
-``PROBLEMS`` through the fused forward and backward and through ``local_relation_reference`` in float64 on the same
-inputs, caches the result, and raises one RuntimeError if they disagree (every later call on that (device, dtype)
-raises it again; nothing is re-run).
+``PROBLEMS`` through the fused forward (its output and log-sum-exp) and backward and through the reference in float64
+on the same inputs, caches the result, and raises one RuntimeError if they disagree (every later call on that (device,
+dtype) raises it again; nothing is re-run).
 
 It never runs while ``torch.compile`` traces or a CUDA graph is being captured (the next eager call runs it), nor
 from inside itself, and leaves the global random generators alone. ``LRROBUST_SKIP_SELF_CHECK=1`` skips it (read at
@@ -26,7 +26,7 @@ import torch
 from lrrobust.core.seeding import generator
 from lrrobust.ops import library
 from lrrobust.ops.library import PHI_CODES, REFERENCE_OP_VARIABLE, env_flag
-from lrrobust.ops.reference import local_relation_reference, output_size
+from lrrobust.ops.reference import local_relation_reference, log_sum_exp_reference, output_size
 
 SKIP_VARIABLE = "LRROBUST_SKIP_SELF_CHECK"
 
@@ -38,7 +38,7 @@ SELF_CHECK_DEVICES = {"cuda"}
 # rounded to its dtype, so its tolerance is that rounding's, with room for values near the scale.
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
-QUANTITIES = ("output", "grad_query", "grad_key", "grad_value", "grad_geo_prior")
+QUANTITIES = ("output", "log-sum-exp", "grad_query", "grad_key", "grad_value", "grad_geo_prior")
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,9 @@ def _reference(problem: Problem, inputs: list[torch.Tensor]) -> list[torch.Tenso
     # The gradient of sum(out * grad_out), the same as grad(out, leaves, grad_out): passing grad_out itself would
     # make autograd import sympy on its first use, seconds of a first call that needs none of it.
     grads = torch.autograd.grad((out * grad_out.double()).sum(), leaves)
-    return [out.detach(), *grads]
+    query, key, _, geo_prior = (leaf.detach() for leaf in leaves)
+    lse = log_sum_exp_reference(query, key, geo_prior, p.k, p.s, p.d, p.composability)
+    return [out.detach(), lse, *grads]
 
 
 def _difference(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -193,9 +195,9 @@ def _check(device: torch.device, dtype: torch.dtype) -> SelfCheckResult:
         options = (problem.k, problem.s, problem.d, PHI_CODES[problem.composability])
         step = "forward"
         try:
-            got = [library.fused_forward(*tensors, *options)]
+            got = list(library.fused_forward(*tensors, *options))  # the output and its log-sum-exp
             step = "backward"
-            got += list(library.fused_backward(grad_out, *tensors, *options))
+            got += list(library.fused_backward(grad_out, *tensors, *got, *options))
             step = "comparison with the reference"  # where an asynchronous CUDA error shows
             for quantity, fused, want in zip(QUANTITIES, got, _reference(problem, inputs)):
                 bound = TOLERANCES[dtype] * (1.0 + want.abs().max().item())

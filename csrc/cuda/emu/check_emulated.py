@@ -25,7 +25,7 @@ import time
 import torch
 from torch.utils.cpp_extension import load
 
-from lrrobust.ops.reference import local_relation_reference
+from lrrobust.ops.reference import local_relation_reference, log_sum_exp_reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("sqdiff", "absdiff", "product")
@@ -87,12 +87,17 @@ def check_case(ext, n, c, g, h, w, k, s, d, kind, smem_limit, budget=BUDGET, dty
         assert plan[2] == want_tiled and plan[10] == want_tiled, (plan, want_tiled)
         # The forward's row-stacked fast path serves every tiled stride-1, dilation-1 window (plan[18] rows).
         assert plan[18] == (4 if want_tiled and s == 1 and d == 1 and k > 1 else 1), plan
-    out = ext.forward(padded(q), padded(key), padded(v), padded(geo), k, s, d, ki, smem_limit)
+    out, lse = ext.forward_lse(padded(q), padded(key), padded(v), padded(geo), k, s, d, ki, smem_limit)
     grads = ext.backward(padded(go), padded(q), padded(key), padded(v), padded(geo), k, s, d, ki, smem_limit, budget,
                          cap, min_blocks)
     ref_out, ref_grads = reference_grads(q, key, v, geo, go, k, s, d, kind)
     tol = {torch.float64: 1e-10, torch.float32: 2e-4, torch.float16: 3e-2, torch.bfloat16: 1.5e-1}[dtype]
     label = f"n={n} c={c} g={g} {h}x{w} K={k} s={s} d={d} {kind} {dtype} smem={smem_limit} plan={plan}"
+    # The forward's second result, which the backward reads its weights from: log2 sum exp(logits), in opmath.
+    ref_lse = log_sum_exp_reference(q.double(), key.double(), geo.double(), k, s, d, kind)
+    assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), (label, lse.dtype)
+    lse_err = (lse.double() - ref_lse).abs().max().item() / (ref_lse.abs().max().item() + 1.0)
+    assert lse.shape == ref_lse.shape and lse_err < min(tol, 1e-4), f"{label}: lse max error {lse_err:.3g}"
     for name, got, ref in zip(("out", "grad_query", "grad_key", "grad_value", "grad_geo"), [out, *grads],
                               [ref_out, *ref_grads]):
         assert got.shape == ref.shape and got.dtype == dtype, (label, name, got.shape, ref.shape)

@@ -34,13 +34,14 @@ CODES = {{"sqdiff": 0, "absdiff": 1, "product": 2}}
 class EmulatedLocalRelation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, geo_prior, kernel_size, stride, dilation, kind):
-        ctx.save_for_backward(query, key, value, geo_prior)
+        out, lse = EXT.forward_lse(query, key, value, geo_prior, kernel_size, stride, dilation, CODES[kind], emu.SMEM)
+        ctx.save_for_backward(query, key, value, geo_prior, out, lse)  # as lrrobust.ops.library's autograd
         ctx.options = (kernel_size, stride, dilation, CODES[kind])
-        return EXT.forward(query, key, value, geo_prior, kernel_size, stride, dilation, CODES[kind], emu.SMEM)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        grads = EXT.backward(grad_out, *ctx.saved_tensors, *ctx.options, emu.SMEM, emu.BUDGET)
+        grads = EXT.backward_saved(grad_out, *ctx.saved_tensors, *ctx.options, emu.SMEM, emu.BUDGET)
         return (*grads, None, None, None, None)
 
 
