@@ -27,6 +27,8 @@ import torch
 sys.path.insert(0, {here!r})
 import check_emulated as emu  # noqa: E402
 
+from lrrobust.ops.checks import check_inputs  # noqa: E402
+
 EXT = emu.build()
 CODES = {{"sqdiff": 0, "absdiff": 1, "product": 2}}
 
@@ -46,6 +48,7 @@ class EmulatedLocalRelation(torch.autograd.Function):
 
 
 def local_relation(query, key, value, geo_prior, kernel_size, stride=1, dilation=1, composability="sqdiff"):
+    check_inputs(query, key, value, geo_prior, kernel_size, stride, dilation, composability)  # as the real one
     return EmulatedLocalRelation.apply(query, key, value, geo_prior, kernel_size, stride, dilation, composability)
 '''
 
