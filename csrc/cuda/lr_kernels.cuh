@@ -325,7 +325,8 @@ LR_DEV LrWindow lr_window(const LrGeom& g, const LrTile& t, const LrRegion& reg,
   return w;
 }
 
-// Forward: out[n, c, i, j] for the channels of one group, one thread per output pixel.
+// Forward: out[n, c, i, j] for the channels of one group and the log-sum-exp of its logits (base 2), one thread
+// per output pixel.
 template <typename scalar_t, int KIND, bool TILED>
 LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
                                  const scalar_t* __restrict__ value, const scalar_t* __restrict__ geo,
