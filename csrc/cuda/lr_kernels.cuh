@@ -123,11 +123,9 @@ LR_HD T lr_dphi_dk(T q, T k, int kind) {
   return q;
 }
 
-// Whether x is finite (false for +-inf and NaN), without relying on a math library's isfinite on the device.
+// log2(e): the kernels take their softmax in base 2 (exp(l) = 2^(l*log2(e))), and keep the log-sum-exp in base 2.
 template <typename T>
-LR_HD bool lr_finite(T x) {
-  return x - x == T(0);
-}
+constexpr T kLog2eOf = static_cast<T>(1.4426950408889634);
 
 // Element e of a staged tile (TILED) or of a global plane whose elements are `stride` apart, in type A: the
 // one-output-per-thread kernels read through this in both variants.
@@ -419,7 +417,7 @@ LR_KERNEL void lr_forward_kernel(const scalar_t* __restrict__ query, const scala
       }
       if (cc == 0) {  // z is the same in every chunk: the log-sum-exp in base 2, which the backward reads
         const int64_t stat = (int64_t(n) * g.groups + grp) * g.out_h * g.out_w + int64_t(i) * g.out_w + j;
-        lse[stat] = (mx + lr_log(z)) * static_cast<acc_t>(1.4426950408889634);
+        lse[stat] = (mx + lr_log(z)) * kLog2eOf<acc_t>;
       }
     }
   }
@@ -486,7 +484,7 @@ LR_DEV void lr_walk_rows(const LrGeom& g, const LrTile& t, const LrRows<scalar_t
                          const A (&m)[kRowsPerThread], Rescale rescale, Add add) {
   using std::integral_constant;
   constexpr int P = kRowsPerThread;
-  constexpr A kLog2e = static_cast<A>(1.4426950408889634);
+  constexpr A kLog2e = kLog2eOf<A>;
   static_assert(P == 4, "the row dispatch below lists the runs of 4 outputs");
   const integral_constant<bool, ONLINE> online{};
   const int K = g.ksize, r = g.radius;
@@ -579,7 +577,7 @@ LR_KERNEL void lr_forward_rows_kernel(const scalar_t* __restrict__ query, const 
                                       const LrGeom g, const LrTile t) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int P = kRowsPerThread;
-  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
+  constexpr acc_t kLog2e = kLog2eOf<acc_t>;
   LR_DYNAMIC_SMEM(smem);
   const LrRows<scalar_t> th = lr_rows_begin(g, t, key, value, geo, smem);
   const int grp = th.grp, n = th.n, i0 = th.i0, j = th.j, c_begin = th.c_begin, m_g = th.m_g;
@@ -774,7 +772,7 @@ LR_KERNEL void lr_stats_kernel(const scalar_t* __restrict__ grad_out, const scal
   auto geo_at = [&](int ab) { return lr_tile_or_plane<TILED, acc_t>(s_geo, geo_g, ab, 1); };
   auto key_at = [&](int e) { return lr_tile_or_plane<TILED, acc_t>(s_key, key_plane, e, g.lay.key.pix); };
   const LrWindow win = lr_window<TILED>(g, t, reg, active ? i : 0, active ? j : 0);
-  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
+  constexpr acc_t kLog2e = kLog2eOf<acc_t>;
   acc_t q = 0, t0 = 0, base = 0, D = 0, gq = 0;
   if (active) {
     q = static_cast<acc_t>(query[lr_at(g.lay.query, n, grp, out_pix)]);
@@ -872,7 +870,7 @@ LR_KERNEL void lr_gather_kernel(const scalar_t* __restrict__ grad_out, const sca
   const int rd = r * d;
   const int dq = d / s, dr = d - (d / s) * s;  // one offset step of the inverse index
   constexpr int ROWS = kOffsetChunk / COLS;     // offset chunks: 4 rows of 8 (K <= 8) or 1 row of 32
-  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
+  constexpr acc_t kLog2e = kLog2eOf<acc_t>;
 
   // Shared memory: per-warp offset sums; TILED adds geo[g], the statistics and grad_out tiles.
   acc_t* s_dg = reinterpret_cast<acc_t*>(smem);
