@@ -29,6 +29,14 @@ def _single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(params=["rows", "batch"])
+def cpu_lanes(request, monkeypatch) -> str:
+    """Runs a test on each of the CPU kernel's two work units (csrc/cpu/local_relation_cpu.cpp): lanes along an
+    output row, and lanes across the images of the batch (small maps and strided layers)."""
+    monkeypatch.setenv("LRROBUST_CPU_LANES", request.param)
+    return request.param
+
+
 @pytest.fixture
 def one_thread():
     yield from _single_thread()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,3 +249,33 @@ def test_init_starts_from_the_prior():
     x = torch.rand(2, 8, 4, 4)
     layer(x).square().sum().backward()
     assert layer.query.weight.grad.abs().sum() > 0 and layer.key.weight.grad.abs().sum() > 0
+
+
+def _reference_script():
+    path = Path(__file__).parent / "data" / "make_lrnet_reference.py"
+    spec = importlib.util.spec_from_file_location("make_lrnet_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("reference_op", [False, True], ids=["fused", "reference-op"])
+def test_a_network_computes_what_it_computed_before_its_layers_were_optimised(reference_op, monkeypatch):
+    """tests/data/lrnet_reference.pt holds a small LR-Net-26's outputs and parameter gradients in train and eval mode
+    from before the query and key transforms were merged (tests/data/make_lrnet_reference.py): the same weights,
+    loaded as an old checkpoint's state dict, give the same outputs and gradients to float32 tolerance."""
+    if reference_op:
+        monkeypatch.setenv("LRROBUST_REFERENCE_OP", "1")
+    script = _reference_script()
+    record = torch.load(Path(__file__).parent / "data" / "lrnet_reference.pt", weights_only=True)
+    assert record["spec"] == script.SPEC
+    model = script.build()
+    model.load_state_dict(record["state_dict"])
+    for mode in ("train", "eval"):
+        model.load_state_dict(record["state_dict"])  # train mode moves the BN statistics
+        logits, grads = script.outputs_and_gradients(model, record["images"], record["labels"], mode == "train")
+        expected_logits, expected_grads = record[mode]
+        torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-5)
+        assert grads.keys() == expected_grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected_grads[name], rtol=1e-3, atol=1e-5, msg=f"{mode}: {name}")

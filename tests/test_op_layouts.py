@@ -12,6 +12,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from lrrobust.ops import kernel_available, local_relation
 from lrrobust.ops.reference import local_relation_reference
 
+pytestmark = pytest.mark.usefixtures("cpu_lanes")  # every test on both CPU work units
+
 CL = torch.channels_last
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and kernel_available("cuda") else [])
 

@@ -19,6 +19,8 @@ from lrrobust import ops
 from lrrobust.ops import local_relation
 from lrrobust.ops.reference import local_relation_reference, log_sum_exp_reference
 
+pytestmark = pytest.mark.usefixtures("cpu_lanes")  # every test on both CPU work units
+
 KINDS = ("sqdiff", "absdiff", "product")
 CODES = {"sqdiff": 0, "absdiff": 1, "product": 2}
 
@@ -33,6 +35,8 @@ CASES = [
     (1, 4, 1, 3, 21, 5, 1, 1),  # m = 4, a row wider than one 16-pixel chunk
     (1, 6, 2, 4, 5, 1, 1, 1),  # K = 1: the output is the value
     (1, 3, 1, 4, 3, 11, 1, 1),  # K = 11 > 2*max(H, W) - 1: the whole map
+    (19, 12, 2, 5, 4, 3, 1, 1),  # a full 16-image batch block and one of 3 (batch lanes)
+    (9, 10, 3, 6, 5, 5, 2, 1),  # 8 + 1 images, stride 2, last group of 2 channels
 ]
 
 # Forward-only shapes that exercise more of the chunking: long rows, partial chunks, wide windows.

@@ -39,7 +39,10 @@ SEED = int(os.environ.get("LRROBUST_FUZZ_SEED", "20240611"))
 SPECIAL = (float("inf"), -float("inf"), float("nan"))
 CODES = {"sqdiff": 0, "absdiff": 1, "product": 2}
 
-pytestmark = pytest.mark.skipif(not kernel_available("cpu"), reason="the compiled CPU kernel is not built")
+pytestmark = [
+    pytest.mark.skipif(not kernel_available("cpu"), reason="the compiled CPU kernel is not built"),
+    pytest.mark.usefixtures("cpu_lanes"),  # every test on both CPU work units
+]
 
 
 # ---------------------------------------------------------------------------------------------------------- valid

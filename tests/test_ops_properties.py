@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 from lrrobust.ops import kernel_available, local_relation
 from lrrobust.ops.reference import COMPOSABILITIES, local_relation_reference
 
-pytestmark = pytest.mark.skipif(not kernel_available("cpu"), reason="the compiled CPU kernel is not built")
+pytestmark = [
+    pytest.mark.skipif(not kernel_available("cpu"), reason="the compiled CPU kernel is not built"),
+    pytest.mark.usefixtures("cpu_lanes"),  # every test on both CPU work units
+]
 
 
 @st.composite

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lrrobust.models.fold import FoldingSequential, then_bn
-from lrrobust.models.local_relation import LocalRelation2d
+from lrrobust.models.local_relation import LocalRelation2d, PointwiseConv2d
 from lrrobust.models.nonlocal_block import NonLocal2d
 
 SPATIAL_KINDS = ("conv", "dw", "lr", "nl")
@@ -83,7 +83,7 @@ class BasicBlock(nn.Module):
         if spatial != "lr":
             return spatial_layer(spatial, in_ch, out_ch, stride, kernel_size, **lr)
         return FoldingSequential(
-            nn.Conv2d(in_ch, out_ch, 1, bias=False),
+            PointwiseConv2d(in_ch, out_ch, bias=False),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
             LocalRelation2d(out_ch, out_ch, kernel_size=kernel_size, stride=stride, **lr),

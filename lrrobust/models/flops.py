@@ -60,8 +60,12 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
         total[0] += mod.in_features * output.numel()
 
     def lr_hook(mod: LocalRelation2d, inputs, output) -> None:
+        # the aggregation, and the query (at the output pixels) and key transforms, which the layer computes as one
+        # product of its stacked weights (LocalRelation2d.query_key), so their modules' hooks do not fire
         h, w = inputs[0].shape[-2:]
-        total[0] += aggregation_flops(mod, h, w) * inputs[0].shape[0]
+        out_pixels = -(-h // mod.stride) * -(-w // mod.stride)
+        transforms = mod.in_channels * mod.groups * mod.qk_dim * (h * w + out_pixels)
+        total[0] += (aggregation_flops(mod, h, w) + transforms) * inputs[0].shape[0]
 
     def nonlocal_hook(mod: NonLocal2d, inputs, output) -> None:
         h, w = inputs[0].shape[-2:]

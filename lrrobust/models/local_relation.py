@@ -35,6 +35,41 @@ def full_kernel_size(height: int, width: int) -> int:
     return 2 * max(height, width) - 1
 
 
+# Below this many pixels per image a 1x1 convolution is left to oneDNN: a product per image of a few pixels is
+# slower than its convolution (2x2 maps of res5: 2-7x, BENCHMARKS.md).
+POINTWISE_MIN_PIXELS = 16
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 convolution with ``weight`` (O, C): one matrix product per image (``torch.baddbmm``).
+
+    On the CPU oneDNN's 1x1 convolution of a few channels (a local relation layer's query and key, its value
+    transform, the LR stem's transform of 1-3 input channels) costs 1.3-40x this product, forward and backward
+    (BENCHMARKS.md). Channels-last inputs and maps below ``POINTWISE_MIN_PIXELS`` pixels take ``F.conv2d``; the
+    result is in ``x``'s memory format either way.
+    """
+    n, c, h, w = x.shape
+    if not x.is_contiguous() or h * w < POINTWISE_MIN_PIXELS:
+        return F.conv2d(x, weight[:, :, None, None], bias)
+    rows = weight.expand(n, -1, -1)
+    if bias is None:
+        y = torch.bmm(rows, x.flatten(2))
+    else:
+        y = torch.baddbmm(bias[None, :, None], rows, x.flatten(2))
+    return y.view(n, -1, h, w)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d(in_channels, out_channels, 1)`` computed by ``pointwise``: the same parameters and state-dict
+    keys, so checkpoints of either load in the other."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return pointwise(x, weight.flatten(1), bias)
+
+
 def relative_positions(kernel_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(K*K, 2) offsets (dy, dx) of a K x K window from its centre, row-major like the op's window."""
     r = torch.arange(kernel_size, device=device, dtype=dtype) - (kernel_size - 1) // 2
@@ -169,10 +204,10 @@ class LocalRelation2d(nn.Module):
         self.composability = composability
         self.normalize = normalize
         self.qk_dim = qk_dim
-        self.query = nn.Conv2d(in_channels, self.groups * qk_dim, 1)
-        self.key = nn.Conv2d(in_channels, self.groups * qk_dim, 1)
+        self.query = PointwiseConv2d(in_channels, self.groups * qk_dim)
+        self.key = PointwiseConv2d(in_channels, self.groups * qk_dim)
         self.prior = GeometricPrior(self.groups, kernel_size, geo_prior)
-        self.value = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.value = PointwiseConv2d(in_channels, out_channels, bias=False)
 
     def reset_query_key(self) -> None:
         """Query zero, key PyTorch's default: the aggregation starts close to the geometric prior and the
@@ -201,14 +236,24 @@ class LocalRelation2d(nn.Module):
         """
         k = self.window(x.shape[-2], x.shape[-1])
         s = self.stride
-        # under autocast the 1x1 transforms may return another dtype than x: the op takes one dtype
-        query = self.query(x[:, :, ::s, ::s] if s > 1 else x).to(x.dtype)
-        key = self.key(x).to(x.dtype)
+        query, key = self.query_key(x)
         prior = self.prior(k, x)
         if self.normalize == "softmax" and self.qk_dim == 1:
             return local_relation(query, key, x, prior, k, s, 1, self.composability)
         normalize = self.normalize == "softmax"
         return local_relation_reference(query, key, x, prior, k, s, 1, self.composability, normalize, self.qk_dim)
+
+    def query_key(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query (at the output pixels) and key of ``x``: the two 1x1 transforms as one product with their weights
+        stacked, 2 G d outputs split afterwards. A strided layer's query is taken from the full-resolution product
+        at every s-th pixel: (1 - 1/s^2) G d C HW more multiply-adds than transforming the subsampled input, and
+        one product instead of two."""
+        weight = torch.cat([self.query.weight, self.key.weight]).flatten(1)
+        bias = torch.cat([self.query.bias, self.key.bias])
+        # under autocast the product may return another dtype than x: the op takes one dtype
+        query, key = pointwise(x, weight, bias).to(x.dtype).split(self.groups * self.qk_dim, dim=1)
+        s = self.stride
+        return (query[:, :, ::s, ::s] if s > 1 else query), key
 
     def extra_repr(self) -> str:
         return (

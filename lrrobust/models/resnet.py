@@ -16,7 +16,7 @@ from torch import nn
 
 from lrrobust.models.blocks import BasicBlock, Bottleneck
 from lrrobust.models.fold import FoldingSequential
-from lrrobust.models.local_relation import LocalRelation2d
+from lrrobust.models.local_relation import LocalRelation2d, PointwiseConv2d
 from lrrobust.models.nonlocal_block import NL_SUBSAMPLE, NonLocalBlock
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,7 +105,7 @@ class ResNet(nn.Module):
         if lr_stem:
             stem_k = "full" if kernel_size == "full" else 7
             layers = [
-                nn.Conv2d(in_chans, ch, 1, bias=False),
+                PointwiseConv2d(in_chans, ch, bias=False),
                 nn.BatchNorm2d(ch),
                 nn.ReLU(inplace=True),
                 LocalRelation2d(ch, ch, kernel_size=stem_k, stride=stride, **lr),
