@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lrrobust.commands import bench_op, evaluate, models, plot, study, train
+from lrrobust.commands import bench_op, bench_train, evaluate, models, plot, study, train
 
 app = typer.Typer(
     name="lrrobust",
@@ -16,7 +16,7 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Measure speed and memory; write figures to BENCHMARKS.md by hand.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-for _module in (bench_op, models, train, evaluate, study, plot):
+for _module in (bench_op, bench_train, models, train, evaluate, study, plot):
     _module.register(app, bench_app)
 
 

@@ -15,11 +15,15 @@ A study spec is a TOML file::
     epochs = 15
     [training.adversarial]          # and per training kind
     epochs = 10
+    [convergence]                   # thresholds of the training-convergence check (default: the suite's)
+    plateau_points = 3.0
 
 Every cell is an ordinary run directory ``OUT/runs/NETWORK-TRAINING-sSEED`` with its evaluation in
 ``eval-SUITE``: a killed study run again with the same command continues inside the cell it stopped in (training
 and evaluation resume) and never redoes a finished cell (its summary.json exists). The report goes to
-``OUT/report``. Everything in the spec is checked before any work starts.
+``OUT/report``. Everything in the spec is checked before any work starts. As each cell finishes, the progress
+output gives its training-convergence verdict (``lrrobust.training.convergence``): whether the network had finished
+learning before its figures enter the comparison.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SPEC_KEYS = ("name", "description", "dataset", "root", "suite", "networks", "trainings", "seeds", "model",
-             "training")
+             "training", "convergence")
 REQUIRED = ("dataset", "suite", "networks", "trainings", "seeds")
 TRAININGS = ("regular", "adversarial")
 
@@ -73,6 +77,7 @@ class Study:
     suite_name: str
     cells: tuple[Cell, ...]
     out: Path
+    convergence: Any = None  # the spec's [convergence] (a ConvergenceConfig), else None: the suite's
 
 
 def _list(spec: dict[str, Any], key: str, where: str, kind: type) -> list:
@@ -99,6 +104,7 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     from lrrobust.evaluation.suite import load_suite, resolve_suite_path
     from lrrobust.models import list_models
     from lrrobust.training import TrainConfig, resolve_config
+    from lrrobust.training.convergence import parse_convergence
 
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
@@ -120,6 +126,7 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
         raise UserError(f"{where}: seeds must be >= 0, got {seeds!r}")
     suite_path = str(resolve_suite_path(str(spec["suite"])))
     suite = load_suite(suite_path)
+    convergence = None if "convergence" not in spec else parse_convergence(spec["convergence"], where)
     model = _table(spec, "model", where)
     training = _table(spec, "training", where)
     per_kind = {t: _table(training, t, f"{where} [training]") for t in TRAININGS}
@@ -144,7 +151,7 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
                     raise UserError(f"{where}: bad [training] or [model] value ({e})") from None
                 cells.append(Cell(network, kind, seed, config, run_dir, run_dir / f"eval-{suite.name}"))
     name = spec.get("name", Path(where).stem)
-    return Study(str(name), dataset, spec.get("root"), suite_path, suite.name, tuple(cells), out)
+    return Study(str(name), dataset, spec.get("root"), suite_path, suite.name, tuple(cells), out, convergence)
 
 
 def load_study(path: str | Path, out: str | Path) -> Study:
@@ -171,9 +178,25 @@ def run_cell(cell: Cell, study: Study, device: str, threads: int = 1) -> str:
     torch.set_num_threads(threads)
     config = dc.replace(cell.config, resume=(cell.run_dir / "last.pt").is_file(), device=device)
     train(config, progress=False)
-    evaluate(cell.run_dir, study.dataset, load_suite(study.suite_path), cell.eval_dir, root=study.root,
-             device=device, progress=False)
+    suite = load_suite(study.suite_path)
+    if study.convergence is not None:
+        suite = suite.replace(convergence=study.convergence)
+    evaluate(cell.run_dir, study.dataset, suite, cell.eval_dir, root=study.root, device=device, progress=False)
     return str(cell.eval_dir)
+
+
+def cell_verdict(cell: Cell) -> str:
+    """The finished cell's training-convergence verdict, from its summary.json, for the progress output."""
+    from lrrobust.evaluation.summary import read_summary
+
+    try:
+        convergence = read_summary(cell.eval_dir).convergence
+    except UserError as e:
+        return f"training convergence unknown ({e})"
+    if convergence is None:
+        return "training convergence not recorded"
+    flag = "⚠ " if convergence.get("status") == "flag" else ""
+    return f"{flag}training: {convergence.get('verdict')}"
 
 
 def _devices(jobs: int) -> list[str]:
@@ -218,7 +241,8 @@ def run_study(study: Study, jobs: int = 1, console: Any = None) -> Path:
                 cell = running.pop(future)
                 future.result()  # a failed cell stops the study with its error; done cells stay done
                 progress.advance(task)
-                console.print(f"[{time.strftime('%H:%M:%S')}] done: {cell.label}")
+                console.print(f"[{time.strftime('%H:%M:%S')}] done: {cell.label}; {cell_verdict(cell)}",
+                              highlight=False, markup=False)
             left = len(running)
             progress.update(task, description=f"cells ({min(left, jobs)} running, {left} left)")
     return write_report([study.out / "runs"], study.out / "report")

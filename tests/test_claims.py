@@ -42,3 +42,52 @@ def test_rows_from_outside_never_stand_for_the_papers_models():
     outside = [Row("LR-Net-26 (width 0.125)", "lrnet26", {}, {}, outside=True)] + rows()[1:]
     tests = [comparison("adv_targeted", "ResNet-26 (width 0.125)", 200, 150)]
     assert {a.verdict for a in assess(outside, tests)} == {"not measured"}
+
+
+def test_a_claim_with_a_side_not_trained_to_convergence_is_not_resolved():
+    """Issue 20: a comparison measures the architectures only when both networks finished learning."""
+    flagged = [Row("LR-Net-26 (width 0.125)", "lrnet26", {}, {}, unconverged={"adversarial": (0, 2)}),
+               Row("ResNet-26 (width 0.125)", "resnet26", {}, {}, unconverged={"regular": (1,)}),
+               Row("ResNet-50 (width 0.125)", "resnet50", {}, {})]
+    tests = [comparison("adv_untargeted", "ResNet-26 (width 0.125)", 60, 120),  # contradicted by the test alone
+             comparison("adv_targeted", "ResNet-50 (width 0.125)", 200, 150)]  # supported by the test alone
+    by_claim = {a.claim.text: a for a in assess(flagged, tests)}
+    a = by_claim["LR-Net-26 beats ResNet-26 against untargeted attacks"]
+    assert a.verdict == "not resolved" and a.reason == "LR-Net-26 (width 0.125) not trained to convergence (seeds 0, 2)"
+    assert a.verdict_text == "not resolved: LR-Net-26 (width 0.125) not trained to convergence (seeds 0, 2)"
+    assert a.detail.startswith("the paired test alone: contradicted, -20.0 points (paper +12.4)")
+    b = by_claim["LR-Net-26 beats ResNet-50 against targeted attacks"]
+    assert b.verdict == "not resolved" and b.detail.startswith("the paired test alone: supported")
+    md = claims_md(flagged, tests)
+    assert "| not resolved: LR-Net-26 (width 0.125) not trained to convergence (seeds 0, 2) |" in md
+    assert "leaves 4 open" in claims_sentence(assess(flagged, tests))
+    # a flagged regular run does not bear on a claim about adversarially trained models
+    only_regular = [Row(r.network, r.model, {}, {}, unconverged={"regular": (0,)}) for r in rows()]
+    assert [a.verdict for a in assess(only_regular, tests)][1] == "contradicted"
+
+
+def clean_row(network: str, model: str, correct: int, n: int = 500) -> Row:
+    from lrrobust.evaluation.ledger import Figure
+    from lrrobust.report.table9 import Cell, SeedFigure
+
+    seeds = [SeedFigure(0, Figure(correct, n), [True] * correct + [False] * (n - correct), "x", False, network)]
+    return Row(network, model, {"reg_clean": Cell(COLUMN["reg_clean"], seeds, [])}, {})
+
+
+def test_clean_accuracies_ordered_opposite_to_the_papers_are_said_beside_the_verdict():
+    """The paper's premise (Table 1, Table 9): regularly trained LR-Net-26 beats ResNet-26 (75.7 vs 72.8) on clean
+    accuracy, and ResNet-50 (76.3) beats LR-Net-26."""
+    ranked = [clean_row("LR-Net-26", "lrnet26", 470), clean_row("ResNet-26", "resnet26", 488),
+              clean_row("ResNet-50", "resnet50", 460)]
+    tests = [Comparison(COLUMN["adv_untargeted"], "LR-Net-26", resnet, t.seeds, t.test)
+             for resnet, t in (("ResNet-26", comparison("adv_untargeted", "", 60, 120)),
+                               ("ResNet-50", comparison("adv_untargeted", "", 60, 120)))]
+    _, second, _, fourth = assess(ranked, tests)  # the untargeted claims
+    assert second.verdict == "contradicted"
+    assert second.caveat == ("regular-training clean accuracy ordered opposite to the paper's: LR-Net-26 94.0 vs "
+                             "ResNet-26 97.6 (paper 75.7 vs 72.8)")
+    assert second.verdict_text.startswith("contradicted (regular-training clean accuracy ordered opposite")
+    assert fourth.caveat is not None and "ResNet-50 92.0 (paper 75.7 vs 76.3)" in fourth.caveat
+    in_order = [clean_row("LR-Net-26", "lrnet26", 490), clean_row("ResNet-26", "resnet26", 480),
+                clean_row("ResNet-50", "resnet50", 495)]
+    assert all(a.caveat is None for a in assess(in_order, tests))

@@ -256,6 +256,26 @@ def test_eval_attack_takes_a_run_directory_and_writes_the_outputs(runs, tmp_path
     assert all(a["restarts"] == 2 and a["eps"] == 0.2 for a in summary["attacks"])
     assert "pgd2-targeted" in result.output and "worst case" in result.output  # the rich summary tables
     assert len(read_csv(out / "samples.csv")) == 40
+    from lrrobust.training.convergence import run_convergence
+
+    # issue 20: whether the run had finished learning, and the masking diagnostics, beside the figures
+    assert summary["convergence"] == run_convergence(runs / "resnet18-adversarial").to_dict()
+    assert summary["convergence"]["figures"] == ["val_acc", "val_robust_acc"]
+    diagnostics = summary["diagnostics"]
+    assert diagnostics["images"] == 20 and diagnostics["lr_layers"] == []  # a ResNet: gradients only
+    assert 0 < diagnostics["input_gradient"]["median"] <= diagnostics["input_gradient"]["p90"]
+
+
+def test_a_model_from_outside_has_no_training_record(tmp_path):
+    import lrrobust
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    summary = lrrobust.evaluate(model, dataset="digits", out=tmp_path / "e", device="cpu",
+                                suite={"limit": 10, "attack": [{"name": "pgd1", "eps": 0.1, "steps": 1}]})
+    assert summary["convergence"]["status"] == "n/a"
+    assert summary["convergence"]["verdict"] == "n/a: no training record"
+    assert summary["diagnostics"]["images"] == 10
 
 
 def _bad_inputs(runs: Path, tmp: Path) -> dict[str, tuple[list, str]]:
@@ -316,6 +336,10 @@ def test_torchrun_shards_gather_to_the_single_process_result(runs, tmp_path):
     assert (tmp_path / "two" / "samples.csv").read_text() == (tmp_path / "one" / "samples.csv").read_text()
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["world_size"] == 2
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert two["convergence"] == one["convergence"] and two["diagnostics"]["images"] == 30  # rank 0's
+    assert two["diagnostics"]["input_gradient"]["median"] == pytest.approx(
+        one["diagnostics"]["input_gradient"]["median"], rel=1e-4)
 
 
 def test_the_headline_follows_autoattack_when_it_beats_pgd(tmp_path):

@@ -95,7 +95,10 @@ def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):
     half = plan_study({**spec, "training": {"epochs": 1, "batch_size": 256}}, tmp_path / "s").cells[1]
     train(half.config, progress=False)  # a cell killed after one of its two epochs
     done_at = (first.eval_dir / "summary.json").stat().st_mtime_ns
-    report = run_study(study, jobs=2)
+    from rich.console import Console
+
+    console = Console(record=True, width=300, force_terminal=False)
+    report = run_study(study, jobs=2, console=console)
     assert (first.eval_dir / "summary.json").stat().st_mtime_ns == done_at  # a done cell is never redone
     from lrrobust.training.run_files import read_metrics
 
@@ -103,3 +106,10 @@ def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):
     assert second.done() and report.is_file()
     text = report.read_text()
     assert "2 seeds" in text and "seed 1" in text
+    # each finished cell's line gives its training-convergence verdict (issue 20)
+    from lrrobust.evaluation.summary import read_summary
+
+    verdict = read_summary(second.eval_dir).convergence["verdict"]
+    line = next(x for x in console.export_text().splitlines() if "done: resnet18 regular seed 1;" in x)
+    assert line.endswith(f"training: {verdict}")
+    assert "## Training convergence" in text

@@ -399,23 +399,6 @@ def test_lr_schedule_warms_up_linearly_then_steps_down():
     assert lr_factor(0, 10, 0, [5]) == 1.0
 
 
-def test_bench_train_writes_records(tmp_path):
-    out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "train", "--models", "resnet18", "--width", "0.125", "--batch-size",
-                                      "4", "--steps", "2", "--iters", "1", "--warmup", "0", "--json", str(out),
-                                      "--all-variants"])
-    assert result.exit_code == 0, result.output
-    records = json.loads(out.read_text())
-    assert [(r["amp"], r["channels_last"]) for r in records] == [(False, False), (True, False), (False, True),
-                                                                 (True, True)]
-    record = records[0]
-    assert record["model"] == "resnet18" and record["pgd_steps"] == 2
-    assert record["clean_images_per_s"] > 0 and record["adv_images_per_s"] > 0
-    assert record["ratio"] == pytest.approx(record["adv_step_s"] / record["clean_step_s"])
-    bad = CliRunner().invoke(app, ["bench", "train", "--models", "vgg16"])
-    assert bad.exit_code == 2 and "unknown model 'vgg16'" in bad.output
-
-
 def test_image_folder_run_uses_the_imagenet_preset(tmp_path, make_image_tree):
     root = make_image_tree(tmp_path / "data", classes=("a", "b", "c"), per_class=2, size=(64, 48))
     config = TrainConfig(model="resnet18", model_kwargs={"width": 0.125}, dataset="imagefolder", root=str(root),

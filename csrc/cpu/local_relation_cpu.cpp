@@ -24,6 +24,7 @@
 #include <limits>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "../local_relation_checks.h"
 
@@ -605,6 +606,85 @@ LR_INLINE void backward_groups(const Geometry& g, int64_t phi, const Tensors<typ
 // same window inside the image (no masks), and a pixel's L values are one contiguous vector. The host repacks the
 // tensors to (NB, planes, H, W, L) (images past N are zeros, whose results are dropped) and back.
 
+// Element (n, plane, y, x) of an unpacked tensor lies at n * n_ + plane * plane_ + y * y_ + x * x_.
+struct Strides {
+  int64_t n, plane, y, x;
+};
+
+// Lanes [0, L/2) of a and b interleaved (a0 b0 a1 b1 ...), or lanes [L/2, L) when kHigh.
+template <typename S, bool kHigh, size_t... I>
+LR_INLINE typename S::V interleave(const typename S::V& a, const typename S::V& b, std::index_sequence<I...>) {
+  constexpr int64_t L = S::kLanes, half = kHigh ? L / 2 : 0;
+  return __builtin_shufflevector(a, b, static_cast<int>((I % 2 ? L : 0) + half + I / 2)...);
+}
+
+// r[i][j] -> r[j][i] for an L x L tile in L registers: log2(L) perfect shuffles of row i with row i + L/2.
+template <typename S>
+LR_INLINE void transpose(typename S::V* r) {
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  constexpr auto lanes = std::make_index_sequence<L>{};
+  for (int64_t width = 1; width < L; width *= 2) {
+    V next[L];
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < L / 2; ++i) {
+      next[2 * i] = interleave<S, false>(r[i], r[i + L / 2], lanes);
+      next[2 * i + 1] = interleave<S, true>(r[i], r[i + L / 2], lanes);
+    }
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < L; ++i) r[i] = next[i];
+  }
+}
+
+// Copies tasks [begin, end) of the (block, plane) range between an unpacked tensor and its batch-lane packing
+// (NB, P, H, W, L): lane l of block b is image b * L + l; packing writes zeros in the lanes past N, unpacking skips
+// them. A plane whose rows are contiguous and adjacent (NCHW) goes L pixels at a time through a register transpose;
+// any other layout (channels-last, strided slices) element by element.
+template <typename S, bool kToPacked>
+LR_INLINE void lanes_copy(typename S::T* unpacked, const Strides& st, typename S::T* packed, int64_t n,
+                          int64_t planes, int64_t height, int64_t width, int64_t begin, int64_t end) {
+  using T = typename S::T;
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  const int64_t hw = height * width;
+  const bool flat = st.x == 1 && st.y == width;
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t blk = task / planes, plane = task % planes, images = std::min(L, n - blk * L);
+    T* base = packed + task * hw * L;
+    T* rows[L];
+    for (int64_t l = 0; l < L; ++l) rows[l] = unpacked + (blk * L + std::min(l, images - 1)) * st.n + plane * st.plane;
+    int64_t done = 0;
+    if (flat) {
+      for (; done + L <= hw; done += L) {
+        V r[L];
+        if constexpr (kToPacked) {
+#pragma GCC unroll 16
+          for (int64_t l = 0; l < L; ++l) r[l] = l < images ? S::load(rows[l] + done) : V{};
+          transpose<S>(r);
+#pragma GCC unroll 16
+          for (int64_t x = 0; x < L; ++x) S::store(base + (done + x) * L, r[x]);
+        } else {
+#pragma GCC unroll 16
+          for (int64_t x = 0; x < L; ++x) r[x] = S::load(base + (done + x) * L);
+          transpose<S>(r);
+          for (int64_t l = 0; l < images; ++l) S::store(rows[l] + done, r[l]);
+        }
+      }
+    }
+    for (int64_t pixel = done; pixel < hw; ++pixel) {  // the rest, element by element
+      const int64_t offset = (pixel / width) * st.y + (pixel % width) * st.x;
+      T* d = base + pixel * L;
+      for (int64_t l = 0; l < L; ++l) {
+        if constexpr (kToPacked) {
+          d[l] = l < images ? rows[l][offset] : T(0);
+        } else if (l < images) {
+          rows[l][offset] = d[l];
+        }
+      }
+    }
+  }
+}
+
 // The tensors of one call in batch-lane packing, as raw pointers.
 template <typename T>
 struct Packed {
@@ -902,6 +982,12 @@ enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
   ATTRIBUTE void batch_backward_##NAME(const Geometry& g, int64_t phi, const Packed<T>& t, int64_t begin,    \
                                        int64_t end, T* scratch) {                                            \
     batch_backward<Simd<T, BYTES / sizeof(T)>>(g, phi, t, begin, end, scratch);                              \
+  }                                                                                                          \
+  template <typename T, bool kToPacked>                                                                      \
+  ATTRIBUTE void lanes_copy_##NAME(T* unpacked, const Strides& st, T* packed, int64_t n, int64_t planes,     \
+                                   int64_t height, int64_t width, int64_t begin, int64_t end) {              \
+    lanes_copy<Simd<T, BYTES / sizeof(T)>, kToPacked>(unpacked, st, packed, n, planes, height, width, begin,  \
+                                                      end);                                                  \
   }
 
 LR_KERNELS(baseline, , 16)
@@ -981,10 +1067,12 @@ std::pair<BatchFn<T>, int64_t> pick_batch_kernel(bool backward, int64_t batch) {
 }
 
 // Whether the batch-lane kernels serve this call: on maps narrower than kBatchLanesBelow outputs or strided
-// layers (measured on AVX-512: 2-4x faster at 14x14 and below, at par from 32x32 up), when their lanes are at least
-// as full as the row chunks'. A row chunk holds min(Wo, L) outputs of its L lanes (a strided row gathers its loads:
-// counted as half); the last batch block N mod L images of its L. LRROBUST_CPU_LANES=rows or =batch forces one.
-constexpr int64_t kBatchLanesBelow = 24;
+// layers, when their lanes are at least as full as the row chunks' (a tie goes to the batch lanes: no masks).
+// Measured on AVX-512, one thread: 2-5x faster than row chunks at 14x14 and below, 1.1-2x at 28x28 and 32x32, at
+// par at 56x56 (BENCHMARKS.md). A row chunk holds min(Wo, L) outputs of its L lanes (a strided row gathers its
+// loads: counted as half); the last batch block N mod L images of its L. LRROBUST_CPU_LANES=rows or =batch forces
+// one.
+constexpr int64_t kBatchLanesBelow = 48;
 
 bool use_batch_lanes(const Geometry& g, int64_t element_size) {
   const char* forced = std::getenv("LRROBUST_CPU_LANES");
@@ -1001,7 +1089,7 @@ bool use_batch_lanes(const Geometry& g, int64_t element_size) {
   const double rows = filled(g.out_width, row_lanes) * (g.stride == 1 ? 1.0 : 0.5);
   int64_t batch_lanes = lanes;
   while (batch_lanes * element_size > 16 && g.batch * element_size <= batch_lanes * element_size / 2) batch_lanes /= 2;
-  return filled(g.batch, batch_lanes) > rows;
+  return filled(g.batch, batch_lanes) >= rows;
 }
 
 Geometry geometry_of(const LocalRelationShape& s) {
@@ -1048,49 +1136,24 @@ void run_kernel(bool backward, const Geometry& g, int64_t phi, const Tensors<T>&
 // packing (NB, P, H, W, L): lane l of block b is image b * L + l; packing zeroes the lanes past N. Each task copies
 // one (block, plane) in tiles of kTile pixels of a row, whose L lanes stay in the L1 cache (ATen's transposing copy
 // runs at a fraction of the memory's speed here).
-constexpr int64_t kTile = 64;
-
-struct Strides {
-  int64_t n, plane, y, x;
-};
-
 Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
-// `to_packed`: unpacked -> packed; otherwise packed -> unpacked (images < N only).
+template <typename T>
+using CopyFn = void (*)(T*, const Strides&, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+
+// `to_packed`: unpacked -> packed; otherwise packed -> unpacked (images < N only). The copy of the ISA whose vector
+// holds `lanes` numbers, so its transposes are one register wide.
 template <typename T, bool to_packed>
 void copy_lanes(T* unpacked, const Strides& st, T* packed, int64_t n, int64_t planes, int64_t height, int64_t width,
                 int64_t lanes) {
+  CopyFn<T> copy = to_packed ? lanes_copy_baseline<T, true> : lanes_copy_baseline<T, false>;
+#if LR_X86_DISPATCH
+  if (lanes * static_cast<int64_t>(sizeof(T)) == 64) copy = to_packed ? lanes_copy_avx512<T, true> : lanes_copy_avx512<T, false>;
+  if (lanes * static_cast<int64_t>(sizeof(T)) == 32) copy = to_packed ? lanes_copy_avx2<T, true> : lanes_copy_avx2<T, false>;
+#endif
   const int64_t blocks = (n + lanes - 1) / lanes, hw = height * width;
   at::parallel_for(0, blocks * planes, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hw * lanes)),
-                   [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t blk = task / planes, plane = task % planes;
-      T* base = packed + task * hw * lanes;
-      for (int64_t y = 0; y < height; ++y) {
-        for (int64_t x0 = 0; x0 < width; x0 += kTile) {
-          const int64_t x1 = std::min(width, x0 + kTile);
-          T* d = base + y * width * lanes;
-          for (int64_t l = 0; l < lanes; ++l) {
-            const int64_t image = blk * lanes + l;
-            if (image >= n) {
-              if (to_packed) {
-                for (int64_t x = x0; x < x1; ++x) d[x * lanes + l] = T(0);
-              }
-              continue;
-            }
-            T* u = unpacked + image * st.n + plane * st.plane + y * st.y;
-            for (int64_t x = x0; x < x1; ++x) {
-              if (to_packed) {
-                d[x * lanes + l] = u[x * st.x];
-              } else {
-                u[x * st.x] = d[x * lanes + l];
-              }
-            }
-          }
-        }
-      }
-    }
-  });
+                   [&](int64_t begin, int64_t end) { copy(unpacked, st, packed, n, planes, height, width, begin, end); });
 }
 
 at::Tensor pack_lanes(const at::Tensor& t, int64_t lanes) {

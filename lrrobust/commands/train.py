@@ -1,4 +1,4 @@
-"""``lrrobust train``, ``lrrobust train-adv`` and ``lrrobust bench train`` (issue 4; paper appendix, Sec. 6.2).
+"""``lrrobust train`` and ``lrrobust train-adv`` (paper appendix, Sec. 6.2).
 
 The two training commands share their options, declared once below as ``Annotated`` aliases; train-adv adds the
 attack. Every option left out takes the preset's value (``--preset``, by default the dataset's).
@@ -7,14 +7,13 @@ attack. Every option left out takes the preset's value (``--preset``, by default
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from lrrobust.commands import console, err_console, is_terminal, print_error, user_errors
+from lrrobust.commands import console, print_error, user_errors
 from lrrobust.core.numbers import parse_fraction
 from lrrobust.errors import UserError
 
@@ -176,77 +175,3 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Adversarial training with targeted PGD-16 at eps 16/255 by default (paper Sec. 6.2; Feature Denoising)."""
         options = dict(locals())
         run_training(True, options.pop("progress"), options)
-
-    @bench.command("train")
-    @user_errors
-    def bench_train_cmd(
-        device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-        models: Annotated[str, typer.Option(help="Comma-separated zoo models.")] = "lrnet26,resnet26",
-        batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
-        width: Annotated[float, typer.Option(help="Width multiplier (1.0: the paper's networks).")] = 1.0,
-        steps: Annotated[int, typer.Option(help="PGD steps of the adversarial step.")] = 16,
-        iters: Annotated[int, typer.Option(help="Timed steps per measurement.")] = 3,
-        warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per measurement.")] = 1,
-        amp: Amp = False,
-        channels_last: ChannelsLast = False,
-        all_variants: Annotated[bool, typer.Option("--all-variants", help="Time float32, --amp, --channels-last "
-                                                   "and both, with the speed-up of each over float32.")] = False,
-        threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
-        json_out: Annotated[Path | None, typer.Option("--json", help="Write the records to this JSON file.")] = None,
-    ) -> None:
-        """Images/s of a clean and a PGD adversarial training step at 32x32 (small stem), and their ratio."""
-        import torch
-        from rich.console import Console
-        from rich.table import Table
-
-        from lrrobust.commands.bench_op import check_output_path
-        from lrrobust.training.bench import TARGET_RATIO, bench_train
-        from lrrobust.training.distributed import resolve_device
-
-        names = [m.strip() for m in models.split(",") if m.strip()]
-        if not names:
-            raise UserError(f"--models takes comma-separated zoo models like lrnet26,resnet26; got {models!r}")
-        for name in names:
-            check_model_name(name)
-        if batch_size < 1 or steps < 1 or iters < 1 or warmup < 0 or not (math.isfinite(width) and width > 0):
-            raise UserError(f"--batch-size, --steps and --iters must be >= 1, --warmup >= 0 and --width a positive "
-                            f"number; got {batch_size}, {steps}, {iters}, {warmup} and {width:g}")
-        if json_out is not None:
-            check_output_path(json_out, "--json")
-        dev = resolve_device(device)
-        if threads is not None:
-            if threads < 1:
-                raise UserError(f"--threads must be at least 1, got {threads}")
-            torch.set_num_threads(threads)
-
-        def report(r: dict) -> None:
-            err_console.print(f"[dim]{r['model']}: clean {r['clean_images_per_s']:.1f} img/s, PGD-{r['pgd_steps']} "
-                              f"{r['adv_images_per_s']:.1f} img/s, ratio {r['ratio']:.2f}x[/]", highlight=False)
-
-        variants = ((False, False), (True, False), (False, True), (True, True)) if all_variants else None
-        if (amp or all_variants) and dev.type != "cuda":
-            err_console.print("note: --amp (bfloat16 autocast) acts on GPU only; on CPU its rows run in float32",
-                              highlight=False)
-        records = bench_train(str(dev), tuple(names), batch_size, width, steps, warmup, iters, amp, channels_last,
-                              progress=report, variants=variants)
-        base = {r["model"]: r for r in records if not r["amp"] and not r["channels_last"]}
-        table = Table(title=f"training step, 32x32, small stem, width {width:g}, batch {batch_size}, {dev}"
-                            f"{', amp' if amp else ''}{', channels-last' if channels_last else ''}")
-        columns = ("model", "variant", "clean img/s", f"PGD-{steps} img/s", "adv/clean",
-                   f"target <= {TARGET_RATIO:g}x", "clean / fp32", "adv / fp32")
-        for column in columns:
-            table.add_column(column, justify="left" if column in ("model", "variant") else "right")
-        for r in records:
-            ok = "ok" if r["ratio"] <= TARGET_RATIO else "MISSED"
-            variant = " + ".join(n for n, on in (("amp", r["amp"]), ("channels-last", r["channels_last"])) if on)
-            b = base.get(r["model"])
-            gains = ([f"{r['clean_images_per_s'] / b['clean_images_per_s']:.2f}x",
-                      f"{r['adv_images_per_s'] / b['adv_images_per_s']:.2f}x"] if b else ["", ""])
-            table.add_row(r["model"], variant or "float32", f"{r['clean_images_per_s']:.1f}",
-                          f"{r['adv_images_per_s']:.1f}", f"{r['ratio']:.2f}x", ok, *gains)
-        (console if is_terminal() else Console(width=160)).print(table)
-        if json_out is not None:
-            from lrrobust.io import atomic_write_json
-
-            atomic_write_json(json_out, records)
-            err_console.print(f"wrote {len(records)} records to {json_out}", highlight=False)

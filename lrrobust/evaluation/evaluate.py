@@ -3,7 +3,9 @@
 Everything the user gives is checked before the output directory is touched: the checkpoint (a file, or a run
 directory whose best.pt is taken), its class count and channels against the dataset's, the transfer source, and
 the module's output on one small batch. ``evaluate_target`` is the shared second half, which models from outside
-lrrobust (``lrrobust.external``) enter directly.
+lrrobust (``lrrobust.external``) enter directly. Beside the attacks, summary.json gets the training-convergence
+check of the model's run (``lrrobust.training.convergence``) and the masking diagnostics
+(``lrrobust.evaluation.diagnostics``).
 Under torchrun the process group is started here (NCCL on GPUs, gloo on CPU) and each rank evaluates a shard.
 """
 
@@ -22,8 +24,15 @@ from torch.utils.data import Dataset
 
 from lrrobust.data import DatasetInfo
 from lrrobust.errors import UserError
-from lrrobust.evaluation.loop import EvalTarget, run_evaluation
+from lrrobust.evaluation.loop import EvalTarget, run_evaluation, sample_indices, world
 from lrrobust.evaluation.suite import Suite
+from lrrobust.training.convergence import (
+    Convergence,
+    ConvergenceConfig,
+    check_convergence,
+    not_available,
+    run_convergence,
+)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -140,8 +149,25 @@ def evaluate(
     dataset = dataset or str(state["dataset"])
     data, info = open_dataset(dataset, root, suite.split)
     check_compatible(target.info, dataset, info.num_classes or None, info.in_chans, "checkpoint")
+    convergence = training_convergence(target.info.get("run_dir"), state, suite.convergence)
     return evaluate_target(target, data, info, suite, out, root=root, transfer_from=transfer_from, device=device,
-                           progress=progress, workers=workers)
+                           progress=progress, workers=workers, convergence=convergence)
+
+
+def training_convergence(run_dir: str | None, state: dict[str, Any], config: ConvergenceConfig) -> Convergence:
+    """The training-convergence check (``lrrobust.training.convergence``) of the run that made a checkpoint: from
+    its run directory's metrics.jsonl, else from the epochs the checkpoint keeps (up to its own epoch), else n/a."""
+    from lrrobust.training.run_files import EpochRecord, is_run_dir
+
+    if run_dir is not None and is_run_dir(run_dir):
+        return run_convergence(run_dir, config)
+    try:
+        records = [EpochRecord.from_dict(r) for r in state.get("history") or []]
+    except (KeyError, TypeError):
+        return not_available("the checkpoint's training record is unreadable")
+    if not records:
+        return not_available("no training record")
+    return check_convergence(records, config, "the checkpoint's epochs")
 
 
 def evaluate_target(
@@ -156,10 +182,15 @@ def evaluate_target(
     device: str = "auto",
     progress: bool = True,
     workers: int = 0,
+    convergence: Convergence | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate a loaded model (``target.info["origin"]`` says where it came from) on ``data``, the split the suite
     names of the dataset ``info`` describes: the module is tried on one small batch first
-    (``lrrobust.external.check_module``), then attacked."""
+    (``lrrobust.external.check_module``), then diagnosed (``lrrobust.evaluation.diagnostics``), then attacked.
+
+    ``convergence`` is the training-convergence check of the run that made the model; without one (a model from
+    outside) summary.json says "n/a: no training record"."""
+    from lrrobust.evaluation.diagnostics import diagnose
     from lrrobust.external import check_module
 
     dataset = info.name
@@ -174,12 +205,17 @@ def evaluate_target(
     torch_device = resolve_device(device)
     target.model.to(torch_device)
     check_module(target.model, data, target.num_classes, dataset, torch_device)
+    convergence = convergence or not_available("no training record")
     started = _start_distributed(torch_device)
     try:
+        extra = {"dataset": dataset, "dataset_root": root, "sources": source_info,
+                 "convergence": convergence.to_dict()}
+        if world()[0] == 0:  # summary.json is rank 0's
+            extra["diagnostics"] = diagnose(target.model, data, sample_indices(len(data), suite.limit, suite.seed),
+                                            torch_device)
         return run_evaluation(
             target, data, suite, out, transfer_from=transfer_from, sources=sources, device=torch_device,
-            progress=progress, workers=workers,
-            extra={"dataset": dataset, "dataset_root": root, "sources": source_info},
+            progress=progress, workers=workers, extra=extra,
         )
     finally:
         if started:

@@ -19,6 +19,10 @@ A suite names its attacks and the settings they share::
     [checks]                # checks against gradient masking (lrrobust.evaluation.checks)
     enabled = true
 
+    [convergence]           # thresholds of the training-convergence check (lrrobust.training.convergence)
+    plateau_points = 3.0
+    drop_points = 10.0
+
 A suite is one threat model: its own attacks share one eps (the checks add others). Each [[attack]] table is read
 by its kind's spec class (lrrobust.attacks). Unknown keys are errors that list the valid ones, so a typo never silently changes an evaluation.
 """
@@ -34,13 +38,14 @@ from typing import Any
 from lrrobust.attacks import AttackSpec, attack_from_table
 from lrrobust.core.numbers import check_bool, check_int, parse_fraction
 from lrrobust.errors import UserError
+from lrrobust.training.convergence import ConvergenceConfig, parse_convergence
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-SUITE_KEYS = ("name", "description", "seed", "batch_size", "limit", "split", "attack", "checks")
+SUITE_KEYS = ("name", "description", "seed", "batch_size", "limit", "split", "attack", "checks", "convergence")
 CHECK_KEYS = ("enabled", "eps", "steps", "eps_grid", "eps_steps", "restarts", "tolerance", "zero_accuracy",
               "min_clean_accuracy", "min_correct")
 
@@ -75,6 +80,7 @@ class Suite:
     limit: int | None = None
     split: str = "test"
     checks: CheckConfig = CheckConfig()
+    convergence: ConvergenceConfig = dataclasses.field(default_factory=ConvergenceConfig)
 
     @property
     def eps(self) -> float:
@@ -179,6 +185,7 @@ def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
         limit=None if limit is None else check_int(limit, f"{where}: limit", 1),
         split=split,
         checks=_parse_checks(data.get("checks", False), attacks[0].max_eps),
+        convergence=parse_convergence(data.get("convergence", {}), where),
     )
 
 

@@ -6,11 +6,15 @@ their typed readers (used by the report, the demo and the study).
 - ``summary.csv``: one row per attack: every hyper-parameter, its robust accuracy with a 95% Wilson interval.
 - ``summary.json``: all of that, the worst case over every attack at the suite's norm and eps (``ledger.py``), the
   checks against gradient masking, the model's facts, where the model came from (``model.origin``: trained by
-  lrrobust, or from outside, ``lrrobust.external``) and the provenance. Every file is written atomically.
+  lrrobust, or from outside, ``lrrobust.external``) and the provenance; ``convergence``, whether the model's
+  training run had finished learning (``lrrobust.training.convergence``), and ``diagnostics``, the cheap signs of
+  gradient masking (``lrrobust.evaluation.diagnostics``), both added by ``evaluate``. Every file is written
+  atomically.
 
 Schema 3 added ``model.origin``; schema 2 summaries (all of lrrobust's own checkpoints) still read, as trained by
 lrrobust. ``suite_norm`` (the suite's threat model, "linf" or "l2") is optional: a summary without it was written
-before the L2 suites existed, so it is L-inf.
+before the L2 suites existed, so it is L-inf. ``convergence`` and ``diagnostics`` are optional too (None when read
+from a summary written before them).
 """
 
 from __future__ import annotations
@@ -165,6 +169,8 @@ class Summary:
     model: dict[str, Any]
     origin: dict[str, Any]  # kind (ORIGIN_KINDS), label, and for outside models the file, its sha256, ...
     raw: dict[str, Any]
+    convergence: dict[str, Any] | None = None  # lrrobust.training.convergence.Convergence.to_dict()
+    diagnostics: dict[str, Any] | None = None  # lrrobust.evaluation.diagnostics.diagnose()
 
     @property
     def outside(self) -> bool:
@@ -199,10 +205,19 @@ def read_summary(directory: str | Path) -> Summary:
             clean=Figure(int(data["clean"]["correct"]), int(data["clean"]["n"])), worst_case=worst,
             notes=list(data["worst_case"].get("notes", [])), attacks=list(data["attacks"]),
             checks=list(data.get("checks", [])), model=dict(data.get("model") or {}), origin=_read_origin(data),
-            raw=data,
+            raw=data, convergence=_optional_object(data, "convergence"),
+            diagnostics=_optional_object(data, "diagnostics"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); re-run lrrobust eval-attack") from None
+
+
+def _optional_object(data: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """A field written by later versions: None when absent, else it must be an object."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"{key} must be an object, found {type(value).__name__}")
+    return value
 
 
 def _read_norm(data: dict[str, Any]) -> str:

@@ -48,7 +48,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     (BENCHMARKS.md). Channels-last inputs and maps below ``POINTWISE_MIN_PIXELS`` pixels take ``F.conv2d``; the
     result is in ``x``'s memory format either way.
     """
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     if not x.is_contiguous() or h * w < POINTWISE_MIN_PIXELS:
         return F.conv2d(x, weight[:, :, None, None], bias)
     rows = weight.expand(n, -1, -1)

@@ -6,13 +6,21 @@ about twice its FLOPs. A claim is *supported* when the report's combined paired 
 is significant in the paper's direction, *contradicted* when it is significant in the other, *not resolved* when it
 is not significant, and *not measured* when the report lacks one of the rows or the test
 (``lrrobust.report.table9.comparisons``). Each test is at 5%, not corrected for the four claims.
+
+Claims only from fair comparisons (issue 20, point 2): a comparison measures the architectures only when both
+networks finished learning under their recipe, so a claim whose either side has a run of the claim's training kind
+flagged by the training-convergence check (``lrrobust.training.convergence``) is *not resolved: <network> not
+trained to convergence*, whatever its test says (the test's own verdict is kept in the detail). And the paper's
+premise is that the networks compared are each well trained: LR-Net-26 beats ResNet-26 on clean accuracy under
+regular training (Table 1; Table 9: 75.7 vs 72.8, and ResNet-50 76.3 beats LR-Net-26). When the report's
+regular-training clean accuracies are ordered the other way, the verdict says so beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from lrrobust.report.table9 import Comparison, Row
+from lrrobust.report.table9 import PAPER_TABLE9, Comparison, Row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +46,47 @@ class Assessment:
     claim: Claim
     verdict: str  # one of VERDICTS
     detail: str
+    reason: str | None = None  # why a tested claim is not resolved anyway ("LR-Net-26 not trained to convergence")
+    caveat: str | None = None  # said beside the verdict (clean accuracies ordered opposite to the paper's)
+
+    @property
+    def verdict_text(self) -> str:
+        """'not resolved: LR-Net-26 not trained to convergence', with the caveat after it."""
+        text = self.verdict + (f": {self.reason}" if self.reason else "")
+        return text + (f" ({self.caveat})" if self.caveat else "")
+
+
+def unconverged_reason(rows: list[Row], training: str) -> str | None:
+    """'LR-Net-26 not trained to convergence (seeds 0, 2)' for each row with a flagged run of ``training``."""
+    parts = []
+    for row in rows:
+        seeds = row.unconverged.get(training, ())
+        if seeds:
+            which = ", ".join(str(s) for s in seeds)
+            parts.append(f"{row.network} not trained to convergence (seed{'s' if len(seeds) > 1 else ''} {which})")
+    return ", and ".join(parts) or None
+
+
+def clean_order_caveat(lrnet: Row, resnet: Row) -> str | None:
+    """When the rows' regular-training clean accuracies are ordered opposite to the paper's, a sentence saying so."""
+    paper_lr = PAPER_TABLE9.get(lrnet.model, {}).get("reg_clean")
+    paper_res = PAPER_TABLE9.get(resnet.model, {}).get("reg_clean")
+    cell_lr, cell_res = lrnet.cells.get("reg_clean"), resnet.cells.get("reg_clean")
+    if None in (paper_lr, paper_res, cell_lr, cell_res) or cell_lr.summary is None or cell_res.summary is None:
+        return None
+    ours = cell_lr.summary.mean - cell_res.summary.mean
+    if ours == 0 or (ours > 0) == (paper_lr > paper_res):
+        return None
+    return (f"regular-training clean accuracy ordered opposite to the paper's: {lrnet.network} "
+            f"{100 * cell_lr.summary.mean:.1f} vs {resnet.network} {100 * cell_res.summary.mean:.1f} (paper "
+            f"{paper_lr} vs {paper_res})")
 
 
 def assess(rows: list[Row], tests: list[Comparison]) -> list[Assessment]:
-    """Each of the paper's claims against the comparison of the rows of its two models (lrrobust-trained rows)."""
+    """Each of the paper's claims against the comparison of the rows of its two models (lrrobust-trained rows),
+    not resolved when either row has an unconverged run of the claim's training kind."""
     model = {r.network: r.model for r in rows if not r.outside}
+    by_name = {r.network: r for r in rows if not r.outside}
     out = []
     for claim in PAPER_CLAIMS:
         found = [t for t in tests if t.column.key == claim.column and model.get(t.lrnet) == claim.lrnet
@@ -66,7 +110,12 @@ def assess(rows: list[Row], tests: list[Comparison]) -> list[Assessment]:
         else:
             verdict = "not resolved"
             detail += f" ({t.test.verdict})" if t.test.verdict else ""
-        out.append(Assessment(claim, verdict, detail))
+        pair = [by_name[t.lrnet], by_name[t.resnet]]
+        reason = unconverged_reason(pair, t.column.training)
+        if reason is not None:
+            detail = f"the paired test alone: {verdict}, {detail}"
+            verdict = "not resolved"
+        out.append(Assessment(claim, verdict, detail, reason, clean_order_caveat(*pair)))
     return out
 
 
@@ -76,11 +125,16 @@ def claims_sentence(assessments: list[Assessment]) -> str:
     for verdict in VERDICTS:
         chosen = [a for a in assessments if a.verdict == verdict]
         if chosen:
-            parts.append(f"{verdict}: " + "; ".join(f"{a.claim.text} ({a.detail})" for a in chosen))
+            parts.append(f"{verdict}: " + "; ".join(f"{a.claim.text} ({_said(a)})" for a in chosen))
     counts = {v: sum(a.verdict == v for a in assessments) for v in VERDICTS}
     return (f"Of the paper's {len(assessments)} Table 9 claims (Sec. 6.2), this data supports {counts['supported']}, "
             f"contradicts {counts['contradicted']} and leaves {counts['not resolved'] + counts['not measured']} "
             "open. " + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")
+
+
+def _said(a: Assessment) -> str:
+    """What the sentence says of one claim: its reason and caveat, then its figures."""
+    return "; ".join(x for x in (a.reason, a.caveat, a.detail) if x)
 
 
 def claims_md(rows: list[Row], tests: list[Comparison]) -> str:
@@ -89,5 +143,5 @@ def claims_md(rows: list[Row], tests: list[Comparison]) -> str:
     lines = ["## The paper's claims\n", claims_sentence(assessments) + "\n",
              "| claim (adversarial training) | paper | verdict | this data |", "|---|---|---|---|"]
     for a in assessments:
-        lines.append(f"| {a.claim.text} | {a.claim.paper_difference:+.1f} | {a.verdict} | {a.detail} |")
+        lines.append(f"| {a.claim.text} | {a.claim.paper_difference:+.1f} | {a.verdict_text} | {a.detail} |")
     return "\n".join(lines) + "\n"

@@ -6,6 +6,11 @@ evaluation summary (``lrrobust.evaluation.summary.read_summary``). Several train
 training kind are several entries of one cell. A model may be evaluated once per threat model (an L-inf and an L2
 evaluation: two entries, one per norm); two evaluations of the same cell, seed and norm are refused, and so is a
 row mixing models trained by lrrobust with models from outside.
+
+Each entry carries its training run's convergence check (``lrrobust.training.convergence``): the one its
+summary.json recorded, else, for a summary written before the check existed or a run not evaluated, the check
+computed now, with the default thresholds, from the run directory's metrics.jsonl (a study cell's evaluation lies
+inside its run directory). A model from outside has "n/a: no training record".
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from lrrobust.errors import UserError
 from lrrobust.evaluation.summary import Summary, lrrobust_origin, read_summary
+from lrrobust.training.convergence import not_available, run_convergence
 from lrrobust.training.run_files import is_run_dir, read_manifest, read_run_config
 
 PRETTY = {"resnet": "ResNet-", "lrnet": "LR-Net-"}
@@ -38,6 +44,7 @@ class Entry:
     run_config: dict[str, Any] | None = None
     run_manifest: dict[str, Any] | None = None
     origin: dict[str, Any] = dataclasses.field(default_factory=lrrobust_origin)  # summary.json's model.origin
+    convergence: dict[str, Any] | None = None  # the training run's Convergence.to_dict()
 
     @property
     def outside(self) -> bool:
@@ -82,13 +89,24 @@ def _from_summary(path: Path) -> Entry:
     model, origin = summary.model, summary.origin
     if summary.outside:  # no recipe and no training seed: the user's label names the row
         return Entry(origin["label"], origin["name"], str(model.get("training", "unknown")), None, summary.dataset,
-                     shown(path), summary=summary, origin=origin)
+                     shown(path), summary=summary, origin=origin,
+                     convergence=summary.convergence or not_available("no training record").to_dict())
     spec = model.get("model_spec") or {"name": "model"}
     config = model.get("config") or {}
     seed = config.get("seed")
     return Entry(origin.get("label") or network_name(spec), spec["name"], str(model.get("training", "unknown")),
                  None if seed is None else int(seed), summary.dataset, shown(path), summary=summary,
-                 run_config=config or None, run_manifest=model.get("manifest"), origin=origin)
+                 run_config=config or None, run_manifest=model.get("manifest"), origin=origin,
+                 convergence=summary.convergence or _run_convergence(path, model.get("run_dir")))
+
+
+def _run_convergence(path: Path, run_dir: str | None) -> dict[str, Any]:
+    """The check of an evaluation whose summary.json predates it: from the run directory holding the evaluation,
+    else the one the summary names (when it is on this machine)."""
+    for candidate in (path.parent, Path(run_dir) if run_dir else None):
+        if candidate is not None and is_run_dir(candidate):
+            return run_convergence(candidate).to_dict()
+    return not_available("no training record").to_dict()
 
 
 def _from_run(path: Path) -> Entry:
@@ -96,7 +114,8 @@ def _from_run(path: Path) -> Entry:
     manifest = read_manifest(path) if (path / "manifest.json").is_file() else None
     spec = {"name": config.model, "kwargs": config.model_kwargs}
     return Entry(network_name(spec), config.model, "adversarial" if config.adversarial else "regular", config.seed,
-                 config.dataset, shown(path), run_config=config.to_dict(), run_manifest=manifest)
+                 config.dataset, shown(path), run_config=config.to_dict(), run_manifest=manifest,
+                 convergence=run_convergence(path).to_dict())
 
 
 def collect(dirs: list[str | os.PathLike]) -> list[Entry]:

@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from lrrobust.core.numbers import format_eps
+from lrrobust.evaluation.diagnostics import (
+    DROP_EXCESS_POINTS,
+    SATURATED_WEIGHT,
+    ZERO_GRADIENT_SHARE,
+    drop_signs,
+    masking_line,
+    pgd_apgd_drop,
+)
 from lrrobust.evaluation.stats import format_p
 from lrrobust.io import csv_text
 from lrrobust.report.claims import assess, claims_md
@@ -244,6 +252,37 @@ def detail_md(entries: list[Entry]) -> str:
     return "\n".join(parts) if parts else "No evaluation.\n"
 
 
+def convergence_md(entries: list[Entry]) -> str:
+    """Per trained model, the training-convergence check (``lrrobust.training.convergence``) as the checks show
+    theirs: a status and what the validation figures did."""
+    rows, seen = [], set()
+    for e in sorted(entries, key=entry_order):
+        key = (e.network, e.training, e.seed)
+        if key in seen:  # a model's L-inf and L2 evaluations: one training run
+            continue
+        seen.add(key)
+        result = e.convergence or {"status": "n/a", "verdict": "n/a: no training record"}
+        rows.append([e.network, e.training, "–" if e.outside else str(e.seed), f"**{result['status']}**",
+                     result["verdict"]])
+    return _md_table(["network", "training", "seed", "status", "verdict"], rows)
+
+
+def diagnostics_md(entries: list[Entry]) -> str:
+    """One line per evaluation: 'no sign of masking' or what the diagnostics saw
+    (``lrrobust.evaluation.diagnostics``; the PGD -> APGD-CE drop compared within a training kind and norm)."""
+    evaluated = sorted((e for e in entries if e.summary is not None), key=entry_order)
+    drops: dict[tuple[str, str | None], dict[str, tuple[str, float | None]]] = {}
+    for e in evaluated:
+        drops.setdefault((e.training, e.norm), {})[e.source] = (
+            e.network, pgd_apgd_drop(e.summary.attacks, e.summary.suite_eps))
+    flagged = {source: text for group in drops.values() for source, text in drop_signs(group).items()}
+    lines = []
+    for e in evaluated:
+        who = f"{e.network}, {e.training} training, {'from outside' if e.outside else f'seed {e.seed}'}"
+        lines.append(f"- {who}{evaluation_label(e)}: {masking_line(e.summary.diagnostics, flagged.get(e.source))}")
+    return "\n".join(lines) + "\n" if lines else "No evaluation.\n"
+
+
 def checks_md(entries: list[Entry]) -> str:
     rows = []
     for e in sorted(entries, key=entry_order):
@@ -322,7 +361,8 @@ def manifest(entries: list[Entry]) -> list[dict[str, Any]]:
     out = []
     for e in sorted(entries, key=entry_order):
         item: dict[str, Any] = {"network": e.network, "training": e.training, "seed": e.seed, "source": e.source,
-                                "origin": e.origin, "training_config": e.run_config, "training_manifest": e.run_manifest}
+                                "origin": e.origin, "training_config": e.run_config, "training_manifest": e.run_manifest,
+                                "training_convergence": e.convergence}
         if e.summary is not None:
             s, raw = e.summary, e.summary.raw
             described = [KINDS[a["kind"]].from_settings(a["attack"], a).describe() + f" ({a['role']})"
@@ -361,7 +401,7 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
              "seeds from 3 seeds); ± is the standard deviation over training seeds. Targeted success is the "
              "attacker's view (some targeted attack reached the image's target); 100 minus it is the share of images "
              "for which no targeted attack reached its target. ⚠ marks a figure the convergence checks say is not "
-             "final; † a cell measured differently from the others (--allow-mixed). 'trained by' says whether "
+             "final, or a model whose training had not finished learning (Training convergence); † a cell measured differently from the others (--allow-mixed). 'trained by' says whether "
              "lrrobust trained the model (its recipe under Runs) or it came from outside (eval-attack --model-py or "
              "--torchvision, lrrobust.evaluate; its training kind is the user's word), with the SHA-256 of its file; "
              "only lrrobust's LR-Net and ResNet rows enter the paired tests.\n")
@@ -411,9 +451,21 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
         else:
             parts.append("No evaluation varied " + ("the number of steps" if axis == "steps" else "eps")
                          + ": run eval-attack with --checks (or the fd_steps suite) to get this plot.\n")
+    parts += ["## Training convergence\n",
+              ("Did each network finish learning before it was compared? From each run's metrics.jsonl: in every "
+               "learning-rate phase of 3 or more epochs that ends in a cut, and in the final one, the best validation "
+               "figure of the last two epochs must beat the best before them by no more than the plateau threshold, "
+               "and no validation figure may fall by more than the drop threshold between epochs at one lr "
+               "(lrrobust/training/convergence.py says why). A claim with a flagged side is not resolved.\n"),
+              convergence_md(entries)]
     parts += ["## Checks against gradient masking\n",
               ("n/a: the model classifies too few images correctly for the check to mean anything "
-              "(thresholds in docs/evaluation.md).\n"), checks_md(entries)]
+              "(thresholds in docs/evaluation.md).\n"), checks_md(entries),
+              (f"Diagnostics on clean images, per evaluation; a sign of masking is a relation softmax whose median "
+               f"largest weight exceeds {SATURATED_WEIGHT} in some LR layer, input gradients exactly zero on more than "
+               f"{100 * ZERO_GRADIENT_SHARE:.0f}% of the images, or a PGD -> APGD-CE drop more than "
+               f"{DROP_EXCESS_POINTS:g} points above the median drop of the other networks under the same training "
+               "(lrrobust/evaluation/diagnostics.py gives the rule and its reasons).\n"), diagnostics_md(entries)]
     parts += ["## Every attack, per model and seed\n",
               ("Each attack's own robust accuracy (clean right and attacked image right); for AutoAttack and restarts, "
               "the accuracy left after each stage. table9_attacks.csv holds the same rows.\n"), detail_md(entries)]

@@ -9,6 +9,8 @@ and the paired comparison of every LR-Net row with every ResNet row.
   combined verdict over seeds (``lrrobust.evaluation.stats.combine_paired``; docs/evaluation.md says why).
 - Results measured with different attacks, eps, sample sets or datasets never share a table: ``check_matching``
   refuses them, or, when allowed, marks the cells that differ from the majority and leaves them out of the tests.
+- A run whose training had not finished learning (``lrrobust.training.convergence``) is flagged beside its
+  training kind's clean accuracy, and its row remembers it (``Row.unconverged``) for the paper's claims.
 - Two threat models, two sets of columns: a model may have an L-inf and an L2 evaluation; each robust column takes
   the evaluations of its own norm alone (L-inf and L2 figures never share a worst case), and the L2 columns are
   shown only when some model has an L2 evaluation. Clean accuracy is no threat model's: from the L-inf evaluation,
@@ -25,6 +27,7 @@ from lrrobust.errors import UserError
 from lrrobust.evaluation.ledger import Figure
 from lrrobust.evaluation.stats import CombinedTest, SeedSummary, combine_paired, exact_mcnemar, summarize_seeds
 from lrrobust.report.collect import Entry, cells
+from lrrobust.training.convergence import is_flagged
 
 # Table 9 of the paper: ImageNet top-1 %, (adversarial: clean, targeted, untargeted; regular: clean).
 PAPER_TABLE9 = {
@@ -125,6 +128,7 @@ class Row:
     paper: dict[str, float]
     outside: bool = False  # a model lrrobust did not train: shown, never in the paired LR-Net/ResNet tests
     norms: frozenset[str] = frozenset()  # the threat models of its evaluations
+    unconverged: dict[str, tuple[int | None, ...]] = dataclasses.field(default_factory=dict)  # training: seeds
 
 
 def shown_columns(rows: list[Row]) -> list[Column]:
@@ -224,6 +228,11 @@ def _cell(column: Column, entries: list[Entry], odd: set[str]) -> Cell:
         if column.figure == "untargeted":
             label = f"seed {e.seed}: " if len(evaluated) > 1 else ""
             notes += [label + n for n in e.summary.notes]
+    unconverged = [e.seed for e in evaluated if is_flagged(e.convergence)]
+    if column.figure == "clean" and unconverged:
+        which = f" (seed{'s' if len(unconverged) > 1 else ''} {', '.join(map(str, unconverged))})" \
+            if len(evaluated) > 1 else ""
+        notes.append(f"training had not converged{which}: see Training convergence")
     return Cell(column, seeds, notes)
 
 
@@ -237,7 +246,11 @@ def table_rows(entries: list[Entry], odd: set[str] | None = None) -> list[Row]:
         mine = not any_entry.outside
         paper = PAPER_TABLE9.get(any_entry.model, {}) if any_entry.dataset == "imagenet" and mine else {}
         norms = frozenset(e.norm for es in by_training.values() for e in es if e.norm is not None)
-        rows.append(Row(network, any_entry.model, row_cells, paper, outside=not mine, norms=norms))
+        unconverged = {training: tuple(sorted({e.seed for e in es if is_flagged(e.convergence)},
+                                          key=lambda seed: -1 if seed is None else seed))
+                       for training, es in by_training.items()}
+        rows.append(Row(network, any_entry.model, row_cells, paper, outside=not mine, norms=norms,
+                        unconverged={t: seeds for t, seeds in unconverged.items() if seeds}))
     return rows
 
 
