@@ -38,8 +38,8 @@ def write_run(directory: Path, lrs: list[float], val: list[float], robust: list[
 STEP = [0.1] * 6 + [0.01, 0.001]  # the MNIST study's schedule: phases of 6, 1 and 1 epochs
 
 
-def check(tmp_path: Path, lrs, val, robust=None, config=ConvergenceConfig()):
-    return check_convergence(read_metrics(write_run(tmp_path / "run", lrs, val, robust)), config)
+def check(tmp_path: Path, lrs, val, robust=None, config=None):
+    return check_convergence(read_metrics(write_run(tmp_path / "run", lrs, val, robust)), config or ConvergenceConfig())
 
 
 def test_a_run_that_plateaued_before_its_cut_converged(tmp_path):

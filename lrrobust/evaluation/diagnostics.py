@@ -7,9 +7,9 @@ Recorded in summary.json (``diagnose``), on the first ``DIAGNOSTIC_IMAGES`` imag
 - per local relation layer (Sec. 4, Eq. 2; ``LocalRelation2d``), recomputed from its query, key and prior the way
   ``lrrobust.ops.reference`` computes the logits: the softmax's largest weight per window (median and maximum over
   images, groups and pixels), its entropy (median, beside the entropy of a uniform weight over the window's most
-  in-image positions), and the range
-  of the logits split into the appearance term Phi(q, k) (Eq. 3-5; minimum, maximum, median spread within a
-  window) and the geometric prior (minimum, maximum, largest spread over a window);
+  in-image positions), and the range of the logits split into the appearance term Phi(q, k) (Eq. 3-5; minimum,
+  maximum, median spread within a window) and the geometric prior (minimum, maximum, largest spread over a window).
+  Windows with a single position in the image (a 1x1 map) are left out: they are one-hot by construction;
 - for every model, the L2 norm of each image's input gradient of the cross-entropy loss (median, 90th percentile)
   and the share of images whose gradient is exactly zero (a float32 softmax saturated on the true class).
 

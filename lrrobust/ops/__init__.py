@@ -2,7 +2,9 @@
 
 Public API: ``local_relation`` (Eq. 2-5, fused compiled kernels with a pure-PyTorch fallback),
 ``kernel_available`` and ``build_info``. The CPU kernel carries AVX-512, AVX2 and SSE2 copies and runs the widest
-the CPU supports; the environment variable ``LRROBUST_CPU_ISA=avx2`` (or ``baseline``) forces a narrower one.
+the CPU supports; the environment variable ``LRROBUST_CPU_ISA=avx2`` (or ``baseline``) forces a narrower one. Its vector
+lanes run along an output row on wide maps and across the batch's images on narrow maps and strided layers;
+``LRROBUST_CPU_LANES=rows`` (or ``batch``) forces one.
 
 The first fused call per CUDA device and dtype compares the kernels with the reference on a few small problems
 (``lrrobust.ops.self_check``) and raises RuntimeError if they disagree; ``LRROBUST_SKIP_SELF_CHECK=1`` skips that

@@ -18,14 +18,14 @@ figures of every epoch (``val_acc``, and ``val_robust_acc`` for adversarial runs
 
 Why these thresholds (the defaults, ``ConvergenceConfig``). Each figure is an accuracy on the validation split,
 500 images for MNIST (180 for digits), whose standard error sqrt(p (1 - p) / n) is 2.2 points at 50% accuracy,
-1.8 at 80% and 1.3 at 90% (500 images). Two epochs' figures then differ by sqrt(2) times that, 1.9-3.2 points,
-without the network having changed: differences below about 3 points cannot be told from the sample.
-``plateau_points = 3``: the comparison is stacked towards "plateaued" under noise, as it should be, since the best
-of the earlier epochs has as many tries as the best of the last two or more; in a simulation of a true plateau with
-independent 500-image noise, a phase of 6 epochs is flagged 5% of the time at 50% accuracy and 2% at 80%, a phase
-of 3 epochs (one earlier epoch only) 27% and 19%. ``drop_points = 10``: three standard deviations of the
-difference of two 50% figures (3.2 points): noise alone gives such a fall less than once in 250 phases of 6
-epochs; a fall this large at a constant lr is the optimiser, not the sample. On a larger validation split (CIFAR-10,
+1.8 at 80% and 1.3 at 90% (500 images): a change between two epochs smaller than sqrt(2) times that, 1.9-3.2
+points, says nothing about accuracy beyond these images. ``plateau_points = 3`` sits at that scale. With 4 or more
+epochs in the phase, the best before the last two has at least as many tries as the best of the last two, so noise
+leans towards "plateaued": in a simulation of a true plateau with independent 500-image noise, a phase of 6 epochs
+is flagged 5% of the time at 50% accuracy and 2% at 80%; a phase of 3 epochs (one earlier epoch only) 27% and 19%,
+so a flag on a 3-epoch phase is weaker evidence. ``drop_points = 10``: three standard deviations of the difference
+of two 50% figures (3.2 points); noise alone gives such a fall less than once in 250 phases of 6 epochs, so a fall
+this large at a constant lr is the optimiser, not the sample. On a larger validation split (CIFAR-10,
 ImageNet: 5,000-10,000 images) both may be set lower, in the suite or the study spec::
 
     [convergence]
