@@ -4,6 +4,12 @@ A checkpoint is a dict holding everything needed to rebuild the model alone (``m
 ``lrrobust.models.create_model`` and ``model_state``), what it was trained on and how (``dataset``,
 ``num_classes``, ``training``, ``attack``, ``config``, ``manifest``), and the optimizer, scheduler and RNG
 states for ``--resume``.
+
+A weights-only file (``save_weights``: what ``lrrobust study`` keeps of each cell, small enough to commit) is the
+same format without the resume states, marked ``weights_only``: the model, its spec, what it was trained on and
+how (the training attack's eps in ``attack`` and ``config``), its epoch and the run's training record in
+``history``. ``read_checkpoint`` and ``load_checkpoint`` read both kinds, so ``lrrobust eval-attack`` takes either;
+``read_resumable`` refuses a weights-only file.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from lrrobust.io import atomic_torch_save
 FORMAT = "lrrobust-checkpoint/1"
 REQUIRED_KEYS = ("format", "model_spec", "model_state", "dataset", "num_classes", "training", "attack", "epoch",
                  "config", "manifest")
+# What a weights-only file keeps: everything but the optimizer, scheduler, scaler and RNG states of --resume.
+WEIGHTS_KEYS = (*REQUIRED_KEYS[1:], "metrics", "history", "best_acc", "best_epoch", "best_metric")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -62,6 +70,38 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict[s
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise UserError(f"{path} is an incomplete lrrobust checkpoint: missing {', '.join(missing)}")
+    return state
+
+
+def save_weights(checkpoint: str | os.PathLike, path: str | os.PathLike,
+                 history: list[dict[str, Any]] | None = None) -> None:
+    """Write the model of ``checkpoint`` to ``path`` weights only (atomically), for keeping and re-attacking.
+
+    Args:
+        checkpoint: a checkpoint written by training (RUN/best.pt).
+        path: the weights-only file to write.
+        history: the run's training record (its metrics.jsonl lines) to keep in place of the checkpoint's, which
+            ends at the checkpoint's epoch; with the whole record, the training-convergence check of the file is
+            the run's.
+    """
+    state = read_checkpoint(checkpoint, map_location="cpu")
+    kept = {k: state[k] for k in WEIGHTS_KEYS if k in state}
+    if history is not None:
+        kept["history"] = history
+    save_checkpoint(path, {**kept, "weights_only": True})
+
+
+def is_weights_only(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's dict is a weights-only file (``save_weights``)."""
+    return bool(state.get("weights_only"))
+
+
+def read_resumable(path: str | os.PathLike, map_location: Any = None) -> dict[str, Any]:
+    """A checkpoint training can resume from; a weights-only file raises UserError."""
+    state = read_checkpoint(path, map_location=map_location)
+    if is_weights_only(state):
+        raise UserError(f"{path} holds weights only (no optimizer state) and cannot be resumed; start a new run "
+                        "with another --out")
     return state
 
 

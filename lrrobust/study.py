@@ -17,6 +17,8 @@ A study spec is a TOML file::
     epochs = 10
     [convergence]                   # thresholds of the training-convergence check (default: the suite's)
     plateau_points = 3.0
+    [sweep]                         # optional: recipes tried per network on the validation split (lrrobust.sweep)
+    lr = [0.1, 0.05, 0.02]
 
 Every cell is an ordinary run directory ``OUT/runs/NETWORK-TRAINING-sSEED`` with its evaluation in
 ``eval-SUITE``: a killed study run again with the same command continues inside the cell it stopped in (training
@@ -24,6 +26,16 @@ and evaluation resume) and never redoes a finished cell (its summary.json exists
 ``OUT/report``. Everything in the spec is checked before any work starts. As each cell finishes, the progress
 output gives its training-convergence verdict (``lrrobust.training.convergence``): whether the network had finished
 learning before its figures enter the comparison.
+
+With a ``[sweep]``, its trials (``OUT/sweep/``, resumable like cells) run first; the recipe each network and
+training kind did best with on the validation split is recorded in ``OUT/sweep.json`` and the report, and every
+seed of that network and training kind trains with it.
+
+Each finished cell is kept for re-attacking: ``OUT/report/evaluations/NETWORK-TRAINING-sSEED/`` receives the run's
+config.json, manifest.json and metrics.jsonl, its evaluation's summary and per-sample records (``eval-SUITE/``), and
+``weights.pt``, its best.pt without the optimizer state (``lrrobust.checkpoint.save_weights``), which
+``lrrobust eval-attack`` takes as it takes a checkpoint. The layout is that of ``reports/mnist/evaluations``, so
+``lrrobust report OUT/report/evaluations`` rebuilds the report from it.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import dataclasses
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +57,12 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SPEC_KEYS = ("name", "description", "dataset", "root", "suite", "networks", "trainings", "seeds", "model",
-             "training", "convergence")
+             "training", "convergence", "sweep")
 REQUIRED = ("dataset", "suite", "networks", "trainings", "seeds")
 TRAININGS = ("regular", "adversarial")
+WEIGHTS_FILE = "weights.pt"
+KEPT_RUN_FILES = ("config.json", "manifest.json", "metrics.jsonl")
+KEPT_EVAL_FILES = ("samples.csv", "summary.csv", "summary.json")  # summary.json last: it marks a complete copy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +94,8 @@ class Study:
     cells: tuple[Cell, ...]
     out: Path
     convergence: Any = None  # the spec's [convergence] (a ConvergenceConfig), else None: the suite's
+    sweep: Any = None  # the spec's [sweep] (a lrrobust.sweep.SweepSpec), else None
+    trials: tuple[Any, ...] = ()  # its lrrobust.sweep.Trials, every network and training kind in the cells' order
 
 
 def _list(spec: dict[str, Any], key: str, where: str, kind: type) -> list:
@@ -103,7 +121,7 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     from lrrobust.data import check_dataset_name
     from lrrobust.evaluation.suite import load_suite, resolve_suite_path
     from lrrobust.models import list_models
-    from lrrobust.training import TrainConfig, resolve_config
+    from lrrobust.sweep import Trial, parse_sweep, recipe_text, trial_name
     from lrrobust.training.convergence import parse_convergence
 
     unknown = sorted(set(spec) - set(SPEC_KEYS))
@@ -131,27 +149,51 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     training = _table(spec, "training", where)
     per_kind = {t: _table(training, t, f"{where} [training]") for t in TRAININGS}
     shared = {k: v for k, v in training.items() if k not in TRAININGS}
+    fixed = set(shared).union(*(per_kind[t] for t in trainings))
+    sweep = None if "sweep" not in spec else parse_sweep(spec["sweep"], where, seeds, fixed)
+    common = {"model_kwargs": model, "dataset": dataset, "root": spec.get("root")}
     out = Path(out)
     cells = []
     for network in networks:
         for kind in trainings:
             for seed in seeds:
                 run_dir = out / "runs" / f"{network}-{kind}-s{seed}"
-                fields = {**shared, **per_kind[kind]}
-                taken = {"model", "model_kwargs", "dataset", "root", "seed", "out", "resume", "adversarial"}
-                clash = sorted(set(fields) & taken)
-                if clash:
-                    raise UserError(f"{where}: [training] may not set {', '.join(clash)}: the study sets them")
-                try:
-                    config = TrainConfig.from_dict({**fields, "model": network, "model_kwargs": dict(model),
-                                                    "dataset": dataset, "root": spec.get("root"), "seed": seed,
-                                                    "out": str(run_dir), "adversarial": kind == "adversarial"})
-                    resolve_config(config)  # every value checked now, not after hours of training
-                except TypeError as e:
-                    raise UserError(f"{where}: bad [training] or [model] value ({e})") from None
+                config = _config({**shared, **per_kind[kind]}, network, kind, seed, run_dir, common, where)
                 cells.append(Cell(network, kind, seed, config, run_dir, run_dir / f"eval-{suite.name}"))
+    trials = []
+    for network in networks if sweep is not None else ():
+        for kind in trainings:
+            for recipe in sweep.recipes():
+                run_dir = out / "sweep" / trial_name(network, kind, recipe, sweep.seed)
+                try:
+                    config = _config({**shared, **per_kind[kind], **recipe}, network, kind, sweep.seed, run_dir,
+                                     common, where)
+                except UserError as e:
+                    raise UserError(f"{where}: [sweep] {recipe_text(recipe)}: {e}") from None
+                trials.append(Trial(network, kind, recipe, config, run_dir))
     name = spec.get("name", Path(where).stem)
-    return Study(str(name), dataset, spec.get("root"), suite_path, suite.name, tuple(cells), out, convergence)
+    return Study(str(name), dataset, spec.get("root"), suite_path, suite.name, tuple(cells), out, convergence, sweep,
+                 tuple(trials))
+
+
+def _config(fields: dict[str, Any], network: str, kind: str, seed: int, run_dir: Path, common: dict[str, Any],
+            where: str) -> Any:
+    """One run's TrainConfig from the spec's [training] fields, every value checked now, not after hours of
+    training."""
+    from lrrobust.training import TrainConfig, resolve_config
+
+    taken = {"model", "model_kwargs", "dataset", "root", "seed", "out", "resume", "adversarial"}
+    clash = sorted(set(fields) & taken)
+    if clash:
+        raise UserError(f"{where}: [training] may not set {', '.join(clash)}: the study sets them")
+    try:
+        config = TrainConfig.from_dict({**fields, **common, "model_kwargs": dict(common["model_kwargs"]),
+                                        "model": network, "seed": seed, "out": str(run_dir),
+                                        "adversarial": kind == "adversarial"})
+        resolve_config(config)
+    except TypeError as e:
+        raise UserError(f"{where}: bad [training] or [model] value ({e})") from None
+    return config
 
 
 def load_study(path: str | Path, out: str | Path) -> Study:
@@ -172,17 +214,21 @@ def run_cell(cell: Cell, study: Study, device: str, threads: int = 1) -> str:
     import torch
 
     from lrrobust.evaluation.evaluate import evaluate
-    from lrrobust.evaluation.suite import load_suite
     from lrrobust.training import train
 
     torch.set_num_threads(threads)
-    config = dc.replace(cell.config, resume=(cell.run_dir / "last.pt").is_file(), device=device)
-    train(config, progress=False)
-    suite = load_suite(study.suite_path)
-    if study.convergence is not None:
-        suite = suite.replace(convergence=study.convergence)
-    evaluate(cell.run_dir, study.dataset, suite, cell.eval_dir, root=study.root, device=device, progress=False)
+    train(dc.replace(cell.config, resume=True, device=device), progress=False)  # resume=True starts a new run too
+    evaluate(cell.run_dir, study.dataset, study_suite(study), cell.eval_dir, root=study.root, device=device,
+             progress=False)
     return str(cell.eval_dir)
+
+
+def study_suite(study: Study) -> Any:
+    """The study's attack suite, with the spec's [convergence] thresholds when it has them."""
+    from lrrobust.evaluation.suite import load_suite
+
+    suite = load_suite(study.suite_path)
+    return suite if study.convergence is None else suite.replace(convergence=study.convergence)
 
 
 def cell_verdict(cell: Cell) -> str:
@@ -199,6 +245,50 @@ def cell_verdict(cell: Cell) -> str:
     return f"{flag}training: {convergence.get('verdict')}"
 
 
+def trial_verdict(trial: Any) -> str:
+    """A finished sweep trial's validation figure and training-convergence verdict, for the progress output."""
+    from lrrobust.sweep import read_trial
+
+    record = read_trial(trial)
+    convergence = record["convergence"]
+    flag = "⚠ " if convergence.get("status") == "flag" else ""
+    return (f"{record['metric']} {100 * record['value']:.1f}% (epoch {record['best']['epoch']}); "
+            f"{flag}training: {convergence.get('verdict')}")
+
+
+def kept_dir(cell: Cell, study: Study) -> Path:
+    """Where a finished cell is kept: OUT/report/evaluations/NETWORK-TRAINING-sSEED."""
+    return study.out / "report" / "evaluations" / cell.run_dir.name
+
+
+def is_kept(cell: Cell, study: Study) -> bool:
+    kept = kept_dir(cell, study)
+    return (kept / WEIGHTS_FILE).is_file() and (kept / cell.eval_dir.name / "summary.json").is_file()
+
+
+def keep_cell(cell: Cell, study: Study) -> Path:
+    """Copy a finished cell into ``kept_dir``: its run's JSON files, its evaluation's summary and per-sample records,
+    and its best.pt as weights only with the run's whole training record (``lrrobust.checkpoint.save_weights``),
+    so the training-convergence check of the weights file is the run's. Each file is written atomically."""
+    import shutil
+
+    from lrrobust.checkpoint import save_weights
+    from lrrobust.io import atomic_path, make_dirs
+    from lrrobust.training.run_files import read_metrics
+
+    kept = kept_dir(cell, study)
+    make_dirs(kept / cell.eval_dir.name)
+    copies = [(cell.run_dir / n, kept / n) for n in KEPT_RUN_FILES]
+    copies += [(cell.eval_dir / n, kept / cell.eval_dir.name / n) for n in KEPT_EVAL_FILES]
+    save_weights(cell.run_dir / "best.pt", kept / WEIGHTS_FILE,
+                 history=[r.to_dict() for r in read_metrics(cell.run_dir)])
+    for source, target in copies:  # summary.json last
+        if source.is_file():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+    return kept
+
+
 def _devices(jobs: int) -> list[str]:
     """One GPU per worker when several are visible, else the CPU."""
     import torch
@@ -207,9 +297,11 @@ def _devices(jobs: int) -> list[str]:
     return [f"cuda:{i % count}" for i in range(jobs)] if count else ["cpu"] * jobs
 
 
-def run_study(study: Study, jobs: int = 1, console: Any = None) -> Path:
-    """Run every unfinished cell, ``jobs`` at a time in one-thread worker processes, then write the report."""
-    from rich.console import Console
+def _run_jobs(what: str, items: list[Any], total: int, submit: Callable[..., Any], finished: Callable[[Any], str],
+              jobs: int, console: Any) -> None:
+    """Run ``submit(pool, item, device)`` for every item, ``jobs`` at a time in one-thread worker processes, with a
+    progress bar over ``total`` (the items already done included) and a line per finished item: its label and
+    ``finished(item)``. A failed item stops the run with its error; finished items stay finished."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -219,30 +311,91 @@ def run_study(study: Study, jobs: int = 1, console: Any = None) -> Path:
         TimeRemainingColumn,
     )
 
-    from lrrobust.report import write_report
-
-    console = console or Console()
-    # Adversarial cells first (each costs about steps + 1 times a regular one): with several jobs the long cells
-    # start together and the short ones fill in at the end.
-    todo = sorted((c for c in study.cells if not c.done()), key=lambda c: c.training != "adversarial")
-    console.print(f"study {study.name}: {len(study.cells)} cells, {len(study.cells) - len(todo)} done, "
-                  f"{len(todo)} to run, {jobs} at a time; out {study.out}")
     devices = _devices(jobs)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console)
     context = multiprocessing.get_context("spawn")
     with progress, concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        task = progress.add_task("cells", total=len(study.cells), completed=len(study.cells) - len(todo))
-        running = {pool.submit(run_cell, cell, study, devices[i % jobs]): cell for i, cell in enumerate(todo)}
+        task = progress.add_task(what, total=total, completed=total - len(items))
+        running = {submit(pool, item, devices[i % jobs]): item for i, item in enumerate(items)}
         while running:
-            finished, _ = concurrent.futures.wait(running, timeout=1.0,
-                                                  return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
-                cell = running.pop(future)
-                future.result()  # a failed cell stops the study with its error; done cells stay done
+            done, _ = concurrent.futures.wait(running, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                future.result()
                 progress.advance(task)
-                console.print(f"[{time.strftime('%H:%M:%S')}] done: {cell.label}; {cell_verdict(cell)}",
+                console.print(f"[{time.strftime('%H:%M:%S')}] done: {item.label}; {finished(item)}",
                               highlight=False, markup=False)
             left = len(running)
-            progress.update(task, description=f"cells ({min(left, jobs)} running, {left} left)")
-    return write_report([study.out / "runs"], study.out / "report")
+            progress.update(task, description=f"{what} ({min(left, jobs)} running, {left} left)")
+
+
+def _adversarial_first(items: Any) -> list[Any]:
+    """Unfinished items, adversarial ones first (each costs about steps + 1 times a regular one): with several jobs
+    the long ones start together and the short ones fill in at the end."""
+    return sorted((i for i in items if not i.done()), key=lambda i: i.training != "adversarial")
+
+
+def run_sweep(study: Study, jobs: int = 1, console: Any = None) -> tuple[Study, dict[str, Any]]:
+    """Run every unfinished sweep trial, choose each network's and training kind's recipe, write OUT/sweep.json;
+    returns the study with the chosen recipes in its cells' configs, and the record."""
+    from rich.console import Console
+
+    from lrrobust.io import atomic_write_json, make_dirs
+    from lrrobust.sweep import RECORD_FILE, choose, read_trial, recipe_text, run_trial, sweep_record
+
+    console = console or Console()
+    convergence = study_suite(study).convergence
+    todo = _adversarial_first(study.trials)
+    console.print(f"study {study.name}: sweep of {len(study.sweep.recipes())} recipes per network and training kind "
+                  f"(seed {study.sweep.seed}): {len(study.trials)} trials, {len(study.trials) - len(todo)} done, "
+                  f"{len(todo)} to run, {jobs} at a time", highlight=False)
+    _run_jobs("sweep trials", todo, len(study.trials),
+              lambda pool, trial, device: pool.submit(run_trial, trial, convergence, device), trial_verdict, jobs,
+              console)
+    records = [read_trial(t) for t in study.trials]
+    chosen = choose(study.trials, records)
+    record = sweep_record(study.sweep, study.trials, records, chosen)
+    make_dirs(study.out)
+    atomic_write_json(study.out / RECORD_FILE, record)
+    for choice in record["choices"]:
+        console.print(f"sweep: {choice['network']} {choice['training']}: {recipe_text(choice['recipe'])} chosen "
+                      f"({choice['metric']} {100 * choice['value']:.1f}%)", highlight=False, markup=False)
+    cells = tuple(dataclasses.replace(c, config=dataclasses.replace(c.config, **chosen[c.network, c.training].recipe))
+                  for c in study.cells)
+    return dataclasses.replace(study, cells=cells), record
+
+
+def run_study(study: Study, jobs: int = 1, console: Any = None) -> Path:
+    """Run the sweep's unfinished trials, if any, then every unfinished cell, ``jobs`` at a time in one-thread
+    worker processes, keep every finished cell (``keep_cell``), then write the report."""
+    from rich.console import Console
+
+    from lrrobust.io import atomic_write_json, make_dirs
+    from lrrobust.report import write_report
+    from lrrobust.report.render import sweep_md
+    from lrrobust.sweep import RECORD_FILE
+
+    console = console or Console()
+    record = None
+    if study.sweep is not None:
+        study, record = run_sweep(study, jobs, console)
+    todo = _adversarial_first(study.cells)
+    console.print(f"study {study.name}: {len(study.cells)} cells, {len(study.cells) - len(todo)} done, "
+                  f"{len(todo)} to run, {jobs} at a time; out {study.out}")
+
+    def finished(cell: Cell) -> str:
+        keep_cell(cell, study)
+        return cell_verdict(cell)
+
+    _run_jobs("cells", todo, len(study.cells), lambda pool, cell, device: pool.submit(run_cell, cell, study, device),
+              finished, jobs, console)
+    for cell in study.cells:  # cells finished by an earlier run (or before models were kept)
+        if not is_kept(cell, study):
+            keep_cell(cell, study)
+    sections = []
+    if record is not None:
+        make_dirs(study.out / "report")
+        atomic_write_json(study.out / "report" / RECORD_FILE, record)
+        sections.append(sweep_md(record))
+    return write_report([study.out / "runs"], study.out / "report", extra_sections=sections)

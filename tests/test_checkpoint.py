@@ -11,7 +11,15 @@ import pytest
 import torch
 
 import lrrobust
-from lrrobust.checkpoint import FORMAT, load_checkpoint, read_checkpoint, save_checkpoint
+from lrrobust.checkpoint import (
+    FORMAT,
+    is_weights_only,
+    load_checkpoint,
+    read_checkpoint,
+    read_resumable,
+    save_checkpoint,
+    save_weights,
+)
 from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.models import create_model
 
@@ -51,6 +59,33 @@ def test_read_checkpoint_is_checked_and_plain(trained):
     state = read_checkpoint(path)
     assert state["format"] == FORMAT and state["epoch"] == 1
     assert type(state["manifest"]["torch_version"]) is str
+
+
+def test_a_weights_only_file_rebuilds_the_model_without_the_resume_state(trained, tmp_path):
+    model, _ = trained
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.rand(2, 1, 8, 8)).sum().backward()
+    optimizer.step()
+    full = tmp_path / "best.pt"
+    history = [{"epoch": 1, "val_acc": 0.5}]
+    save_checkpoint(full, {**_state(model), "history": history, "best_epoch": 1, "optimizer": optimizer.state_dict(),
+                           "scheduler": {"last_epoch": 3}, "scaler": None, "rng": [{"torch": torch.get_rng_state()}]})
+    weights = tmp_path / "weights.pt"
+    record = history + [{"epoch": 2, "val_acc": 0.4}]  # the run's whole record, past the checkpoint's epoch
+    save_weights(full, weights, history=record)
+    state = read_checkpoint(weights)
+    assert is_weights_only(state) and not is_weights_only(read_checkpoint(full))
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(state)
+    assert state["history"] == record and state["best_epoch"] == 1 and state["format"] == FORMAT
+    assert weights.stat().st_size < 0.6 * full.stat().st_size  # momentum buffers are as large as the weights
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(load_checkpoint(weights)(x), model.eval()(x), rtol=0, atol=0)
+    assert read_resumable(full)["scheduler"] == {"last_epoch": 3}
+    with pytest.raises(UserError, match="holds weights only .* cannot be resumed") as err:
+        read_resumable(weights)
+    assert "\n" not in str(err.value)
+    save_weights(full, weights)  # without a record: the checkpoint's own
+    assert read_checkpoint(weights)["history"] == history
 
 
 def test_missing_file(tmp_path):

@@ -113,3 +113,12 @@ def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):
     line = next(x for x in console.export_text().splitlines() if "done: resnet18 regular seed 1;" in x)
     assert line.endswith(f"training: {verdict}")
     assert "## Training convergence" in text
+    # every finished cell is kept beside its evaluation, weights only, whether it finished in this run or before
+    from lrrobust.checkpoint import is_weights_only, read_checkpoint
+    from lrrobust.study import WEIGHTS_FILE, kept_dir
+
+    for cell in study.cells:
+        kept = kept_dir(cell, study)
+        assert is_weights_only(read_checkpoint(kept / WEIGHTS_FILE))
+        assert (kept / cell.eval_dir.name / "summary.json").read_bytes() == (cell.eval_dir / "summary.json").read_bytes()
+    assert not (study.out / "sweep.json").exists() and "Recipe sweep" not in text  # no [sweep]: none

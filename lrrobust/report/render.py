@@ -26,7 +26,7 @@ from lrrobust.evaluation.diagnostics import (
 from lrrobust.evaluation.stats import format_p
 from lrrobust.io import csv_text
 from lrrobust.report.claims import assess, claims_md
-from lrrobust.report.collect import Entry, entry_order
+from lrrobust.report.collect import Entry, entry_order, network_name
 from lrrobust.report.table9 import Cell, Comparison, Row, shown_columns
 
 # ---------------------------------------------------------------- cells
@@ -265,6 +265,33 @@ def convergence_md(entries: list[Entry]) -> str:
         rows.append([e.network, e.training, "–" if e.outside else str(e.seed), f"**{result['status']}**",
                      result["verdict"]])
     return _md_table(["network", "training", "seed", "status", "verdict"], rows)
+
+
+def sweep_md(record: dict[str, Any]) -> str:
+    """The study's recipe sweep (``lrrobust.sweep``, its sweep.json): every trial's validation figures and
+    training-convergence verdict, and the recipe each network and training kind trained its seeds with."""
+    trials = record["trials"]
+    grid = "; ".join(f"{k} {', '.join(str(v) for v in values)}" for k, values in record["grid"].items())
+    size = next((t["validation"].get("size") for t in trials if t.get("validation")), None)
+    rows = []
+    for t in trials:
+        best, convergence = t["best"], t["convergence"]
+        rows.append([network_name({"name": t["network"]}), t["training"],
+                     ", ".join(f"{k} {v}" for k, v in t["recipe"].items()),
+                     f"{pct(t['value'])} ({t['metric']}, epoch {best['epoch']})", pct(best["val_acc"]),
+                     f"**{convergence['status']}** {convergence['verdict']}", "✓" if t["chosen"] else ""])
+    n = record["trials_per_network"]
+    intro = (f"Before the seeds were trained, every network and training kind tried the same {n} recipe"
+             f"{'s' if n != 1 else ''} ({grid}): one training run each, with training seed {record['seed']}, which "
+             "is none of the study's seeds (the reported models are not the runs that won the selection), judged on "
+             f"the validation split{f' ({size} images)' if size else ''} by the figure best.pt is chosen by at the "
+             "trial's best epoch: clean accuracy for regular training, accuracy under the validation PGD for "
+             "adversarial training. Every seed then trained with the recipe marked ✓, the highest figure of its "
+             "network and training kind (a tie goes to the recipe listed first). Figures in %; sweep.json holds "
+             "every epoch's.\n")
+    header = ["network", "training", "recipe", "chosen by", "clean val at that epoch", "training convergence",
+              "chosen"]
+    return "## Recipe sweep on the validation split\n\n" + intro + "\n" + _md_table(header, rows)
 
 
 def diagnostics_md(entries: list[Entry]) -> str:

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lrrobust.attacks.pgd import PGD
-from lrrobust.checkpoint import read_checkpoint, save_checkpoint
+from lrrobust.checkpoint import read_resumable, save_checkpoint
 from lrrobust.core.lock import contents, locked_directory, remove_stale_temporaries
 from lrrobust.core.seeding import derive_seed, seed_everything
 from lrrobust.data import DatasetInfo, dataset_info, load_dataset
@@ -259,7 +259,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
 
     seed_everything(cfg.seed)  # the same initial weights on every process
     raw = build_model(cfg, info, num_classes)
-    ckpt = read_checkpoint(last_path, map_location="cpu") if cfg.resume and last_path.is_file() else None
+    ckpt = read_resumable(last_path, map_location="cpu") if cfg.resume and last_path.is_file() else None
     if ckpt is not None:
         raw.load_state_dict(ckpt["model_state"])
     if cfg.sync_bn and ctx.enabled:
