@@ -13,10 +13,10 @@ def load_checkpoint(path, map_location=None):
 
 
 def __getattr__(name):
-    """``lrrobust.evaluate``: ``lrrobust.external.evaluate_model``, imported on first use so ``import lrrobust``
+    """``lrrobust.evaluate`` (``lrrobust.evaluation.api.evaluate``), imported on first use so ``import lrrobust``
     stays fast (no torch)."""
     if name == "evaluate":
-        from lrrobust.external import evaluate_model
+        from lrrobust.evaluation.api import evaluate
 
-        return evaluate_model
+        return evaluate
     raise AttributeError(f"module 'lrrobust' has no attribute {name!r}")

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lrrobust.core.console import make_console
 from lrrobust.errors import UserError
 
 MODELS = ("lrnet26", "resnet26")
@@ -158,8 +160,8 @@ def _progress_of(config: Any, suite: Any, units: int) -> tuple[int, str]:
 def run_pipelines(configs: list[Any], suite: Any, suite_name: str, jobs: int, console: Console) -> list[str]:
     """Train every model, then evaluate every model (each with a transfer check from another), ``jobs`` at a time
     in one-thread worker processes (in this process when jobs == 1). Returns the evaluation directories."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=False)
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=False)
     sources = transfer_sources(configs)
     units = [_eval_units(suite, source is not None) for source in sources]
     with progress, contextlib.ExitStack() as stack:
@@ -172,7 +174,7 @@ def run_pipelines(configs: list[Any], suite: Any, suite_name: str, jobs: int, co
                 progress.update(task, completed=done, description=text)
                 if not console.is_terminal and shown.get(task) != text:  # a log file gets one line per stage
                     shown[task] = text
-                    console.print(f"[{time.strftime('%H:%M:%S')}] {text}")
+                    console.print(f"[{time.strftime('%H:%M:%S')}] {text}", markup=False, highlight=False)
 
         if jobs == 1:
             runs = []
@@ -255,7 +257,7 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
     from lrrobust.report.render import cell_text
     from lrrobust.report.table9 import shown_columns
 
-    console = console or Console()
+    console = console or make_console()
     suite_path = str(resolve_suite_path(plan.suite))
     suite = load_suite(suite_path)
     jobs = jobs or max(1, min(os.cpu_count() or 1, 4))
@@ -265,7 +267,7 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     configs = train_configs(workdir, plan)
-    console.rule(f"lrrobust demo: digits, {len(configs)} models, {jobs} at a time, work directory {workdir}")
+    console.rule(escape(f"lrrobust demo: digits, {len(configs)} models, {jobs} at a time, work directory {workdir}"))
     for config in configs:
         kind = f"adversarial training (targeted PGD-{config.steps})" if config.adversarial else "regular training"
         console.print(f"{config.model}: {kind}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}, then the "
@@ -277,7 +279,7 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
     rows = table_rows(collect([workdir]))
     shown = shown_columns(rows)  # the L2 columns only when some model has an L2 evaluation
     elapsed = time.time() - started
-    wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160))
+    wide = console if console.is_terminal else make_console(file=console.file, width=max(console.width, 160))
     for title, columns in (((f"Table 9 on digits: worst case over every attack, top-1 % [95% interval], wall time "
                             f"{elapsed / 60:.1f} min"), [c for c in shown if c.in_table9]),
                            ("Regular training under the same attacks", [c for c in shown if c.training == "regular"])):
@@ -286,14 +288,15 @@ def run_demo(out: str | os.PathLike = "reports/digits", workdir: str | os.PathLi
         for column in columns:
             table.add_column(column.title, justify="right")
         for row in rows:
-            table.add_row(row.network, *(cell_text(row.cells[c.key], notes=False) for c in columns))
+            table.add_row(escape(row.network), *(escape(cell_text(row.cells[c.key], notes=False)) for c in columns))
         wide.print(table)
     for row in rows:
         for note in row.cells["adv_untargeted"].notes + row.cells["reg_untargeted"].notes:
-            console.print(f"[yellow]warning[/]: {row.network}: {note}")
+            console.print(f"[yellow]warning[/]: {escape(f'{row.network}: {note}')}")
     for network, attack, ok, text in robustness_verdicts(rows):
         mark = "[green]yes[/]" if ok else "[bold red]NO[/]"
-        console.print(f"adversarial training significantly more robust than regular, {network}, {attack}: {mark} "
-                      f"({text})")
-    console.print(f"wrote {report} (and the CSVs, plots) in {elapsed:.0f} s; runs and evaluations in {workdir}")
+        console.print(f"adversarial training significantly more robust than regular, {escape(network)}, "
+                      f"{escape(attack)}: {mark} ({escape(text)})")
+    console.print(f"wrote {report} (and the CSVs, plots) in {elapsed:.0f} s; runs and evaluations in {workdir}",
+                  markup=False, highlight=False)
     return report

@@ -10,13 +10,13 @@ Three ways in, each recorded as ``model.origin`` in summary.json (its ``kind``):
 - ``torchvision``: ``--torchvision NAME --weights FILE``: ``torchvision.models.get_model(NAME,
   num_classes=<the dataset's>)`` with a local state dict, normalised with the dataset's mean and std; or
   ``--download``: torchvision's own ImageNet weights and their mean and std (downloaded only when asked).
-- ``python-api``: ``lrrobust.evaluate(module, dataset=..., suite=..., out=...)`` on an in-memory module (the same
-  contract: [0, 1] images, or ``mean``/``std`` given).
+- ``python-api``: ``lrrobust.evaluate(module, data, eps=...)`` on an in-memory module (``lrrobust.evaluation.api``;
+  the same contract: [0, 1] images, or ``mean``/``std`` given).
 
-Attacks work on [0, 1] pixels and eps is in those units, so the module must take them; the module must be in eval
-mode (the harness refuses one left in train mode rather than switch it silently), and its output on one small
-batch must be (N, classes) logits with a gradient back to the images (``check_module``, run before any attack).
-The figures, per-sample records, checks and ledger are then exactly the zoo's (``evaluation.evaluate``).
+Attacks work on [0, 1] pixels and eps is in those units, so the module must take them; before any attack the
+module is tried on one small batch (``lrrobust.evaluation.contract``: logits with a gradient, deterministic, no
+mode-dependent module left in train mode). The figures, per-sample records, checks and ledger are then exactly the
+zoo's (``evaluation.evaluate``).
 """
 
 from __future__ import annotations
@@ -33,17 +33,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from lrrobust.core.modes import eval_mode, frozen
 from lrrobust.data import DatasetInfo
 from lrrobust.errors import UserError
+from lrrobust.evaluation.contract import check_label, check_modes, check_training, first_line, what_of
+from lrrobust.evaluation.evaluate import evaluate_target, file_sha256, open_dataset
 from lrrobust.evaluation.loop import EvalTarget, model_digest
 from lrrobust.evaluation.suite import Suite
-
-TRAININGS = ("regular", "adversarial")  # the report's column groups an outside model is declared into
-LABEL_MAX = 80
-CHECK_BATCH = 2  # images in the batch every module is tried on before the attacks
 
 
 class Normalized(nn.Module):
@@ -62,22 +58,6 @@ class Normalized(nn.Module):
 # ---------------------------------------------------------------- what the user gives
 
 
-def check_label(label: Any) -> str:
-    """A report row's name: one line of text, no '|' (it is a markdown table cell)."""
-    if not isinstance(label, str) or not label.strip() or len(label) > LABEL_MAX or "|" in label or \
-            not label.isprintable():
-        raise UserError(f"the label (--label) must be one line of 1 to {LABEL_MAX} printable characters without '|', got "
-                        f"{label!r}")
-    return label.strip()
-
-
-def check_training(training: Any) -> str:
-    if training not in TRAININGS:
-        raise UserError(f"--training must be regular or adversarial (how the outside model was trained: the report's "
-                        f"columns it fills), got {training!r}")
-    return training
-
-
 def _per_channel(value: Any, what: str, in_chans: int, positive: bool) -> list[float]:
     """mean or std: one finite number, or one per channel (std positive); one per channel out."""
     values = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
@@ -91,14 +71,6 @@ def _per_channel(value: Any, what: str, in_chans: int, positive: bool) -> list[f
     if positive and any(v <= 0 for v in out):
         raise UserError(f"{what} must be positive, got {value!r}")
     return out * in_chans if len(out) == 1 else out
-
-
-def _in_train_mode(model: nn.Module) -> str | None:
-    """The name of the first module left in train mode, None when all are in eval mode."""
-    for name, module in model.named_modules():
-        if module.training:
-            return f"{name or 'the module'} ({type(module).__name__})"
-    return None
 
 
 # ---------------------------------------------------------------- the ways in
@@ -115,16 +87,9 @@ def parse_model_py(spec: str) -> tuple[Path, str]:
     return Path(path), factory
 
 
-def _first_line(error: BaseException) -> str:
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
-
-
 def load_model_py(spec: str) -> tuple[nn.Module | Any, dict[str, Any]]:
     """Import FILE.py (its folder on sys.path meanwhile, so it may import its neighbours) and call FACTORY();
     returns what it returned and the origin (file, its sha256, the factory)."""
-    from lrrobust.evaluation.evaluate import file_sha256
-
     path, factory = parse_model_py(spec)
     digest = file_sha256(path)
     name = f"lrrobust_model_py_{digest[:16]}"
@@ -138,7 +103,7 @@ def load_model_py(spec: str) -> tuple[nn.Module | Any, dict[str, Any]]:
             loader.exec_module(module)
         except Exception as e:  # noqa: BLE001 - whatever the user's file raises, say it in one line
             sys.modules.pop(name, None)
-            raise UserError(f"--model-py: importing {path} failed: {_first_line(e)}") from None
+            raise UserError(f"--model-py: importing {path} failed: {first_line(e)}") from None
         fn = getattr(module, factory, None)
         if not callable(fn):
             found = sorted(k for k, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == name)
@@ -147,7 +112,7 @@ def load_model_py(spec: str) -> tuple[nn.Module | Any, dict[str, Any]]:
         try:
             made = fn()
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"--model-py: {path.name}:{factory}() raised {_first_line(e)}") from None
+            raise UserError(f"--model-py: {path.name}:{factory}() raised {first_line(e)}") from None
     finally:
         sys.path.remove(folder)
     origin = {"kind": "model-py", "name": f"{path.name}:{factory}", "path": str(path), "sha256": digest,
@@ -170,7 +135,6 @@ def load_torchvision(name: str, weights: str | os.PathLike | None, download: boo
     from torchvision import models
 
     from lrrobust.checkpoint import refused_global
-    from lrrobust.evaluation.evaluate import file_sha256
 
     names = torchvision_names()
     if name not in names:
@@ -219,7 +183,6 @@ def load_torchvision(name: str, weights: str | os.PathLike | None, download: boo
 # ---------------------------------------------------------------- the contract, checked
 
 
-WHAT = {"model-py": "--model-py {name}", "torchvision": "--torchvision {name}", "python-api": "lrrobust.evaluate"}
 DEFAULT_LABEL = {"model-py": "{name}", "torchvision": "torchvision {name}", "python-api": "{name}"}
 
 
@@ -227,7 +190,7 @@ def outside_target(made: Any, origin: dict[str, Any], info: DatasetInfo, *, labe
                    mean: Any = None, std: Any = None) -> EvalTarget:
     """The EvalTarget of an outside module: ``made`` is a module or (module, mean, std) (the factory contract);
     ``mean``/``std`` the normalisation to put in front when ``made`` does not give one."""
-    what = WHAT[origin["kind"]].format(name=origin["name"])
+    what = what_of(origin)
     if isinstance(made, tuple):
         if len(made) != 3:
             raise UserError(f"{what} gave a tuple of {len(made)}; give a module taking [0, 1] images, or "
@@ -240,60 +203,19 @@ def outside_target(made: Any, origin: dict[str, Any], info: DatasetInfo, *, labe
                         "(module, mean, std)")
     if (mean is None) != (std is None):
         raise UserError(f"{what}: give mean and std together (or neither, for a module taking [0, 1] images)")
-    training_module = _in_train_mode(made)
-    if training_module is not None:
-        raise UserError(f"{what}: {training_module} is in train mode (BatchNorm and dropout would change under "
-                        "attack); call model.eval() on it first")
+    check_modes(made, what)  # named before the normalisation wraps it; check_module tries the rest
     model = made
     if mean is not None:
         mean = _per_channel(mean, f"{what}: mean", info.in_chans, positive=False)
         std = _per_channel(std, f"{what}: std", info.in_chans, positive=True)
-        model = Normalized(made, mean, std).eval()
+        model = Normalized(made, mean, std)
+        model.training = made.training  # the wrapper's own mode changes nothing; it mirrors the module's
     label = check_label(label if label is not None else DEFAULT_LABEL[origin["kind"]].format(name=origin["name"]))
     origin = {**origin, "label": label, "class": f"{type(made).__module__}.{type(made).__qualname__}",
               "mean": mean, "std": std, "training": check_training(training), "state_sha256": model_digest(model)}
     facts = {"origin": origin, "num_classes": info.num_classes, "training": training, "dataset": info.name,
              "sha256": origin.get("sha256") or origin["state_sha256"]}
     return EvalTarget(model, info.num_classes, facts)
-
-
-def check_module(model: nn.Module, data: Dataset, num_classes: int, dataset: str, device: torch.device) -> None:
-    """Try the module on the first images of ``data`` before any attack: they must lie in [0, 1], and the output
-    must be finite (N, num_classes) logits with a gradient back to the images (white-box attacks follow it)."""
-    n = min(CHECK_BATCH, len(data))
-    if n == 0:
-        return  # the evaluation says the split is empty
-    images = torch.stack([torch.as_tensor(data[i][0]) for i in range(n)]).float().to(device)
-    low, high = float(images.min()), float(images.max())
-    if low < 0 or high > 1:
-        raise UserError(f"{dataset} gives pixels in [{low:.3g}, {high:.3g}], not [0, 1]: attacks and eps work on "
-                        "[0, 1] pixels; give the model its normalisation (mean, std) instead of the data")
-    shape = f"({n}, {num_classes})"
-    images.requires_grad_(True)
-    try:
-        with eval_mode(model), frozen(model), torch.enable_grad():
-            output = model(images)
-            if not isinstance(output, torch.Tensor):
-                raise UserError(f"the model returned a {type(output).__name__} on a batch of {n} {dataset} images; "
-                                f"expected a tensor of logits of shape {shape}")
-            if tuple(output.shape) != (n, num_classes):
-                raise UserError(f"the model's output on a batch of {n} {dataset} images of shape "
-                                f"{tuple(images.shape)} has shape {tuple(output.shape)}; expected logits of shape "
-                                f"{shape}, one per class of {dataset}")
-            if not output.is_floating_point() or not torch.isfinite(output).all():
-                raise UserError(f"the model's output on {n} {dataset} images is not finite floating-point logits "
-                                f"({output.dtype}); check the model on its own data")
-            grad = None
-            if output.requires_grad:
-                (grad,) = torch.autograd.grad(output.sum(), images, allow_unused=True)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a module that cannot take these images: say why in one line
-        raise UserError(f"the model failed on a batch of {n} {dataset} images of shape {tuple(images.shape)}: "
-                        f"{_first_line(e)}") from None
-    if grad is None:
-        raise UserError(f"no gradient flows from the model's output back to the images ({dataset}): white-box "
-                        "attacks need one; do not compute the forward pass under torch.no_grad or outside torch")
 
 
 # ---------------------------------------------------------------- evaluation
@@ -305,8 +227,6 @@ def evaluate_outside(load: Callable[[DatasetInfo], tuple[Any, dict[str, Any]]], 
                      device: str = "auto", progress: bool = True, workers: int = 0) -> dict[str, Any] | None:
     """Load an outside model with ``load(info)`` (the dataset's facts: classes, channels, mean, std) and evaluate
     it exactly as the zoo's; returns the summary on rank 0, None on the other ranks."""
-    from lrrobust.evaluation.evaluate import evaluate_target, open_dataset
-
     if label is not None:
         check_label(label)
     check_training(training)
@@ -315,58 +235,3 @@ def evaluate_outside(load: Callable[[DatasetInfo], tuple[Any, dict[str, Any]]], 
     target = outside_target(made, origin, info, label=label, training=training, mean=mean, std=std)
     return evaluate_target(target, data, info, suite, out, root=root, transfer_from=transfer_from, device=device,
                            progress=progress, workers=workers)
-
-
-def _suite(suite: Suite | str | os.PathLike | Mapping[str, Any]) -> Suite:
-    from lrrobust.evaluation.suite import load_suite, parse_suite
-
-    if isinstance(suite, Suite):
-        return suite
-    if isinstance(suite, Mapping):
-        return parse_suite(dict(suite))
-    return load_suite(suite)
-
-
-def evaluate_model(
-    model: nn.Module,
-    *,
-    dataset: str,
-    suite: Suite | str | os.PathLike | Mapping[str, Any],
-    out: str | os.PathLike,
-    label: str | None = None,
-    training: str = "regular",
-    mean: Sequence[float] | float | None = None,
-    std: Sequence[float] | float | None = None,
-    root: str | None = None,
-    transfer_from: str | None = None,
-    device: str | None = None,
-    progress: bool = False,
-    workers: int = 0,
-) -> dict[str, Any] | None:
-    """Evaluate an in-memory module as ``lrrobust eval-attack`` evaluates a checkpoint (``lrrobust.evaluate``).
-
-    Args:
-        model: an ``nn.Module`` in eval mode returning (N, classes) logits for images in [0, 1] (or, with
-            ``mean``/``std``, for ``(x - mean) / std``).
-        dataset: digits, mnist, cifar10, imagenet or imagefolder (with ``root``).
-        suite: a Suite, a suite name or TOML file (``attacks/``), or the suite's table as a dict.
-        out: the evaluation directory (resumed when it exists).
-        label: the model's row name in reports (default: its class name).
-        training: regular or adversarial: how the model was trained, the report's columns it fills.
-        mean, std: the normalisation lrrobust puts in front of ``model`` (per channel, or one number).
-        root: where the dataset lies (not for digits and mnist).
-        transfer_from: a checkpoint for the transfer check.
-        device: auto, cpu or cuda (default: where the model's parameters are).
-        progress: show a progress bar.
-        workers: DataLoader worker processes.
-
-    Returns:
-        The summary (summary.json's content); None on the other ranks under torchrun.
-    """
-    if device is None:
-        device = next((str(p.device) for p in model.parameters()), "cpu") if isinstance(model, nn.Module) else "cpu"
-    name = type(model).__name__
-    origin = {"kind": "python-api", "name": name, "path": None, "sha256": None}
-    return evaluate_outside(lambda _: (model, origin), dataset, _suite(suite), out, label=label, training=training,
-                            mean=mean, std=std, root=root, transfer_from=transfer_from, device=device,
-                            progress=progress, workers=workers)

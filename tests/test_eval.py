@@ -266,13 +266,46 @@ def test_eval_attack_takes_a_run_directory_and_writes_the_outputs(runs, tmp_path
     assert 0 < diagnostics["input_gradient"]["median"] <= diagnostics["input_gradient"]["p90"]
 
 
+def test_without_eps_the_checkpoint_is_attacked_at_its_training_eps_and_says_so(runs, tmp_path):
+    """The adversarial run trained at the digits preset's eps 0.2; the regular one takes digits' standard eps."""
+    args = ["--steps", "1", "--limit", "10", "--mode", "untargeted", "--device", "cpu"]
+    for run, reason in (("resnet18-adversarial", "the eps its adversarial training used"),
+                        ("resnet18-regular", ("the standard Linf eps of digits (the checkpoint was trained without "
+                                              "attack)"))):
+        result = cli("eval-attack", runs / run, "--out", tmp_path / run, *args)
+        assert result.exit_code == 0, result.output
+        assert f"eps 0.2 (51/255): {reason} (--eps or --suite to choose another)" in " ".join(result.output.split())
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        assert [a["eps"] for a in summary["attacks"]] == [0.2] and summary["worst_case"]["eps"] == 0.2
+
+
+def _help(*command: str) -> str:
+    """A command's --help as one line of words (rich's panel borders and line breaks removed)."""
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.replace("\u2502", " ").split())
+
+
+def test_help_texts_state_every_presets_eps():
+    from lrrobust.training.config import PRESETS
+
+    def text(eps: float) -> str:
+        return f"{round(eps * 255)}/255" if eps < 0.1 else f"{eps:g}"
+
+    train, evaluate = _help("train-adv"), _help("eval-attack")
+    for name, preset in PRESETS.items():
+        assert f"{text(preset.eps)} {name}" in train, (name, train)
+        assert f"{name} {text(preset.eps)}" in evaluate, (name, evaluate)
+        assert f"{preset.steps} {name}" in train, (name, train)
+
+
 def test_a_model_from_outside_has_no_training_record(tmp_path):
     import lrrobust
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
-    summary = lrrobust.evaluate(model, dataset="digits", out=tmp_path / "e", device="cpu",
-                                suite={"limit": 10, "attack": [{"name": "pgd1", "eps": 0.1, "steps": 1}]})
+    summary = lrrobust.evaluate(model, "digits", out=tmp_path / "e", device="cpu",
+                                attacks={"limit": 10, "attack": [{"name": "pgd1", "eps": 0.1, "steps": 1}]}).summary
     assert summary["convergence"]["status"] == "n/a"
     assert summary["convergence"]["verdict"] == "n/a: no training record"
     assert summary["diagnostics"]["images"] == 10

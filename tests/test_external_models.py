@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 import lrrobust
 from lrrobust.data import dataset_info, load_dataset
 from lrrobust.errors import UserError
-from lrrobust.external import check_module, evaluate_model
+from lrrobust.evaluation.api import evaluate
+from lrrobust.evaluation.contract import check_module
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -202,11 +203,12 @@ def test_a_label_may_not_name_a_zoo_model_and_an_outside_one(outside_eval, zoo_e
 
 def test_python_api_matches_the_cli(work, outside_eval, tmp_path):
     """lrrobust.evaluate on the same module attacks exactly as --model-py did: identical per-sample records."""
-    assert lrrobust.evaluate is evaluate_model
+    assert lrrobust.evaluate is evaluate
     model = digits_resnet18()
     model.load_state_dict(torch.load(work / "weights.pt", weights_only=True))
-    summary = lrrobust.evaluate(model.eval(), dataset="digits", suite=TINY_SUITE, out=tmp_path / "api",
-                                label="API ResNet", mean=DIGITS.mean, std=DIGITS.std)
+    result = lrrobust.evaluate(model.eval(), "digits", attacks=TINY_SUITE, out=tmp_path / "api", label="API ResNet",
+                               mean=DIGITS.mean, std=DIGITS.std)
+    summary = result.summary
     assert summary["model"]["origin"]["kind"] == "python-api"
     assert summary["model"]["origin"]["label"] == "API ResNet"
     assert (tmp_path / "api" / "samples.csv").read_text() == (outside_eval / "samples.csv").read_text()
@@ -322,6 +324,48 @@ def no_gradient():
 
 def a_tuple():
     return good(), 0.5
+
+
+def probabilities():
+    return nn.Sequential(linear(), nn.Softmax(dim=1)).eval()
+
+
+class Noisy(nn.Module):
+    """Gaussian noise on the input in every mode (a randomised defence)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = linear()
+
+    def forward(self, x):
+        return self.inner(x + 0.05 * torch.randn_like(x))
+
+
+def noisy():
+    return Noisy().eval()
+
+
+class FunctionalDropout(nn.Module):
+    """Dropout through torch.nn.functional: no Dropout module, but the output depends on the mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = linear()
+
+    def forward(self, x):
+        return self.inner(nn.functional.dropout(x, 0.5, self.training))
+
+
+def functional_dropout():
+    return FunctionalDropout()
+
+
+def plain_train_mode():
+    return linear()  # in train mode, but no module of it depends on the mode
+
+
+def factory():
+    return nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 10))
 '''
 
 
@@ -345,7 +389,16 @@ def _error_cases(tmp: Path) -> dict[str, tuple[list, str]]:
         "factory raises": (["--model-py", f"{m}:raises", *digits], r"raises\(\) raised ValueError: no weights here"),
         "not a module": (["--model-py", f"{m}:not_a_module", *digits], "gave a str; give a torch.nn.Module"),
         "tuple of two": (["--model-py", f"{m}:a_tuple", *digits], "gave a tuple of 2"),
-        "train mode": (["--model-py", f"{m}:in_train_mode", *digits], r"is in train mode .* call model\.eval\(\)"),
+        "train mode": (["--model-py", f"{m}:in_train_mode", *digits],
+                       r"m\.py:in_train_mode: 1 \(BatchNorm1d\) is in train mode.* call model\.eval\(\)"),
+        "mode-dependent forward": (["--model-py", f"{m}:functional_dropout", *digits],
+                                   r"some module is in train mode and the output depends on it .*call model\.eval\(\)"),
+        "probabilities": (["--model-py", f"{m}:probabilities", *digits],
+                          (r"returns probabilities \(every row non-negative and summing to 1\), not logits.*before "
+                           "the softmax")),
+        "random": (["--model-py", f"{m}:noisy", *digits],
+                   ("is random: two forward passes on the same digits images differ .*make the forward pass "
+                    "deterministic")),
         "output shape": (["--model-py", f"{m}:five_classes", *digits],
                          r"has shape \(2, 5\); expected logits of shape \(2, 10\)"),
         "no gradient": (["--model-py", f"{m}:no_gradient", *digits], "no gradient flows"),
@@ -396,31 +449,25 @@ def test_a_torchvision_model_on_one_channel_digits_fails_on_the_first_batch(tmp_
                  "--dataset", "digits", "--out", tmp_path / "e", "--device", "cpu")
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
-    assert re.search(r"the model failed on a batch of 2 digits images of shape \(2, 1, 8, 8\): RuntimeError", text)
+    assert re.search(r"--torchvision mobilenet_v3_small failed on a batch of 2 digits images of shape \(2, 1, 8, 8\): "
+                     "RuntimeError", text)
     assert not (tmp_path / "e").exists()
 
 
 def test_python_api_refuses_a_model_in_train_mode_and_other_mistakes(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 10))
-    with pytest.raises(UserError, match=r"lrrobust.evaluate: the module \(Sequential\) is in train mode .*model.eval"):
-        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
-    model[1].eval()  # one submodule left in train mode is named
-    with pytest.raises(UserError, match=r"the module \(Sequential\) is in train mode"):
-        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
-    model.eval()
-    model[1].train()
-    with pytest.raises(UserError, match=r"1 \(BatchNorm1d\) is in train mode"):
-        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
+    with pytest.raises(UserError, match=r"lrrobust.evaluate: 1 \(BatchNorm1d\) is in train mode.*model.eval"):
+        lrrobust.evaluate(model, "digits", attacks=TINY_SUITE, out=tmp_path / "a")
     model.eval()
     with pytest.raises(UserError, match="give mean and std together"):
-        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a", mean=0.5)
+        lrrobust.evaluate(model, "digits", attacks=TINY_SUITE, out=tmp_path / "a", mean=0.5)
     with pytest.raises(UserError, match="--training must be regular or adversarial"):
-        lrrobust.evaluate(model, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a", training="robust")
-    with pytest.raises(UserError, match="lrrobust.evaluate gave a str"):
-        lrrobust.evaluate("resnet18", dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
+        lrrobust.evaluate(model, "digits", attacks=TINY_SUITE, out=tmp_path / "a", training="robust")
+    with pytest.raises(UserError, match="lrrobust.evaluate takes a torch.nn.Module, got a str"):
+        lrrobust.evaluate("resnet18", "digits", attacks=TINY_SUITE, out=tmp_path / "a")
     five = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
     with pytest.raises(UserError, match=r"has shape \(2, 5\); expected logits of shape \(2, 10\)"):
-        lrrobust.evaluate(five, dataset="digits", suite=TINY_SUITE, out=tmp_path / "a")
+        lrrobust.evaluate(five, "digits", attacks=TINY_SUITE, out=tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 
@@ -443,3 +490,73 @@ def test_images_outside_zero_one_are_refused_before_any_attack():
     check_module(model, load_dataset("digits", "test"), 10, "digits", torch.device("cpu"))  # [0, 1]: fine
     with pytest.raises(UserError, match=r"gives pixels in \[-0\.812, .*\], not \[0, 1\]"):
         check_module(model, _Normalized(), 10, "digits", torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- the model checks before any attack
+
+
+def _tiny_models() -> dict:
+    namespace: dict = {}
+    exec(TINY_MODELS, namespace)  # noqa: S102 - the factories of the --model-py tests, as Python objects
+    return namespace
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    ("probabilities", (r"^lrrobust.evaluate returns probabilities \(every row non-negative and summing to 1\), "
+                       r"not logits: .*return the scores before the softmax$")),
+    ("noisy", (r"^lrrobust.evaluate is random: two forward passes on the same digits images differ .*make the "
+               r"forward pass deterministic in eval mode$")),
+    ("factory", r"^lrrobust.evaluate: 1 \(BatchNorm1d\) is in train mode, .*call model.eval\(\) on it first$"),
+    ("functional_dropout", r"^lrrobust.evaluate: some module is in train mode and the output depends on it"),
+])
+def test_python_api_refuses_probabilities_randomness_and_mode_dependence_in_one_line(factory, message, tmp_path):
+    model = _tiny_models()[factory]()
+    with pytest.raises(UserError) as caught:
+        lrrobust.evaluate(model, "digits", attacks=TINY_SUITE, out=tmp_path / "a")
+    assert "\n" not in str(caught.value) and re.search(message, str(caught.value)), str(caught.value)
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_model_in_train_mode_whose_output_does_not_depend_on_it_is_accepted(tmp_path):
+    (tmp_path / "m.py").write_text(TINY_MODELS)
+    result = cli("eval-attack", "--model-py", f"{tmp_path / 'm.py'}:plain_train_mode", "--dataset", "digits", "--eps",
+                 "0.2", "--steps", "1", "--limit", "4", "--device", "cpu", "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    model = _tiny_models()["plain_train_mode"]()
+    assert model.training
+    result = lrrobust.evaluate(model, "digits", attacks=TINY_SUITE, n=8)
+    assert result.clean.n == 8
+    assert all(m.training for m in model.modules())  # its modes are left as they were given
+    normalised = lrrobust.evaluate(model, "digits", attacks=TINY_SUITE, n=8, mean=0.3, std=0.4)  # wrapped: the same
+    assert normalised.clean.n == 8 and model.training
+
+
+def test_user_text_is_printed_as_written_never_as_emoji_or_markup(tmp_path):
+    """rich turns ':factory:' into an emoji and eats '[bold]' unless told not to; user text must come out verbatim."""
+    (tmp_path / "mine.py").write_text(TINY_MODELS)
+    result = cli("eval-attack", "--model-py", f"{tmp_path / 'mine.py'}:factory", "--dataset", "digits", "--eps", "0.2",
+                 "--out", tmp_path / "e")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "--model-py mine.py:factory: 1 (BatchNorm1d) is in train mode" in text, result.output
+    assert "\N{FACTORY}" not in result.output
+    label = ":smile: [bold]My[/bold] net"
+    out = tmp_path / "run:thumbsup:[red]"
+    result = cli("eval-attack", "--model-py", f"{tmp_path / 'mine.py'}:good", "--dataset", "digits", "--eps", "0.2",
+                 "--steps", "1", "--limit", "4", "--device", "cpu", "--label", label, "--out", out)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert label in text and f"wrote {out}/summary.json" in text, result.output
+    assert "\N{SMILING FACE WITH OPEN MOUTH}" not in result.output and "\N{THUMBS UP SIGN}" not in result.output
+
+
+def test_an_outside_model_without_eps_is_attacked_at_the_datasets_standard_eps(tmp_path):
+    (tmp_path / "m.py").write_text(TINY_MODELS)
+    result = cli("eval-attack", "--model-py", f"{tmp_path / 'm.py'}:good", "--dataset", "digits", "--steps", "1",
+                 "--limit", "4", "--device", "cpu", "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    assert "eps 0.2 (51/255): the standard Linf eps of digits (--eps or --suite to choose another)" in \
+        " ".join(result.output.split())
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert {a["eps"] for a in summary["attacks"]} == {0.2}
+    assert summary["suite_config"]["description"].endswith("eps: the standard Linf eps of digits")

@@ -1068,11 +1068,11 @@ std::pair<BatchFn<T>, int64_t> pick_batch_kernel(bool backward, int64_t batch) {
 
 // Whether the batch-lane kernels serve this call: on maps narrower than kBatchLanesBelow outputs or strided
 // layers, when their lanes are at least as full as the row chunks' (a tie goes to the batch lanes: no masks).
-// Measured on AVX-512, one thread: 2-5x faster than row chunks at 14x14 and below, 1.1-2x at 28x28 and 32x32, at
-// par at 56x56 (BENCHMARKS.md). A row chunk holds min(Wo, L) outputs of its L lanes (a strided row gathers its
-// loads: counted as half); the last batch block N mod L images of its L. LRROBUST_CPU_LANES=rows or =batch forces
-// one.
-constexpr int64_t kBatchLanesBelow = 48;
+// Measured on AVX-512, one thread: 2-5x faster than row chunks at 14x14 and below, 1.1-2x at 28x28 and 32x32; at
+// 56x56 at par with 32 images and 1.5x faster with 8 (BENCHMARKS.md). A row chunk holds min(Wo, L) outputs of its
+// L lanes (a strided row gathers its loads: counted as half); the last batch block N mod L images of its L.
+// LRROBUST_CPU_LANES=rows or =batch forces one.
+constexpr int64_t kBatchLanesBelow = 64;
 
 bool use_batch_lanes(const Geometry& g, int64_t element_size) {
   const char* forced = std::getenv("LRROBUST_CPU_LANES");

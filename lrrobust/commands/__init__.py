@@ -1,5 +1,8 @@
 """CLI plumbing shared by the command modules: one-line errors, consoles, shared option helpers.
 
+The consoles print user text (paths, labels, factory names) as written: no emoji codes (``lrrobust.core.console``),
+and ``say`` and ``print_error`` print it with markup off or escaped.
+
 Each command module defines ``register(app, bench)`` and adds its typer commands there; heavy imports
 (torch, models) happen inside the command bodies so ``lrrobust --help`` stays fast.
 """
@@ -16,10 +19,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from lrrobust.core.console import make_console
 from lrrobust.errors import EnvironmentFailure, UserError, describe_os_error
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 F = TypeVar("F", bound=Callable)
 
@@ -27,6 +31,11 @@ F = TypeVar("F", bound=Callable)
 def one_line(text: object) -> str:
     """``text`` on one line (inner line breaks become spaces), with rich markup escaped: printed as it is."""
     return escape(" ".join(line.strip() for line in str(text).splitlines() if line.strip()))
+
+
+def say(text: object, target: Console | None = None) -> None:
+    """One message printed exactly as written (no markup, emoji codes or highlighting; long paths not wrapped)."""
+    (target or console).print(str(text), markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 def print_error(message: object, label: str = "error:") -> None:

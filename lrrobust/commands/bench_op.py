@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from lrrobust.commands import console, err_console, is_terminal, print_error, user_errors
+from lrrobust.commands import console, err_console, is_terminal, print_error, say, user_errors
+from lrrobust.core.console import make_console
 from lrrobust.errors import UserError
 
 
@@ -168,7 +168,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             progress=progress,
         )
         # Piped output (a file, CI logs) gets room for the whole table instead of the 80 columns rich assumes.
-        out = console if is_terminal() else Console(width=200)
+        out = console if is_terminal() else make_console(width=200)
         title = (
             f"local relation op vs convolutions ({device}, {dtype}, batch {batch}, K {kernel_size}, stride {stride})"
         )
@@ -182,9 +182,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         if json is not None:
             atomic_write_json(json, records)
-            err_console.print(f"wrote {len(records)} records to {json}", highlight=False)
+            say(f"wrote {len(records)} records to {json}", err_console)
         if markdown is not None:
             text = f"{title}\n\n{check_line}\n\n" + markdown_table(records)
             text += f"\n{markdown_targets(rows)}" if rows else ""
             atomic_write_text(markdown, text)
-            err_console.print(f"wrote the table to {markdown}", highlight=False)
+            say(f"wrote the table to {markdown}", err_console)

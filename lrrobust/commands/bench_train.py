@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from lrrobust.commands import console, err_console, is_terminal, user_errors
+from lrrobust.commands import console, err_console, is_terminal, say, user_errors
 from lrrobust.commands.bench_op import check_output_path
+from lrrobust.core.console import make_console
 from lrrobust.errors import UserError
 
 
@@ -60,7 +60,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if stem is not None and stem not in STEMS:
             raise UserError(f"--stem must be one of {', '.join(STEMS)}; got {stem!r}")
         if batch_size < 1 or steps < 1 or rounds < 1 or warmup < 0 or not (math.isfinite(width) and width > 0):
-            raise UserError(f"--batch, --steps and --rounds must be >= 1, --warmup >= 0 and --width a positive "
+            raise UserError(f"--batch-size (--batch), --steps and --rounds (--iters) must be >= 1, --warmup >= 0 and --width a positive "
                             f"number; got {batch_size}, {steps}, {rounds}, {warmup} and {width:g}")
         if json_out is not None:
             check_output_path(json_out, "--json")
@@ -97,7 +97,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if ratios:
                 row += [f"{ratio[k]:.2f}x" for k in STEPS] if ratio else ["", "", ""]
             table.add_row(*row)
-        (console if is_terminal() else Console(width=160)).print(table)
+        (console if is_terminal() else make_console(width=160)).print(table)
         start, end = first["load_average_start"], first["load_average_end"]
         console.print(f"load average (1, 5, 15 min): {start[0]:.2f} {start[1]:.2f} {start[2]:.2f} at the start, "
                       f"{end[0]:.2f} {end[1]:.2f} {end[2]:.2f} at the end; CPU: {first['cpu']}", highlight=False)
@@ -105,4 +105,4 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             from lrrobust.io import atomic_write_json
 
             atomic_write_json(json_out, records)
-            err_console.print(f"wrote {len(records)} records to {json_out}", highlight=False)
+            say(f"wrote {len(records)} records to {json_out}", err_console)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ from typing import Annotated
 import typer
 
 from lrrobust.attacks import KINDS
-from lrrobust.commands import console, is_terminal, user_errors
+from lrrobust.commands import console, is_terminal, say, user_errors
 from lrrobust.errors import UserError
 
 MAX_SEED = 2**63 - 1  # the largest seed every generator takes
@@ -32,7 +33,10 @@ class Mode(str, Enum):
 # Attack options, used when no --suite is given. None means "not given", so mixing them with --suite is caught.
 AttackOpt = Annotated[AttackKind | None, typer.Option("--attack", help="Attack without a suite: pgd (default) or "
                                                          "another kind of lrrobust.attacks.")]
-EpsOpt = Annotated[str | None, typer.Option("--eps", help="L-inf budget on [0, 1] pixels, e.g. 16/255 (default).")]
+EpsOpt = Annotated[str | None, typer.Option("--eps", help="Budget on [0, 1] pixels, e.g. 8/255 (default: the eps the "
+                                                 "checkpoint was adversarially trained at, else the dataset's "
+                                                 "standard: digits 0.2, mnist 0.3, cifar10 8/255, imagenet 16/255 "
+                                                 "(imagefolder too); L2: digits 0.5, mnist 2.0, cifar10 0.5).")]
 StepOpt = Annotated[str | None, typer.Option("--step-size", help="PGD step, e.g. 1/255 (default: 1/255 raised to "
                                                 "eps/steps).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="PGD steps (default 10; AutoAttack 100).")]
@@ -44,8 +48,9 @@ ModeOpt = Annotated[Mode | None, typer.Option("--mode", help="targeted, untarget
                                                  "AutoAttack is untargeted).")]
 
 
-def _suite_from_options(attack, eps, step_size, steps, random_start, restarts, mode):
-    """A suite of one attack kind from the CLI options, targeted and/or untargeted; the kind's spec validates."""
+def _suite_from_options(attack, eps, step_size, steps, random_start, restarts, mode, eps_reason=""):
+    """A suite of one attack kind from the CLI options, targeted and/or untargeted; the kind's spec validates.
+    ``eps_reason`` says where the eps came from when the options gave none."""
     from lrrobust.attacks import attack_from_options
     from lrrobust.evaluation.suite import Suite
 
@@ -55,14 +60,31 @@ def _suite_from_options(attack, eps, step_size, steps, random_start, restarts, m
         if mode == Mode.targeted:
             raise UserError("--attack autoattack is untargeted; drop --mode targeted")
         modes = [None]
-    options = {"eps": eps or "16/255", "step_size": step_size, "steps": steps, "random_start": random_start,
+    options = {"eps": eps, "step_size": step_size, "steps": steps, "random_start": random_start,
                "restarts": restarts}
     attacks = []
     for targeted in modes:
         spec = attack_from_options(kind, kind, {**options, "targeted": targeted})
         name = f"{kind}{getattr(spec, 'steps', '')}-{'targeted' if spec.targeted else 'untargeted'}"
         attacks.append(dataclasses.replace(spec, name=name))
-    return Suite(name="cli", attacks=tuple(attacks), description="attack options given on the command line")
+    description = "attack options given on the command line" + (f"; eps: {eps_reason}" if eps_reason else "")
+    return Suite(name="cli", attacks=tuple(attacks), description=description)
+
+
+def _default_eps(checkpoint, dataset, attack) -> tuple[float, str]:
+    """The eps of an evaluation given no --suite or --eps, and why: the checkpoint's training eps, else the
+    dataset's standard eps (``lrrobust.evaluation.standard.model_eps``), in the attack kind's norm."""
+    from lrrobust.evaluation.standard import model_eps
+
+    norm = KINDS[(attack or AttackKind.pgd).value].norm
+    state = None
+    if checkpoint is not None:
+        from lrrobust.checkpoint import read_checkpoint
+        from lrrobust.evaluation.evaluate import resolve_checkpoint
+
+        state = read_checkpoint(resolve_checkpoint(checkpoint), map_location="cpu")
+        dataset = dataset or str(state["dataset"])
+    return model_eps(state, dataset, norm)
 
 
 def eval_attack(
@@ -84,9 +106,10 @@ def eval_attack(
     training: Annotated[Training | None, typer.Option("--training", help="--model-py/--torchvision: how the model "
                                                       "was trained, the report's columns it fills (default "
                                                       "regular).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="digits, cifar10, imagenet or imagefolder "
+    dataset: Annotated[str | None, typer.Option("--dataset", help="digits, mnist, cifar10, imagenet or imagefolder "
                                                    "(default: the checkpoint's).")] = None,
-    root: Annotated[str | None, typer.Option("--root", help="Where the dataset lies (not for digits).")] = None,
+    root: Annotated[str | None, typer.Option("--root", help="Where the dataset lies (not for digits or mnist).")
+                    ] = None,
     suite: Annotated[str | None, typer.Option("--suite", help="A suite: attacks/NAME.toml or a bare NAME "
                                                  "(table9, fd_steps, digits).")] = None,
     attack: AttackOpt = None,
@@ -119,10 +142,20 @@ def eval_attack(
     options = (attack, eps, step_size, steps, random_start, restarts, mode)
     if suite is not None and any(v is not None for v in options):
         raise UserError("give either --suite or attack options (--attack, --eps, --steps, ...), not both")
+    eps_line = None  # which eps was chosen for the user, and why
     if suite is not None:
         chosen = load_suite(suite)
-    else:
+    elif eps is not None:
         chosen = _suite_from_options(*options)
+    else:
+        from lrrobust.evaluation.standard import describe_eps
+
+        chosen_eps, reason = _default_eps(checkpoint, dataset, attack)
+        chosen = _suite_from_options(attack, chosen_eps, *options[2:], eps_reason=reason)
+        eps_line = f"eps {describe_eps(chosen_eps, chosen.norm)}: {reason} (--eps or --suite to choose another)"
+        # In a terminal before the work starts; in a log after the tables, so that an error stays one line.
+        if is_terminal() and os.environ.get("RANK", "0") == "0":
+            say(eps_line)
     changes = {}
     for name, value, minimum in (("seed", seed, 0), ("batch_size", batch_size, 1), ("limit", limit, 1)):
         if value is not None:
@@ -158,7 +191,9 @@ def eval_attack(
         from lrrobust.evaluation.display import print_summary
 
         print_summary(summary, console)
-        console.print(f"wrote {out}/summary.json, summary.csv and samples.csv")
+        if eps_line is not None and not is_terminal():
+            say(eps_line)
+        say(f"wrote {out}/summary.json, summary.csv and samples.csv")
 
 
 def _check_model_options(checkpoint, model_py, torchvision, weights, download, training, dataset):
@@ -206,7 +241,7 @@ def report(
             raise UserError(f"--notes {notes} cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
     ensure_writable_dir(out, "--out", create=False)  # the report creates it only once its inputs are read
     path = write_report(dirs, out, allow_mixed=allow_mixed, extra_sections=sections)
-    console.print(f"wrote {path}")
+    say(f"wrote {path}")
 
 
 def demo(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lrrobust.commands import console, user_errors
+from lrrobust.commands import say, user_errors
 from lrrobust.errors import UserError
 
 CheckpointArg = Annotated[Path, typer.Argument(help="A checkpoint (RUN/best.pt, RUN/last.pt) or a run directory "
@@ -45,7 +45,7 @@ def prior(
     out = out if out is not None else default_out(checkpoint)
     ensure_writable_dir(out, "--out", create=False)
     paths = plot_priors(checkpoint, out, softmax=not raw)
-    console.print(f"wrote {len(paths)} figures to {out}: {paths[0].name} and one prior-LAYER.png per layer")
+    say(f"wrote {len(paths)} figures to {out}: {paths[0].name} and one prior-LAYER.png per layer")
 
 
 def relation(
@@ -81,7 +81,7 @@ def relation(
     path = plot_relation(checkpoint, image, out, eval_dir=eval_dir, layer=layer,
                          pixel=None if pixel is None else parse_pixel(pixel), attack=attack, groups=groups,
                          root=root, device=device)
-    console.print(f"wrote {path}")
+    say(f"wrote {path}")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

@@ -3,7 +3,11 @@
 - ``suite``: attack suites as TOML; ``checks``: the checks against gradient masking;
 - ``state``: the resumable state; ``loop``: the attack loop; ``ledger``: the per-image worst case;
 - ``summary``: summary.json / summary.csv / samples.csv and their readers; ``stats``: intervals and paired tests;
-- ``evaluate``: a checkpoint in, an evaluation directory out; ``display``: the printed tables.
+- ``evaluate``: a checkpoint in, an evaluation directory out; ``display``: the printed tables;
+- ``contract``: what a model must satisfy before any attack (logits, a gradient, no randomness, no mode-dependent
+  module in train mode) and what a report label must be;
+- ``standard``: each dataset's standard eps and the eps-matched standard suite;
+- ``api``: ``lrrobust.evaluate`` (tensors, a DataLoader or a dataset name in, an ``EvalResult`` out, ``result``).
 """
 
 from lrrobust.evaluation.loop import EvalTarget, run_evaluation

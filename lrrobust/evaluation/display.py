@@ -1,4 +1,7 @@
-"""The rich tables printed at the end of an evaluation: the worst case first, then every attack and check."""
+"""The rich tables printed at the end of an evaluation: the worst case first, then every attack and check.
+
+Text from the user or a suite (labels, attack names, notes) is escaped: it prints as written (the consoles of
+``lrrobust.core.console`` substitute no emoji codes)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lrrobust.core.console import make_console
 from lrrobust.core.numbers import format_eps
 
 STATUS_STYLE = {"pass": "green", "flag": "bold red", "skipped": "yellow", "n/a": "yellow"}
@@ -67,7 +71,7 @@ def checks_table(checks: list[dict[str, Any]]) -> Table:
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     """Print the tables; a console that is not a terminal (a log file) gets 120 columns so nothing is cut."""
     if not console.is_terminal:
-        console = Console(file=console.file, width=max(console.width, 120))
+        console = make_console(file=console.file, width=max(console.width, 120))
     console.print(worst_case_table(summary))
     console.print(attacks_table(summary))
     if summary.get("checks"):

@@ -3,8 +3,8 @@
 Everything the user gives is checked before the output directory is touched: the checkpoint (a file, or a run
 directory whose best.pt is taken), its class count and channels against the dataset's, the transfer source, and
 the module's output on one small batch. ``evaluate_target`` is the shared second half, which models from outside
-lrrobust (``lrrobust.external``) enter directly. Beside the attacks, summary.json gets the training-convergence
-check of the model's run (``lrrobust.training.convergence``) and the masking diagnostics
+lrrobust (``lrrobust.external``, ``lrrobust.evaluate``) enter directly. Beside the attacks, summary.json gets the
+training-convergence check of the model's run (``lrrobust.training.convergence``) and the masking diagnostics
 (``lrrobust.evaluation.diagnostics``).
 Under torchrun the process group is started here (NCCL on GPUs, gloo on CPU) and each rank evaluates a shard.
 """
@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from lrrobust.data import DatasetInfo
 from lrrobust.errors import UserError
-from lrrobust.evaluation.loop import EvalTarget, run_evaluation, sample_indices, world
+from lrrobust.evaluation.contract import check_label, check_module, what_of
+from lrrobust.evaluation.loop import EvalTarget, Kept, run_evaluation, sample_indices, world
 from lrrobust.evaluation.suite import Suite
 from lrrobust.training.convergence import (
     Convergence,
@@ -142,7 +143,6 @@ def evaluate(
     on the other ranks. Models lrrobust did not train go through ``lrrobust.external`` into ``evaluate_target``.
     """
     from lrrobust.evaluation.summary import lrrobust_origin
-    from lrrobust.external import check_label
 
     target, state = load_target(checkpoint)
     target.info["origin"] = lrrobust_origin(None if label is None else check_label(label))
@@ -175,7 +175,7 @@ def evaluate_target(
     data: Dataset,
     info: DatasetInfo,
     suite: Suite,
-    out: str | os.PathLike,
+    out: str | os.PathLike | None,
     *,
     root: str | None = None,
     transfer_from: str | None = None,
@@ -183,15 +183,17 @@ def evaluate_target(
     progress: bool = True,
     workers: int = 0,
     convergence: Convergence | None = None,
+    kept: Kept | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate a loaded model (``target.info["origin"]`` says where it came from) on ``data``, the split the suite
     names of the dataset ``info`` describes: the module is tried on one small batch first
-    (``lrrobust.external.check_module``), then diagnosed (``lrrobust.evaluation.diagnostics``), then attacked.
+    (``lrrobust.evaluation.contract.check_module``), then diagnosed (``lrrobust.evaluation.diagnostics``), then
+    attacked.
 
     ``convergence`` is the training-convergence check of the run that made the model; without one (a model from
-    outside) summary.json says "n/a: no training record"."""
+    outside) summary.json says "n/a: no training record". ``out`` None keeps the results in memory (``kept``
+    receives the ledger); see ``run_evaluation``."""
     from lrrobust.evaluation.diagnostics import diagnose
-    from lrrobust.external import check_module
 
     dataset = info.name
     sources: dict[str, nn.Module] = {}
@@ -204,9 +206,9 @@ def evaluate_target(
         source_info[name] = {k: source.info[k] for k in ("checkpoint", "sha256", "model_spec", "training", "dataset")}
     torch_device = resolve_device(device)
     target.model.to(torch_device)
-    check_module(target.model, data, target.num_classes, dataset, torch_device)
+    check_module(target.model, data, target.num_classes, dataset, torch_device, what_of(target.info.get("origin")))
     convergence = convergence or not_available("no training record")
-    started = _start_distributed(torch_device)
+    started = out is not None and _start_distributed(torch_device)
     try:
         extra = {"dataset": dataset, "dataset_root": root, "sources": source_info,
                  "convergence": convergence.to_dict()}
@@ -215,7 +217,7 @@ def evaluate_target(
                                             torch_device)
         return run_evaluation(
             target, data, suite, out, transfer_from=transfer_from, sources=sources, device=torch_device,
-            progress=progress, workers=workers, extra=extra,
+            progress=progress, workers=workers, extra=extra, kept=kept,
         )
     finally:
         if started:

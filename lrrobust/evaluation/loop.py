@@ -5,6 +5,9 @@
 - Every (batch, attack) result goes to the evaluation state (``state.py``) as it is done, so a killed run,
   started again with the same command, skips what is finished. The directory is locked while in use
   (``lrrobust.core.lock``): a second evaluation into it stops with one line naming the holder's PID.
+- Without an output directory (``lrrobust.evaluate`` with ``out=None``) the same loop runs with its records kept
+  in memory: nothing is written, nothing resumed, and ``Kept`` hands the ledger (and, when asked, the adversarial
+  images) back to the caller.
 - Targets are one random wrong class per sample index, (label + U{1..C-1}) mod C from the run seed; the global
   RNG (torchattacks' random start) is seeded per batch from (seed, batch, attack settings, stage) and, for a
   transfer attack, its source's content hash: a seeded run reproduces exactly, resumed or not, on any number of
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +38,7 @@ from lrrobust.core.provenance import provenance
 from lrrobust.core.seeding import derive_seed
 from lrrobust.errors import UserError
 from lrrobust.evaluation.checks import plan_attacks
+from lrrobust.evaluation.ledger import Ledger
 from lrrobust.evaluation.state import (
     CLEAN,
     STATE_DIR,
@@ -57,6 +62,28 @@ class EvalTarget:
     model: nn.Module
     num_classes: int
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Kept:
+    """What an in-process caller (``lrrobust.evaluate``) takes back beside the summary: the ledger, and with
+    ``adversarial`` one adversarial image per image some attack at the suite's threat model broke (the first such
+    attack's, in the order they ran), by dataset index, on the CPU."""
+
+    adversarial: bool = False
+    ledger: Ledger | None = None
+    images: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+    eps: float = 0.0  # the suite's threat model, set by run_evaluation
+    norm: str = "linf"
+
+    def take(self, spec: AttackSpec, index: list[int], labels: torch.Tensor, clean_pred: list[int],
+             outcome: Any) -> None:
+        """Keep the adversarial images of ``outcome`` that broke an image no earlier attack broke."""
+        if not self.adversarial or spec.norm != self.norm or not math.isclose(spec.eps, self.eps, rel_tol=1e-9):
+            return
+        for i, (j, y, p, adv) in enumerate(zip(index, labels.tolist(), clean_pred, outcome.adv_pred.tolist())):
+            if j not in self.images and p == y and adv != y:
+                self.images[j] = outcome.adv_images[i].detach().cpu()
 
 
 def model_digest(model: nn.Module) -> str:
@@ -93,8 +120,9 @@ def world() -> tuple[int, int]:
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=False)
+    # markup off: the description holds suite attack names, printed as written (no rich markup or emoji codes)
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), disable=not enabled, transient=False)
 
 
 def stage_seeds(seed: int, batch: int, spec: AttackSpec, source_digest: str | None) -> Callable[[int], int]:
@@ -115,12 +143,20 @@ class _Shard:
     batches: list[list[int]]
     mine: list[int]
     done: dict[tuple[int, str], Any]
-    state_file: Path
+    state_file: Path | None  # None: records kept in memory only
     seed: int
     offsets: torch.Tensor
     sources: dict[str, nn.Module]
     source_digests: dict[str, str]
     device: torch.device
+    kept: Kept | None = None
+
+
+def _record(shard: _Shard, record: Any) -> None:
+    """A finished (batch, attack): into the state file when there is one, and into ``done``."""
+    if shard.state_file is not None:
+        append_record(shard.state_file, record)
+    shard.done[record_key(record)] = record
 
 
 def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
@@ -141,9 +177,7 @@ def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
                 progress.update(task, description=f"batch {b + 1}/{len(shard.batches)} clean")
                 with eval_mode(model):
                     clean = predict(model, images)
-                record = CleanRecord(b, index.tolist(), labels.tolist(), clean.tolist())
-                append_record(shard.state_file, record)
-                done[record_key(record)] = record
+                _record(shard, CleanRecord(b, index.tolist(), labels.tolist(), clean.tolist()))
                 progress.advance(task)
             targets = (labels + shard.offsets[index].to(shard.device)) % classes
             single: dict[str, Any] = {}  # this batch's one-restart outcomes: restart 0 of a multi-restart attack
@@ -161,12 +195,12 @@ def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
                 )
                 if restarts == 1:
                     single[spec.seed_key() + str(source_name)] = outcome
-                record = AttackRecord(b, spec.name, spec.key(), outcome.adv_pred.tolist(),
-                                      outcome.success.int().tolist(),
-                                      None if outcome.targets is None else outcome.targets.tolist(),
-                                      outcome.found_at.tolist())
-                append_record(shard.state_file, record)
-                done[record_key(record)] = record
+                if shard.kept is not None:
+                    shard.kept.take(spec, index.tolist(), labels, done[(b, CLEAN)].clean_pred, outcome)
+                _record(shard, AttackRecord(b, spec.name, spec.key(), outcome.adv_pred.tolist(),
+                                            outcome.success.int().tolist(),
+                                            None if outcome.targets is None else outcome.targets.tolist(),
+                                            outcome.found_at.tolist()))
                 progress.advance(task)
 
 
@@ -186,7 +220,7 @@ def run_evaluation(
     target: EvalTarget,
     dataset: Dataset,
     suite: Suite,
-    out: str | os.PathLike,
+    out: str | os.PathLike | None,
     *,
     transfer_from: str | None = None,
     sources: dict[str, nn.Module] | None = None,
@@ -194,6 +228,7 @@ def run_evaluation(
     progress: bool = False,
     workers: int = 0,
     extra: dict[str, Any] | None = None,
+    kept: Kept | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate ``target`` on ``dataset`` with ``suite`` (plus its checks) and write the results to ``out``.
 
@@ -201,18 +236,19 @@ def run_evaluation(
         target: the model and what is known about it.
         dataset: (image in [0, 1], label) pairs; ``index`` in samples.csv refers to it.
         suite: the attacks; ``suite.checks.enabled`` adds the gradient-masking checks.
-        out: the evaluation directory (created; resumed when it holds a state of the same settings).
+        out: the evaluation directory (created; resumed when it holds a state of the same settings); None keeps
+            every record in memory and writes nothing (one process only).
         transfer_from: the source checkpoint of the transfer check (its model in ``sources``).
         sources: models by the ``source`` names the attacks use.
         device: where to run.
         progress: show a rich progress bar (rank 0 only).
         workers: DataLoader worker processes.
         extra: more fields for summary.json (dataset name, command, ...).
+        kept: receives the ledger (and the adversarial images it asks for) on rank 0.
 
     Returns:
         The summary on rank 0 (None on other ranks).
     """
-    out = Path(out)
     rank, size = world()
     device = torch.device(device)
     sources = dict(sources or {})
@@ -226,6 +262,16 @@ def run_evaluation(
     indices = sample_indices(num_samples, suite.limit, suite.seed)
     batches = [indices[i:i + suite.batch_size] for i in range(0, len(indices), suite.batch_size)]
     digests = {name: model_digest(m) for name, m in sorted(sources.items())}
+    if kept is not None:
+        kept.eps, kept.norm = suite.eps, suite.norm
+    run = _Run(target, dataset, suite, attacks, plan, batches, digests, sources, device, transfer_from, extra, kept)
+    if out is None:
+        if size > 1:
+            raise UserError("an evaluation kept in memory runs in one process; give an output directory (out) to "
+                            "shard it under torchrun")
+        summary, _ = run.attack({}, None, [*range(len(batches))], progress, workers)
+        return summary
+    out = Path(out)
     fingerprint = {
         "model": model_digest(target.model),
         "sources": digests,
@@ -253,26 +299,59 @@ def run_evaluation(
         state_file = out / STATE_DIR / f"rank-{rank}.jsonl"
         open_state(state_file)
         done = read_state(out)
-        mine = list(range(rank, len(batches), size))
-        started = time.time()
-        target.model.to(device)
-        for model in sources.values():
-            model.to(device)
-        shard = _Shard(target, dataset, attacks, batches, mine, done, state_file, suite.seed,
-                       target_offsets(num_samples, target.num_classes, suite.seed), sources, digests, device)
-        _run_shard(shard, show_progress=progress and rank == 0, workers=workers)
-        keys = [CLEAN] + [a.key() for a in attacks]
-        records = _gather({(b, k): done[(b, k)] for b in mine for k in keys})
-        summary = None
-        if records is not None:
-            ledger = build_ledger(records, len(batches), attacks)
-            summary = summarize(ledger, suite, plan, target.info, target.num_classes, transfer_from)
-            summary.update(extra or {})
-            summary["device"] = str(device)
-            summary["world_size"] = size
-            summary["wall_seconds"] = round(time.time() - started, 3)
-            summary["provenance"] = provenance(device)
+        if kept is not None and kept.adversarial and any(key != CLEAN for _, key in done):
+            raise UserError(f"{out} holds attacks finished by an earlier run, whose adversarial images were not "
+                            "kept; give a new output directory to get the adversarial images back")
+        summary, ledger = run.attack(done, state_file, list(range(rank, len(batches), size)), progress and rank == 0,
+                                     workers)
+        if summary is not None:
             write_outputs(out, summary, ledger)
         if size > 1:
             dist.barrier()
     return summary
+
+
+@dataclasses.dataclass
+class _Run:
+    """An evaluation's settled plan: what ``run_evaluation`` attacks, on disk or in memory alike."""
+
+    target: EvalTarget
+    dataset: Dataset
+    suite: Suite
+    attacks: list[AttackSpec]
+    plan: dict[str, list]
+    batches: list[list[int]]
+    digests: dict[str, str]
+    sources: dict[str, nn.Module]
+    device: torch.device
+    transfer_from: str | None
+    extra: dict[str, Any] | None
+    kept: Kept | None
+
+    def attack(self, done: dict[tuple[int, str], Any], state_file: Path | None, mine: list[int], progress: bool,
+               workers: int) -> tuple[dict[str, Any] | None, Ledger | None]:
+        """Attack this rank's batches ``mine`` (skipping what ``done`` holds); on rank 0 the summary and ledger of
+        every rank's records."""
+        started = time.time()
+        target = self.target
+        target.model.to(self.device)
+        for model in self.sources.values():
+            model.to(self.device)
+        shard = _Shard(target, self.dataset, self.attacks, self.batches, mine, done, state_file, self.suite.seed,
+                       target_offsets(len(self.dataset), target.num_classes, self.suite.seed), self.sources,
+                       self.digests, self.device, self.kept)
+        _run_shard(shard, show_progress=progress, workers=workers)
+        keys = [CLEAN] + [a.key() for a in self.attacks]
+        records = _gather({(b, k): done[(b, k)] for b in mine for k in keys})
+        if records is None:
+            return None, None
+        ledger = build_ledger(records, len(self.batches), self.attacks)
+        summary = summarize(ledger, self.suite, self.plan, target.info, target.num_classes, self.transfer_from)
+        summary.update(self.extra or {})
+        summary["device"] = str(self.device)
+        summary["world_size"] = world()[1]
+        summary["wall_seconds"] = round(time.time() - started, 3)
+        summary["provenance"] = provenance(self.device)
+        if self.kept is not None:
+            self.kept.ledger = ledger
+        return summary, ledger
