@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 
 from lrrobust.core.modes import eval_mode, frozen
 from lrrobust.models.local_relation import LocalRelation2d
-from lrrobust.ops.reference import _logits
+from lrrobust.ops.reference import window_logits
 
 DIAGNOSTIC_IMAGES = 256
 DIAGNOSTIC_BATCH = 32
@@ -87,7 +87,7 @@ class _LayerStats:
         chunk = max(1, _CHUNK_ELEMENTS // (groups * kk * ho * wo))
         for part in x.split(chunk):
             query, key = layer.query_key(part)
-            phi, inside = _logits(query.float(), key.float(), torch.zeros_like(prior), k, layer.stride, 1,
+            phi, inside = window_logits(query.float(), key.float(), torch.zeros_like(prior), k, layer.stride, 1,
                                   layer.composability, layer.qk_dim)
             positions = inside.sum(2)  # (1, 1, Ho, Wo): in-image offsets per window
             self.positions = max(self.positions, int(positions.max()))

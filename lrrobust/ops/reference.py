@@ -38,7 +38,7 @@ def _unfold(x: torch.Tensor, kernel_size: int, stride: int, dilation: int) -> to
     return cols.view(n, c, kernel_size * kernel_size, output_size(h, stride), output_size(w, stride))
 
 
-def _logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, qk_dim):
+def window_logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, qk_dim):
     """(N, G, K*K, Ho, Wo) logits Phi(q, k) + geo_prior of every window offset, and which offsets lie in the image."""
     n, qk_channels, h, w = key.shape
     groups = qk_channels // qk_dim
@@ -83,7 +83,7 @@ def local_relation_reference(
     n, channels = value.shape[:2]
     groups = key.shape[1] // qk_dim
     per_group = -(-channels // groups)
-    logits, inside = _logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, qk_dim)
+    logits, inside = window_logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, qk_dim)
     if normalize:
         weights = logits.masked_fill(~inside, float("-inf")).softmax(dim=2)
     else:
@@ -101,5 +101,5 @@ def log_sum_exp_reference(query, key, geo_prior, kernel_size: int, stride: int =
                           composability_kind: str = "sqdiff") -> torch.Tensor:
     """(N, G, Ho, Wo): log2 of sum exp(logit) over each output's in-image offsets, the compiled forward's second
     result (``torch.ops.lrrobust.local_relation_forward``), which its backward reads the weights from."""
-    logits, inside = _logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, 1)
+    logits, inside = window_logits(query, key, geo_prior, kernel_size, stride, dilation, composability_kind, 1)
     return logits.masked_fill(~inside, float("-inf")).logsumexp(dim=2) / math.log(2)
