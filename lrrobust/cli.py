@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lrrobust.commands import bench_op, bench_train, evaluate, models, plot, study, train
+from lrrobust.commands import OneLineGroup, bench_op, bench_train, evaluate, models, plot, study, train
 
 app = typer.Typer(
     name="lrrobust",
@@ -12,8 +12,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=OneLineGroup,
 )
-bench_app = typer.Typer(help="Measure speed and memory; write figures to BENCHMARKS.md by hand.", no_args_is_help=True)
+bench_app = typer.Typer(help="Measure speed and memory; write figures to BENCHMARKS.md by hand.", no_args_is_help=True,
+                        cls=OneLineGroup)
 app.add_typer(bench_app, name="bench")
 
 for _module in (bench_op, bench_train, models, train, evaluate, study, plot):

@@ -84,6 +84,26 @@ def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
     return info
 
 
+def check_root(name: str, root: str | Path | None, download: bool = False, option: str = "--root") -> None:
+    """Check, without reading any image, that dataset ``name`` can be found where ``load_dataset`` will look: a
+    ``root`` for the datasets that need one, CIFAR-10's folder there (unless it is to be downloaded), the
+    ImageFolder tree's train/ and val/ class folders. digits and mnist need nothing. ``option`` names the root in
+    messages."""
+    check_dataset_name(name)
+    if name in ("digits", "mnist"):
+        return
+    if root is None:
+        raise UserError(f"dataset {name} needs {option} (a local copy of the data)")
+    root = Path(root)
+    if name == "cifar10":
+        if not download and not (root / "cifar-10-batches-py").is_dir():
+            raise UserError(f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (the python version of "
+                            f"CIFAR-10) under {option}")
+        return
+    for split in ("train", "test"):
+        _class_dirs(_split_dir(root, split))
+
+
 def validation_split(name: str) -> dict[str, Any]:
     """How the validation split of dataset ``name`` is carved from its training data (for the run's config.json).
 

@@ -1,7 +1,7 @@
 """``lrrobust demo``: Table 9 (paper Sec. 6.2) in miniature, end to end on the embedded digits data.
 
 Trains a small LR-Net-26 and a small ResNet-26 (the digits preset: small stem, width 0.25) regularly and with
-targeted PGD adversarial training at the preset's eps, evaluates the four with ``attacks/digits.toml`` (targeted
+targeted PGD adversarial training at the preset's eps, evaluates the four with ``lrrobust/suites/digits.toml`` (targeted
 and untargeted PGD and AutoAttack at the training eps, with the gradient-masking checks), and writes the report
 (table9.md, the CSVs, plots, and the LR-Nets' learnt geometric priors, Fig. 4, in priors/): every figure the
 per-image worst case over every attack, with its interval.
@@ -187,8 +187,11 @@ def run_pipelines(configs: list[Any], suite: Any, suite_name: str, jobs: int, co
                 refresh()
             return results
 
+        from lrrobust.core.children import die_with_parent
+
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or torch state
-        pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context))
+        pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(  # workers end with this process
+            max_workers=jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)))
 
         def wait(futures: list[concurrent.futures.Future]) -> list[str]:
             while not all(f.done() for f in futures):
@@ -222,7 +225,7 @@ def robustness_verdicts(rows: list[Any]) -> list[tuple[str, str, bool, str]]:
             better = test.significant and test.pooled.difference > 0
             verdicts.append((row.network, attack, better,
                              (f"{100 * adv.summary.mean:.1f}% adversarial vs {100 * reg.summary.mean:.1f}% regular "
-                             f"training, {format_p(test.pooled.p_value)}")))
+                             f"training, {test.decided_by} {format_p(test.p_value)}")))
     return verdicts
 
 

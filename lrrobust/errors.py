@@ -15,7 +15,8 @@ class UserError(ValueError):
 
 
 class EnvironmentFailure(OSError):
-    """A path that cannot be written (disk full, file size limit, permissions, read-only or virtual filesystem).
+    """A path that cannot be written (disk full, file size limit, permissions, read-only or virtual filesystem, a
+    file where a directory should be), or a process of lrrobust's own that was lost (a study's worker killed).
 
     The CLI prints it as one line naming the path and the cause, with exit code 1 (not the user's mistake: the same
     command works once the cause is gone). An OSError, so library callers that catch OSError still catch it.

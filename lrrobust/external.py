@@ -21,6 +21,7 @@ zoo's (``evaluation.evaluate``).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.machinery
 import importlib.util
@@ -101,9 +102,9 @@ def load_model_py(spec: str) -> tuple[nn.Module | Any, dict[str, Any]]:
     try:
         try:
             loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 - whatever the user's file raises, say it in one line
+        except (Exception, SystemExit, KeyboardInterrupt) as e:  # noqa: BLE001 - whatever the user's file raises
             sys.modules.pop(name, None)
-            raise UserError(f"--model-py: importing {path} failed: {first_line(e)}") from None
+            raise UserError(f"--model-py: importing {path} failed: {_raised(e)}") from None
         fn = getattr(module, factory, None)
         if not callable(fn):
             found = sorted(k for k, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == name)
@@ -111,13 +112,45 @@ def load_model_py(spec: str) -> tuple[nn.Module | Any, dict[str, Any]]:
                             f"{', '.join(found) or '(none)'}")
         try:
             made = fn()
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"--model-py: {path.name}:{factory}() raised {first_line(e)}") from None
+        except (Exception, SystemExit, KeyboardInterrupt) as e:  # noqa: BLE001
+            raise UserError(f"--model-py: {path.name}:{factory}() raised {_raised(e)}") from None
     finally:
         sys.path.remove(folder)
     origin = {"kind": "model-py", "name": f"{path.name}:{factory}", "path": str(path), "sha256": digest,
               "factory": factory}
     return made, origin
+
+
+def _raised(error: BaseException) -> str:
+    """An exception of the user's code in words; sys.exit and KeyboardInterrupt say what they are, since a model file
+    must return a model, never end or interrupt the evaluation."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit (it called sys.exit({error.code!r}); a model file and its factory must return, not exit)"
+    if isinstance(error, KeyboardInterrupt):
+        return "KeyboardInterrupt (a model file and its factory must return, not interrupt)"
+    return first_line(error)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutsideModel:
+    """The outside model eval-attack was given, as ``load(info)`` takes it: ``--model-py FILE.py:FACTORY``, or
+    ``--torchvision NAME`` with ``weights`` or ``download``. Plain data, so a child process can load it
+    (``lrrobust.isolation``)."""
+
+    model_py: str | None = None
+    torchvision: str | None = None
+    weights: str | None = None
+    download: bool = False
+
+    @property
+    def what(self) -> str:
+        """How messages name it: the option and its value."""
+        return f"--model-py {self.model_py}" if self.model_py is not None else f"--torchvision {self.torchvision}"
+
+    def __call__(self, info: DatasetInfo) -> tuple[Any, dict[str, Any]]:
+        if self.model_py is not None:
+            return load_model_py(self.model_py)
+        return load_torchvision(self.torchvision, self.weights, self.download, info)
 
 
 def torchvision_names() -> list[str]:
@@ -224,9 +257,14 @@ def outside_target(made: Any, origin: dict[str, Any], info: DatasetInfo, *, labe
 def evaluate_outside(load: Callable[[DatasetInfo], tuple[Any, dict[str, Any]]], dataset: str, suite: Suite,
                      out: str | os.PathLike, *, label: str | None = None, training: str = "regular",
                      mean: Any = None, std: Any = None, root: str | None = None, transfer_from: str | None = None,
-                     device: str = "auto", progress: bool = True, workers: int = 0) -> dict[str, Any] | None:
+                     device: str = "auto", progress: bool = True, workers: int = 0,
+                     ready: Callable[[], None] | None = None) -> dict[str, Any] | None:
     """Load an outside model with ``load(info)`` (the dataset's facts: classes, channels, mean, std) and evaluate
-    it exactly as the zoo's; returns the summary on rank 0, None on the other ranks."""
+    it exactly as the zoo's; returns the summary on rank 0, None on the other ranks. ``ready`` is called once the
+    model is loaded and has passed its checks on the first batch (``lrrobust.isolation`` times that part).
+
+    This runs the model's code in this process; ``lrrobust eval-attack`` runs it in a child process instead
+    (``lrrobust.isolation.evaluate_in_child``), which also catches a model that exits or hangs."""
     if label is not None:
         check_label(label)
     check_training(training)
@@ -234,4 +272,4 @@ def evaluate_outside(load: Callable[[DatasetInfo], tuple[Any, dict[str, Any]]], 
     made, origin = load(info)
     target = outside_target(made, origin, info, label=label, training=training, mean=mean, std=std)
     return evaluate_target(target, data, info, suite, out, root=root, transfer_from=transfer_from, device=device,
-                           progress=progress, workers=workers)
+                           progress=progress, workers=workers, ready=ready)

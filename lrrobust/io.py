@@ -2,12 +2,14 @@
 
 Every OSError while writing (disk full, a file size limit, permissions, a read-only or virtual filesystem) becomes
 ``lrrobust.errors.EnvironmentFailure``, one line naming the path and the cause, which the CLI prints with exit code 1.
-``ensure_writable_dir`` lets a command check its outputs before long work starts.
+``ensure_writable_dir`` lets a command check its outputs before long work starts; ``read_input_text`` reads a file
+the user named, its failures the user's (exit code 2) or the machine's (exit code 1).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -206,16 +208,15 @@ def ensure_writable_dir(path: str | os.PathLike, option: str, create: bool = Tru
     probe ``path`` when it exists, else its nearest existing ancestor (for commands whose own code creates and
     locks the directory, and for outputs that must leave nothing behind when the command is refused later).
 
-    A file where a directory is expected is the user's mistake (UserError, exit code 2); a directory that cannot
-    be written (permissions, read-only or virtual filesystem, disk full) is an EnvironmentFailure (exit code 1).
+    Any output that cannot be written is an EnvironmentFailure (exit code 1), named by the option and the cause: a
+    file where a directory should be, permissions, a read-only or virtual filesystem, a full disk.
     """
     path = Path(path)
     named = Path(given) if given is not None else path
     blocking = _blocking_file(path)
-    if blocking is not None and blocking == named:
-        raise UserError(f"{option} {named} is a file; give a directory")
     if blocking is not None:
-        raise UserError(f"{option} {named}: {blocking} is a file, not a directory; choose another path")
+        cause = "it is a file, not a directory" if blocking == named else f"{blocking} is a file, not a directory"
+        raise EnvironmentFailure(named, f"{cause}; choose another path", action="cannot write in", context=option)
     existing = next(p for p in (path, *path.parents) if p.exists())
     target = path if create else existing
     context = option if target == named else f"{option} {named}"  # the path once: "cannot write in X (--out): ..."
@@ -228,5 +229,41 @@ def ensure_writable_dir(path: str | os.PathLike, option: str, create: bool = Tru
         for directory in missing:
             with contextlib.suppress(OSError):
                 directory.rmdir()
-        raise EnvironmentFailure(target, describe_os_error(e), action="cannot write in", context=context) from e
+        raise EnvironmentFailure(target, _probe_cause(e, target), action="cannot write in", context=context) from e
     return path
+
+
+def _probe_cause(error: OSError, directory: Path) -> str:
+    """Why no file could be made in the existing ``directory``: ENOENT there means a filesystem that takes no new
+    files (/proc, /sys), which "No such file or directory" alone would not say."""
+    if error.errno == errno.ENOENT and directory.is_dir():
+        return "no file can be created there (a virtual filesystem such as /proc or /sys)"
+    return describe_os_error(error)
+
+
+# Errors reading a file the user named that are the user's to fix (exit code 2); others (EIO, ...) are the machine's.
+_INPUT_ERRNOS = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM,
+                 errno.ENAMETOOLONG}
+
+
+def read_input_text(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of an input file the user named (``what`` names it in messages, e.g. "study spec").
+
+    A path that is missing, a directory, a symlink loop or unreadable is the user's input: a UserError (exit code 2);
+    a failing disk is an EnvironmentFailure (exit code 1); text that is not UTF-8 is a UserError.
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        if e.errno == errno.EISDIR or (e.errno is None and path.is_dir()):
+            raise UserError(f"{what} {path} is a directory; give a file") from None
+        if e.errno == errno.ENOENT:
+            raise UserError(f"{what} not found: {path}") from None
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{what} {path} is a symbolic link loop; give a file") from None
+        if e.errno in _INPUT_ERRNOS:
+            raise UserError(f"{what} {path} cannot be read: {describe_os_error(e)}") from None
+        raise EnvironmentFailure(path, describe_os_error(e), action="cannot read") from e

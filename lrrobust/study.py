@@ -22,10 +22,14 @@ A study spec is a TOML file::
 
 Every cell is an ordinary run directory ``OUT/runs/NETWORK-TRAINING-sSEED`` with its evaluation in
 ``eval-SUITE``: a killed study run again with the same command continues inside the cell it stopped in (training
-and evaluation resume) and never redoes a finished cell (its summary.json exists). The report goes to
-``OUT/report``. Everything in the spec is checked before any work starts. As each cell finishes, the progress
-output gives its training-convergence verdict (``lrrobust.training.convergence``): whether the network had finished
-learning before its figures enter the comparison.
+and evaluation resume) and never redoes a finished cell (its summary.json exists); a cell killed before its first
+checkpoint starts again from scratch (``restart_unstarted``). The report goes to ``OUT/report``. Everything in the
+spec (the type of every value, every model and training option) is checked before any work starts, and the data and
+``OUT`` before anything is created (``check_study_inputs``). The study holds ``OUT``'s lock while it runs, so a second
+study into it stops at once with one line naming the holder; its cells run in worker processes that end with it
+(``lrrobust.jobs``). As each cell finishes, the progress output gives its training-convergence verdict
+(``lrrobust.training.convergence``): whether the network had finished learning before its figures enter the
+comparison.
 
 With a ``[sweep]``, its trials (``OUT/sweep/``, resumable like cells) run first; the recipe each network and
 training kind did best with on the validation split is recorded in ``OUT/sweep.json`` and the report, and every
@@ -40,16 +44,13 @@ config.json, manifest.json and metrics.jsonl, its evaluation's summary and per-s
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lrrobust.errors import UserError
+from lrrobust.jobs import check_jobs, run_jobs, say_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,6 +59,11 @@ else:  # pragma: no cover - Python 3.10
 
 SPEC_KEYS = ("name", "description", "dataset", "root", "suite", "networks", "trainings", "seeds", "model",
              "training", "convergence", "sweep")
+# The type of every top-level value, and how messages say it; list items, tables' values are checked where read.
+SPEC_TYPES = {"name": (str, "text"), "description": (str, "text"), "dataset": (str, "text"), "root": (str, "text"),
+              "suite": (str, "text"), "networks": (list, "a list"), "trainings": (list, "a list"),
+              "seeds": (list, "a list"), "model": (dict, "a table"), "training": (dict, "a table"),
+              "convergence": (dict, "a table"), "sweep": (dict, "a table")}
 REQUIRED = ("dataset", "suite", "networks", "trainings", "seeds")
 TRAININGS = ("regular", "adversarial")
 WEIGHTS_FILE = "weights.pt"
@@ -116,8 +122,21 @@ def _table(spec: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_types(spec: dict[str, Any], where: str) -> None:
+    for key, (kind, words) in SPEC_TYPES.items():
+        if key in spec and not isinstance(spec[key], kind):
+            name = f"[{key}]" if kind is dict else key
+            raise UserError(f"{where}: {name} must be {words}, got {_short(spec[key])}")
+
+
 def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> Study:
-    """The grid's cells, every one checked (network, training options, suite, dataset) before any work."""
+    """The grid's cells, every one checked (the type of every value, network, model and training options, suite,
+    dataset) before any work. The data and the output directory are checked by ``check_study_inputs``."""
     from lrrobust.data import check_dataset_name
     from lrrobust.evaluation.suite import load_suite, resolve_suite_path
     from lrrobust.models import list_models
@@ -131,7 +150,8 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     missing = [k for k in REQUIRED if k not in spec]
     if missing:
         raise UserError(f"{where}: missing {', '.join(missing)} (a study needs {', '.join(REQUIRED)})")
-    dataset = check_dataset_name(str(spec["dataset"]))
+    _check_types(spec, where)
+    dataset = check_dataset_name(spec["dataset"])
     networks = _list(spec, "networks", where, str)
     bad = [n for n in networks if n not in list_models()]
     if bad:
@@ -142,7 +162,7 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     seeds = _list(spec, "seeds", where, int)
     if any(s < 0 for s in seeds):
         raise UserError(f"{where}: seeds must be >= 0, got {seeds!r}")
-    suite_path = str(resolve_suite_path(str(spec["suite"])))
+    suite_path = str(resolve_suite_path(spec["suite"]))
     suite = load_suite(suite_path)
     convergence = None if "convergence" not in spec else parse_convergence(spec["convergence"], where)
     model = _table(spec, "model", where)
@@ -160,6 +180,9 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
                 run_dir = out / "runs" / f"{network}-{kind}-s{seed}"
                 config = _config({**shared, **per_kind[kind]}, network, kind, seed, run_dir, common, where)
                 cells.append(Cell(network, kind, seed, config, run_dir, run_dir / f"eval-{suite.name}"))
+        _check_model(cells[-1].config, where)
+    for kind in (k for k in TRAININGS if k not in trainings and per_kind[k]):  # a table no cell uses: checked too
+        _config({**shared, **per_kind[kind]}, networks[0], kind, seeds[0], out / "runs" / kind, common, where)
     trials = []
     for network in networks if sweep is not None else ():
         for kind in trainings:
@@ -182,7 +205,7 @@ def _config(fields: dict[str, Any], network: str, kind: str, seed: int, run_dir:
     training."""
     from lrrobust.training import TrainConfig, resolve_config
 
-    taken = {"model", "model_kwargs", "dataset", "root", "seed", "out", "resume", "adversarial"}
+    taken = {"model", "model_kwargs", "dataset", "root", "seed", "out", "resume", "adversarial", "validation"}
     clash = sorted(set(fields) & taken)
     if clash:
         raise UserError(f"{where}: [training] may not set {', '.join(clash)}: the study sets them")
@@ -196,13 +219,53 @@ def _config(fields: dict[str, Any], network: str, kind: str, seed: int, run_dir:
     return config
 
 
-def load_study(path: str | Path, out: str | Path) -> Study:
-    path = Path(path)
+def _check_model(config: Any, where: str) -> None:
+    """Build the cell's network from its [model] options the way training will (``build_model``), on the meta
+    device (no memory, no computation), so an unknown or bad option is refused now, not inside a worker."""
+    import torch
+
+    from lrrobust.data import dataset_info
+    from lrrobust.evaluation.contract import first_line
+    from lrrobust.training import resolve_config
+    from lrrobust.training.loop import build_model
+
+    resolved = resolve_config(config)
+    info = dataset_info(resolved.dataset)  # imagefolder's class count needs the data; any count checks the options
     try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"study spec not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        try:
+            with torch.device("meta"):
+                build_model(resolved, info, info.num_classes or 1000)
+        except UserError:
+            raise
+        except Exception:  # noqa: BLE001 - a layer the meta device cannot build: build it for real to be sure
+            build_model(resolved, info, info.num_classes or 1000)
+    except UserError as e:
+        raise UserError(f"{where}: [model]: {e}") from None
+    except Exception as e:  # noqa: BLE001 - options the model's own checks let through but its layers refuse
+        raise UserError(f"{where}: [model] options do not build {resolved.model}: {first_line(e)}") from None
+
+
+def check_study_inputs(study: Study) -> None:
+    """What planning leaves alone, checked before anything is created: the dataset's files under ``root`` (for the
+    datasets that need one) and that the output directory can be written."""
+    from lrrobust.data import check_root
+    from lrrobust.io import ensure_writable_dir
+
+    download = any(c.config.download for c in study.cells)
+    check_root(study.dataset, study.root, download=download, option="root = \"DIR\" in the spec")
+    ensure_writable_dir(study.out, "--out", create=False)
+
+
+def load_study(path: str | Path, out: str | Path) -> Study:
+    """The study of the spec file ``path`` (``plan_study``); a spec that cannot be read is the user's input (exit
+    code 2): missing, a directory, a symbolic link loop, not UTF-8, not TOML."""
+    from lrrobust.io import read_input_text
+
+    path = Path(path)
+    text = read_input_text(path, "study spec")
+    try:
+        spec = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path} is not a valid TOML study spec: {e}") from None
     return plan_study(spec, out, str(path))
 
@@ -217,10 +280,30 @@ def run_cell(cell: Cell, study: Study, device: str, threads: int = 1) -> str:
     from lrrobust.training import train
 
     torch.set_num_threads(threads)
+    restart_unstarted(cell.run_dir)
     train(dc.replace(cell.config, resume=True, device=device), progress=False)  # resume=True starts a new run too
     evaluate(cell.run_dir, study.dataset, study_suite(study), cell.eval_dir, root=study.root, device=device,
              progress=False)
     return str(cell.eval_dir)
+
+
+def restart_unstarted(run_dir: Path) -> None:
+    """Empty a cell's (or a sweep trial's) run directory that holds no checkpoint yet, under its lock: a study
+    killed before the first epoch ended left only the run's opening files (config.json, manifest.json, an empty
+    metrics.jsonl), and the cell starts again from scratch with the study's current recipe rather than resume
+    nothing. Anything else in the directory is left for training to judge."""
+    from lrrobust.core.lock import contents, locked_directory, remove_stale_temporaries
+    from lrrobust.training.run_files import CONFIG, MANIFEST, METRICS
+
+    if not run_dir.is_dir() or (run_dir / "last.pt").exists():
+        return
+    with locked_directory(run_dir, "--out"):
+        if (run_dir / "last.pt").exists():
+            return
+        remove_stale_temporaries(run_dir)
+        for path in contents(run_dir):
+            if path.name in (CONFIG, MANIFEST, METRICS) and path.is_file():
+                path.unlink()
 
 
 def study_suite(study: Study) -> Any:
@@ -269,15 +352,19 @@ def is_kept(cell: Cell, study: Study) -> bool:
 def keep_cell(cell: Cell, study: Study) -> Path:
     """Copy a finished cell into ``kept_dir``: its run's JSON files, its evaluation's summary and per-sample records,
     and its best.pt as weights only with the run's whole training record (``lrrobust.checkpoint.save_weights``),
-    so the training-convergence check of the weights file is the run's. Each file is written atomically."""
+    so the training-convergence check of the weights file is the run's. Each file is written atomically; call it
+    under the study's lock (temporary files of an earlier, killed copy are removed)."""
     import shutil
 
     from lrrobust.checkpoint import save_weights
+    from lrrobust.core.lock import remove_stale_temporaries
     from lrrobust.io import atomic_path, make_dirs
     from lrrobust.training.run_files import read_metrics
 
     kept = kept_dir(cell, study)
     make_dirs(kept / cell.eval_dir.name)
+    for folder in (kept, kept / cell.eval_dir.name):  # a copy killed mid-write; no one else writes here
+        remove_stale_temporaries(folder)
     copies = [(cell.run_dir / n, kept / n) for n in KEPT_RUN_FILES]
     copies += [(cell.eval_dir / n, kept / cell.eval_dir.name / n) for n in KEPT_EVAL_FILES]
     save_weights(cell.run_dir / "best.pt", kept / WEIGHTS_FILE,
@@ -289,47 +376,6 @@ def keep_cell(cell: Cell, study: Study) -> Path:
     return kept
 
 
-def _devices(jobs: int) -> list[str]:
-    """One GPU per worker when several are visible, else the CPU."""
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [f"cuda:{i % count}" for i in range(jobs)] if count else ["cpu"] * jobs
-
-
-def _run_jobs(what: str, items: list[Any], total: int, submit: Callable[..., Any], finished: Callable[[Any], str],
-              jobs: int, console: Any) -> None:
-    """Run ``submit(pool, item, device)`` for every item, ``jobs`` at a time in one-thread worker processes, with a
-    progress bar over ``total`` (the items already done included) and a line per finished item: its label and
-    ``finished(item)``. A failed item stops the run with its error; finished items stay finished."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    devices = _devices(jobs)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console)
-    context = multiprocessing.get_context("spawn")
-    with progress, concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        task = progress.add_task(what, total=total, completed=total - len(items))
-        running = {submit(pool, item, devices[i % jobs]): item for i, item in enumerate(items)}
-        while running:
-            done, _ = concurrent.futures.wait(running, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                item = running.pop(future)
-                future.result()
-                progress.advance(task)
-                console.print(f"[{time.strftime('%H:%M:%S')}] done: {item.label}; {finished(item)}",
-                              highlight=False, markup=False)
-            left = len(running)
-            progress.update(task, description=f"{what} ({min(left, jobs)} running, {left} left)")
-
-
 def _adversarial_first(items: Any) -> list[Any]:
     """Unfinished items, adversarial ones first (each costs about steps + 1 times a regular one): with several jobs
     the long ones start together and the short ones fill in at the end."""
@@ -338,58 +384,81 @@ def _adversarial_first(items: Any) -> list[Any]:
 
 def run_sweep(study: Study, jobs: int = 1, console: Any = None) -> tuple[Study, dict[str, Any]]:
     """Run every unfinished sweep trial, choose each network's and training kind's recipe, write OUT/sweep.json;
-    returns the study with the chosen recipes in its cells' configs, and the record."""
-    from rich.console import Console
-
+    returns the study with the chosen recipes in its cells' configs, and the record. Runs under the study's lock
+    (``run_study`` holds it)."""
+    from lrrobust.core.console import make_console
     from lrrobust.io import atomic_write_json, make_dirs
     from lrrobust.sweep import RECORD_FILE, choose, read_trial, recipe_text, run_trial, sweep_record
 
-    console = console or Console()
+    console = console or make_console()
     convergence = study_suite(study).convergence
     todo = _adversarial_first(study.trials)
-    console.print(f"study {study.name}: sweep of {len(study.sweep.recipes())} recipes per network and training kind "
-                  f"(seed {study.sweep.seed}): {len(study.trials)} trials, {len(study.trials) - len(todo)} done, "
-                  f"{len(todo)} to run, {jobs} at a time", highlight=False)
-    _run_jobs("sweep trials", todo, len(study.trials),
-              lambda pool, trial, device: pool.submit(run_trial, trial, convergence, device), trial_verdict, jobs,
-              console)
+    say_line(console, f"study {study.name}: sweep of {len(study.sweep.recipes())} recipes per network and training "
+                      f"kind (seed {study.sweep.seed}): {len(study.trials)} trials, {len(study.trials) - len(todo)} "
+                      f"done, {len(todo)} to run, {jobs} at a time")
+    run_jobs("sweep trials", todo, len(study.trials),
+             lambda pool, trial, device: pool.submit(run_trial, trial, convergence, device), trial_verdict, jobs,
+             console)
     records = [read_trial(t) for t in study.trials]
     chosen = choose(study.trials, records)
     record = sweep_record(study.sweep, study.trials, records, chosen)
     make_dirs(study.out)
     atomic_write_json(study.out / RECORD_FILE, record)
     for choice in record["choices"]:
-        console.print(f"sweep: {choice['network']} {choice['training']}: {recipe_text(choice['recipe'])} chosen "
-                      f"({choice['metric']} {100 * choice['value']:.1f}%)", highlight=False, markup=False)
+        say_line(console, f"sweep: {choice['network']} {choice['training']}: {recipe_text(choice['recipe'])} "
+                          f"chosen ({choice['metric']} {100 * choice['value']:.1f}%)")
     cells = tuple(dataclasses.replace(c, config=dataclasses.replace(c.config, **chosen[c.network, c.training].recipe))
                   for c in study.cells)
     return dataclasses.replace(study, cells=cells), record
 
 
+def _remove_staging(report: Path) -> None:
+    """Remove the staging folders (``.staging-*``) a report killed while being written leaves in the study's report
+    directory; only under the study's lock, when no report of this study is being written."""
+    import shutil
+
+    if report.is_dir():
+        for staging in report.glob(".staging-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def run_study(study: Study, jobs: int = 1, console: Any = None) -> Path:
     """Run the sweep's unfinished trials, if any, then every unfinished cell, ``jobs`` at a time in one-thread
-    worker processes, keep every finished cell (``keep_cell``), then write the report."""
-    from rich.console import Console
+    worker processes, keep every finished cell (``keep_cell``), then write the report.
 
+    The data and the output directory are checked first (``check_study_inputs``); then the study holds the lock of
+    its output directory (``lrrobust.core.lock``) to the end: a second study into the same directory stops at once
+    with one line naming this one's PID, before it touches any cell, and this one goes on undisturbed."""
+    from lrrobust.core.lock import locked_directory
+
+    check_jobs(jobs)
+    check_study_inputs(study)
+    with locked_directory(study.out, "--out"):
+        return _run_locked(study, jobs, console)
+
+
+def _run_locked(study: Study, jobs: int, console: Any) -> Path:
+    from lrrobust.core.console import make_console
     from lrrobust.io import atomic_write_json, make_dirs
     from lrrobust.report import write_report
     from lrrobust.report.render import sweep_md
     from lrrobust.sweep import RECORD_FILE
 
-    console = console or Console()
+    console = console or make_console()
+    _remove_staging(study.out / "report")
     record = None
     if study.sweep is not None:
         study, record = run_sweep(study, jobs, console)
     todo = _adversarial_first(study.cells)
-    console.print(f"study {study.name}: {len(study.cells)} cells, {len(study.cells) - len(todo)} done, "
-                  f"{len(todo)} to run, {jobs} at a time; out {study.out}")
+    say_line(console, f"study {study.name}: {len(study.cells)} cells, {len(study.cells) - len(todo)} done, "
+                      f"{len(todo)} to run, {jobs} at a time; out {study.out}")
 
     def finished(cell: Cell) -> str:
         keep_cell(cell, study)
         return cell_verdict(cell)
 
-    _run_jobs("cells", todo, len(study.cells), lambda pool, cell, device: pool.submit(run_cell, cell, study, device),
-              finished, jobs, console)
+    run_jobs("cells", todo, len(study.cells), lambda pool, cell, device: pool.submit(run_cell, cell, study, device),
+             finished, jobs, console)
     for cell in study.cells:  # cells finished by an earlier run (or before models were kept)
         if not is_kept(cell, study):
             keep_cell(cell, study)

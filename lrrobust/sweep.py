@@ -157,9 +157,11 @@ def run_trial(trial: Trial, convergence: Any, device: str, threads: int = 1) -> 
 
     from lrrobust.core.lock import locked_directory
     from lrrobust.io import atomic_write_json
+    from lrrobust.study import restart_unstarted
     from lrrobust.training import train
 
     torch.set_num_threads(threads)
+    restart_unstarted(trial.run_dir)
     train(dc.replace(trial.config, resume=True, device=device), progress=False)  # resume=True starts a new run too
     record = trial_record(trial, convergence)
     with locked_directory(trial.run_dir):

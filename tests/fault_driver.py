@@ -1,4 +1,5 @@
-"""Runs a tiny training or evaluation in this process and SIGKILLs it at the k-th file write (tests/test_fault_injection).
+"""Runs a tiny training, evaluation or study in this process and SIGKILLs it at the k-th file write
+(tests/test_fault_injection).
 
 Every write of lrrobust goes through ``lrrobust.io``: atomic writes end in ``os.replace`` and state and metrics lines
 in ``append_jsonl``. The driver counts those writes. In mode "torn" it dies inside write k, leaving what a kill
@@ -6,10 +7,15 @@ mid-write leaves (the temporary file cut to half its bytes, or half a JSON line)
 after write k completed (between two files). With kill_at 0 it runs to the end and prints the number of writes.
 
     python tests/fault_driver.py '{"command": "train", "kill_at": 3, "mode": "torn", "out": "RUN"}'
+
+A study ("command": "study", ``out`` its output directory) runs its cells in this process (``InProcess``) instead of
+worker processes, so its writes are counted and killed like the others: every phase of a cell, from its first
+file to the report.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -28,6 +34,36 @@ def train_config(out: str, resume: bool = False):
                        steps=1, out=out, device="cpu", resume=resume)
 
 
+STUDY_SUITE = {"name": "fault", "seed": 0, "batch_size": 20, "limit": 40, "attack": [
+    {"name": "pgd-u", "kind": "pgd", "eps": 0.2, "steps": 2},
+]}
+STUDY = {"name": "fault", "dataset": "digits", "networks": ["resnet18"], "trainings": ["regular"], "seeds": [0],
+         "model": {"width": 0.125}, "training": {"epochs": 2, "batch_size": 256}}
+
+
+def study_spec(directory: str) -> dict:
+    """The tiny study of the fault tests: one cell, two epochs, one attack on two batches; its suite file is written
+    into ``directory``."""
+    from pathlib import Path
+
+    suite = Path(directory) / "fault-suite.toml"
+    if not suite.is_file():
+        suite.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"{k} = {json.dumps(v)}" for k, v in STUDY_SUITE.items() if k != "attack"]
+        for attack in STUDY_SUITE["attack"]:
+            lines += ["", "[[attack]]"] + [f"{k} = {json.dumps(v)}" for k, v in attack.items()]
+        suite.write_text("\n".join(lines) + "\n")
+    return {**STUDY, "suite": str(suite)}
+
+
+class InProcess(concurrent.futures.ThreadPoolExecutor):
+    """The study's worker pool run in this process, so that every write of the study is counted (and killed) here."""
+
+    def __init__(self, max_workers: int, mp_context: object = None, initializer: object = None,
+                 initargs: tuple = ()) -> None:
+        super().__init__(max_workers=1)
+
+
 def run(command: str, out: str, checkpoint: str | None = None) -> None:
     import torch
 
@@ -36,6 +72,16 @@ def run(command: str, out: str, checkpoint: str | None = None) -> None:
         from lrrobust.training import train
 
         train(train_config(out), progress=False)
+    elif command == "study":
+        from pathlib import Path
+
+        from rich.console import Console
+
+        from lrrobust.study import plan_study, run_study
+
+        concurrent.futures.ProcessPoolExecutor = InProcess
+        run_study(plan_study(study_spec(str(Path(out).parent)), out), jobs=1,
+                  console=Console(file=open(os.devnull, "w")))  # noqa: SIM115 - the process ends right after
     else:
         from lrrobust.evaluation.evaluate import evaluate
         from lrrobust.evaluation.suite import parse_suite

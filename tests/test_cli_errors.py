@@ -95,10 +95,12 @@ def test_training_into_an_unwritable_path_fails_at_once_with_exit_1(command, tmp
     check(result, 1, "cannot write in /proc", f"--out {PROC / 'run'}")
 
 
-def test_training_under_a_file_is_the_users_mistake(tmp_path):
+def test_training_under_a_file_cannot_be_written_exit_1(tmp_path):
     (tmp_path / "afile").write_text("x")
     result = invoke("train", *TINY, "-o", tmp_path / "afile" / "run")
-    check(result, 2, "afile is a file, not a directory")
+    check(result, 1, "cannot write in", "afile is a file, not a directory")
+    result = invoke("train", *TINY, "-o", tmp_path / "afile")
+    check(result, 1, "cannot write in", "it is a file")
     assert (tmp_path / "afile").read_text() == "x"
 
 
@@ -139,17 +141,23 @@ def test_eval_attack_into_an_unwritable_path_fails_before_attacking(runs, tmp_pa
     check(result, 1, "cannot write in /proc")
     (tmp_path / "afile").write_text("x")
     result = invoke("eval-attack", runs["regular"], "--out", tmp_path / "afile" / "eval", *EVAL)
-    check(result, 2, "is a file")
+    check(result, 1, "is a file")
+    result = invoke("eval-attack", runs["regular"], "--out", tmp_path / "afile", *EVAL)
+    check(result, 1, "is a file")
 
 
 def test_report_into_an_unwritable_path(runs, tmp_path):
+    """An output that cannot be written is exit code 1, a file where the report directory should be included
+    (issue 23, finding 10: `report --out FILE` exited 2)."""
     result = invoke("report", runs["eval"], "--out", PROC / "report")
-    check(result, 1, "cannot write in /proc")
+    line = check(result, 1, "cannot write in /proc", "virtual filesystem")
+    assert "No such file or directory" not in line
     (tmp_path / "afile").write_text("x")
     result = invoke("report", runs["eval"], "--out", tmp_path / "afile" / "report")
-    check(result, 2, "is a file")
+    check(result, 1, "is a file")
     result = invoke("report", runs["eval"], "--out", tmp_path / "afile")
-    check(result, 2, "is a file")
+    check(result, 1, "cannot write in", "afile (--out): it is a file, not a directory")
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 @pytest.mark.parametrize("bench", [["bench", "op", "--stages", "4", "--impl", "conv3x3", "--passes", "fwd"],
@@ -159,7 +167,7 @@ def test_bench_json_into_an_unwritable_path_fails_before_the_bench(bench, tmp_pa
     check(result, 1, "cannot write in /proc", "--json")  # one line: the bench never started (it prints a header)
     (tmp_path / "afile").write_text("x")
     result = invoke(*bench, "--json", tmp_path / "afile" / "bench.json")
-    check(result, 2, "is a file")
+    check(result, 1, "is a file")
 
 
 def test_ensure_writable_dir_creates_and_probes_or_leaves_nothing(tmp_path):
@@ -171,9 +179,9 @@ def test_ensure_writable_dir_creates_and_probes_or_leaves_nothing(tmp_path):
     with pytest.raises(EnvironmentFailure, match="cannot write in /proc"):
         ensure_writable_dir(PROC / "x", "--out")
     (tmp_path / "f").touch()
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(EnvironmentFailure, match="is a file"):
         ensure_writable_dir(tmp_path / "f", "--out")
-    with pytest.raises(UserError, match="is a file, not a directory"):
+    with pytest.raises(EnvironmentFailure, match="is a file, not a directory"):
         ensure_writable_dir(tmp_path / "f" / "sub", "--out")
 
 
@@ -532,6 +540,27 @@ def test_resume_of_a_copied_run_names_the_directory_given(runs, tmp_path):
     run = copy(runs["regular"], tmp_path / "copy")
     check(invoke("train-adv", *TINY, "-o", run, "--resume"), 2, f"{run} holds a regular run")
     assert str(runs["regular"]) not in invoke("train-adv", *TINY, "-o", run, "--resume").output
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["train", "--epochs", "two"], ["Invalid value for '--epochs'", "(see lrrobust train --help)"]),
+    (["train", "--epohcs", "2"], ["No such option: --epohcs"]),
+    (["eval-attack", "--out"], ["Option '--out' requires an argument"]),
+    (["report"], ["Missing argument 'dirs'"]),
+    (["trian"], ["No such command 'trian'", "(see lrrobust --help)"]),
+    (["bench", "op", "--batch", "many"], ["Invalid value for '--batch'", "(see lrrobust bench op --help)"]),
+    (["--bogus"], ["No such option: --bogus"]),
+])
+def test_usage_errors_are_one_line_with_exit_2(args, fragments):
+    """Issue 23, finding 10: typer's usage errors printed a usage line, a hint and a boxed message."""
+    check(invoke(*args), 2, *fragments)
+
+
+def test_help_screens_stay_as_they_are():
+    for args in (["--help"], ["train", "--help"], []):
+        result = invoke(*args)
+        assert "Usage:" in result.output and "error:" not in result.output, result.output
+        assert result.exit_code in (0, 2), result.output  # a group without a command shows its help
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lrrobust.attacks.base import AttackSpec
-from lrrobust.errors import UserError
+from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.evaluation import state
 from lrrobust.evaluation.loop import EvalTarget, run_evaluation
 from lrrobust.evaluation.suite import parse_suite
@@ -170,7 +170,7 @@ def test_a_different_command_on_the_same_directory_is_refused(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not an evaluation directory"):
         evaluate(tmp_path / "other")
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(EnvironmentFailure, match="is a file"):  # an output that cannot be written
         evaluate(tmp_path / "other" / "notes.txt")
 
 

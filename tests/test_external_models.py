@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from markdown_text import squash
 from torch import nn
 from torchvision.models import get_model
 from typer.testing import CliRunner
@@ -171,7 +172,7 @@ def test_model_py_is_evaluated_like_a_zoo_model(work, outside_eval, zoo_eval):
 def test_report_shows_the_label_and_marks_the_outside_model(outside_eval, zoo_eval, tmp_path):
     result = cli("report", zoo_eval, outside_eval, "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
-    md = (tmp_path / "r" / "table9.md").read_text()
+    md = squash((tmp_path / "r" / "table9.md").read_text())
     sha = json.loads((outside_eval / "summary.json").read_text())["model"]["origin"]["sha256"]
     table = md.split("## Table 9")[1].split("##")[0]
     assert re.search(rf"\| My ResNet-18 \| outside: model-py, sha256 {sha[:12]} \|", table), table
@@ -560,3 +561,175 @@ def test_an_outside_model_without_eps_is_attacked_at_the_datasets_standard_eps(t
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert {a["eps"] for a in summary["attacks"]} == {0.2}
     assert summary["suite_config"]["description"].endswith("eps: the standard Linf eps of digits")
+
+
+# ---------------------------------------------------------------- issue 23: models that exit, hang or turn NaN
+
+UNRULY_MODELS = '''import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+
+def linear():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+
+
+def exits_0():
+    sys.exit(0)
+
+
+def exits_3():
+    sys.exit(3)
+
+
+def interrupts():
+    raise KeyboardInterrupt
+
+
+def hard_exit():
+    os._exit(0)
+
+
+def sleeps():
+    time.sleep(600)
+
+
+class Later(nn.Module):
+    """A linear model whose forward pass misbehaves from its call number ``after + 1`` on."""
+
+    def __init__(self, after, how):
+        super().__init__()
+        self.inner = linear()
+        self.calls, self.after, self.how = 0, after, how
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        if self.calls <= self.after:
+            return out
+        if self.how == "nan":
+            return out * float("nan")
+        if self.how == "sleep":
+            time.sleep(600)
+        os._exit(0)
+
+
+def nan_after_three():
+    return Later(3, "nan").eval()
+
+
+def nan_after_eight():
+    return Later(8, "nan").eval()
+
+
+def sleeps_in_forward():
+    return Later(0, "sleep").eval()
+
+
+def exits_while_attacked():
+    return Later(8, "exit").eval()
+'''
+UNRULY_FILES = {"sysexit_at_import.py": "import sys\nsys.exit(0)\n", "osexit_at_import.py": "import os\nos._exit(0)\n",
+                "interrupt_at_import.py": "raise KeyboardInterrupt\n"}
+QUICK = ["--dataset", "digits", "--eps", "0.2", "--steps", "2", "--limit", "8", "--batch-size", "4", "--mode",
+         "untargeted", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def unruly(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("unruly")
+    (root / "m.py").write_text(UNRULY_MODELS)
+    for name, text in UNRULY_FILES.items():
+        (root / name).write_text(text + "\n\ndef build():\n    pass\n")
+    return root
+
+
+def one_error_line(result, code: int = 2) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == code and len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("m.py:exits_0", r"m\.py:exits_0\(\) raised SystemExit \(it called sys\.exit\(0\); .*must return, not exit\)"),
+    ("m.py:exits_3", r"raised SystemExit \(it called sys\.exit\(3\)"),
+    ("m.py:interrupts", r"m\.py:interrupts\(\) raised KeyboardInterrupt"),
+    ("m.py:hard_exit", r"m\.py:hard_exit ended its process with exit code 0 \(as os\._exit\(0\) does\) while"),
+    ("sysexit_at_import.py:build", r"importing .*sysexit_at_import\.py failed: SystemExit"),
+    ("osexit_at_import.py:build", r"osexit_at_import\.py:build ended its process with exit code 0"),
+    ("interrupt_at_import.py:build", r"importing .*interrupt_at_import\.py failed: KeyboardInterrupt"),
+])
+def test_a_model_file_or_factory_that_exits_ends_eval_attack_in_one_line_with_exit_2(unruly, tmp_path, spec,
+                                                                                       message):
+    """Issue 23, finding 5: sys.exit(0) and os._exit(0) ended eval-attack with exit code 0 and nothing written,
+    sys.exit(3) with code 3 and no message, KeyboardInterrupt with 130."""
+    out = tmp_path / "e"
+    text = one_error_line(cli("eval-attack", "--model-py", unruly / spec, *QUICK, "--out", out))
+    assert re.search(message, text), text
+    assert not out.exists()
+
+
+def test_a_model_that_exits_while_attacked_never_ends_with_exit_0(unruly, tmp_path):
+    out = tmp_path / "e"
+    text = one_error_line(cli("eval-attack", "--model-py", f"{unruly / 'm.py'}:exits_while_attacked", *QUICK,
+                              "--out", out))
+    assert "ended its process with exit code 0 (as os._exit(0) does) during the attacks" in text
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("factory", ["sleeps", "sleeps_in_forward"])
+def test_a_model_that_hangs_while_loading_or_on_its_first_batch_is_stopped_after_model_timeout(unruly, tmp_path,
+                                                                                                factory):
+    """Issue 23, finding 6: a factory or forward pass that sleeps hung eval-attack with no output."""
+    import time
+
+    cli("eval-attack", "--model-py", f"{unruly / 'm.py'}:linear", *QUICK, "--out", tmp_path / "warm")  # server up
+    started = time.monotonic()
+    text = one_error_line(cli("eval-attack", "--model-py", f"{unruly / 'm.py'}:{factory}", *QUICK,
+                              "--model-timeout", "2", "--out", tmp_path / "e"))
+    assert time.monotonic() - started < 60
+    assert f"m.py:{factory} was not loaded and tried on its first batch within 2 s (--model-timeout)" in text
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--model-timeout", "0"], "--model-timeout must be a finite number of seconds > 0"),
+    (["--model-timeout", "nan"], "--model-timeout must be a finite number of seconds > 0"),
+    (["--model-timeout", "soon"], "Invalid value for '--model-timeout'"),
+])
+def test_model_timeout_values_that_make_no_sense(unruly, tmp_path, options, message):
+    text = one_error_line(cli("eval-attack", "--model-py", f"{unruly / 'm.py'}:linear", *QUICK, *options, "--out",
+                              tmp_path / "e"))
+    assert message in text
+
+
+@pytest.mark.parametrize(("factory", "where"), [
+    ("nan_after_three", r"the clean pass on batch (\d) of 2"),
+    ("nan_after_eight", r"attack pgd2-untargeted on batch (\d) of 2"),
+])
+def test_a_model_that_turns_nan_stops_the_evaluation_naming_the_attack_and_batch(unruly, tmp_path, factory, where):
+    """Issue 23, finding 4: a model returning NaN after its third call got "robust accuracy 0.0", every image a
+    successful attack predicting class 0, exit 0."""
+    from lrrobust.evaluation.state import read_state
+
+    out = tmp_path / "e"
+    text = one_error_line(cli("eval-attack", "--model-py", f"{unruly / 'm.py'}:{factory}", *QUICK, "--out", out))
+    found = re.search(rf"--model-py m\.py:{factory} gave a non-finite output \(NaN or inf\) in {where}; ", text)
+    assert found, text
+    assert not (out / "summary.json").exists()
+    batch = int(found.group(1)) - 1
+    stage = "__clean__" if "clean" in where else "attack"
+    recorded = read_state(out) if out.exists() else {}
+    assert not [key for b, key in recorded if b == batch and (stage == "__clean__" or key != "__clean__")]
+
+
+def test_the_python_api_stops_on_a_model_that_turns_nan_during_an_attack(unruly):
+    namespace: dict = {}
+    exec((unruly / "m.py").read_text(), namespace)  # noqa: S102 - the factories above, as Python objects
+    with pytest.raises(UserError, match=r"^lrrobust.evaluate gave a non-finite output \(NaN or inf\) in attack "
+                                        r"pgd2-(un)?targeted on batch \d of 2; "):
+        lrrobust.evaluate(namespace["nan_after_eight"](), "digits", attacks=TINY_SUITE)

@@ -9,9 +9,11 @@ from scipy import stats
 
 from lrrobust.evaluation.stats import (
     PairedTest,
+    adjust_family,
     combine_paired,
     exact_mcnemar,
     format_p,
+    holm,
     summarize_seeds,
     wilson_interval,
 )
@@ -174,7 +176,7 @@ def test_combine_pooled_not_significant():
     c = combine_paired([_paired(6, 5, 500), _paired(7, 6, 500), _paired(5, 5, 500)])
     assert (c.pooled.a_only, c.pooled.b_only) == (18, 16)
     assert c.consistent and not c.significant
-    assert c.verdict == f"not significant ({format_p(c.pooled.p_value)})"
+    assert c.verdict == f"not significant (pooled McNemar {format_p(c.pooled.p_value)})"
     assert c.pooled.p_value == pytest.approx(stats.binomtest(18, 34).pvalue)
 
 
@@ -184,7 +186,8 @@ def test_combine_pooled_significant_but_seeds_t_test_not():
     assert c.pooled.p_value < 1e-50 and c.consistent
     assert c.seeds_p_value == pytest.approx(stats.ttest_1samp([0.2, 0.001, 0.001], 0).pvalue)
     assert c.seeds_p_value > 0.05 and not c.significant
-    assert c.verdict.startswith("not significant across seeds (t-test p = ")
+    assert c.verdict.startswith("not significant across seeds (t-test over seeds p = ")
+    assert c.p_value == c.seeds_p_value and c.decided_by == "t-test over seeds"  # the p printed is the one that decided
 
 
 def test_combine_identical_seeds_zero_variance():
@@ -199,9 +202,10 @@ def test_combine_single_seed():
     assert c.seeds_p_value is None and c.significant
     assert c.pooled.p_value == pytest.approx(158 / 4096)
     assert "1 seed: image sampling only, training-seed variation untested" in c.verdict
-    assert c.verdict.startswith("significant (p = 0.039")
+    assert c.verdict.startswith("significant (pooled McNemar p = 0.039")
     n = combine_paired([_paired(5, 5, 100)])
-    assert not n.significant and n.verdict.startswith("not significant (p = 1.000") and "1 seed" in n.verdict
+    assert not n.significant and n.verdict.startswith("not significant (pooled McNemar p = 1.000") and "1 seed" in \
+        n.verdict
 
 
 def test_combine_two_seeds_no_t_test():
@@ -229,3 +233,43 @@ def test_a_t_interval_over_seeds_never_leaves_the_unit_interval():
     assert wide.interval[0] == 0.0 and 0.144 < wide.interval[1] < 1.0
     high = summarize_seeds([0.912, 0.918, 0.768])
     assert high.interval[1] == 1.0 and high.interval[0] < high.mean
+
+
+# --- the p that decided, and Holm over a report's family -----------------------------------------------------
+
+
+def test_the_p_of_a_combined_test_is_the_largest_of_its_parts():
+    """Significant needs the pooled test and the seeds' t-test both: the p printed is the larger, named."""
+    c = combine_paired([_paired(30, 10, 1000), _paired(25, 8, 1000), _paired(28, 12, 1000)])
+    assert c.p_value == max(c.pooled.p_value, c.seeds_p_value)
+    assert c.decided_by == ("t-test over seeds" if c.seeds_p_value > c.pooled.p_value else "pooled McNemar")
+    assert f"{c.decided_by} {format_p(c.p_value)}" in c.verdict
+    two = combine_paired([_paired(20, 2, 1000), _paired(15, 3, 1000)])
+    assert two.p_value == two.pooled.p_value and two.decided_by == "pooled McNemar"
+
+
+def test_holm_step_down():
+    # the textbook example: p = 0.01, 0.04, 0.03, 0.005 -> 4 x 0.005, 3 x 0.01, 2 x 0.03, then monotone
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == [] and holm([0.2]) == [0.2]
+    p = [0.001, 0.2, 0.013, 0.04, 0.0004]
+    adjusted = holm(p)
+    assert all(a >= q for a, q in zip(adjusted, p))  # never below the raw p
+    order = sorted(range(len(p)), key=p.__getitem__)
+    assert [adjusted[i] for i in order] == sorted(adjusted)  # monotone in the raw p
+
+
+def test_adjust_family_turns_chance_findings_into_not_significant():
+    """Twelve tests at raw p about 0.02: each passes alone, none after Holm over the family."""
+    borderline = combine_paired([_paired(14, 4, 500)])  # exact McNemar p = 0.031
+    strong = combine_paired([_paired(60, 5, 500)])
+    assert borderline.significant and 0.01 < borderline.p_value < 0.05
+    family = adjust_family([borderline] * 11 + [strong])
+    assert [t.family_size for t in family] == [12] * 12
+    assert [t.p_adjusted for t in family] == pytest.approx(holm([borderline.p_value] * 11 + [strong.p_value]))
+    assert not any(t.significant for t in family[:11]) and family[11].significant
+    assert family[0].verdict.startswith("not significant (Holm-adjusted p = ")
+    assert "pooled McNemar p = 0.031, 12 tests" in family[0].verdict
+    assert family[11].verdict.startswith("significant (Holm-adjusted p < 0.001")
+    assert family[0].p_value == borderline.p_value  # the raw p stays beside the adjusted one

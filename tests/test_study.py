@@ -86,7 +86,7 @@ steps = 2
 def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY_SUITE)
     spec = {**BASE, "suite": str(tmp_path / "tiny.toml"), "seeds": [0, 1], "model": {"width": 0.125},
-            "training": {"epochs": 2, "batch_size": 256}}
+            "training": {"epochs": 2, "batch_size": 256}, "name": ":smile: [bold]tiny[/bold]"}
     study = plan_study(spec, tmp_path / "s")
     first, second = study.cells
     run_cell(first, study, "cpu")  # a finished cell
@@ -110,8 +110,11 @@ def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):
     from lrrobust.evaluation.summary import read_summary
 
     verdict = read_summary(second.eval_dir).convergence["verdict"]
-    line = next(x for x in console.export_text().splitlines() if "done: resnet18 regular seed 1;" in x)
+    log = console.export_text()
+    line = next(x for x in log.splitlines() if "done: resnet18 regular seed 1;" in x)
     assert line.endswith(f"training: {verdict}")
+    # the spec's name as written, though rich would render ':smile:' as an emoji and eat '[bold]' (issue 23)
+    assert "study :smile: [bold]tiny[/bold]: 2 cells, 1 done, 1 to run" in log
     assert "## Training convergence" in text
     # every finished cell is kept beside its evaluation, weights only, whether it finished in this run or before
     from lrrobust.checkpoint import is_weights_only, read_checkpoint
@@ -122,3 +125,227 @@ def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):
         assert is_weights_only(read_checkpoint(kept / WEIGHTS_FILE))
         assert (kept / cell.eval_dir.name / "summary.json").read_bytes() == (cell.eval_dir / "summary.json").read_bytes()
     assert not (study.out / "sweep.json").exists() and "Recipe sweep" not in text  # no [sweep]: none
+
+
+# ------------------------------------------------------------------------------------- issue 23: every mistake
+# checked before any directory is created, one line each; one study per output directory
+
+
+def _wrong_value(annotation: str) -> object:
+    kind = annotation.split("|")[0].split("[")[0].strip()
+    return {"int": "x", "float": "x", "str": 3, "bool": "yes", "list": "x", "dict": 3}[kind]
+
+
+def _every_wrong_field() -> list[tuple[dict, str]]:
+    """(a spec change, the key its message must name): every field of a spec, each with a value of a wrong type."""
+    import dataclasses
+
+    from lrrobust.models.registry import COMMON_OPTIONS, LR_OPTIONS
+    from lrrobust.sweep import SWEEP_KEYS
+    from lrrobust.training import TrainConfig
+    from lrrobust.training.convergence import CONVERGENCE_KEYS
+
+    top = {"name": {"a": 1}, "description": ["x"], "dataset": 3, "root": 3, "suite": ["digits"],
+           "networks": "resnet18", "trainings": "regular", "seeds": 0, "model": 3, "training": [1],
+           "convergence": "x", "sweep": 1}
+    cases = [({key: value}, key) for key, value in top.items()]
+    cases += [({"networks": [3]}, "networks"), ({"trainings": [True]}, "trainings"), ({"seeds": ["0"]}, "seeds")]
+    study_sets = {"model", "model_kwargs", "dataset", "root", "seed", "out", "resume", "adversarial", "validation"}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in study_sets:
+            value = _wrong_value(str(field.type))
+            cases.append(({"training": {field.name: value}}, field.name))
+            cases.append(({"training": {"adversarial": {field.name: value}}}, field.name))  # a table no cell uses
+    cases += [({"training": {kind: 3}}, kind) for kind in ("regular", "adversarial")]
+    for option in COMMON_OPTIONS + LR_OPTIONS:
+        cases.append(({"networks": ["lrnet26"], "model": {option: "x" if option != "stem" else 3}}, option))
+    cases.append(({"model": {"nosuch": 1}}, "nosuch"))  # not a create_model option (issue 23, finding 8)
+    cases.append(({"networks": ["resnet18"], "model": {"geo_prior": "mlp"}}, "geo_prior"))  # an LR-Net's only
+    cases += [({"convergence": {key: "x"}}, key) for key in CONVERGENCE_KEYS]
+    cases += [({"sweep": {key: "x"}}, key) for key in SWEEP_KEYS]
+    cases += [({"sweep": {"lr": [0.1], "seed": "x"}}, "seed")]
+    return cases
+
+
+def test_every_spec_field_with_a_wrong_type_is_refused_in_one_line_naming_it(tmp_path):
+    """Issue 23, findings 8 and 9: `name = {a = 1}` ran as "study {'a': 1}", `[model] nosuch = 1` failed inside a
+    worker after runs/ was created."""
+    cases = _every_wrong_field()
+    assert len(cases) > 60
+    for change, key in cases:
+        with pytest.raises(UserError) as err:
+            plan_study({**BASE, **change}, tmp_path / "s", "spec.toml")
+        message = str(err.value)
+        assert key in message and "\n" not in message, (change, message)
+    assert not (tmp_path / "s").exists()
+
+
+def study_cli(*args) -> object:
+    import os
+
+    from lrrobust.cli import app
+
+    env = {k: v for k, v in os.environ.items() if k != "LRROBUST_DEBUG"}
+    return CliRunner().invoke(app, ["study", *map(str, args)], env=env)
+
+
+def one_line(result, code: int, *fragments: str) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == code and len(lines) == 1, result.output
+    assert lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def _spec_file(tmp_path: Path, **fields: object) -> Path:
+    import json
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in {**BASE, **fields}.items()))
+    return spec
+
+
+@pytest.mark.parametrize("jobs", ["99999999999999999999", "0", "-1", "257", "two", "1.5"])
+def test_jobs_out_of_range_or_not_a_number_is_one_line(tmp_path, jobs):
+    """Issue 23, findings 7 and 10: --jobs 99999999999999999999 raised OverflowError; --jobs two printed typer's
+    boxed usage message."""
+    one_line(study_cli(_spec_file(tmp_path), "--out", tmp_path / "s", "--jobs", jobs), 2, "--jobs")
+    assert not (tmp_path / "s").exists()
+
+
+def test_usage_errors_are_one_line_with_exit_2(tmp_path):
+    one_line(study_cli(_spec_file(tmp_path)), 2, "Missing option '--out'", "lrrobust study --help")
+    one_line(study_cli(_spec_file(tmp_path), "--out", tmp_path / "s", "--jbos", "2"), 2, "--jbos")
+    one_line(study_cli(), 2, "Missing argument")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_spec_that_is_a_directory_or_a_symlink_loop_is_the_users_mistake(tmp_path):
+    """Issue 23, finding 10: both exited 1, the code of a failing environment."""
+    one_line(study_cli(tmp_path, "--out", tmp_path / "s"), 2, f"study spec {tmp_path} is a directory")
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    one_line(study_cli(loop, "--out", tmp_path / "s"), 2, f"study spec {loop} is a symbolic link loop")
+    (tmp_path / "latin1.toml").write_bytes("name = 'caf\u00e9'\n".encode("latin-1"))
+    one_line(study_cli(tmp_path / "latin1.toml", "--out", tmp_path / "s"), 2, "not UTF-8")
+    assert not (tmp_path / "s").exists()
+
+
+def test_data_roots_and_output_paths_are_checked_before_any_directory_is_created(tmp_path):
+    """Issue 23, finding 8: imagefolder without a root failed inside a worker after runs/ was created; an --out that
+    is a file or under /proc was reported after the study had started, /proc's cause as "No such file or
+    directory". A missing root is the user's mistake (2); an output that cannot be written the machine's (1)."""
+    out = tmp_path / "s"
+    one_line(study_cli(_spec_file(tmp_path, dataset="imagefolder"), "--out", out), 2, "imagefolder needs root")
+    one_line(study_cli(_spec_file(tmp_path, dataset="imagefolder", root=str(tmp_path / "nope")), "--out", out), 2,
+             "ImageFolder tree not found", str(tmp_path / "nope" / "train"))
+    one_line(study_cli(_spec_file(tmp_path, dataset="cifar10", root=str(tmp_path)), "--out", out), 2,
+             "CIFAR-10 not found")
+    assert not out.exists()
+    spec = _spec_file(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    one_line(study_cli(spec, "--out", tmp_path / "afile"), 1, "cannot write in", "afile", "is a file")
+    one_line(study_cli(spec, "--out", tmp_path / "afile" / "s"), 1, "afile is a file, not a directory")
+    assert (tmp_path / "afile").read_text() == "x"
+    line = one_line(study_cli(spec, "--out", "/proc/lrrobust-study"), 1, "cannot write in /proc", "virtual")
+    assert "No such file or directory" not in line
+
+
+HOLD = """
+import sys, time
+from lrrobust.core.lock import locked_directory
+with locked_directory(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_study_into_a_held_directory_stops_at_once_and_touches_nothing(tmp_path):
+    """Issue 23, finding 3: two studies on one --out stopped each other at the cells each held. The study holds
+    its output directory's lock: the second one names the holder and exits 2 before it creates anything."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted(p.name for p in out.iterdir())
+        one_line(study_cli(_spec_file(tmp_path), "--out", out), 2, f"{out} is in use by another lrrobust process "
+                 f"(PID {holder.pid})")
+        assert sorted(p.name for p in out.iterdir()) == before == [".lock"]  # no runs/, no report/
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_a_cell_killed_before_its_first_checkpoint_is_emptied_and_restarts(tmp_path):
+    """Issue 23, finding 1: a cell holding config.json, manifest.json and an empty metrics.jsonl (killed before its
+    first epoch ended) starts again from scratch, with the study's recipe of now; a cell with a checkpoint is left to
+    resume, and files the study does not know are left alone."""
+    from lrrobust.core.lock import LOCK_NAME
+    from lrrobust.study import restart_unstarted
+
+    run = tmp_path / "runs" / "resnet18-regular-s0"
+    run.mkdir(parents=True)
+    for name, text in (("config.json", '{"model": "resnet18", "lr": 0.5}'), ("manifest.json", "{}"),
+                       ("metrics.jsonl", ""), (".config.json.abc.tmp", "{"), ("notes.txt", "mine")):
+        (run / name).write_text(text)
+    restart_unstarted(run)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "notes.txt"]
+    (run / "config.json").write_text("{}")
+    (run / "last.pt").write_bytes(b"checkpoint")
+    restart_unstarted(run)
+    assert (run / "config.json").is_file()  # a started run resumes from last.pt
+    restart_unstarted(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_die_with_parent_ends_a_worker_when_its_parent_is_killed(tmp_path):
+    """Issue 23, finding 2 (tests/test_fault_injection.py kills a real study's main process): a worker that called
+    die_with_parent ends within seconds of a SIGKILL of its parent; without it, it would sleep on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, time\n"
+        "from lrrobust.core.children import die_with_parent\n\n"
+        "def child(parent):\n"
+        "    die_with_parent(parent)\n"
+        "    time.sleep(120)\n\n"
+        "if __name__ == '__main__':\n"
+        "    import os\n"
+        "    worker = multiprocessing.get_context('spawn').Process(target=child, args=(os.getpid(),))\n"
+        "    worker.start()\n"
+        "    print(worker.pid, flush=True)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(1.0)  # the worker has called die_with_parent
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(worker):
+        assert time.monotonic() < deadline, "the worker outlived its parent"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True

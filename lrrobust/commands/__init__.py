@@ -3,21 +3,25 @@
 The consoles print user text (paths, labels, factory names) as written: no emoji codes (``lrrobust.core.console``),
 and ``say`` and ``print_error`` print it with markup off or escaped.
 
+Usage errors of typer (an unknown option, ``--jobs two``) are one line too (``OneLineGroup``).
+
 Each command module defines ``register(app, bench)`` and adds its typer commands there; heavy imports
 (torch, models) happen inside the command bodies so ``lrrobust --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from lrrobust.core.console import make_console
 from lrrobust.errors import EnvironmentFailure, UserError, describe_os_error
@@ -73,6 +77,38 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer, on click itself
+    from click.exceptions import UsageError
+
+
+class OneLineGroup(TyperGroup):
+    """The command group of ``lrrobust`` and ``lrrobust bench``: a usage error (an unknown command or option, a
+    missing argument, ``--jobs two``) is one ``error:`` line with exit code 2, like every other mistake, instead of
+    typer's usage text and boxed message. Help screens (``--help``, a group called without a command) stay."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line_usage():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):  # a subcommand's arguments are parsed in here
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage() -> Iterator[None]:
+    try:
+        yield
+    except UsageError as error:
+        if type(error).__name__ == "NoArgsIsHelpError" or os.environ.get("LRROBUST_DEBUG"):
+            raise  # the group's help screen; or the traceback, asked for
+        command = f" (see {error.ctx.command_path} --help)" if getattr(error, "ctx", None) is not None else ""
+        print_error(f"{error.format_message().rstrip('.')}{command}")
+        raise typer.Exit(2) from None
 
 
 def is_terminal() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from enum import Enum
 from pathlib import Path
@@ -101,6 +102,9 @@ def eval_attack(
                                                  "(torch.save(model.state_dict(), FILE)).")] = None,
     download: Annotated[bool, typer.Option("--download", help="--torchvision: fetch torchvision's own ImageNet "
                                            "weights (downloaded only when asked).")] = False,
+    model_timeout: Annotated[float | None, typer.Option("--model-timeout", help="--model-py/--torchvision: seconds "
+                                                        "to load the model and try it on its first batch (default "
+                                                        "120); the attacks have no limit.")] = None,
     label: Annotated[str | None, typer.Option("--label", help="The model's row name in reports (default: its "
                                               "network, file:factory or torchvision name).")] = None,
     training: Annotated[Training | None, typer.Option("--training", help="--model-py/--torchvision: how the model "
@@ -139,6 +143,7 @@ def eval_attack(
     if out is None:
         raise UserError("--out DIR is required: the evaluation directory")
     outside = _check_model_options(checkpoint, model_py, torchvision, weights, download, training, dataset)
+    timeout = _check_timeout(model_timeout, outside)
     options = (attack, eps, step_size, steps, random_start, restarts, mode)
     if suite is not None and any(v is not None for v in options):
         raise UserError("give either --suite or attack options (--attack, --eps, --steps, ...), not both")
@@ -182,11 +187,11 @@ def eval_attack(
               "progress": is_terminal(), "workers": workers, "label": label}
     if outside is None:
         summary = evaluate(checkpoint, dataset, chosen, out, **common)
-    else:
-        from lrrobust.external import evaluate_outside
+    else:  # the model's own code runs in a child process, which may exit, crash or hang (lrrobust.isolation)
+        from lrrobust.isolation import evaluate_in_child
 
-        summary = evaluate_outside(outside, dataset, chosen, out, training=(training or Training.regular).value,
-                                   **common)
+        summary = evaluate_in_child(outside, dataset, chosen, out, timeout=timeout,
+                                    training=(training or Training.regular).value, **common)
     if summary is not None:
         from lrrobust.evaluation.display import print_summary
 
@@ -196,8 +201,21 @@ def eval_attack(
         say(f"wrote {out}/summary.json, summary.csv and samples.csv")
 
 
+def _check_timeout(model_timeout, outside):
+    """--model-timeout in seconds: a finite number > 0, for an outside model only (default 120)."""
+    from lrrobust.isolation import DEFAULT_TIMEOUT
+
+    if model_timeout is None:
+        return DEFAULT_TIMEOUT
+    if outside is None:
+        raise UserError("--model-timeout is for --model-py and --torchvision: a checkpoint runs lrrobust's own code")
+    if not (math.isfinite(model_timeout) and model_timeout > 0):
+        raise UserError(f"--model-timeout must be a finite number of seconds > 0, got {model_timeout:g}")
+    return model_timeout
+
+
 def _check_model_options(checkpoint, model_py, torchvision, weights, download, training, dataset):
-    """Which model to evaluate: None for a checkpoint, else the loader of the outside model (lrrobust.external)."""
+    """Which model to evaluate: None for a checkpoint, else the outside model (lrrobust.external.OutsideModel)."""
     given = [name for name, value in (("a CHECKPOINT", checkpoint), ("--model-py", model_py),
                                       ("--torchvision", torchvision)) if value is not None]
     if len(given) != 1:
@@ -212,12 +230,12 @@ def _check_model_options(checkpoint, model_py, torchvision, weights, download, t
         return None
     if dataset is None:
         raise UserError("--dataset is required with --model-py and --torchvision (no checkpoint names one)")
-    from lrrobust.external import load_model_py, load_torchvision, parse_model_py
+    from lrrobust.external import OutsideModel, parse_model_py
 
     if model_py is not None:
         parse_model_py(model_py)  # a bad spec or a missing file fails before the dataset is read
-        return lambda info: load_model_py(model_py)
-    return lambda info: load_torchvision(torchvision, weights, download, info)
+        return OutsideModel(model_py=model_py)
+    return OutsideModel(torchvision=torchvision, weights=None if weights is None else str(weights), download=download)
 
 
 def report(
@@ -254,9 +272,10 @@ def demo(
     """The whole pipeline on the embedded digits: train, attack, report (what `make demo` runs)."""
     from lrrobust.demo import run_demo
     from lrrobust.io import ensure_writable_dir
+    from lrrobust.jobs import check_jobs
 
-    if jobs is not None and jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if jobs is not None:
+        check_jobs(jobs)
     for option, path in (("--workdir", workdir), ("--out", out)):
         ensure_writable_dir(path, option, create=False)
     run_demo(out=out, workdir=workdir, console=console, jobs=jobs)

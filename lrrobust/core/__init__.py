@@ -3,7 +3,9 @@
 - ``numbers``: the one parser of eps and step sizes (fractions such as ``16/255``);
 - ``seeding``: derived seeds and seeding every generator;
 - ``modes``: eval mode and frozen parameters while an attack runs, restored afterwards;
-- ``provenance``: the record of what produced a result (git commit, versions, machine).
+- ``provenance``: the record of what produced a result (git commit, versions, machine);
+- ``lock``: one process at a time in a run, evaluation or study directory;
+- ``children``: worker processes that end with the process that started them.
 
 Nothing here imports from the rest of lrrobust but ``lrrobust.errors``.
 """

@@ -1,4 +1,4 @@
-"""Directory locks: one process at a time writes into a run or evaluation directory.
+"""Directory locks: one process at a time writes into a run, evaluation or study directory.
 
 An OS file lock (``flock``) on ``DIR/.lock``, which the kernel releases when the process ends, however it ends
 (SIGKILL included): a killed run never leaves a stale lock behind. A second process that finds the directory
@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from lrrobust.errors import UserError
+from lrrobust.errors import EnvironmentFailure, UserError
 
 LOCK_NAME = ".lock"
 
@@ -49,7 +49,8 @@ def locked_directory(path: str | os.PathLike, option: str = "--out") -> Iterator
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"{option} {path} is a file; give a directory")
+        raise EnvironmentFailure(path, "it is a file, not a directory; choose another path", action="cannot write in",
+                                 context=option)
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     new_lock = not (path / LOCK_NAME).exists()

@@ -181,8 +181,8 @@ def evaluate(
             "standard", the dataset's standard eps (digits 0.2, mnist 0.3, cifar10 8/255, imagenet 16/255).
         norm: "Linf" (default) or "L2"; a suite has its own, which ``norm`` must match when given.
         attacks: "standard" (the eps-matched standard suite: targeted and untargeted PGD, AutoAttack and the
-            masking checks; ``lrrobust.evaluation.standard``), a suite name or TOML file (attacks/), a ``Suite``,
-            or a suite's table as a dict.
+            masking checks; ``lrrobust.evaluation.standard``), a suite name (lrrobust/suites/) or TOML file, a
+            ``Suite``, or a suite's table as a dict.
         n: how many images: a seeded random subset of a named dataset's split (as ``--limit``); the first ``n`` of
             tensors or a DataLoader. Default: a named dataset's suite says (all of the split unless it has a
             ``limit``); every image of tensors or a DataLoader.

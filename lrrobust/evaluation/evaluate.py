@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset
 from lrrobust.data import DatasetInfo
 from lrrobust.errors import UserError
 from lrrobust.evaluation.contract import check_label, check_module, what_of
+from lrrobust.evaluation.finite import FiniteGuard
 from lrrobust.evaluation.loop import EvalTarget, Kept, run_evaluation, sample_indices, world
 from lrrobust.evaluation.suite import Suite
 from lrrobust.training.convergence import (
@@ -184,6 +186,7 @@ def evaluate_target(
     workers: int = 0,
     convergence: Convergence | None = None,
     kept: Kept | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate a loaded model (``target.info["origin"]`` says where it came from) on ``data``, the split the suite
     names of the dataset ``info`` describes: the module is tried on one small batch first
@@ -192,7 +195,7 @@ def evaluate_target(
 
     ``convergence`` is the training-convergence check of the run that made the model; without one (a model from
     outside) summary.json says "n/a: no training record". ``out`` None keeps the results in memory (``kept``
-    receives the ledger); see ``run_evaluation``."""
+    receives the ledger); see ``run_evaluation``. ``ready`` is called once the module has passed its checks."""
     from lrrobust.evaluation.diagnostics import diagnose
 
     dataset = info.name
@@ -207,14 +210,22 @@ def evaluate_target(
     torch_device = resolve_device(device)
     target.model.to(torch_device)
     check_module(target.model, data, target.num_classes, dataset, torch_device, what_of(target.info.get("origin")))
+    if ready is not None:
+        ready()
     convergence = convergence or not_available("no training record")
     started = out is not None and _start_distributed(torch_device)
     try:
         extra = {"dataset": dataset, "dataset_root": root, "sources": source_info,
                  "convergence": convergence.to_dict()}
         if world()[0] == 0:  # summary.json is rank 0's
-            extra["diagnostics"] = diagnose(target.model, data, sample_indices(len(data), suite.limit, suite.seed),
-                                            torch_device)
+            with FiniteGuard({what_of(target.info.get("origin")): target.model}) as guard:
+                try:
+                    extra["diagnostics"] = diagnose(target.model, data,
+                                                    sample_indices(len(data), suite.limit, suite.seed), torch_device)
+                except Exception:
+                    guard.check("the masking diagnostics")  # a NaN that broke them is named as such
+                    raise
+                guard.check("the masking diagnostics")
         return run_evaluation(
             target, data, suite, out, transfer_from=transfer_from, sources=sources, device=torch_device,
             progress=progress, workers=workers, extra=extra, kept=kept,

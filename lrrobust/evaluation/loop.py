@@ -5,6 +5,8 @@
 - Every (batch, attack) result goes to the evaluation state (``state.py``) as it is done, so a killed run,
   started again with the same command, skips what is finished. The directory is locked while in use
   (``lrrobust.core.lock``): a second evaluation into it stops with one line naming the holder's PID.
+- Every forward pass of the model is watched for NaN and inf (``finite.FiniteGuard``): a non-finite output stops
+  the evaluation with one line naming the attack and the batch, never scored as a successful attack.
 - Without an output directory (``lrrobust.evaluate`` with ``out=None``) the same loop runs with its records kept
   in memory: nothing is written, nothing resumed, and ``Kept`` hands the ledger (and, when asked, the adversarial
   images) back to the caller.
@@ -38,6 +40,8 @@ from lrrobust.core.provenance import provenance
 from lrrobust.core.seeding import derive_seed
 from lrrobust.errors import UserError
 from lrrobust.evaluation.checks import plan_attacks
+from lrrobust.evaluation.contract import what_of
+from lrrobust.evaluation.finite import FiniteGuard
 from lrrobust.evaluation.ledger import Ledger
 from lrrobust.evaluation.state import (
     CLEAN,
@@ -150,6 +154,13 @@ class _Shard:
     source_digests: dict[str, str]
     device: torch.device
     kept: Kept | None = None
+    guard: FiniteGuard | None = None  # watches every forward pass for NaN and inf
+
+
+def _checked(shard: _Shard, where: str) -> None:
+    """Stop with one line if a model gave a non-finite output in the stage just run (``where``)."""
+    if shard.guard is not None:
+        shard.guard.check(where)
 
 
 def _record(shard: _Shard, record: Any) -> None:
@@ -177,6 +188,7 @@ def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
                 progress.update(task, description=f"batch {b + 1}/{len(shard.batches)} clean")
                 with eval_mode(model):
                     clean = predict(model, images)
+                _checked(shard, f"the clean pass on batch {b + 1} of {len(shard.batches)}")
                 _record(shard, CleanRecord(b, index.tolist(), labels.tolist(), clean.tolist()))
                 progress.advance(task)
             targets = (labels + shard.offsets[index].to(shard.device)) % classes
@@ -187,12 +199,18 @@ def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
                 progress.update(task, description=f"batch {b + 1}/{len(shard.batches)} {spec.name}")
                 source_name = getattr(spec, "source", None)
                 restarts = getattr(spec, "restarts", 1)
-                outcome = spec.run(
-                    model, images, labels, num_classes=classes, targets=targets if spec.targeted else None,
-                    seed_for=stage_seeds(shard.seed, b, spec, shard.source_digests.get(source_name)),
-                    source=shard.sources.get(source_name) if source_name else None,
-                    first=single.get(spec.seed_key() + str(source_name)) if restarts > 1 else None,
-                )
+                where = f"attack {spec.name} on batch {b + 1} of {len(shard.batches)}"
+                try:
+                    outcome = spec.run(
+                        model, images, labels, num_classes=classes, targets=targets if spec.targeted else None,
+                        seed_for=stage_seeds(shard.seed, b, spec, shard.source_digests.get(source_name)),
+                        source=shard.sources.get(source_name) if source_name else None,
+                        first=single.get(spec.seed_key() + str(source_name)) if restarts > 1 else None,
+                    )
+                except Exception:
+                    _checked(shard, where)  # a NaN that broke the attack's own arithmetic is named as such
+                    raise
+                _checked(shard, where)
                 if restarts == 1:
                     single[spec.seed_key() + str(source_name)] = outcome
                 if shard.kept is not None:
@@ -337,10 +355,13 @@ class _Run:
         target.model.to(self.device)
         for model in self.sources.values():
             model.to(self.device)
-        shard = _Shard(target, self.dataset, self.attacks, self.batches, mine, done, state_file, self.suite.seed,
-                       target_offsets(len(self.dataset), target.num_classes, self.suite.seed), self.sources,
-                       self.digests, self.device, self.kept)
-        _run_shard(shard, show_progress=progress, workers=workers)
+        watched = {what_of(target.info.get("origin")): target.model,
+                   **{f"transfer source {name}": model for name, model in self.sources.items()}}
+        with FiniteGuard(watched) as guard:
+            shard = _Shard(target, self.dataset, self.attacks, self.batches, mine, done, state_file, self.suite.seed,
+                           target_offsets(len(self.dataset), target.num_classes, self.suite.seed), self.sources,
+                           self.digests, self.device, self.kept, guard)
+            _run_shard(shard, show_progress=progress, workers=workers)
         keys = [CLEAN] + [a.key() for a in self.attacks]
         records = _gather({(b, k): done[(b, k)] for b in mine for k in keys})
         if records is None:

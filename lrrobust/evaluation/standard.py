@@ -6,9 +6,9 @@
 - ``model_eps``: the eps to attack a model at when none is given: the eps its adversarial training used, else its
   dataset's standard eps (``eval-attack`` without ``--suite`` or ``--eps``).
 - ``standard_suite``: ``lrrobust.evaluate``'s ``attacks="standard"``, the eps-matched standard suite: the dataset's
-  shipped suite (attacks/*.toml) when it attacks at that eps, else a shipped suite of that norm and eps, else the
-  dataset's suite (``table9`` for L-inf, ``cifar10-l2`` for L2 when the dataset has none) with every eps moved to
-  the one asked and every explicit step size scaled with it, so each attack crosses the ball in as many steps.
+  shipped suite (lrrobust/suites/*.toml) when it attacks at that eps, else a shipped suite of that norm and eps,
+  else the dataset's suite (``table9`` for L-inf, ``cifar10-l2`` for L2 when the dataset has none) with every eps moved
+  to the one asked and every explicit step size scaled with it, so each attack crosses the ball in as many steps.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lrrobust.core.lock import contents
-from lrrobust.errors import UserError
+from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.io import append_jsonl, atomic_write_json
 
 STATE_DIR = ".state"
@@ -113,7 +113,8 @@ def check_out(out: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse an ``out`` that is neither new nor a state of the same settings (every rank checks, none writes)."""
     config = out / STATE_DIR / "config.json"
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory for the evaluation")
+        raise EnvironmentFailure(out, "it is a file, not a directory; give a directory for the evaluation",
+                                 action="cannot write in", context="--out")
     if config.exists():
         try:
             old = json.loads(config.read_text(encoding="utf-8"))

@@ -14,13 +14,23 @@ report gives it with its uncertainty and says "A beats B" only when the data sup
 - ``summarize_seeds``: mean, sample standard deviation, range and a t-interval of an accuracy over training seeds.
 - ``combine_paired``: several seeds' paired tests into one verdict. The pooled exact McNemar test (discordant
   counts summed over seeds) covers image sampling; the t-test of the per-seed differences (3 seeds or more) covers
-  training-seed variation; and the per-seed differences must not point in opposite directions.
+  training-seed variation; and the per-seed differences must not point in opposite directions. A difference is
+  significant only when every one of these rejects (an intersection-union test, Berger 1982), so its p-value is the
+  largest of the component p-values: the p of the test that decided, which is the one a report prints.
+- ``holm`` and ``adjust_family``: a report makes one paired comparison per pair of rows and column, a dozen or more,
+  so some would pass at 5% by chance alone. Holm's step-down procedure (S. Holm 1979, "A simple sequentially
+  rejective multiple test procedure", Scand. J. Statist. 6:65-70) bounds the chance of any false "significant" in
+  the family at 5% under any dependence between the tests; Benjamini-Hochberg would bound only the expected share
+  of false ones, and only under positive dependence. The comparisons of one report share models and images (the
+  targeted and untargeted columns of one pair are strongly dependent), and each one is read as a finding of its own
+  (the paper's claims are four of them), so the family-wise guarantee is the one that fits.
 
 scipy.stats supplies the numerics (``binomtest``, ``t``, ``ttest_1samp``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,8 +39,8 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "CombinedTest", "PairedTest", "SeedSummary", "combine_paired", "exact_mcnemar", "format_p", "summarize_seeds",
-    "wilson_interval",
+    "CombinedTest", "PairedTest", "SeedSummary", "adjust_family", "combine_paired", "exact_mcnemar", "format_p",
+    "holm", "summarize_seeds", "wilson_interval",
 ]
 
 _MIN_SEEDS_FOR_T = 3
@@ -128,7 +138,10 @@ class CombinedTest:
 
     ``pooled``: exact McNemar on the discordant counts summed over seeds; ``seeds_p_value``: one-sample t-test of
     the per-seed differences against 0 (3 seeds or more, else None); ``consistent``: no two seeds' differences
-    have opposite signs; ``significant``: pooled p < alpha, consistent, and (under 3 seeds or seeds p < alpha).
+    have opposite signs; ``p_value``: the p of the test that decided, the larger of the pooled and the seeds' p
+    (``decided_by`` names it); ``p_adjusted``: ``p_value`` adjusted by Holm over the report's family of
+    ``family_size`` tests (None until ``adjust_family``); ``significant``: consistent and the adjusted p (the raw
+    one before adjustment) below alpha.
     """
 
     per_seed: tuple[PairedTest, ...]
@@ -137,12 +150,55 @@ class CombinedTest:
     consistent: bool
     significant: bool
     verdict: str
+    p_value: float = 1.0
+    decided_by: str = "pooled McNemar"
+    p_adjusted: float | None = None
+    family_size: int | None = None
+    alpha: float = 0.05
+
+    @property
+    def seeds(self) -> int:
+        return len(self.per_seed)
+
+    def decision_text(self) -> str:
+        """'Holm-adjusted p = 0.012 (t-test over seeds p = 0.004, 12 tests)', or the raw p before adjustment."""
+        raw = f"{self.decided_by} {format_p(self.p_value)}"
+        if self.p_adjusted is None:
+            return raw
+        return f"Holm-adjusted {format_p(self.p_adjusted)} ({raw}, {self.family_size} tests)"
 
 
 def _seeds_t_test(diffs: Sequence[float]) -> float:
     if max(diffs) - min(diffs) <= 1e-12:  # zero variance: the t statistic is undefined
         return 1.0 if abs(diffs[0]) <= 1e-12 else 0.0
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def _verdict(test: CombinedTest) -> str:
+    """The verdict in words, with the p of the test that decided (adjusted when the family has been)."""
+    k = test.seeds
+    p = test.p_value if test.p_adjusted is None else test.p_adjusted
+    decided = test.decision_text()
+    if not test.consistent:
+        verdict = f"not significant: seeds disagree in sign ({decided})"
+    elif p >= test.alpha:
+        across = " across seeds" if test.decided_by == "t-test over seeds" else ""
+        verdict = f"not significant{across} ({decided})"
+    elif k >= _MIN_SEEDS_FOR_T:
+        verdict = f"significant ({decided}, {k} seeds agree)"
+    elif k == 2:
+        verdict = f"significant ({decided}, 2 seeds agree; too few for a t-test over seeds)"
+    else:
+        verdict = f"significant ({decided})"
+    if k == 1:
+        verdict = f"{verdict[:-1]}; {_ONE_SEED_NOTE})"
+    return verdict
+
+
+def _decide(test: CombinedTest) -> CombinedTest:
+    p = test.p_value if test.p_adjusted is None else test.p_adjusted
+    decided = dataclasses.replace(test, significant=test.consistent and p < test.alpha)
+    return dataclasses.replace(decided, verdict=_verdict(decided))
 
 
 def combine_paired(tests: Sequence[PairedTest], alpha: float = 0.05) -> CombinedTest:
@@ -157,24 +213,32 @@ def combine_paired(tests: Sequence[PairedTest], alpha: float = 0.05) -> Combined
     diffs = [t.difference for t in per_seed]
     seeds_p = _seeds_t_test(diffs) if k >= _MIN_SEEDS_FOR_T else None
     consistent = not (any(d > 0 for d in diffs) and any(d < 0 for d in diffs))
-    significant = pooled.p_value < alpha and consistent and (seeds_p is None or seeds_p < alpha)
+    by_seeds = seeds_p is not None and seeds_p > pooled.p_value
+    combined = CombinedTest(per_seed=per_seed, pooled=pooled, seeds_p_value=seeds_p, consistent=consistent,
+                            significant=False, verdict="", p_value=seeds_p if by_seeds else pooled.p_value,
+                            decided_by="t-test over seeds" if by_seeds else "pooled McNemar", alpha=alpha)
+    return _decide(combined)
 
-    if not consistent:
-        verdict = f"not significant: seeds disagree in sign (pooled {format_p(pooled.p_value)})"
-    elif pooled.p_value >= alpha:
-        verdict = f"not significant ({format_p(pooled.p_value)})"
-    elif seeds_p is not None and seeds_p >= alpha:
-        verdict = f"not significant across seeds (t-test {format_p(seeds_p)})"
-    elif k >= _MIN_SEEDS_FOR_T:
-        verdict = f"significant ({format_p(pooled.p_value)}, {k} seeds agree)"
-    elif k == 2:
-        verdict = f"significant ({format_p(pooled.p_value)}, 2 seeds agree; too few for a t-test over seeds)"
-    else:
-        verdict = f"significant ({format_p(pooled.p_value)})"
-    if k == 1:
-        verdict = f"{verdict[:-1]}; {_ONE_SEED_NOTE})" if verdict.endswith(")") else f"{verdict} ({_ONE_SEED_NOTE})"
-    return CombinedTest(per_seed=per_seed, pooled=pooled, seeds_p_value=seeds_p, consistent=consistent,
-                        significant=significant, verdict=verdict)
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the i-th smallest p times (m - i + 1), made
+    non-decreasing along that order and capped at 1. A test is significant at level alpha, with the chance of any
+    false one in the family at most alpha, when its adjusted p is below alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+def adjust_family(tests: Sequence[CombinedTest]) -> list[CombinedTest]:
+    """The tests of one family (one report's paired comparisons) with Holm-adjusted p-values and the verdicts they
+    give."""
+    adjusted = holm([t.p_value for t in tests])
+    return [_decide(dataclasses.replace(t, p_adjusted=p, family_size=len(tests))) for t, p in zip(tests, adjusted)]
 
 
 def format_p(p: float) -> str:

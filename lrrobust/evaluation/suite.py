@@ -25,11 +25,15 @@ A suite names its attacks and the settings they share::
 
 A suite is one threat model: its own attacks share one eps (the checks add others). Each [[attack]] table is read
 by its kind's spec class (lrrobust.attacks). Unknown keys are errors that list the valid ones, so a typo never silently changes an evaluation.
+
+The shipped suites are package data (``lrrobust/suites/*.toml``), found through ``importlib.resources`` wherever the
+package is installed; ``--suite NAME`` names one of them, and a path to a TOML file is read as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import sys
 from pathlib import Path
@@ -190,23 +194,28 @@ def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
 
 
 def suites_dir() -> Path:
-    """The repository's attacks/ folder (beside the package)."""
-    return Path(__file__).resolve().parents[2] / "attacks"
+    """The shipped suites' folder, lrrobust/suites, as package data (a wheel installs it beside the modules)."""
+    return Path(str(importlib.resources.files("lrrobust") / "suites"))
+
+
+def suite_names() -> list[str]:
+    """The names of the shipped suites (``digits``, ``mnist``, ``table9``, ...), sorted."""
+    folder = suites_dir()
+    return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
 
 
 def resolve_suite_path(text: str) -> Path:
-    """A path to a TOML file, or the bare name of a suite in attacks/ (``table9``)."""
+    """A path to a TOML file, or the bare name of a shipped suite (``table9``)."""
     path = Path(text)
     if path.is_file():
         return path
     if path.suffix == "" and (suites_dir() / f"{text}.toml").is_file():
         return suites_dir() / f"{text}.toml"
-    known = sorted(p.stem for p in suites_dir().glob("*.toml")) if suites_dir().is_dir() else []
-    raise UserError(f"suite {text!r} not found: give a TOML file or one of {', '.join(known) or '(none)'}")
+    raise UserError(f"suite {text!r} not found: give a TOML file or one of {', '.join(suite_names()) or '(none)'}")
 
 
 def load_suite(text: str | Path) -> Suite:
-    """Read and validate a suite TOML file (a path, or a name in attacks/)."""
+    """Read and validate a suite TOML file (a path, or the name of a shipped suite)."""
     path = resolve_suite_path(str(text))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -5,7 +5,12 @@ against targeted (+6.3) and untargeted (+12.4) attacks, and more robust than Res
 about twice its FLOPs. A claim is *supported* when the report's combined paired test of the two rows in that column
 is significant in the paper's direction, *contradicted* when it is significant in the other, *not resolved* when it
 is not significant, and *not measured* when the report lacks one of the rows or the test
-(``lrrobust.report.table9.comparisons``). Each test is at 5%, not corrected for the four claims.
+(``lrrobust.report.table9.comparisons``). Significance is at 5% after Holm's adjustment over every paired test of
+the report (``lrrobust.evaluation.stats.adjust_family``), the claims among them.
+
+One training seed tests image sampling only: whether the difference would survive another training run is not
+measured, so a significant difference on one seed makes a claim *indicative* (in or against the paper's direction),
+never supported or contradicted.
 
 Claims only from fair comparisons (issue 20, point 2): a comparison measures the architectures only when both
 networks finished learning under their recipe, so a claim whose either side has a run of the claim's training kind
@@ -38,7 +43,7 @@ PAPER_CLAIMS = (
     Claim("adv_targeted", "lrnet26", "resnet50", 0.8, "LR-Net-26 beats ResNet-50 against targeted attacks"),
     Claim("adv_untargeted", "lrnet26", "resnet50", 4.3, "LR-Net-26 beats ResNet-50 against untargeted attacks"),
 )
-VERDICTS = ("supported", "contradicted", "not resolved", "not measured")
+VERDICTS = ("supported", "contradicted", "indicative", "not resolved", "not measured")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +108,21 @@ def assess(rows: list[Row], tests: list[Comparison]) -> list[Assessment]:
             continue
         diff = 100 * t.test.pooled.difference
         seeds = f"{len(t.seeds)} seed{'s' if len(t.seeds) != 1 else ''}"
-        detail = (f"{diff:+.1f} points (paper {claim.paper_difference:+.1f}), pooled McNemar p = "
-                  f"{t.test.pooled.p_value:.2g} over {t.test.pooled.n} paired images, {seeds}")
-        if t.test.significant:
+        detail = (f"{diff:+.1f} points (paper {claim.paper_difference:+.1f}), {t.test.decision_text()} over "
+                  f"{t.test.pooled.n} paired images, {seeds}")
+        reason = None
+        if t.test.significant and t.test.seeds == 1:
+            verdict = "indicative"
+            reason = f"1 training seed, {'in' if diff > 0 else 'against'} the paper's direction"
+        elif t.test.significant:
             verdict = "supported" if diff > 0 else "contradicted"
         else:
             verdict = "not resolved"
-            detail += f" ({t.test.verdict})" if t.test.verdict else ""
+            detail += " (not significant" + (": seeds disagree in sign" if not t.test.consistent else "") + ")"
         pair = [by_name[t.lrnet], by_name[t.resnet]]
-        reason = unconverged_reason(pair, t.column.training)
-        if reason is not None:
+        unconverged = unconverged_reason(pair, t.column.training)
+        if unconverged is not None:
+            reason = unconverged
             detail = f"the paired test alone: {verdict}, {detail}"
             verdict = "not resolved"
         out.append(Assessment(claim, verdict, detail, reason, clean_order_caveat(*pair)))
@@ -127,9 +137,11 @@ def claims_sentence(assessments: list[Assessment]) -> str:
         if chosen:
             parts.append(f"{verdict}: " + "; ".join(f"{a.claim.text} ({_said(a)})" for a in chosen))
     counts = {v: sum(a.verdict == v for a in assessments) for v in VERDICTS}
+    indicative = f", finds {counts['indicative']} only indicative (one training seed)" if counts["indicative"] else ""
     return (f"Of the paper's {len(assessments)} Table 9 claims (Sec. 6.2), this data supports {counts['supported']}, "
-            f"contradicts {counts['contradicted']} and leaves {counts['not resolved'] + counts['not measured']} "
-            "open. " + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")
+            f"contradicts {counts['contradicted']}{indicative} and leaves "
+            f"{counts['not resolved'] + counts['not measured']} open. " + ". ".join(p[0].upper() + p[1:] for p in parts)
+            + ".")
 
 
 def _said(a: Assessment) -> str:
@@ -139,9 +151,10 @@ def _said(a: Assessment) -> str:
 
 def claims_md(rows: list[Row], tests: list[Comparison]) -> str:
     """The report's section on the paper's claims: the sentence and a table."""
+    from lrrobust.report.tables import md_table
+
     assessments = assess(rows, tests)
-    lines = ["## The paper's claims\n", claims_sentence(assessments) + "\n",
-             "| claim (adversarial training) | paper | verdict | this data |", "|---|---|---|---|"]
-    for a in assessments:
-        lines.append(f"| {a.claim.text} | {a.claim.paper_difference:+.1f} | {a.verdict_text} | {a.detail} |")
-    return "\n".join(lines) + "\n"
+    table = md_table(["claim (adversarial training)", "paper", "verdict", "this data"],
+                     [[a.claim.text, f"{a.claim.paper_difference:+.1f}", a.verdict_text, a.detail]
+                      for a in assessments])
+    return "\n".join(["## The paper's claims\n", claims_sentence(assessments) + "\n", table])

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lrrobust.core.provenance import relative_path
 from lrrobust.errors import UserError
 from lrrobust.evaluation.summary import Summary, lrrobust_origin, read_summary
 from lrrobust.training.convergence import not_available, run_convergence
@@ -76,12 +77,9 @@ def network_name(spec: dict[str, Any]) -> str:
 
 
 def shown(path: Path) -> str:
-    """A directory as the report names it: relative to the working directory when inside it (no machine's
-    absolute paths in a committed report), else absolute."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    """A directory as the report names it: relative to the working directory (no machine's absolute paths in a
+    committed report)."""
+    return relative_path(str(path.absolute()))
 
 
 def _from_summary(path: Path) -> Entry:

@@ -6,7 +6,9 @@ and the paired comparison of every LR-Net row with every ResNet row.
   images. Several seeds: the mean, the spread (standard deviation, minimum, maximum) and, from 3 seeds, the 95%
   t-interval of the mean over seeds; every seed's figure is kept for the detail table.
 - Comparisons pair images: per training seed an exact McNemar test of the two models on the same images, and a
-  combined verdict over seeds (``lrrobust.evaluation.stats.combine_paired``; docs/evaluation.md says why).
+  combined verdict over seeds (``lrrobust.evaluation.stats.combine_paired``; docs/evaluation.md says why). The
+  comparisons of one report are one family: their p-values are adjusted by Holm's procedure over all of them
+  (``lrrobust.evaluation.stats.adjust_family``), and the verdicts follow the adjusted p.
 - Results measured with different attacks, eps, sample sets or datasets never share a table: ``check_matching``
   refuses them, or, when allowed, marks the cells that differ from the majority and leaves them out of the tests.
 - A run whose training had not finished learning (``lrrobust.training.convergence``) is flagged beside its
@@ -25,7 +27,14 @@ import dataclasses
 from lrrobust.core.numbers import format_eps
 from lrrobust.errors import UserError
 from lrrobust.evaluation.ledger import Figure
-from lrrobust.evaluation.stats import CombinedTest, SeedSummary, combine_paired, exact_mcnemar, summarize_seeds
+from lrrobust.evaluation.stats import (
+    CombinedTest,
+    SeedSummary,
+    adjust_family,
+    combine_paired,
+    exact_mcnemar,
+    summarize_seeds,
+)
 from lrrobust.report.collect import Entry, cells
 from lrrobust.training.convergence import is_flagged
 
@@ -107,17 +116,20 @@ class Cell:
 
     def interval(self) -> tuple[float, float, str] | None:
         """(low, high, kind): Wilson over the images for one seed, t over seeds from 3 seeds, else pooled Wilson."""
-        if not self.seeds:
-            return None
-        summary = self.summary
-        if len(self.seeds) == 1:
-            low, high = self.seeds[0].figure.interval
-            return low, high, "wilson"
-        if summary is not None and summary.interval is not None:
-            return summary.interval[0], summary.interval[1], "t over seeds"
-        pooled = Figure(sum(s.figure.correct for s in self.seeds), self.images)
-        low, high = pooled.interval
-        return low, high, "wilson, images pooled over seeds"
+        return seed_interval([s.figure for s in self.seeds]) if self.seeds else None
+
+
+def seed_interval(figures: list[Figure]) -> tuple[float, float, str]:
+    """The 95% interval of a figure over training seeds, and its kind: Wilson over the images for one seed, the
+    t-interval of the mean over seeds from 3 seeds, else (2 seeds) Wilson over the images pooled over seeds."""
+    if len(figures) == 1:
+        low, high = figures[0].interval
+        return low, high, "wilson"
+    summary = summarize_seeds([f.accuracy for f in figures])
+    if summary.interval is not None:
+        return summary.interval[0], summary.interval[1], "t over seeds"
+    low, high = Figure(sum(f.correct for f in figures), sum(f.n for f in figures)).interval
+    return low, high, "wilson, images pooled over seeds"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +282,7 @@ def compare(a: Cell, b: Cell) -> tuple[list[int | None], CombinedTest | None, st
 
 def comparisons(rows: list[Row]) -> list[Comparison]:
     """Every LR-Net row against every ResNet row of lrrobust's zoo, in every accuracy column both have (the L2
-    columns get their own tests)."""
+    columns get their own tests), as one family: p-values and verdicts adjusted by Holm over every test made."""
     out = []
     lrnets = [r for r in rows if r.model.startswith("lrnet") and not r.outside]
     resnets = [r for r in rows if r.model.startswith("resnet") and not r.outside]
@@ -284,4 +296,6 @@ def comparisons(rows: list[Row]) -> list[Comparison]:
                     continue
                 seeds, test, reason = compare(cell_a, cell_b)
                 out.append(Comparison(column, a.network, b.network, seeds, test, reason))
-    return out
+    tested = [c for c in out if c.test is not None]
+    adjusted = dict(zip(map(id, tested), adjust_family([c.test for c in tested])))
+    return [dataclasses.replace(c, test=adjusted[id(c)]) if c.test is not None else c for c in out]

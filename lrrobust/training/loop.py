@@ -40,7 +40,7 @@ from lrrobust.checkpoint import read_resumable, save_checkpoint
 from lrrobust.core.lock import contents, locked_directory, remove_stale_temporaries
 from lrrobust.core.seeding import derive_seed, seed_everything
 from lrrobust.data import DatasetInfo, dataset_info, load_dataset
-from lrrobust.errors import UserError
+from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.io import atomic_path
 from lrrobust.training import distributed as D
 from lrrobust.training import run_files
@@ -197,7 +197,8 @@ def _prepare_config(config: TrainConfig, world_size: int) -> tuple[TrainConfig, 
     cfg = resolve_config(config, world_size)
     run = Path(cfg.out)
     if run.exists() and not run.is_dir():
-        raise UserError(f"--out {run} is a file; give a directory for the run")
+        raise EnvironmentFailure(run, "it is a file, not a directory; give a directory for the run",
+                                 action="cannot write in", context="--out")
     if not (run.is_dir() and contents(run)):
         return cfg, None
     if not config.resume:

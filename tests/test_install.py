@@ -1,0 +1,78 @@
+"""lrrobust as an installed package: a wheel built from the source tree, installed into a fresh virtual environment
+outside the repository, works from another directory (the suites come with it as package data)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], cwd: Path, timeout: float = 900, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(args, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, f"{' '.join(map(str, args))} exited {result.returncode}:\n{result.stdout}\n" \
+                                   f"{result.stderr}"
+    return result.stdout
+
+
+def source_copy(dest: Path) -> Path:
+    """The files git would commit (tracked, and untracked ones it does not ignore), so no build output leaks in."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], ROOT).split("\0")
+    for name in filter(None, listed):
+        src = ROOT / name
+        if src.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(src.read_bytes())
+    return dest
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A venv with the wheel installed, reusing this environment's torch and other dependencies (no network: they
+    are reached through a .pth file pointing at this interpreter's site-packages, read after the venv's own)."""
+    base = tmp_path_factory.mktemp("install")
+    source = source_copy(base / "src")
+    wheels = base / "wheels"
+    run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--quiet", "-w", str(wheels),
+         str(source)], base, timeout=1800, env={**os.environ, "LRROBUST_CPU_ONLY": "1"})
+    wheel = next(wheels.glob("lrrobust-*.whl"))
+    venv = base / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], base)
+    python = venv / "bin" / "python"
+    site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base).strip())
+    (site / "lrrobust-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", "--quiet", str(wheel)],
+        base)
+    return venv
+
+
+def test_the_wheel_ships_the_suites_and_runs_from_elsewhere(installed, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lrrobust = str(installed / "bin" / "lrrobust")
+    where = run([str(installed / "bin" / "python"), "-c",
+                 "import lrrobust, lrrobust.evaluation.suite as s; print(lrrobust.__file__); print(s.suite_names())"],
+                elsewhere)
+    module, names = where.splitlines()
+    assert module.startswith(str(installed)) and not module.startswith(str(ROOT))  # the wheel, not the source tree
+    assert {"digits", "mnist", "table9", "fd_steps", "mnist-l2"} <= set(eval(names))
+
+    models = run([lrrobust, "models"], elsewhere)
+    assert "lrnet26" in models and "resnet50" in models
+    assert "--out" in run([lrrobust, "demo", "--help"], elsewhere)
+
+    run([lrrobust, "train", "--model", "resnet18", "--width", "0.125", "--dataset", "digits", "--epochs", "1",
+         "--out", "tiny", "--device", "cpu", "--no-progress"], elsewhere)
+    run([lrrobust, "eval-attack", "tiny", "--suite", "digits", "--limit", "20", "--no-checks", "--out", "tiny/eval",
+         "--device", "cpu"], elsewhere)
+    summary = (elsewhere / "tiny" / "eval" / "summary.json").read_text()
+    assert '"suite": "digits"' in summary and '"num_samples": 20' in summary
