@@ -257,7 +257,7 @@ def outside_target(made: Any, origin: dict[str, Any], info: DatasetInfo, *, labe
 def evaluate_outside(load: Callable[[DatasetInfo], tuple[Any, dict[str, Any]]], dataset: str, suite: Suite,
                      out: str | os.PathLike, *, label: str | None = None, training: str = "regular",
                      mean: Any = None, std: Any = None, root: str | None = None, transfer_from: str | None = None,
-                     device: str = "auto", progress: bool = True, workers: int = 0,
+                     device: str = "auto", progress: bool | str = True, workers: int = 0,
                      ready: Callable[[], None] | None = None) -> dict[str, Any] | None:
     """Load an outside model with ``load(info)`` (the dataset's facts: classes, channels, mean, std) and evaluate
     it exactly as the zoo's; returns the summary on rank 0, None on the other ranks. ``ready`` is called once the

@@ -96,8 +96,10 @@ class AutoAttack(AttackSpec):
         seed_for: Callable[[int], int] = lambda stage: stage,
         source: nn.Module | None = None,
         first: AttackOutcome | None = None,
+        on_stage: Callable[[int], None] | None = None,
     ) -> AttackOutcome:
-        """The cascade on one batch; component k is seeded with ``seed_for(k)``."""
+        """The cascade on one batch; component k is seeded with ``seed_for(k)``; ``on_stage(k)`` is called as
+        component k finishes (progress), not for components left with nothing to attack."""
         if source is not None:
             raise ValueError("autoattack is white-box only")
         with eval_mode(model), frozen(model):
@@ -119,4 +121,6 @@ class AutoAttack(AttackSpec):
                 kept_pred[todo[broken]] = pred[broken]
                 found_at[todo[broken]] = k
                 robust[todo[broken]] = False
+                if on_stage is not None:
+                    on_stage(k)
         return AttackOutcome(kept, kept_pred, kept_pred != labels, None, found_at)

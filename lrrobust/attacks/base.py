@@ -162,6 +162,7 @@ class AttackSpec:
         seed_for: Callable[[int], int] = lambda stage: stage,
         source: nn.Module | None = None,
         first: AttackOutcome | None = None,
+        on_stage: Callable[[int], None] | None = None,
     ) -> AttackOutcome:
         """Attack a batch with ``restarts`` restarts, keeping each sample's worst case for the defender.
 
@@ -182,6 +183,8 @@ class AttackSpec:
             if first is not None:
                 kept, kept_pred = first.adv_images.clone(), first.adv_pred.clone()
                 success, found_at = first.success.clone(), first.found_at.clone()
+                if on_stage is not None:
+                    on_stage(0)
             else:
                 kept, kept_pred = images.clone(), torch.empty_like(labels)
                 success = torch.zeros_like(labels, dtype=torch.bool)
@@ -201,4 +204,6 @@ class AttackSpec:
                 kept_pred[keep] = pred[new]
                 success[keep] = hit[new]
                 found_at[todo[hit]] = restart
+                if on_stage is not None:
+                    on_stage(restart)
         return AttackOutcome(kept, kept_pred, success, targets if self.targeted else None, found_at)

@@ -184,7 +184,7 @@ def eval_attack(
     # existing parent) now, creating nothing, so an unwritable path fails before any attack runs.
     ensure_writable_dir(out, "--out", create=False)
     common = {"root": root, "transfer_from": None if transfer_from is None else str(transfer_from), "device": device,
-              "progress": is_terminal(), "workers": workers, "label": label}
+              "progress": "bar" if is_terminal() else "log", "workers": workers, "label": label}
     if outside is None:
         summary = evaluate(checkpoint, dataset, chosen, out, **common)
     else:  # the model's own code runs in a child process, which may exit, crash or hang (lrrobust.isolation)

@@ -136,7 +136,7 @@ def evaluate(
     root: str | None = None,
     transfer_from: str | None = None,
     device: str = "auto",
-    progress: bool = True,
+    progress: bool | str = True,
     workers: int = 0,
 ) -> dict[str, Any] | None:
     """Evaluate a checkpoint on ``dataset`` (default: the one it was trained on) with ``suite``; see run_evaluation.
@@ -182,7 +182,7 @@ def evaluate_target(
     root: str | None = None,
     transfer_from: str | None = None,
     device: str = "auto",
-    progress: bool = True,
+    progress: bool | str = True,
     workers: int = 0,
     convergence: Convergence | None = None,
     kept: Kept | None = None,

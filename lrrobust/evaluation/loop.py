@@ -43,6 +43,7 @@ from lrrobust.evaluation.checks import plan_attacks
 from lrrobust.evaluation.contract import what_of
 from lrrobust.evaluation.finite import FiniteGuard
 from lrrobust.evaluation.ledger import Ledger
+from lrrobust.evaluation.progress import EvalProgress, total_work
 from lrrobust.evaluation.state import (
     CLEAN,
     STATE_DIR,
@@ -121,14 +122,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    # markup off: the description holds suite attack names, printed as written (no rich markup or emoji codes)
-    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), disable=not enabled, transient=False)
-
-
 def stage_seeds(seed: int, batch: int, spec: AttackSpec, source_digest: str | None) -> Callable[[int], int]:
     """The global-RNG seed of each stage (restart or component) of ``spec`` on ``batch``."""
     key = spec.seed_key()
@@ -170,14 +163,15 @@ def _record(shard: _Shard, record: Any) -> None:
     shard.done[record_key(record)] = record
 
 
-def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
+def _run_shard(shard: _Shard, show_progress: bool | str, workers: int) -> None:
     model, classes, done = shard.target.model, shard.target.num_classes, shard.done
     keys = [CLEAN] + [a.key() for a in shard.attacks]
     todo = [b for b in shard.mine if any((b, k) not in done for k in keys)]
     loader = DataLoader(shard.dataset, batch_sampler=[shard.batches[b] for b in todo], num_workers=workers)
-    with _progress(show_progress) as progress:
-        task = progress.add_task("attacks", total=len(shard.mine) * len(keys))
-        progress.advance(task, sum(1 for b in shard.mine for k in keys if (b, k) in done))
+    stages = {CLEAN: 1, **{a.key(): len(a.stages()) for a in shard.attacks}}
+    finished = sum(len(shard.batches[b]) * stages[k] for b in shard.mine for k in keys if (b, k) in done)
+    total = total_work([len(shard.batches[b]) for b in shard.mine], shard.attacks)
+    with EvalProgress(show_progress, total, len(shard.batches), finished) as progress:
         for b, (images, labels) in zip(todo, loader):
             images, labels = images.to(shard.device), torch.as_tensor(labels).to(shard.device)
             index = torch.tensor(shard.batches[b])
@@ -185,18 +179,24 @@ def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
                 raise UserError(f"the dataset has label {int(labels.max())} but the model has {classes} classes; "
                                 "evaluate on the dataset the checkpoint was trained for")
             if (b, CLEAN) not in done:
-                progress.update(task, description=f"batch {b + 1}/{len(shard.batches)} clean")
+                progress.clean(b)
                 with eval_mode(model):
                     clean = predict(model, images)
                 _checked(shard, f"the clean pass on batch {b + 1} of {len(shard.batches)}")
                 _record(shard, CleanRecord(b, index.tolist(), labels.tolist(), clean.tolist()))
-                progress.advance(task)
+                progress.clean_done(len(labels))
             targets = (labels + shard.offsets[index].to(shard.device)) % classes
             single: dict[str, Any] = {}  # this batch's one-restart outcomes: restart 0 of a multi-restart attack
             for spec in shard.attacks:
                 if (b, spec.key()) in done:
                     continue
-                progress.update(task, description=f"batch {b + 1}/{len(shard.batches)} {spec.name}")
+                progress.attack(b, spec)
+                reported: set[int] = set()
+
+                def stage_done(stage: int, batch: int = b, spec: AttackSpec = spec, reported: set[int] = reported,
+                               images: int = len(labels)) -> None:
+                    reported.add(stage)
+                    progress.stage_done(batch, spec, stage, images)
                 source_name = getattr(spec, "source", None)
                 restarts = getattr(spec, "restarts", 1)
                 where = f"attack {spec.name} on batch {b + 1} of {len(shard.batches)}"
@@ -206,6 +206,7 @@ def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
                         seed_for=stage_seeds(shard.seed, b, spec, shard.source_digests.get(source_name)),
                         source=shard.sources.get(source_name) if source_name else None,
                         first=single.get(spec.seed_key() + str(source_name)) if restarts > 1 else None,
+                        on_stage=stage_done,
                     )
                 except Exception:
                     _checked(shard, where)  # a NaN that broke the attack's own arithmetic is named as such
@@ -219,7 +220,9 @@ def _run_shard(shard: _Shard, show_progress: bool, workers: int) -> None:
                                             outcome.success.int().tolist(),
                                             None if outcome.targets is None else outcome.targets.tolist(),
                                             outcome.found_at.tolist()))
-                progress.advance(task)
+                for stage in range(len(spec.stages())):  # stages left with nothing to attack (every image broken)
+                    if stage not in reported:
+                        stage_done(stage)
 
 
 def _gather(records: dict[tuple[int, str], Any]) -> dict[tuple[int, str], Any] | None:
@@ -243,7 +246,7 @@ def run_evaluation(
     transfer_from: str | None = None,
     sources: dict[str, nn.Module] | None = None,
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    progress: bool | str = False,
     workers: int = 0,
     extra: dict[str, Any] | None = None,
     kept: Kept | None = None,
@@ -259,7 +262,8 @@ def run_evaluation(
         transfer_from: the source checkpoint of the transfer check (its model in ``sources``).
         sources: models by the ``source`` names the attacks use.
         device: where to run.
-        progress: show a rich progress bar (rank 0 only).
+        progress: True a rich progress bar, "log" one plain line per attack stage (a batch job's log), False
+            nothing; rank 0 only (``lrrobust.evaluation.progress``).
         workers: DataLoader worker processes.
         extra: more fields for summary.json (dataset name, command, ...).
         kept: receives the ledger (and the adversarial images it asks for) on rank 0.
@@ -320,8 +324,8 @@ def run_evaluation(
         if kept is not None and kept.adversarial and any(key != CLEAN for _, key in done):
             raise UserError(f"{out} holds attacks finished by an earlier run, whose adversarial images were not "
                             "kept; give a new output directory to get the adversarial images back")
-        summary, ledger = run.attack(done, state_file, list(range(rank, len(batches), size)), progress and rank == 0,
-                                     workers)
+        summary, ledger = run.attack(done, state_file, list(range(rank, len(batches), size)),
+                                     progress if rank == 0 else False, workers)
         if summary is not None:
             write_outputs(out, summary, ledger)
         if size > 1:
@@ -346,7 +350,7 @@ class _Run:
     extra: dict[str, Any] | None
     kept: Kept | None
 
-    def attack(self, done: dict[tuple[int, str], Any], state_file: Path | None, mine: list[int], progress: bool,
+    def attack(self, done: dict[tuple[int, str], Any], state_file: Path | None, mine: list[int], progress: bool | str,
                workers: int) -> tuple[dict[str, Any] | None, Ledger | None]:
         """Attack this rank's batches ``mine`` (skipping what ``done`` holds); on rank 0 the summary and ledger of
         every rank's records."""

@@ -57,7 +57,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def train(config: TrainConfig, progress: bool | None = None) -> Path:
-    """Train as ``config`` says and return the run directory. ``progress``: rich bars (default: on a terminal).
+    """Train as ``config`` says and return the run directory. ``progress``: True rich bars, False nothing, None
+    (default) bars on a terminal and one plain line per epoch elsewhere (a batch job's log).
 
     Rank 0 holds the run directory's lock (``lrrobust.core.lock``) from before its first look inside to the end.
     """
@@ -308,8 +309,9 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
     D.barrier(ctx)
 
     training = "adversarial" if attack is not None else "regular"
-    show = ctx.is_main and (progress if progress is not None else _is_terminal())
-    bar = EpochProgress(enabled=show, adversarial=attack is not None)
+    # rank 0 only: bars in a terminal, one line per epoch in a log (progress None), or as --progress says
+    bar = EpochProgress(enabled=progress if ctx.is_main else False, adversarial=attack is not None,
+                        epochs_left=cfg.epochs - start_epoch)
     with bar:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
@@ -370,7 +372,7 @@ def _run_epoch(model, attack_model, optimizer, scheduler, loader, cfg, ctx, atta
         sums[2] += out["clean_correct"]
         sums[3] += out.get("adv_correct", 0)
         sums[4] += 1
-        if bar.enabled:
+        if bar.mode == "bar":
             bar.step(float(out["loss"]), float(out.get("adv_correct", out["clean_correct"])) / n, n * ctx.world_size)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
@@ -388,8 +390,3 @@ def _epoch_record(epoch, sums, seconds, val_acc, val_robust_acc, lr, adversarial
         lr=lr, seconds=seconds,
     )
 
-
-def _is_terminal() -> bool:
-    import sys
-
-    return sys.stdout.isatty()
