@@ -102,5 +102,5 @@ def test_demo_cli_refuses_bad_jobs(tmp_path):
     from lrrobust.cli import app
 
     result = CliRunner().invoke(app, ["demo", "--jobs", "0", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "--jobs must be at least 1" in result.output
+    assert result.exit_code == 2 and "--jobs must be an integer between 1 and 256" in result.output
     assert not (tmp_path / "r").exists()
