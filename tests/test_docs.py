@@ -126,3 +126,24 @@ def test_docs_name_suites_where_they_are(doc):
     assert not re.search(r"(?<![\w/])attacks/[\w*-]+\.toml", text)
     for name in re.findall(r"lrrobust/suites/([a-z0-9_-]+)\.toml", text):  # NAME.toml is a placeholder
         assert name in suite_names(), name
+
+
+@pytest.mark.parametrize("command,option,names", [
+    ("eval-attack", "--dataset", "datasets"),
+    ("eval-attack", "--suite", "suites"),
+    ("train", "--dataset", "datasets"),
+    ("train-adv", "--preset", "presets"),
+])
+def test_help_texts_list_every_registered_name(command, option, names):
+    import typer
+
+    from lrrobust.cli import app
+    from lrrobust.data import DATASETS
+    from lrrobust.evaluation.suite import suite_names
+    from lrrobust.training.config import PRESETS
+
+    expected = {"datasets": DATASETS, "suites": suite_names(), "presets": tuple(PRESETS)}[names]
+    group = typer.main.get_command(app)
+    params = group.get_command(None, command).params
+    text = next(p.help for p in params if option in p.opts)
+    assert expected and all(name in text for name in expected), (text, expected)

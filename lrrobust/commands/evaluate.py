@@ -13,7 +13,9 @@ import typer
 
 from lrrobust.attacks import KINDS
 from lrrobust.commands import console, is_terminal, say, user_errors
+from lrrobust.data import DATASETS
 from lrrobust.errors import UserError
+from lrrobust.evaluation.suite import suite_names
 
 MAX_SEED = 2**63 - 1  # the largest seed every generator takes
 
@@ -110,12 +112,12 @@ def eval_attack(
     training: Annotated[Training | None, typer.Option("--training", help="--model-py/--torchvision: how the model "
                                                       "was trained, the report's columns it fills (default "
                                                       "regular).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="digits, mnist, cifar10, imagenet or imagefolder "
-                                                   "(default: the checkpoint's).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help=f"{', '.join(DATASETS)} (default: the "
+                                                   "checkpoint's).")] = None,
     root: Annotated[str | None, typer.Option("--root", help="Where the dataset lies (not for digits or mnist).")
                     ] = None,
-    suite: Annotated[str | None, typer.Option("--suite", help="A suite: attacks/NAME.toml or a bare NAME "
-                                                 "(table9, fd_steps, digits).")] = None,
+    suite: Annotated[str | None, typer.Option("--suite", help="A suite: a TOML file, or a shipped suite's name: "
+                                                 f"{', '.join(suite_names())}.")] = None,
     attack: AttackOpt = None,
     eps: EpsOpt = None,
     step_size: StepOpt = None,

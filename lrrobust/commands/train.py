@@ -15,7 +15,9 @@ import typer
 
 from lrrobust.commands import print_error, say, user_errors
 from lrrobust.core.numbers import parse_fraction
+from lrrobust.data import DATASETS
 from lrrobust.errors import UserError
+from lrrobust.training.config import PRESETS
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Zoo model name (see `lrrobust models`).")]
 Width = Annotated[float | None, typer.Option(help="Width multiplier of the model (preset: 0.25 on digits, 0.125 on mnist).")]
@@ -25,12 +27,12 @@ ModelOpt = Annotated[
     list[str] | None,
     typer.Option("--model-opt", help="Any create_model option as KEY=VALUE, e.g. geo_prior=none (repeatable)."),
 ]
-Dataset = Annotated[str, typer.Option("--dataset", "-d", help="digits, mnist, cifar10, imagenet or imagefolder.")]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help=f"{', '.join(DATASETS)}.")]
 Root = Annotated[Path | None, typer.Option(help="Dataset root (cifar10: holds cifar-10-batches-py; "
                                                    "imagenet/imagefolder: holds train/ and val/).")]
 Download = Annotated[bool, typer.Option("--download", help="Download CIFAR-10 into --root if missing.")]
-Preset = Annotated[str | None, typer.Option(help="Defaults to start from: imagenet, cifar10, digits, mnist "
-                                                    "(default: the dataset's; imagefolder takes imagenet's).")]
+Preset = Annotated[str | None, typer.Option(help=f"Defaults to start from: {', '.join(PRESETS)} (default: the "
+                                                    "dataset's; imagefolder takes imagenet's).")]
 Epochs = Annotated[int | None, typer.Option(help="Epochs (preset: 110 imagenet, 60 cifar10, 12 digits, 8 mnist).")]
 BatchSize = Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")]
 Lr = Annotated[float | None, typer.Option(help="Learning rate (preset: 0.4 per 1024 images, scaled linearly).")]
