@@ -70,17 +70,7 @@ def test_the_cli_says_one_line_and_exits_2_on_a_bad_spec(tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
 
 
-TINY_SUITE = """
-name = "tiny"
-seed = 0
-batch_size = 40
-limit = 40
-
-[[attack]]
-name = "pgd2-untargeted"
-eps = 0.2
-steps = 2
-"""
+TINY_SUITE = (Path(__file__).parent / "data" / "tiny_study_suite.toml").read_text()
 
 
 def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):

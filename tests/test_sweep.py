@@ -21,17 +21,7 @@ from lrrobust.sweep import SWEEP_SEED, Trial, choose, read_trial, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
-TINY_SUITE = """
-name = "tiny"
-seed = 0
-batch_size = 40
-limit = 40
-
-[[attack]]
-name = "pgd2-untargeted"
-eps = 0.2
-steps = 2
-"""
+TINY_SUITE = (Path(__file__).parent / "data" / "tiny_study_suite.toml").read_text()
 SPEC = {"dataset": "digits", "suite": "digits", "networks": ["resnet18", "resnet26"], "trainings": ["regular"],
         "seeds": [0], "model": {"width": 0.125}, "training": {"epochs": 2, "batch_size": 256},
         "sweep": {"lr": [0.1, 0.02]}}

@@ -143,7 +143,8 @@ struct Geometry {
   int64_t batch, groups, channels, m, height, width, out_height, out_width, kernel, stride, dilation, radius;
 };
 
-// The tensors of one call, as raw pointers (contiguous NCHW, (N, G, ...) for query and key).
+// The tensors of one call, as raw pointers: contiguous NCHW ((N, G, ...) for query and key) for the row kernels,
+// the batch-lane packing (NB, planes, H, W, L) for the batch-lane kernels.
 template <typename T>
 struct Tensors {
   const T *grad_out, *query, *key, *value, *prior;
@@ -685,13 +686,6 @@ LR_INLINE void lanes_copy(typename S::T* unpacked, const Strides& st, typename S
   }
 }
 
-// The tensors of one call in batch-lane packing, as raw pointers.
-template <typename T>
-struct Packed {
-  const T *grad_out, *query, *key, *value, *prior;
-  T *out, *lse, *grad_query, *grad_key, *grad_value, *grad_prior_parts;
-};
-
 // The window of output pixel (i, j) inside the image: rows [a0, a1), columns [b0, b1) of the K x K window; offset
 // (a, b) reads pixel (y0 + a * dilation, x0 + b * dilation). The centre offset is always inside.
 struct PixelWindow {
@@ -773,7 +767,7 @@ LR_INLINE void pixel_aggregate(const PixelWindow& p, const Geometry& g, const ty
 
 // Forward over tasks [begin, end) of the flattened (batch block, group, output row) range.
 template <typename S, int kPhi>
-LR_INLINE void batch_forward_rows(const Geometry& g, const Packed<typename S::T>& t, int64_t begin, int64_t end,
+LR_INLINE void batch_forward_rows(const Geometry& g, const Tensors<typename S::T>& t, int64_t begin, int64_t end,
                                   typename S::T* scratch) {
   using T = typename S::T;
   using V = typename S::V;
@@ -852,7 +846,7 @@ LR_INLINE void pixel_values_backward(const PixelWindow& p, const Geometry& g, co
 // Backward over tasks [begin, end) of the flattened (batch block, group) range: each task owns its block's slices
 // of grad_key and grad_value, so the result does not depend on the number of threads.
 template <typename S, int kPhi>
-LR_INLINE void batch_backward_groups(const Geometry& g, const Packed<typename S::T>& t, int64_t begin, int64_t end,
+LR_INLINE void batch_backward_groups(const Geometry& g, const Tensors<typename S::T>& t, int64_t begin, int64_t end,
                                      typename S::T* scratch) {
   using T = typename S::T;
   using V = typename S::V;
@@ -936,7 +930,7 @@ LR_INLINE void batch_backward_groups(const Geometry& g, const Packed<typename S:
 }
 
 template <typename S>
-LR_INLINE void batch_forward(const Geometry& g, int64_t phi, const Packed<typename S::T>& t, int64_t begin,
+LR_INLINE void batch_forward(const Geometry& g, int64_t phi, const Tensors<typename S::T>& t, int64_t begin,
                              int64_t end, typename S::T* scratch) {
   if (phi == kSqDiff) {
     batch_forward_rows<S, kSqDiff>(g, t, begin, end, scratch);
@@ -948,7 +942,7 @@ LR_INLINE void batch_forward(const Geometry& g, int64_t phi, const Packed<typena
 }
 
 template <typename S>
-LR_INLINE void batch_backward(const Geometry& g, int64_t phi, const Packed<typename S::T>& t, int64_t begin,
+LR_INLINE void batch_backward(const Geometry& g, int64_t phi, const Tensors<typename S::T>& t, int64_t begin,
                               int64_t end, typename S::T* scratch) {
   if (phi == kSqDiff) {
     batch_backward_groups<S, kSqDiff>(g, t, begin, end, scratch);
@@ -974,12 +968,12 @@ enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
     backward_groups<Simd<T, BYTES / sizeof(T)>, kUnitStride>(g, phi, t, begin, end, scratch, lanes);         \
   }                                                                                                          \
   template <typename T>                                                                                      \
-  ATTRIBUTE void batch_forward_##NAME(const Geometry& g, int64_t phi, const Packed<T>& t, int64_t begin,     \
+  ATTRIBUTE void batch_forward_##NAME(const Geometry& g, int64_t phi, const Tensors<T>& t, int64_t begin,     \
                                       int64_t end, T* scratch) {                                             \
     batch_forward<Simd<T, BYTES / sizeof(T)>>(g, phi, t, begin, end, scratch);                               \
   }                                                                                                          \
   template <typename T>                                                                                      \
-  ATTRIBUTE void batch_backward_##NAME(const Geometry& g, int64_t phi, const Packed<T>& t, int64_t begin,    \
+  ATTRIBUTE void batch_backward_##NAME(const Geometry& g, int64_t phi, const Tensors<T>& t, int64_t begin,    \
                                        int64_t end, T* scratch) {                                            \
     batch_backward<Simd<T, BYTES / sizeof(T)>>(g, phi, t, begin, end, scratch);                              \
   }                                                                                                          \
@@ -1043,7 +1037,7 @@ KernelFn<T> pick_kernel(bool backward, const Geometry& g) {
 }
 
 template <typename T>
-using BatchFn = void (*)(const Geometry&, int64_t, const Packed<T>&, int64_t, int64_t, T*);
+using BatchFn = void (*)(const Geometry&, int64_t, const Tensors<T>&, int64_t, int64_t, T*);
 
 // The batch-lane kernel for this CPU and batch, and its lanes: the widest vector, narrowed while half of it holds
 // the whole batch.
@@ -1187,7 +1181,7 @@ void batch_lanes_forward(const Geometry& g, int64_t phi, const at::Tensor& query
   const int64_t blocks = q.size(0);
   at::Tensor out_packed = at::empty({blocks, g.channels, g.out_height, g.out_width, lanes}, value.options());
   at::Tensor lse_packed = at::empty({blocks, g.groups, g.out_height, g.out_width, lanes}, value.options());
-  Packed<T> t{};
+  Tensors<T> t{};
   t.query = q.data_ptr<T>();
   t.key = k.data_ptr<T>();
   t.value = v.data_ptr<T>();
@@ -1213,7 +1207,7 @@ void batch_lanes_backward(const Geometry& g, int64_t phi, const at::Tensor& grad
   const int64_t blocks = q.size(0);
   at::Tensor gq = at::empty_like(q), gk = at::empty_like(k), gv = at::empty_like(v);
   at::Tensor parts = at::empty({blocks * g.groups, g.kernel, g.kernel}, value.options());
-  Packed<T> t{};
+  Tensors<T> t{};
   t.grad_out = go.data_ptr<T>();
   t.query = q.data_ptr<T>();
   t.key = k.data_ptr<T>();
