@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lrrobust.bench.train import STEPS, attack_step, ratios_to
+from lrrobust.bench.train import STEPS, attack_step, ratios_to, skip_aggregation
 from lrrobust.cli import app
-from lrrobust.models import create_model
+from lrrobust.models import LocalRelation2d, create_model
 
 
 def test_bench_train_times_every_step_of_every_model_with_ratios(tmp_path):
@@ -29,10 +29,37 @@ def test_bench_train_times_every_step_of_every_model_with_ratios(tmp_path):
         assert r["adv_ratio"] == pytest.approx(r["adv_train_step_s"] / r["train_step_s"])
         assert len(r["load_average_start"]) == 3 and r["cpu"]
     ratios = ratios_to(records, "resnet26")
-    assert ratios[("resnet26", False, False)] == {step: 1.0 for step in STEPS}
-    lr = ratios[("lrnet26", False, False)]
+    assert ratios[("resnet26", False, False, True)] == {step: 1.0 for step in STEPS}
+    lr = ratios[("lrnet26", False, False, True)]
     assert lr["attack"] == pytest.approx(records[0]["attack_step_s"] / records[1]["attack_step_s"])
     assert "attack / resnet26" in result.output and "load average" in result.output
+
+
+def test_without_aggregation_times_the_lr_net_around_its_op(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "train", "--models", "lrnet26,resnet26", "--dataset", "digits",
+                                      "--width", "0.0625", "--batch", "4", "--steps", "1", "--rounds", "1",
+                                      "--warmup", "0", "--without-aggregation", "--json", str(out)],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text())
+    assert [(r["model"], r["aggregation"]) for r in records] == [("lrnet26", True), ("lrnet26", False),
+                                                                ("resnet26", True)]
+    assert ("lrnet26", False, False, False) in ratios_to(records, "resnet26")
+    assert "no aggregation" in result.output
+
+
+def test_skip_aggregation_passes_the_strided_input_on_and_keeps_the_value_transform():
+    torch.manual_seed(0)
+    model = create_model("lrnet26", 10, in_chans=1, mean=[0.5], std=[0.25], stem="small", width=0.0625).eval()
+    layers = [m for m in model.modules() if isinstance(m, LocalRelation2d)]
+    x = torch.rand(2, layers[0].in_channels, 8, 8)
+    strided = next(layer for layer in layers if layer.stride > 1)
+    assert skip_aggregation(model) == len(layers)
+    torch.testing.assert_close(layers[0](x), layers[0].value(x))
+    xs = torch.rand(2, strided.in_channels, 8, 8)
+    torch.testing.assert_close(strided(xs), strided.value(xs[:, :, ::strided.stride, ::strided.stride]))
+    assert skip_aggregation(create_model("resnet26", 10, width=0.0625)) == 0
 
 
 def test_bench_train_variants_and_stem(tmp_path):

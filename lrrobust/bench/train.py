@@ -13,10 +13,15 @@ load average at the start and the end. The steps are the ones training and evalu
 
 Inputs are random images of the dataset's size and channels (no data is read); models are built as training builds
 them: the dataset's channels, normalisation and stem (``--stem`` overrides it), ``--width`` on every channel count.
+
+``without_aggregation`` adds, for every model with local relation layers, a copy whose layers skip the aggregation
+(Eq. 2: the query and key transforms, the geometric prior and the op) and pass their input on, strided as the layer
+would: the cost of everything else in the network, a floor that no work on the op can go under.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -59,11 +64,26 @@ def attack_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         return torch.autograd.grad(loss, x)[0]
 
 
+def _strided_input(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x[:, :, ::layer.stride, ::layer.stride] if layer.stride > 1 else x
+
+
+def skip_aggregation(model: torch.nn.Module) -> int:
+    """Makes every local relation layer of ``model`` pass its input on (strided) instead of aggregating it; the
+    value transform stays. Returns the number of layers changed."""
+    from lrrobust.models import LocalRelation2d
+
+    layers = [m for m in model.modules() if isinstance(m, LocalRelation2d)]
+    for layer in layers:
+        layer.aggregate = functools.partial(_strided_input, layer)
+    return len(layers)
+
+
 class _Bench:
     """One model (and variant) with its optimizer, inputs and the three steps."""
 
     def __init__(self, name: str, device: torch.device, dataset: str, width: float, stem: str | None,
-                 batch_size: int, attack: PGD, amp: bool, channels_last: bool) -> None:
+                 batch_size: int, attack: PGD, amp: bool, channels_last: bool, aggregation: bool = True) -> None:
         from lrrobust.models import create_model
 
         info = dataset_info(dataset)
@@ -72,6 +92,7 @@ class _Bench:
         torch.manual_seed(0)
         self.model = create_model(name, info.num_classes or 1000, in_chans=info.in_chans, mean=list(info.mean),
                                   std=list(info.std), stem=self.stem, width=width).to(device)
+        self.aggregation = aggregation or skip_aggregation(self.model) == 0
         size = info.image_size
         self.images = torch.rand(batch_size, info.in_chans, size, size, device=device)
         if channels_last:
@@ -106,8 +127,10 @@ def bench_train(
     channels_last: bool = False,
     variants: tuple[tuple[bool, bool], ...] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    without_aggregation: bool = False,
 ) -> list[dict[str, Any]]:
-    """One record per model (and per (amp, channels_last) variant when ``variants`` is given): the median seconds
+    """One record per model (and per (amp, channels_last) variant when ``variants`` is given, and per model with
+    local relation layers a record with ``aggregation`` False when ``without_aggregation``): the median seconds
     and images/s of each step over ``rounds`` timed rounds after ``warmup`` untimed ones, and the adversarial step's
     cost in clean steps. ``progress(done, total)`` is called after every round."""
     dev = torch.device(device)
@@ -116,8 +139,14 @@ def bench_train(
     attack = PGD(name="training", eps=eps, role="training", step_size=default_step_size(eps, steps), steps=steps,
                  random_start=True, targeted=True)
     load_start = os.getloadavg()
-    benches = [(name, amp_on, cl, _Bench(name, dev, dataset, width, stem, batch_size, attack, amp_on, cl))
-               for name in models for amp_on, cl in (variants or ((amp, channels_last),))]
+    benches = []
+    for name in models:
+        for amp_on, cl in variants or ((amp, channels_last),):
+            benches.append((name, amp_on, cl, _Bench(name, dev, dataset, width, stem, batch_size, attack, amp_on, cl)))
+            if without_aggregation:
+                bare = _Bench(name, dev, dataset, width, stem, batch_size, attack, amp_on, cl, aggregation=False)
+                if not bare.aggregation:
+                    benches.append((name, amp_on, cl, bare))
     for r in range(warmup + rounds):
         for _, _, _, bench in benches:  # models interleaved: every round sees the same load for all
             for kind in STEPS:
@@ -131,7 +160,8 @@ def bench_train(
     for name, amp_on, cl, bench in benches:
         median = {kind: statistics.median(bench.times[kind]) for kind in STEPS}
         records.append({
-            "model": name, "dataset": dataset, "image_size": info.image_size, "stem": bench.stem, "width": width,
+            "model": name, "aggregation": bench.aggregation, "dataset": dataset, "image_size": info.image_size,
+            "stem": bench.stem, "width": width,
             "batch_size": batch_size, "pgd_steps": steps, "amp": amp_on, "channels_last": cl, "device": str(dev),
             "threads": torch.get_num_threads(), "rounds": rounds,
             **{f"{kind}_step_s": median[kind] for kind in STEPS},
@@ -144,15 +174,21 @@ def bench_train(
     return records
 
 
-def ratios_to(records: list[dict[str, Any]], baseline: str) -> dict[tuple[str, bool, bool], dict[str, float]]:
-    """Each record's step times over the baseline model's of the same variant: {(model, amp, channels_last):
-    {step: ratio}}; empty when the baseline was not timed."""
-    base = {(r["amp"], r["channels_last"]): r for r in records if r["model"] == baseline}
+def variant_of(record: dict[str, Any]) -> tuple[str, bool, bool, bool]:
+    """(model, amp, channels_last, aggregation): what tells a record from the others of one run."""
+    return record["model"], record["amp"], record["channels_last"], record["aggregation"]
+
+
+def ratios_to(records: list[dict[str, Any]], baseline: str) -> dict[tuple[str, bool, bool, bool], dict[str, float]]:
+    """Each record's step times over the baseline model's of the same amp and channels-last variant:
+    {variant_of(record): {step: ratio}}; empty when the baseline was not timed."""
+    base = {(r["amp"], r["channels_last"]): r for r in records
+            if r["model"] == baseline and r["aggregation"]}
     out = {}
     for r in records:
         b = base.get((r["amp"], r["channels_last"]))
         if b is not None:
-            out[(r["model"], r["amp"], r["channels_last"])] = {k: r[f"{k}_step_s"] / b[f"{k}_step_s"] for k in STEPS}
+            out[variant_of(r)] = {k: r[f"{k}_step_s"] / b[f"{k}_step_s"] for k in STEPS}
     return out
 
 

@@ -36,6 +36,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         channels_last: Annotated[bool, typer.Option("--channels-last", help="Channels-last model and inputs.")] = False,
         all_variants: Annotated[bool, typer.Option("--all-variants", help="Time float32, --amp, --channels-last "
                                                    "and both.")] = False,
+        without_aggregation: Annotated[bool, typer.Option("--without-aggregation", help="Also time each LR-Net "
+                                                          "with its layers' aggregation skipped (input passed on): "
+                                                          "the floor of any work on the op.")] = False,
         threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
         json_out: Annotated[Path | None, typer.Option("--json", help="Write the records to this JSON file.")] = None,
     ) -> None:
@@ -43,7 +46,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         gradient) per model, models interleaved round by round, with each model's ratio to the baseline."""
         import torch
 
-        from lrrobust.bench.train import STEPS, TARGET_ADV_RATIO, bench_train, ratios_to
+        from lrrobust.bench.train import STEPS, TARGET_ADV_RATIO, bench_train, ratios_to, variant_of
         from lrrobust.commands.train import check_model_name
         from lrrobust.data import check_dataset_name
         from lrrobust.models.resnet import STEMS
@@ -78,7 +81,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             err_console.print(f"round {done}/{total} done", highlight=False)
 
         records = bench_train(str(dev), tuple(names), dataset, width, stem, batch_size, steps, rounds, warmup, amp,
-                              channels_last, variants, progress)
+                              channels_last, variants, progress, without_aggregation)
         ratios = ratios_to(records, baseline)
         first = records[0]
         table = Table(title=f"{dataset} {first['image_size']}x{first['image_size']}, stem {first['stem']}, width "
@@ -90,10 +93,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for column in columns:
             table.add_column(column, justify="left" if column in ("model", "variant") else "right")
         for r in records:
-            variant = " + ".join(n for n, on in (("amp", r["amp"]), ("channels-last", r["channels_last"])) if on)
+            variant = " + ".join(n for n, on in (("amp", r["amp"]), ("channels-last", r["channels_last"]),
+                                                 ("no aggregation", not r["aggregation"])) if on)
             row = [r["model"], variant or "float32"] + [f"{r[f'{k}_step_s'] * 1e3:.1f}" for k in STEPS]
             row.append(f"{r['adv_ratio']:.1f}x" + ("" if r["adv_ratio"] <= TARGET_ADV_RATIO else " (over 13x)"))
-            ratio = ratios.get((r["model"], r["amp"], r["channels_last"]))
+            ratio = ratios.get(variant_of(r))
             if ratios:
                 row += [f"{ratio[k]:.2f}x" for k in STEPS] if ratio else ["", "", ""]
             table.add_row(*row)
