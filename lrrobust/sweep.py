@@ -208,12 +208,17 @@ def read_trial(trial: Trial) -> dict[str, Any]:
 
 
 def choose(trials: tuple[Trial, ...], records: list[dict[str, Any]]) -> dict[tuple[str, str], Trial]:
-    """(network, training) -> the trial with the highest validation figure; a tie goes to the recipe listed first."""
-    chosen: dict[tuple[str, str], tuple[Trial, float]] = {}
+    """(network, training) -> the trial with the highest validation figure among those that passed the
+    training-convergence check, or among all of them when none passed; a tie goes to the recipe listed first.
+
+    A recipe under which the network was still learning when its lr was cut, or fell apart at a constant lr, is
+    not one its seeds should be compared with, however high its best epoch."""
+    chosen: dict[tuple[str, str], tuple[Trial, tuple[bool, float]]] = {}
     for trial, record in zip(trials, records):
         key = (trial.network, trial.training)
-        if key not in chosen or record["value"] > chosen[key][1]:
-            chosen[key] = (trial, record["value"])
+        rank = (record["convergence"]["status"] == "pass", record["value"])
+        if key not in chosen or rank > chosen[key][1]:
+            chosen[key] = (trial, rank)
     return {k: t for k, (t, _) in chosen.items()}
 
 
@@ -225,7 +230,8 @@ def sweep_record(spec: SweepSpec, trials: tuple[Trial, ...], records: list[dict[
     return {
         "grid": spec.grid, "seed": spec.seed, "trials_per_network": len(spec.recipes()),
         "rule": ("the highest validation figure best.pt is chosen by (val_acc for regular training, val_robust_acc "
-                 "for adversarial training) at the trial's best epoch; a tie goes to the recipe listed first"),
+                 "for adversarial training) at the trial's best epoch, among the trials that passed the "
+                 "training-convergence check (among all when none passed); a tie goes to the recipe listed first"),
         "choices": [{"network": n, "training": k, "recipe": t.recipe, "trial": t.run_dir.name,
                      "metric": by_name[t.run_dir.name]["metric"], "value": by_name[t.run_dir.name]["value"]}
                     for (n, k), t in chosen.items()],

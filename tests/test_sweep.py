@@ -101,7 +101,15 @@ def _trial(network: str, lr: float) -> Trial:
 def test_the_highest_validation_figure_wins_and_a_tie_goes_to_the_recipe_listed_first():
     trials = (_trial("a", 0.1), _trial("a", 0.05), _trial("a", 0.02), _trial("b", 0.1), _trial("b", 0.05))
     values = [0.5, 0.7, 0.7, 0.6, 0.4]
-    chosen = choose(trials, [{"value": v} for v in values])
+    chosen = choose(trials, [{"value": v, "convergence": {"status": "pass"}} for v in values])
+    assert chosen["a", "regular"].recipe == {"lr": 0.05} and chosen["b", "regular"].recipe == {"lr": 0.1}
+
+
+def test_a_converged_trial_beats_a_higher_flagged_one_and_without_one_the_highest_wins():
+    trials = (_trial("a", 0.1), _trial("a", 0.05), _trial("a", 0.02), _trial("b", 0.1), _trial("b", 0.05))
+    values = [0.9, 0.6, 0.7, 0.8, 0.5]
+    statuses = ["flag", "pass", "n/a", "flag", "flag"]
+    chosen = choose(trials, [{"value": v, "convergence": {"status": s}} for v, s in zip(values, statuses)])
     assert chosen["a", "regular"].recipe == {"lr": 0.05} and chosen["b", "regular"].recipe == {"lr": 0.1}
 
 

@@ -82,9 +82,10 @@ def sweep_md(record: dict[str, Any]) -> str:
              "is none of the study's seeds (the reported models are not the runs that won the selection), judged on "
              f"the validation split{f' ({size} images)' if size else ''} by the figure best.pt is chosen by at the "
              "trial's best epoch: clean accuracy for regular training, accuracy under the validation PGD for "
-             "adversarial training. Every seed then trained with the recipe marked ✓, the highest figure of its "
-             "network and training kind (a tie goes to the recipe listed first). Figures in %; sweep.json holds "
-             "every epoch's.\n")
+             "adversarial training. Every seed then trained with the recipe marked ✓: the highest figure of its "
+             "network and training kind among the trials whose training passed the convergence check (among all "
+             "when none did; a tie goes to the recipe listed first). Figures in %; sweep.json holds every "
+             "epoch's.\n")
     header = ["network", "training", "recipe", "chosen by", "clean val at that epoch", "training convergence",
               "chosen"]
     return "## Recipe sweep on the validation split\n\n" + intro + "\n" + md_table(header, rows)
