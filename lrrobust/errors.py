@@ -42,3 +42,9 @@ def describe_os_error(error: OSError) -> str:
         return error.strerror
     text = " ".join(str(error).split())
     return text or type(error).__name__
+
+
+def first_line(error: BaseException) -> str:
+    """'TypeName: first line of the message' (at most 200 characters of it): an exception in one line."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__

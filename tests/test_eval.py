@@ -18,8 +18,9 @@ from torch.utils.data import Dataset
 from lrrobust.attacks.base import AttackSpec
 from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.evaluation import state
-from lrrobust.evaluation.loop import EvalTarget, run_evaluation
+from lrrobust.evaluation.loop import run_evaluation
 from lrrobust.evaluation.suite import parse_suite
+from lrrobust.evaluation.target import EvalTarget, Origin
 
 NUM_CLASSES = 4
 
@@ -80,7 +81,7 @@ def read_csv(path):
 
 
 def evaluate(out, suite=SUITE, **kw):
-    target = EvalTarget(quadrant_model(), NUM_CLASSES, {"name": "quadrants"})
+    target = EvalTarget(quadrant_model(), NUM_CLASSES, Origin(label="quadrants"))
     return run_evaluation(target, Blobs(), parse_suite(suite), out, **kw)
 
 
@@ -258,7 +259,7 @@ def test_eval_attack_takes_a_run_directory_and_writes_the_outputs(runs, tmp_path
     assert len(read_csv(out / "samples.csv")) == 40
     from lrrobust.training.convergence import run_convergence
 
-    # issue 20: whether the run had finished learning, and the masking diagnostics, beside the figures
+    # whether the run had finished learning, and the masking diagnostics, beside the figures
     assert summary["convergence"] == run_convergence(runs / "resnet18-adversarial").to_dict()
     assert summary["convergence"]["figures"] == ["val_acc", "val_robust_acc"]
     diagnostics = summary["diagnostics"]
@@ -284,6 +285,22 @@ def _help(*command: str) -> str:
     result = cli(*command, "--help")
     assert result.exit_code == 0, result.output
     return " ".join(result.output.replace("\u2502", " ").split())
+
+
+def test_eval_attack_runs_autoattack_l2_with_its_own_options(runs, tmp_path):
+    """Every kind runs from the command line with the options its settings give (--n-queries, --target-classes);
+    an untargeted kind runs untargeted."""
+    out = tmp_path / "e"
+    result = cli("eval-attack", runs / "resnet18-adversarial", "--out", out, "--attack", "autoattack-l2", "--eps",
+                 "0.5", "--steps", "2", "--n-queries", "5", "--target-classes", "2", "--limit", "8")
+    assert result.exit_code == 0, result.output
+    (attack,) = json.loads((out / "summary.json").read_text())["attacks"]
+    assert (attack["kind"], attack["targeted"], attack["norm"]) == ("autoattack-l2", False, "l2")
+    assert (attack["steps"], attack["n_queries"], attack["target_classes"]) == (2, 5, 2)
+    assert read_csv(out / "summary.csv")[0]["target_classes"] == "2"
+    refused = cli("eval-attack", runs / "resnet18-adversarial", "--out", tmp_path / "f", "--attack", "fgsm",
+                  "--eps", "0.1", "--n-queries", "5")
+    assert refused.exit_code == 2 and "--n-queries does not apply to fgsm" in refused.output
 
 
 def test_help_texts_state_every_presets_eps():

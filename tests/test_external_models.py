@@ -23,7 +23,7 @@ import lrrobust
 from lrrobust.data import dataset_info, load_dataset
 from lrrobust.errors import UserError
 from lrrobust.evaluation.api import evaluate
-from lrrobust.evaluation.contract import check_module
+from lrrobust.evaluation.target import check_module
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -235,7 +235,7 @@ def test_old_summaries_still_read_as_trained_by_lrrobust(zoo_eval, tmp_path):
     del data["model"]["origin"]
     (old / "summary.json").write_text(json.dumps(data))
     summary = read_summary(old)
-    assert summary.origin == {"kind": "lrrobust", "label": None} and not summary.outside
+    assert summary.origin.to_dict() == {"kind": "lrrobust", "label": None} and not summary.outside
     data["schema"] = 3  # from schema 3 on, the origin is required
     (old / "summary.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match="damaged"):
@@ -563,7 +563,7 @@ def test_an_outside_model_without_eps_is_attacked_at_the_datasets_standard_eps(t
     assert summary["suite_config"]["description"].endswith("eps: the standard Linf eps of digits")
 
 
-# ---------------------------------------------------------------- issue 23: models that exit, hang or turn NaN
+# ---------------------------------------------------------------- models that exit, hang or turn NaN
 
 UNRULY_MODELS = '''import os
 import sys

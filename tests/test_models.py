@@ -1,4 +1,5 @@
-"""The model zoo (issue 3): every registered model on small inputs, the paper's sizes, options and errors."""
+"""The model zoo: every registered model on small inputs, the paper's sizes, options and errors; the registry's
+metadata, and a network of another architecture registered in one place."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ from typer.testing import CliRunner
 
 from lrrobust.cli import app
 from lrrobust.errors import UserError
-from lrrobust.models import LocalRelation2d, count_flops, count_params, create_model, list_models
-from lrrobust.models.paper import PAPER_FIGURES
+from lrrobust.models import (
+    LocalRelation2d,
+    count_flops,
+    count_params,
+    create_model,
+    list_models,
+    model_info,
+    registered_models,
+)
+
+PAPER_FIGURES = {m.name: m.paper for m in registered_models() if m.paper is not None}
 
 SMALL = {"in_chans": 1, "stem": "small", "width": 0.125, "mean": [0.5], "std": [0.25]}
 
@@ -25,11 +35,17 @@ def small_model(name: str, **kw) -> torch.nn.Module:
     return create_model(name, num_classes=5, **{**SMALL, **kw})
 
 
-def test_registry_names():
-    names = list_models()
-    for name in ("resnet18", "resnet26", "resnet50", "resnet101", "resnet26_dw"):
-        assert name in names
-        assert name.replace("resnet", "lrnet") in names or name == "resnet26_dw"
+def test_registry_metadata():
+    """Every network has a family, a display name of its own and, where the paper gives them, its sizes; each depth
+    of the paper has a ResNet and an LR-Net."""
+    infos = registered_models()
+    assert sorted(m.name for m in infos) == list_models()
+    assert len({m.display for m in infos}) == len(infos)
+    assert {"resnet", "lrnet", "nl"} <= {m.family for m in infos}
+    for depth in (18, 26, 50, 101):
+        assert model_info(f"resnet{depth}").display == f"ResNet-{depth}"
+        assert model_info(f"lrnet{depth}").display == f"LR-Net-{depth}" and model_info(f"lrnet{depth}").paper
+    assert (model_info("resnet26_dw").family, model_info("nl26").family) == ("resnet", "nl")
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -243,3 +259,75 @@ def test_every_residual_block_starts_as_the_identity(name):
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             assert bool((mod.weight == (0.0 if id(mod) in last else 1.0)).all()) and not bool(mod.bias.any())
+
+
+# ---------------------------------------------------------------- a network of another architecture
+
+
+class TinyConvNet(torch.nn.Module):
+    """No ResNet: two convolutions and a classifier, normalising inside like every network of the zoo."""
+
+    def __init__(self, num_classes: int, in_chans: int, mean: list[float], std: list[float], stem: str,
+                 width: float) -> None:
+        super().__init__()
+        channels = max(1, round(16 * width))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(in_chans, channels, 3, stride=1 if stem == "small" else 2, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+        self.fc = torch.nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features((x - self.mean) / self.std).flatten(1))
+
+
+@pytest.fixture()
+def tiny_convnet(monkeypatch):
+    """``tinyconv`` registered for one test the way a file of lrrobust/models/ registers a network."""
+    from lrrobust.models import registry
+    from lrrobust.models.paper import PaperFigure
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @registry.register_model(family="convnet", display="TinyConv-2", paper=PaperFigure(1.0e3, 1.0e6, "none"))
+    def tinyconv(num_classes: int = 1000, in_chans: int = 3, mean: list[float] = (0.5,) * 3,
+                 std: list[float] = (0.5,) * 3, stem: str = "imagenet", width: float = 1.0) -> TinyConvNet:
+        return TinyConvNet(num_classes, in_chans, list(mean), list(std), stem, width)
+
+    return "tinyconv"
+
+
+def test_a_network_of_another_architecture_is_registered_in_one_place(tiny_convnet, tmp_path):
+    from lrrobust.evaluation.target import check_module
+    from lrrobust.report.collect import network_name
+    from lrrobust.report.table9 import Row, family
+
+    assert tiny_convnet in list_models() and model_info(tiny_convnet).family == "convnet"
+    model = small_model(tiny_convnet).eval()
+    assert model.spec["kwargs"]["width"] == 0.125 and model(torch.rand(2, 1, 8, 8)).shape == (2, 5)
+    rebuilt = create_model(model.spec["name"], model.spec["num_classes"], **model.spec["kwargs"])
+    assert type(rebuilt) is TinyConvNet and rebuilt.spec == model.spec
+    check_module(model, [(torch.rand(1, 8, 8), 0)] * 2, 5, "digits", torch.device("cpu"))  # an attackable model
+    with pytest.raises(UserError, match="tinyconv has no option 'kernel_size'; valid options: in_chans"):
+        create_model(tiny_convnet, kernel_size=3)
+    # the report names it by its display name and leaves it out of the LR-Net/ResNet tests; `models` lists it
+    assert network_name(model.spec) == "TinyConv-2 (width 0.125)"
+    assert family(Row("TinyConv-2", tiny_convnet, {}, {})) == "convnet"
+    assert family(Row("LR-Net-26", "lrnet26", {}, {})) == "lrnet"
+    result = CliRunner().invoke(app, ["models", "--json", "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    names = [r["name"] for r in json.loads(result.output)]
+    assert names[-1] == tiny_convnet and names[:2] == ["resnet18", "lrnet18"]  # registration order
+    rows = {r["name"]: r for r in json.loads(CliRunner().invoke(app, ["models", tiny_convnet, "--json"]).output)}
+    assert rows[tiny_convnet]["paper_params"] == 1.0e3 and rows[tiny_convnet]["params"] > 0
+
+
+def test_training_builds_a_registered_network_of_another_architecture(tiny_convnet, tmp_path):
+    import lrrobust
+    from lrrobust.training import TrainConfig, train
+
+    run = train(TrainConfig(model=tiny_convnet, dataset="digits", epochs=1, batch_size=256, out=str(tmp_path / "r"),
+                            device="cpu"), progress=False)
+    model = lrrobust.load_checkpoint(run / "best.pt")
+    assert type(model) is TinyConvNet and model.spec["kwargs"]["stem"] == "small"

@@ -1,4 +1,4 @@
-"""The rest of the paper's models (issue 12): query/key dimension (Table 4), non-local networks (Table 7) and the
+"""The rest of the paper's models: query/key dimension (Table 4), non-local networks (Table 7) and the
 convolutional stem of LR-Nets (Sec. 4.2, Fig. 3)."""
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from typer.testing import CliRunner
 import lrrobust.models.local_relation as local_relation_module
 from lrrobust.cli import app
 from lrrobust.errors import UserError
-from lrrobust.models import LocalRelation2d, count_flops, count_params, create_model
+from lrrobust.models import LocalRelation2d, count_flops, count_params, create_model, model_info
 from lrrobust.models.flops import aggregation_flops, local_relation_flops
 from lrrobust.models.nonlocal_block import NL_SUBSAMPLE, NonLocal2d, NonLocalBlock
-from lrrobust.models.paper import PAPER_FIGURES
 from lrrobust.ops.reference import local_relation_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -247,7 +246,7 @@ def test_nonlocal_networks_have_the_papers_parameters(name):
     """Within 1%: the block is fully specified (Wang et al.) and so is its placement (Sec. 6.1, Table 7)."""
     with torch.device("meta"):
         model = create_model(name)
-    assert count_params(model) == pytest.approx(PAPER_FIGURES[name].params, rel=0.01)
+    assert count_params(model) == pytest.approx(model_info(name).paper.params, rel=0.01)
 
 
 def test_nonlocal_networks_in_the_models_command():

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torchattacks
 from torch import nn
 
-from lrrobust.attacks.base import AttackOutcome, AttackSpec, predict
+from lrrobust.attacks.base import COUNT, AttackOutcome, AttackSpec, predict, setting
 from lrrobust.attacks.registry import register
 from lrrobust.core.modes import eval_mode, frozen
-from lrrobust.core.numbers import check_int
-from lrrobust.errors import UserError
 
 STEPS = 100
 QUERIES = 5000
@@ -35,33 +33,20 @@ COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 class AutoAttack(AttackSpec):
     """The four components in sequence; untargeted (APGD-T and FAB-T choose their own target classes)."""
 
-    steps: int = STEPS
-    n_queries: int = QUERIES
-    target_classes: int = TARGET_CLASSES
+    targeted: bool = False  # a plain field, not a setting: always untargeted, never given by a table or option
+    steps: int = setting(COUNT, f"AutoAttack iterations of APGD and FAB (default {STEPS}).", STEPS, shown=True)
+    n_queries: int = setting(COUNT, f"AutoAttack Square queries (default {QUERIES}).", QUERIES)
+    target_classes: int = setting(COUNT, f"AutoAttack target classes of APGD-T and FAB-T (default {TARGET_CLASSES}).",
+                                  TARGET_CLASSES)
 
     kind = "autoattack"
     torchattacks_norm: ClassVar[str] = "Linf"  # the norm as torchattacks names it
-    keys = frozenset({"eps", "steps", "n_queries", "target_classes"})
     example = 'eps = "8/255"'
 
-    @classmethod
-    def from_table(cls, name: str, table: dict[str, Any], role: str = "suite") -> AutoAttack:
-        where = f"attack {name!r}"
-        if table.get("targeted"):
-            raise UserError(f"{where}: autoattack is untargeted (its APGD-T and FAB-T pick their own targets)")
-        if table.get("source") is not None:
-            raise UserError(f"{where}: autoattack is white-box only; use pgd or fgsm with source for a transfer "
-                            "attack")
-        return cls(name=name, eps=cls.read_eps(table, where), role=role,
-                   steps=check_int(table.get("steps", STEPS), f"{where}: steps", 1),
-                   n_queries=check_int(table.get("n_queries", QUERIES), f"{where}: n_queries", 1),
-                   target_classes=check_int(table.get("target_classes", TARGET_CLASSES), f"{where}: target_classes",
-                                            1))
-
     def describe(self) -> str:
-        return (f"{self.name}: AutoAttack standard{' L2' if self.norm == 'l2' else ''} (APGD-CE, APGD-T, FAB-T, Square), untargeted, eps "
-                f"{self.eps_text()}, {self.steps} iterations, {self.n_queries} Square queries, "
-                f"{self.target_classes} target classes")
+        return (f"{self.name}: AutoAttack standard{' L2' if self.norm == 'l2' else ''} (APGD-CE, APGD-T, FAB-T, "
+                f"Square), untargeted, eps {self.eps_text()}, {self.steps} iterations, {self.n_queries} Square "
+                f"queries, {self.target_classes} target classes")
 
     def stages(self) -> list[str]:
         return list(COMPONENTS)

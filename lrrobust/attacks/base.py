@@ -1,10 +1,13 @@
 """What every attack kind shares: the spec base class, per-sample outcomes, targets, restarts (paper Sec. 6.2).
 
 An attack kind is one module of this package holding one ``AttackSpec`` subclass registered with ``@register``.
-The spec knows how to read itself from a suite's ``[[attack]]`` table and from CLI options, how to describe
-itself for a report, how to build its torchattacks object and how to run on a batch, keeping each sample's
-worst case. Targets follow Feature Denoising (Xie et al.): (label + U{1..C-1}) mod C, drawn by lrrobust from a
-seeded generator and handed to torchattacks as labels, so they are recorded and never equal the true class.
+Its hyper-parameters are its dataclass fields declared with ``setting``: the field is the one home of a
+hyper-parameter, and everything else is derived from it: the suite-table keys and how each is read, the
+``eval-attack`` options, the columns of summary.csv and of the report's attack CSV, and the settings that decide
+which evaluations may share a table. The spec knows how to describe itself for a report, how to build its
+torchattacks object and how to run on a batch, keeping each sample's worst case. Targets follow Feature Denoising
+(Xie et al.): (label + U{1..C-1}) mod C, drawn by lrrobust from a seeded generator and handed to torchattacks as
+labels, so they are recorded and never equal the true class.
 """
 
 from __future__ import annotations
@@ -20,10 +23,43 @@ import torchattacks
 from torch import nn
 
 from lrrobust.core.modes import eval_mode, frozen
-from lrrobust.core.numbers import format_eps, parse_fraction
+from lrrobust.core.numbers import check_bool, check_int, format_eps, parse_fraction
 from lrrobust.errors import UserError
 
 ROLES = ("suite", "check", "training")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueKind:
+    """How a setting is read from a suite table or an option (``read(value, where, max_eps)``, a UserError naming
+    ``where`` when it is wrong), and the type its command-line option takes."""
+
+    read: Callable[[Any, str, float], Any]
+    option_type: type
+
+
+def _checkpoint(value: Any, where: str, max_eps: float) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where} must be a checkpoint path, got {value!r}")
+    return value
+
+
+BUDGET = ValueKind(lambda value, where, max_eps: parse_fraction(value, where, maximum=max_eps), str)  # 8/255
+COUNT = ValueKind(lambda value, where, max_eps: check_int(value, where, 1), int)
+FLAG = ValueKind(lambda value, where, max_eps: check_bool(value, where), bool)
+CHECKPOINT = ValueKind(_checkpoint, str)
+
+
+def setting(kind: ValueKind, help: str, default: Any = dataclasses.MISSING, *, shown: bool = False) -> Any:
+    """A hyper-parameter of an attack kind: a dataclass field that a suite table and ``eval-attack`` may set.
+
+    Args:
+        kind: how its value is read (``BUDGET``, ``COUNT``, ``FLAG``, ``CHECKPOINT``).
+        help: what it is, for the option's help.
+        default: its value when a table leaves it out (none: the table must give it).
+        shown: a column of the report's attack tables (every setting is a column of the CSVs).
+    """
+    return dataclasses.field(default=default, metadata={"value_kind": kind, "help": help, "shown": shown})
 
 
 @dataclasses.dataclass
@@ -49,6 +85,11 @@ def random_targets(labels: torch.Tensor, num_classes: int, generator: torch.Gene
     return (labels + offsets.to(labels.device)) % num_classes
 
 
+def option_name(key: str) -> str:
+    """A setting's command-line option: ``step_size`` -> ``--step-size``."""
+    return "--" + key.replace("_", "-")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Top-1 class of each image."""
@@ -65,35 +106,54 @@ class AttackSpec:
     """
 
     name: str
-    eps: float
-    targeted: bool = False
+    eps: float = setting(BUDGET, "Budget on [0, 1] pixels, e.g. 8/255 (an L2 radius for L2 kinds).")
+    targeted: bool = setting(FLAG, "Targeted at a random wrong class, else untargeted.", False, shown=True)
     role: str = "suite"
 
     kind: ClassVar[str] = ""
     norm: ClassVar[str] = "linf"  # the threat model: "linf" or "l2"; a worst case never mixes the two
     max_eps: ClassVar[float] = 1.0  # L-inf budgets lie in (0, 1] on [0, 1] pixels
-    keys: ClassVar[frozenset[str]] = frozenset()  # the suite-table keys of this kind, besides name and kind
     example: ClassVar[str] = ""  # a valid table, for error messages
 
     # ---- reading
 
     @classmethod
+    def setting_fields(cls) -> list[dataclasses.Field]:
+        """The hyper-parameters a suite table and the command line may set (``setting`` fields), in order."""
+        return [f for f in dataclasses.fields(cls) if "value_kind" in f.metadata]
+
+    @classmethod
+    def table_keys(cls) -> frozenset[str]:
+        """The suite-table keys of this kind, besides name and kind."""
+        return frozenset(f.name for f in cls.setting_fields())
+
+    @classmethod
     def from_table(cls, name: str, table: dict[str, Any], role: str = "suite") -> AttackSpec:
-        """The spec of a suite's ``[[attack]]`` table (name and kind already taken out); UserError when invalid."""
-        raise NotImplementedError
+        """The spec of a suite's ``[[attack]]`` table (name and kind taken out, every key one of ``table_keys``):
+        each setting read by its value kind, its default where left out; a UserError naming the key when invalid."""
+        where = f"attack {name!r}"
+        values = {}
+        for f in cls.setting_fields():
+            if f.name in table:
+                values[f.name] = f.metadata["value_kind"].read(table[f.name], f"{where}: {f.name}", cls.max_eps)
+            elif f.default is dataclasses.MISSING:
+                raise UserError(f"{where} needs {f.name} (e.g. {cls.example})")
+        return cls(name=name, role=role, **values)
 
     @classmethod
     def from_options(cls, name: str, options: dict[str, Any]) -> AttackSpec:
-        """The spec of CLI options (``--eps``, ``--steps`` ...; None where not given): the same rules as a table."""
+        """The spec of CLI options (``--eps``, ``--steps`` ...; None where not given): the same rules as a table,
+        messages naming the option."""
         given = {k: v for k, v in options.items() if v is not None}
-        extra = sorted(set(given) - cls.keys)
+        keys = cls.table_keys()
+        extra = sorted(set(given) - keys)
         if extra:
-            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+            flags = ", ".join(option_name(k) for k in extra)
             raise UserError(f"{flags} do{'es' if len(extra) == 1 else ''} not apply to {cls.kind}; "
-                            f"{cls.kind} takes {', '.join('--' + k.replace('_', '-') for k in sorted(cls.keys))}")
-        for key in ("eps", "step_size"):  # checked here so the message names the option
-            if key in given:
-                given[key] = parse_fraction(given[key], "--" + key.replace("_", "-"), maximum=cls.max_eps)
+                            f"{cls.kind} takes {', '.join(option_name(k) for k in sorted(keys))}")
+        for f in cls.setting_fields():
+            if f.name in given:
+                given[f.name] = f.metadata["value_kind"].read(given[f.name], option_name(f.name), cls.max_eps)
         return cls.from_table(name, given)
 
     @classmethod
@@ -101,12 +161,6 @@ class AttackSpec:
         """The spec back from its ``settings()`` (a summary row, a checkpoint's training attack)."""
         fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
         return cls(name=name, **{k: v for k, v in settings.items() if k in fields})
-
-    @classmethod
-    def read_eps(cls, table: dict[str, Any], where: str) -> float:
-        if "eps" not in table:
-            raise UserError(f"{where} needs eps (e.g. eps = \"16/255\")")
-        return parse_fraction(table["eps"], f"{where}: eps", maximum=cls.max_eps)
 
     def eps_text(self) -> str:
         """The budget as reports write it (``format_eps``)."""

@@ -12,10 +12,9 @@ from typing import Any, ClassVar
 import torchattacks
 from torch import nn
 
-from lrrobust.attacks.base import AttackSpec
+from lrrobust.attacks.base import BUDGET, CHECKPOINT, COUNT, FLAG, AttackSpec, setting
 from lrrobust.attacks.registry import register
-from lrrobust.core.numbers import check_bool, check_int, format_eps, parse_fraction
-from lrrobust.errors import UserError
+from lrrobust.core.numbers import format_eps
 
 DEFAULT_STEPS = 10
 
@@ -38,16 +37,17 @@ def madry_step_size(eps: float, steps: int) -> float:
 class PGD(AttackSpec):
     """Projected gradient descent with sign steps, optionally from a random start, with restarts."""
 
-    step_size: float = 1.0 / 255.0
-    steps: int = DEFAULT_STEPS
-    random_start: bool = True
-    restarts: int = 1
-    source: str | None = None
+    step_size: float = setting(BUDGET, "PGD step on [0, 1] pixels, e.g. 1/255 (default: 1/255 raised to eps/steps; "
+                                       "L2: 2.5 eps/steps).", 1.0 / 255.0)
+    steps: int = setting(COUNT, f"PGD steps (default {DEFAULT_STEPS}).", DEFAULT_STEPS, shown=True)
+    random_start: bool = setting(FLAG, "PGD starts at a random point of the eps-ball (default on).", True)
+    restarts: int = setting(COUNT, "PGD restarts, the per-sample worst case kept (default 1).", 1, shown=True)
+    source: str | None = setting(CHECKPOINT, "Craft the examples on this checkpoint: a transfer attack (default: "
+                                             "white-box).", None)
 
     kind = "pgd"
     title: ClassVar[str] = "PGD"  # how describe() names the attack
     attack_class: ClassVar[type] = torchattacks.PGD  # the torchattacks attack it builds
-    keys = frozenset({"targeted", "eps", "step_size", "steps", "random_start", "restarts", "source"})
     example = 'eps = "16/255", steps = 100, step_size = "1/255"'
 
     @classmethod
@@ -57,20 +57,10 @@ class PGD(AttackSpec):
 
     @classmethod
     def from_table(cls, name: str, table: dict[str, Any], role: str = "suite") -> PGD:
-        where = f"attack {name!r}"
-        eps = cls.read_eps(table, where)
-        steps = check_int(table.get("steps", DEFAULT_STEPS), f"{where}: steps", 1)
-        step = table.get("step_size")
-        source = table.get("source")
-        if source is not None and not isinstance(source, str):
-            raise UserError(f"{where}: source must be a checkpoint path")
-        return cls(
-            name=name, eps=eps, targeted=check_bool(table.get("targeted", False), f"{where}: targeted"), role=role,
-            step_size=cls.default_step(eps, steps) if step is None else parse_fraction(step, f"{where}: step_size",
-                                                                                      maximum=cls.max_eps),
-            steps=steps, random_start=check_bool(table.get("random_start", True), f"{where}: random_start"),
-            restarts=check_int(table.get("restarts", 1), f"{where}: restarts", 1), source=source,
-        )
+        spec = super().from_table(name, table, role)
+        if "step_size" in table:
+            return spec
+        return dataclasses.replace(spec, step_size=cls.default_step(spec.eps, spec.steps))
 
     def describe(self) -> str:
         return (f"{self.name}: {self.title} {'targeted' if self.targeted else 'untargeted'}, eps {self.eps_text()}, "

@@ -1,4 +1,4 @@
-"""L2 PGD (Madry et al. 2018) through torchattacks' PGDL2: the L2 threat model's iterative attack (issue 12).
+"""L2 PGD (Madry et al. 2018) through torchattacks' PGDL2: the L2 threat model's iterative attack.
 
 Each step moves ``step_size`` along the L2-normalised gradient and projects back onto the L2 ball of radius eps;
 the random start is uniform in the ball. The step defaults to Madry et al.'s 2.5 eps / steps. With one step of
@@ -12,6 +12,7 @@ import dataclasses
 
 import torchattacks
 
+from lrrobust.attacks.base import BUDGET, setting
 from lrrobust.attacks.pgd import PGD
 from lrrobust.attacks.registry import register
 
@@ -28,7 +29,8 @@ def l2_step_size(eps: float, steps: int) -> float:
 class PGDL2(PGD):
     """Projected gradient descent in the L2 ball, optionally from a random start, with restarts."""
 
-    step_size: float = 0.1
+    step_size: float = setting(BUDGET, "PGD step on [0, 1] pixels, e.g. 1/255 (default: 1/255 raised to eps/steps; "
+                                       "L2: 2.5 eps/steps).", 0.1)
 
     kind = "pgd-l2"
     norm = "l2"

@@ -1,4 +1,5 @@
-"""CLI plumbing shared by the command modules: one-line errors, consoles, shared option helpers.
+"""CLI plumbing shared by the command modules: one-line errors, consoles, shared option helpers (KEY=VALUE model
+options, typer signatures built from option tables).
 
 The consoles print user text (paths, labels, factory names) as written: no emoji codes (``lrrobust.core.console``),
 and ``say`` and ``print_error`` print it with markup off or escaped.
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -113,3 +116,26 @@ def _one_line_usage() -> Iterator[None]:
 
 def is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def parse_key_values(items: list[str] | None, option: str) -> dict[str, Any]:
+    """``['kernel_size=5', 'geo_prior=none']`` -> ``{'kernel_size': 5, 'geo_prior': 'none'}``: model options given as
+    KEY=VALUE (``option`` names them in messages); a VALUE is read as JSON when it can be (numbers, lists, true),
+    else kept as text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{option} takes KEY=VALUE, e.g. geo_prior=none; got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def option_parameters(options: dict[str, tuple[Any, Any]]) -> list[inspect.Parameter]:
+    """Typer options from a table ``{name: (Annotated[T, typer.Option(...)], default)}``, as the keyword parameters
+    of a command's signature (``command.__signature__``), in the table's order."""
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            for name, (annotation, default) in options.items()]

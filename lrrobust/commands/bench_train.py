@@ -49,7 +49,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from lrrobust.bench.train import STEPS, TARGET_ADV_RATIO, bench_train, ratios_to, variant_of
         from lrrobust.commands.train import check_model_name
         from lrrobust.data import check_dataset_name
-        from lrrobust.models.resnet import STEMS
+        from lrrobust.models.registry import STEMS
         from lrrobust.training.distributed import resolve_device
 
         names = [m.strip() for m in models.split(",") if m.strip()]

@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 import os
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from lrrobust.attacks import KINDS
-from lrrobust.commands import console, is_terminal, say, user_errors
-from lrrobust.data import DATASETS
+from lrrobust.attacks import KINDS, attack_options, can_target
+from lrrobust.commands import console, is_terminal, option_parameters, say, user_errors
+from lrrobust.core.seeding import MAX_SEED
+from lrrobust.core.trainings import TRAININGS
+from lrrobust.data import DATASETS, dataset_entry, eps_text
 from lrrobust.errors import UserError
 from lrrobust.evaluation.suite import suite_names
 
-MAX_SEED = 2**63 - 1  # the largest seed every generator takes
-
 AttackKind = Enum("AttackKind", {kind: kind for kind in sorted(KINDS)}, type=str)  # every registered kind
-
-
-class Training(str, Enum):
-    regular = "regular"
-    adversarial = "adversarial"
+Training = Enum("Training", {t: t for t in TRAININGS}, type=str)
 
 
 class Mode(str, Enum):
@@ -34,40 +33,63 @@ class Mode(str, Enum):
 
 
 # Attack options, used when no --suite is given. None means "not given", so mixing them with --suite is caught.
+# Each setting of an attack kind becomes an option of its own (``with_attack_options``).
 AttackOpt = Annotated[AttackKind | None, typer.Option("--attack", help="Attack without a suite: pgd (default) or "
                                                          "another kind of lrrobust.attacks.")]
-EpsOpt = Annotated[str | None, typer.Option("--eps", help="Budget on [0, 1] pixels, e.g. 8/255 (default: the eps the "
-                                                 "checkpoint was adversarially trained at, else the dataset's "
-                                                 "standard: digits 0.2, mnist 0.3, cifar10 8/255, imagenet 16/255 "
-                                                 "(imagefolder too); L2: digits 0.5, mnist 2.0, cifar10 0.5).")]
-StepOpt = Annotated[str | None, typer.Option("--step-size", help="PGD step, e.g. 1/255 (default: 1/255 raised to "
-                                                "eps/steps).")]
-StepsOpt = Annotated[int | None, typer.Option("--steps", help="PGD steps (default 10; AutoAttack 100).")]
-StartOpt = Annotated[bool | None, typer.Option("--random-start/--no-random-start", help="PGD random start "
-                                                  "(default on).")]
-RestartsOpt = Annotated[int | None, typer.Option("--restarts", help="PGD restarts, per-sample worst case "
-                                                    "(default 1).")]
-ModeOpt = Annotated[Mode | None, typer.Option("--mode", help="targeted, untargeted or both (default both; "
-                                                 "AutoAttack is untargeted).")]
+ModeOpt = Annotated[Mode | None, typer.Option("--mode", help="targeted, untargeted or both (default both; an "
+                                                 "untargeted kind such as AutoAttack: untargeted).")]
 
 
-def _suite_from_options(attack, eps, step_size, steps, random_start, restarts, mode, eps_reason=""):
-    """A suite of one attack kind from the CLI options, targeted and/or untargeted; the kind's spec validates.
-    ``eps_reason`` says where the eps came from when the options gave none."""
+def eps_help() -> str:
+    """--eps's default, in words: the checkpoint's training eps, else its dataset's standard eps in the attack's
+    norm (``lrrobust.evaluation.standard.dataset_eps``), each in the dataset's own unit."""
+    from lrrobust.evaluation.standard import dataset_eps
+
+    def listed(norm: str) -> str:
+        found = [(name, dataset_eps(name, norm)) for name in DATASETS]
+        return ", ".join(f"{name} {eps_text(eps, name) if norm == 'linf' else f'{eps:g}'}" for name, eps in found
+                         if eps is not None)
+
+    return (f"Default: the eps the checkpoint was adversarially trained at, else the dataset's standard: "
+            f"{listed('linf')}; L2: {listed('l2')}.")
+
+
+def with_attack_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with one option per setting of an attack kind (``lrrobust.attacks.attack_options``: ``--eps``,
+    ``--steps``, ``--n-queries``, ...) after ``--mode``, as typer reads it; they reach ``command``'s
+    ``**settings``."""
+
+    @functools.wraps(command)
+    def with_options(**options: Any) -> None:
+        command(**options)
+
+    options = {}
+    for option in attack_options():
+        decls = [f"{option.flag}/--no-{option.flag[2:]}"] if option.option_type is bool else [option.flag]
+        help = option.help + (" " + eps_help() if option.key == "eps" else "")
+        options[option.key] = (Annotated[option.option_type | None, typer.Option(*decls, help=help)], None)
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+              for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    at = [p.name for p in params].index("mode") + 1
+    with_options.__signature__ = inspect.Signature(params[:at] + option_parameters(options) + params[at:])
+    return with_options
+
+
+def _suite_from_options(attack, mode, settings, eps_reason=""):
+    """A suite of one attack kind from the CLI options, targeted and/or untargeted (an untargeted kind:
+    untargeted); the kind's spec validates. ``eps_reason`` says where the eps came from when the options gave none."""
     from lrrobust.attacks import attack_from_options
     from lrrobust.evaluation.suite import Suite
 
     kind = (attack or AttackKind.pgd).value
     modes = {"targeted": [True], "untargeted": [False], "both": [True, False]}[(mode or Mode.both).value]
-    if kind == "autoattack":
+    if not can_target(kind):
         if mode == Mode.targeted:
-            raise UserError("--attack autoattack is untargeted; drop --mode targeted")
+            raise UserError(f"--attack {kind} is untargeted; drop --mode targeted")
         modes = [None]
-    options = {"eps": eps, "step_size": step_size, "steps": steps, "random_start": random_start,
-               "restarts": restarts}
     attacks = []
     for targeted in modes:
-        spec = attack_from_options(kind, kind, {**options, "targeted": targeted})
+        spec = attack_from_options(kind, kind, {**settings, "targeted": targeted})
         name = f"{kind}{getattr(spec, 'steps', '')}-{'targeted' if spec.targeted else 'untargeted'}"
         attacks.append(dataclasses.replace(spec, name=name))
     description = "attack options given on the command line" + (f"; eps: {eps_reason}" if eps_reason else "")
@@ -114,16 +136,12 @@ def eval_attack(
                                                       "regular).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help=f"{', '.join(DATASETS)} (default: the "
                                                    "checkpoint's).")] = None,
-    root: Annotated[str | None, typer.Option("--root", help="Where the dataset lies (not for digits or mnist).")
-                    ] = None,
+    root: Annotated[str | None, typer.Option("--root", help="Where the dataset lies (not for "
+                                                f"{' or '.join(n for n in DATASETS if dataset_entry(n).root is None)}"
+                                                ").")] = None,
     suite: Annotated[str | None, typer.Option("--suite", help="A suite: a TOML file, or a shipped suite's name: "
                                                  f"{', '.join(suite_names())}.")] = None,
     attack: AttackOpt = None,
-    eps: EpsOpt = None,
-    step_size: StepOpt = None,
-    steps: StepsOpt = None,
-    random_start: StartOpt = None,
-    restarts: RestartsOpt = None,
     mode: ModeOpt = None,
     checks: Annotated[bool | None, typer.Option("--checks/--no-checks", help="Run the gradient-masking checks "
                                                    "(default: as the suite says).")] = None,
@@ -136,6 +154,7 @@ def eval_attack(
     split: Annotated[str | None, typer.Option("--split", help="test (default), val or train.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    **settings: Any,
 ) -> None:
     """White-box attack evaluation: per-sample records, summary, resumable, torchrun-ready (Table 9)."""
     from lrrobust.evaluation.evaluate import evaluate
@@ -146,19 +165,18 @@ def eval_attack(
         raise UserError("--out DIR is required: the evaluation directory")
     outside = _check_model_options(checkpoint, model_py, torchvision, weights, download, training, dataset)
     timeout = _check_timeout(model_timeout, outside)
-    options = (attack, eps, step_size, steps, random_start, restarts, mode)
-    if suite is not None and any(v is not None for v in options):
+    if suite is not None and any(v is not None for v in (attack, mode, *settings.values())):
         raise UserError("give either --suite or attack options (--attack, --eps, --steps, ...), not both")
     eps_line = None  # which eps was chosen for the user, and why
     if suite is not None:
         chosen = load_suite(suite)
-    elif eps is not None:
-        chosen = _suite_from_options(*options)
+    elif settings["eps"] is not None:
+        chosen = _suite_from_options(attack, mode, settings)
     else:
         from lrrobust.evaluation.standard import describe_eps
 
         chosen_eps, reason = _default_eps(checkpoint, dataset, attack)
-        chosen = _suite_from_options(attack, chosen_eps, *options[2:], eps_reason=reason)
+        chosen = _suite_from_options(attack, mode, {**settings, "eps": chosen_eps}, eps_reason=reason)
         eps_line = f"eps {describe_eps(chosen_eps, chosen.norm)}: {reason} (--eps or --suite to choose another)"
         # In a terminal before the work starts; in a log after the tables, so that an error stays one line.
         if is_terminal() and os.environ.get("RANK", "0") == "0":
@@ -284,6 +302,6 @@ def demo(
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    app.command("eval-attack")(user_errors(eval_attack))
+    app.command("eval-attack")(user_errors(with_attack_options(eval_attack)))
     app.command("report")(user_errors(report))
     app.command("demo")(user_errors(demo))

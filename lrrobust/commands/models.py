@@ -1,4 +1,4 @@
-"""``lrrobust models``: the zoo as a table, parameters and FLOPs beside the paper's (issue 3)."""
+"""``lrrobust models``: the zoo as a table, parameters and FLOPs beside the paper's (Tables 2, 7 and 8)."""
 
 from __future__ import annotations
 
@@ -7,37 +7,22 @@ from typing import Annotated, Any
 
 import typer
 
-from lrrobust.commands import console, user_errors
+from lrrobust.commands import console, parse_key_values, user_errors
 from lrrobust.errors import UserError
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """['kernel_size=5', 'geo_prior=none'] -> {'kernel_size': 5, 'geo_prior': 'none'} (values as JSON if they parse)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set takes KEY=VALUE like kernel_size=5, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(text)
-        except ValueError:
-            out[key.strip()] = text
-    return out
 
 
 def zoo_rows(names: list[str], image_size: int, num_classes: int, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     """Parameters and FLOPs of each named model (built on the meta device: no memory, no compute)."""
     import torch
 
-    from lrrobust.models import count_flops, count_params, create_model
-    from lrrobust.models.paper import PAPER_FIGURES
+    from lrrobust.models import count_flops, count_params, create_model, model_info
 
     rows = []
     for name in names:
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes, **overrides)
         in_chans = model.spec["kwargs"]["in_chans"]
-        paper = PAPER_FIGURES.get(name) if not overrides and num_classes == 1000 and image_size == 224 else None
+        paper = model_info(name).paper if not overrides and num_classes == 1000 and image_size == 224 else None
         rows.append(
             {
                 "name": name,
@@ -49,13 +34,6 @@ def zoo_rows(names: list[str], image_size: int, num_classes: int, overrides: dic
             }
         )
     return rows
-
-
-def display_order(name: str) -> tuple[int, int, str]:
-    """resnet18, lrnet18, resnet26, resnet26_dw, resnet26_nl, nl26, lrnet26, ...: each ResNet beside its LR-Net."""
-    digits = "".join(ch for ch in name if ch.isdigit())
-    family = 2 if name.startswith("lrnet") else 1 if name.startswith("nl") else 0
-    return (int(digits) if digits else 0, family, name)
 
 
 def _ratio(ours: float, paper: float | None) -> str:
@@ -78,16 +56,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """List the model zoo: parameters and FLOPs (multiply-adds) beside the paper's figures."""
         from rich.table import Table
 
-        from lrrobust.models import list_models
+        from lrrobust.models import list_models, registered_models
 
         if image_size < 1:
             raise UserError(f"--image-size must be a positive integer, got {image_size}")
         known = list_models()
-        chosen = list(names) if names else sorted(known, key=display_order)
+        chosen = list(names) if names else [m.name for m in registered_models()]
         unknown = [n for n in chosen if n not in known]
         if unknown:
             raise UserError(f"unknown model {unknown[0]!r}; choose from {', '.join(known)}")
-        rows = zoo_rows(chosen, image_size, num_classes, parse_overrides(set_ or []))
+        rows = zoo_rows(chosen, image_size, num_classes, parse_key_values(set_, "--set"))
         if as_json:
             console.print_json(json.dumps(rows))
             return

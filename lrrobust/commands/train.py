@@ -1,26 +1,29 @@
 """``lrrobust train`` and ``lrrobust train-adv`` (paper appendix, Sec. 6.2).
 
-The two training commands share their options, declared once below as ``Annotated`` aliases; train-adv adds the
-attack. Every option left out takes the preset's value (``--preset``, by default the dataset's).
+The two training commands share their options, declared once below as ``Annotated`` aliases and listed once in
+``TRAINING_OPTIONS``; train-adv adds ``ATTACK_OPTIONS``. Every option left out takes the preset's value (``--preset``,
+by default the dataset's; the help texts list each preset's values).
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from lrrobust.commands import print_error, say, user_errors
+from lrrobust.commands import option_parameters, parse_key_values, print_error, say, user_errors
 from lrrobust.core.numbers import parse_fraction
-from lrrobust.data import DATASETS
+from lrrobust.data import DATASETS, dataset_entry, eps_text
 from lrrobust.errors import UserError
 from lrrobust.training.config import PRESETS
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Zoo model name (see `lrrobust models`).")]
-Width = Annotated[float | None, typer.Option(help="Width multiplier of the model (preset: 0.25 on digits, 0.125 on mnist).")]
+Width = Annotated[float | None, typer.Option(help="Width multiplier of the model (preset: " + ", ".join(
+    f"{p.model_kwargs['width']:g} on {name}" for name, p in PRESETS.items() if "width" in p.model_kwargs) + ").")]
 Stem = Annotated[str | None, typer.Option(help="Model stem: imagenet, half or small (default: the preset's).")]
 KernelSize = Annotated[str | None, typer.Option(help="Spatial kernel size: 3, 5, 7, 9 or full (LR-Nets).")]
 ModelOpt = Annotated[
@@ -28,19 +31,24 @@ ModelOpt = Annotated[
     typer.Option("--model-opt", help="Any create_model option as KEY=VALUE, e.g. geo_prior=none (repeatable)."),
 ]
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help=f"{', '.join(DATASETS)}.")]
-Root = Annotated[Path | None, typer.Option(help="Dataset root (cifar10: holds cifar-10-batches-py; "
-                                                   "imagenet/imagefolder: holds train/ and val/).")]
-Download = Annotated[bool, typer.Option("--download", help="Download CIFAR-10 into --root if missing.")]
+Root = Annotated[Path | None, typer.Option(help="Dataset root (" + "; ".join(
+    f"{name}: {dataset_entry(name).root}" for name in DATASETS if dataset_entry(name).root) + ").")]
+Download = Annotated[bool, typer.Option("--download", help="Download the dataset into --root if missing (one "
+                                                            "torchvision can fetch, such as CIFAR-10).")]
 Preset = Annotated[str | None, typer.Option(help=f"Defaults to start from: {', '.join(PRESETS)} (default: the "
-                                                    "dataset's; imagefolder takes imagenet's).")]
-Epochs = Annotated[int | None, typer.Option(help="Epochs (preset: 110 imagenet, 60 cifar10, 12 digits, 8 mnist).")]
+                                                    "dataset's" + "".join(
+    f"; {name} takes {dataset_entry(name).preset.name}'s" for name in DATASETS
+    if dataset_entry(name).preset.name != name) + ").")]
+Epochs = Annotated[int | None, typer.Option(help="Epochs (preset: " + ", ".join(
+    f"{p.epochs} {name}" for name, p in PRESETS.items()) + ").")]
 BatchSize = Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")]
 Lr = Annotated[float | None, typer.Option(help="Learning rate (preset: 0.4 per 1024 images, scaled linearly).")]
 WeightDecay = Annotated[float | None, typer.Option(help="SGD weight decay.")]
 Momentum = Annotated[float | None, typer.Option(help="SGD momentum.")]
 Warmup = Annotated[float | None, typer.Option(help="Linear warm-up epochs.")]
 Milestones = Annotated[str | None, typer.Option(help="Epochs where the lr is multiplied by 0.1, e.g. 30,60,90.")]
-GradClip = Annotated[float | None, typer.Option(help="Clip the gradient norm to this (0: off; preset: 1 on digits).")]
+GradClip = Annotated[float | None, typer.Option(help="Clip the gradient norm to this (0: off; preset: " + ", ".join(
+    f"{p.grad_clip:g} on {name}" for name, p in PRESETS.items() if p.grad_clip) + ").")]
 Seed = Annotated[int | None, typer.Option(help="Seed of every random number generator (default 0).")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/DATASET-MODEL-KIND).")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
@@ -52,29 +60,16 @@ Workers = Annotated[int | None, typer.Option(help="DataLoader worker processes p
 Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda when available).")]
 Progress = Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                   help="Progress bars (default: when stdout is a terminal).")]
-Eps = Annotated[str | None, typer.Option(help="L-inf budget on [0, 1] pixels, e.g. 16/255 (preset: 16/255 "
-                                                 "imagenet, 8/255 cifar10, 0.2 digits, 0.3 mnist).")]
+Eps = Annotated[str | None, typer.Option(help="L-inf budget on [0, 1] pixels, e.g. 16/255 (preset: " + ", ".join(
+    f"{eps_text(p.eps, name)} {name}" for name, p in PRESETS.items()) + ").")]
 StepSize = Annotated[str | None, typer.Option("--step-size", "--alpha", help="PGD step size, e.g. 1/255 (default "
                                                  "1/255, raised to eps/steps if larger; --alpha is the old name).")]
-Steps = Annotated[int | None, typer.Option(help="PGD steps (preset: 16 imagenet, 10 cifar10, 16 digits, 16 mnist).")]
+Steps = Annotated[int | None, typer.Option(help="PGD steps (preset: " + ", ".join(
+    f"{p.steps} {name}" for name, p in PRESETS.items()) + ").")]
 RandomStart = Annotated[bool | None, typer.Option("--random-start/--no-random-start",
                                                      help="Start PGD at a random point of the eps-ball (default).")]
 Targeted = Annotated[bool | None, typer.Option("--targeted/--untargeted",
                                                   help="Targeted PGD to a random wrong class (default) or not.")]
-
-
-def parse_model_opts(items: list[str] | None) -> dict[str, Any]:
-    """KEY=VALUE pairs; a VALUE is read as JSON when it can be (numbers, lists, true), else kept as text."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--model-opt takes KEY=VALUE, e.g. geo_prior=none; got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def parse_milestones(text: str | None) -> list[int] | None:
@@ -91,7 +86,7 @@ def build_config(adversarial: bool, **options: Any):
     """A TrainConfig from the command's options (model overrides gathered into model_kwargs)."""
     from lrrobust.training import TrainConfig
 
-    kwargs = parse_model_opts(options.pop("model_opt"))
+    kwargs = parse_key_values(options.pop("model_opt"), "--model-opt")
     for key in ("width", "stem"):
         if options[key] is not None:
             kwargs[key] = options[key]
@@ -143,38 +138,41 @@ def run_training(adversarial: bool, progress: bool | None, options: dict[str, An
         say(f"run directory: {run}")
 
 
-def register(app: typer.Typer, bench: typer.Typer) -> None:
-    @app.command("train")
-    @user_errors
-    def train_cmd(
-        model: Model = "lrnet26", width: Width = None, stem: Stem = None, kernel_size: KernelSize = None,
-        model_opt: ModelOpt = None, dataset: Dataset = "digits", root: Root = None, download: Download = False,
-        preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
-        weight_decay: WeightDecay = None, momentum: Momentum = None, warmup_epochs: Warmup = None,
-        milestones: Milestones = None, grad_clip: GradClip = None, seed: Seed = None, out: Out = None,
-        resume: Resume = False, amp: Amp = False,
-        channels_last: ChannelsLast = False, compile: Compile = False, sync_bn: SyncBn = False,
-        num_workers: Workers = None, device: Device = None, progress: Progress = None,
-    ) -> None:
-        """Regular training (paper appendix recipe as the imagenet preset). Runs under torchrun unchanged."""
-        options = dict(locals())
-        run_training(False, options.pop("progress"), options)
+TRAINING_OPTIONS = {
+    "model": (Model, "lrnet26"), "width": (Width, None), "stem": (Stem, None), "kernel_size": (KernelSize, None),
+    "model_opt": (ModelOpt, None), "dataset": (Dataset, "digits"), "root": (Root, None), "download": (Download, False),
+    "preset": (Preset, None), "epochs": (Epochs, None), "batch_size": (BatchSize, None), "lr": (Lr, None),
+    "weight_decay": (WeightDecay, None), "momentum": (Momentum, None), "warmup_epochs": (Warmup, None),
+    "milestones": (Milestones, None), "grad_clip": (GradClip, None), "seed": (Seed, None), "out": (Out, None),
+    "resume": (Resume, False), "amp": (Amp, False), "channels_last": (ChannelsLast, False),
+    "compile": (Compile, False), "sync_bn": (SyncBn, False), "num_workers": (Workers, None),
+    "device": (Device, None), "progress": (Progress, None),
+}
+ATTACK_OPTIONS = {
+    "eps": (Eps, None), "step_size": (StepSize, None), "steps": (Steps, None), "random_start": (RandomStart, None),
+    "targeted": (Targeted, None),
+}
 
-    @app.command("train-adv")
-    @user_errors
-    def train_adv_cmd(
-        model: Model = "lrnet26", width: Width = None, stem: Stem = None, kernel_size: KernelSize = None,
-        model_opt: ModelOpt = None, dataset: Dataset = "digits", root: Root = None, download: Download = False,
-        preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
-        weight_decay: WeightDecay = None, momentum: Momentum = None, warmup_epochs: Warmup = None,
-        milestones: Milestones = None, grad_clip: GradClip = None, seed: Seed = None, out: Out = None,
-        resume: Resume = False, amp: Amp = False,
-        channels_last: ChannelsLast = False, compile: Compile = False, sync_bn: SyncBn = False,
-        num_workers: Workers = None, device: Device = None, progress: Progress = None,
-        eps: Eps = None, step_size: StepSize = None, steps: Steps = None, random_start: RandomStart = None,
-        targeted: Targeted = None,
-    ) -> None:
-        """Adversarial training with targeted PGD at the preset's eps and steps: imagenet 16/255 and 16 steps (the
-        paper, Sec. 6.2; Feature Denoising), cifar10 8/255 and 10, digits 0.2 and 16, mnist 0.3 and 16."""
-        options = dict(locals())
-        run_training(True, options.pop("progress"), options)
+
+def training_command(adversarial: bool) -> Callable[..., None]:
+    """``train`` (regular) or ``train-adv`` (with the attack's options): typer reads the options from the
+    signature built from the tables above."""
+
+    def command(**options: Any) -> None:
+        run_training(adversarial, options.pop("progress"), options)
+
+    options = {**TRAINING_OPTIONS, **(ATTACK_OPTIONS if adversarial else {})}
+    command.__signature__ = inspect.Signature(option_parameters(options))
+    if adversarial:
+        attacks = ", ".join(f"{name} {eps_text(p.eps, name)} and {p.steps}" for name, p in PRESETS.items())
+        command.__doc__ = ("Adversarial training with targeted PGD at the preset's eps and steps (the paper, "
+                           f"Sec. 6.2; Feature Denoising): {attacks} steps.")
+    else:
+        command.__doc__ = ("Regular training (paper appendix recipe as the imagenet preset). Runs under torchrun "
+                           "unchanged.")
+    return command
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    app.command("train")(user_errors(training_command(False)))
+    app.command("train-adv")(user_errors(training_command(True)))

@@ -5,7 +5,9 @@
 - ``modes``: eval mode and frozen parameters while an attack runs, restored afterwards;
 - ``provenance``: the record of what produced a result (git commit, versions, machine);
 - ``lock``: one process at a time in a run, evaluation or study directory;
-- ``children``: worker processes that end with the process that started them.
+- ``children``: worker processes that end with the process that started them;
+- ``trainings``: the two training kinds (regular, adversarial);
+- ``toml``: reading TOML files (tomllib, or tomli before Python 3.11).
 
 Nothing here imports from the rest of lrrobust but ``lrrobust.errors``.
 """

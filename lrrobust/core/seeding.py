@@ -12,6 +12,8 @@ import random
 import numpy as np
 import torch
 
+MAX_SEED = 2**63 - 1  # the largest seed every generator takes
+
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts, stable across machines: SHA-256 of their text joined by '|'."""

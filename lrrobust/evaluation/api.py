@@ -21,18 +21,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from lrrobust.core.modes import eval_mode
 from lrrobust.core.numbers import check_int, parse_fraction
-from lrrobust.data import DatasetInfo
+from lrrobust.data import DatasetInfo, dataset_names
 from lrrobust.errors import UserError
-from lrrobust.evaluation.contract import CHECK_BATCH, check_label, check_training
 from lrrobust.evaluation.evaluate import evaluate_target, open_dataset
 from lrrobust.evaluation.loop import Kept
 from lrrobust.evaluation.result import EvalResult, build_result
 from lrrobust.evaluation.standard import NORM_NAMES, dataset_eps, describe_eps, parse_norm, standard_suite
 from lrrobust.evaluation.suite import Suite, load_suite, parse_suite
+from lrrobust.evaluation.target import CHECK_BATCH, Origin, check_label, check_training
 from lrrobust.external import outside_target
 
 STANDARD = "standard"
-DATA_KINDS = "a dataset name (digits, mnist, cifar10, imagenet, imagefolder), an (x, y) pair of tensors or a DataLoader"
 
 
 class TensorPairs(Dataset):
@@ -234,15 +233,16 @@ def evaluate(
             x, y = x[:n], y[:n]
             kind = "tensors"
         else:
-            raise UserError(f"data must be {DATA_KINDS}, got {type(data).__name__}")
+            raise UserError(f"data must be a dataset name ({', '.join(dataset_names())}), an (x, y) pair of tensors or "
+                            f"a DataLoader, got {type(data).__name__}")
         suite = suite.replace(limit=None, **changes)
         dataset, info = TensorPairs(x, y), _tensor_info(kind, x)
-    origin = {"kind": "python-api", "name": type(model).__name__, "path": None, "sha256": None}
+    origin = Origin("python-api", name=type(model).__name__)
     target = outside_target(model, origin, info, label=label, training=training, mean=mean, std=std)
     if name is None:
         classes = _infer_classes(target.model, dataset.x, dataset.y, device)
         info = dataclasses.replace(info, num_classes=classes)
-        target.num_classes = target.info["num_classes"] = classes
+        target.num_classes = classes
     kept = Kept(adversarial=return_adv)
     summary = evaluate_target(target, dataset, info, suite, out, root=root, transfer_from=transfer_from,
                               device=device, progress=progress, workers=workers, kept=kept)

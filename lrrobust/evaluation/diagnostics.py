@@ -1,5 +1,5 @@
-"""Cheap diagnostics of gradient masking beside every evaluation (issue 20, point 5; Athalye et al. 2018, Carlini et
-al. 2019): what the relation softmax and the input gradients look like on clean images, and whether the step from
+"""Cheap diagnostics of gradient masking beside every evaluation (Athalye et al. 2018, Carlini et al.
+2019): what the relation softmax and the input gradients look like on clean images, and whether the step from
 PGD to APGD-CE is out of line with the other networks of a report.
 
 Recorded in summary.json (``diagnose``), on the first ``DIAGNOSTIC_IMAGES`` images of the evaluation's sample:
@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from lrrobust.attacks import is_pgd
 from lrrobust.core.modes import eval_mode, frozen
 from lrrobust.models.local_relation import LocalRelation2d
 from lrrobust.ops.reference import window_logits
@@ -187,9 +188,8 @@ def pgd_apgd_drop(attacks: list[dict[str, Any]], eps: float) -> float | None:
     summary.json's attack rows; None when the evaluation lacks one of them."""
     at_eps = [a for a in attacks if math.isclose(float(a["eps"]), eps, rel_tol=1e-9)]
     pgd = [a["accuracy"] for a in at_eps
-           if a["kind"] in ("pgd", "pgd-l2") and not a["targeted"] and not a.get("source")]  # white-box only
-    apgd = [s["accuracy"] for a in at_eps if a["kind"] in ("autoattack", "autoattack-l2")
-            for s in a.get("stages", []) if s["stage"] == "apgd-ce"]
+           if is_pgd(a) and not a["targeted"] and not a.get("source")]  # white-box only
+    apgd = [s["accuracy"] for a in at_eps for s in a.get("stages", []) if s["stage"] == "apgd-ce"]
     if not pgd or not apgd:
         return None
     return 100 * (min(pgd) - min(apgd))

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lrrobust.attacks import shown_settings
 from lrrobust.core.console import make_console
 from lrrobust.core.numbers import format_eps
 
@@ -41,18 +42,29 @@ def worst_case_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def _setting_text(value: Any) -> str:
+    """A setting in a table cell: yes or no, the number, or nothing where the attack's kind has no such setting."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(value)
+
+
 def attacks_table(summary: dict[str, Any]) -> Table:
+    """Every attack with the settings kinds mark ``shown`` (``lrrobust.attacks.shown_settings``), eps after
+    ``targeted``, and its figures."""
+    shown = shown_settings()
+    at = shown.index("targeted") + 1
+    columns = ["attack", "kind", *shown[:at], "eps", *shown[at:], "acc % [95% CI]", "success %"]
     table = Table(title="every attack (robust accuracy: clean right and attacked image right)", title_justify="left")
-    for column in ("attack", "kind", "targeted", "eps", "steps", "restarts", "acc % [95% CI]", "success %"):
+    for column in columns:
         table.add_column(column, justify="left" if column == "attack" else "right", no_wrap=column == "attack")
     for row in summary["attacks"]:
         name = row["attack"] + (" (transfer)" if row.get("source") else "")
+        settings = [_setting_text(row.get(key)) for key in shown]
         table.add_row(
-            escape(name), row["kind"], "yes" if row["targeted"] else "no",
-            format_eps(row["eps"], row.get("norm", "linf")),
-            str(row.get("steps", 1)), str(row.get("restarts", 1)),
-            percent_with_interval({"accuracy": row["accuracy"], "low": row["accuracy_low"],
-                                   "high": row["accuracy_high"]}), f"{100 * row['success_rate']:.1f}",
+            escape(name), row["kind"], *settings[:at], format_eps(row["eps"], row.get("norm", "linf")),
+            *settings[at:], percent_with_interval({"accuracy": row["accuracy"], "low": row["accuracy_low"],
+                                                   "high": row["accuracy_high"]}), f"{100 * row['success_rate']:.1f}",
         )
     return table
 

@@ -12,7 +12,6 @@ Under torchrun the process group is started here (NCCL on GPUs, gloo on CPU) and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,10 +24,11 @@ from torch.utils.data import Dataset
 
 from lrrobust.data import DatasetInfo
 from lrrobust.errors import UserError
-from lrrobust.evaluation.contract import check_label, check_module, what_of
 from lrrobust.evaluation.finite import FiniteGuard
-from lrrobust.evaluation.loop import EvalTarget, Kept, run_evaluation, sample_indices, world
+from lrrobust.evaluation.loop import Kept, run_evaluation, sample_indices, world
 from lrrobust.evaluation.suite import Suite
+from lrrobust.evaluation.target import CheckpointFacts, EvalTarget, Origin, check_label, check_module
+from lrrobust.io import file_sha256
 from lrrobust.training.convergence import (
     Convergence,
     ConvergenceConfig,
@@ -54,14 +54,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_target(path: str | os.PathLike) -> tuple[EvalTarget, dict[str, Any]]:
     """The model of a checkpoint (eval mode, on the CPU) with what the checkpoint says about it."""
     from lrrobust.checkpoint import load_checkpoint, read_checkpoint
@@ -69,32 +61,26 @@ def load_target(path: str | os.PathLike) -> tuple[EvalTarget, dict[str, Any]]:
     path = resolve_checkpoint(path)
     state = read_checkpoint(path, map_location="cpu")
     model = load_checkpoint(path, map_location="cpu")
-    info = {
-        "checkpoint": str(path),
-        "run_dir": str(path.parent) if path.name in ("best.pt", "last.pt") else None,
-        "sha256": file_sha256(path),
-        "model_spec": state["model_spec"],
-        "num_classes": state["num_classes"],
-        "training": state["training"],
-        "dataset": state["dataset"],
-        "epoch": state["epoch"],
-        "training_attack": state["attack"],
-        "config": state["config"],
-        "manifest": state["manifest"],
-        "metrics": state.get("metrics"),
-    }
-    return EvalTarget(model, int(state["num_classes"]), info), state
+    facts = CheckpointFacts(
+        path=str(path), run_dir=str(path.parent) if path.name in ("best.pt", "last.pt") else None,
+        model_spec=state["model_spec"], epoch=state["epoch"], training_attack=state["attack"],
+        config=state["config"], manifest=state["manifest"], metrics=state.get("metrics"),
+    )
+    target = EvalTarget(model, int(state["num_classes"]), training=state["training"], dataset=state["dataset"],
+                        sha256=file_sha256(path), checkpoint=facts)
+    return target, state
 
 
-def check_compatible(info: dict[str, Any], dataset: str, classes: int | None, in_chans: int, what: str) -> None:
+def check_compatible(target: EvalTarget, dataset: str, classes: int | None, in_chans: int, what: str) -> None:
     """The checkpoint must output the dataset's classes and read its channels."""
-    if classes is not None and classes != info["num_classes"]:
-        raise UserError(f"{what} {info['checkpoint']} has {info['num_classes']} classes (trained on "
-                        f"{info['dataset']}) but {dataset} has {classes}; evaluate it on its own dataset")
-    chans = info["model_spec"].get("kwargs", {}).get("in_chans", 3)
+    where = target.checkpoint.path
+    if classes is not None and classes != target.num_classes:
+        raise UserError(f"{what} {where} has {target.num_classes} classes (trained on {target.dataset}) but {dataset} "
+                        f"has {classes}; evaluate it on its own dataset")
+    chans = target.checkpoint.in_chans
     if chans != in_chans:
-        raise UserError(f"{what} {info['checkpoint']} reads {chans}-channel images (trained on {info['dataset']}) "
-                        f"but {dataset} has {in_chans}; evaluate it on its own dataset")
+        raise UserError(f"{what} {where} reads {chans}-channel images (trained on {target.dataset}) but {dataset} has "
+                        f"{in_chans}; evaluate it on its own dataset")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,14 +130,12 @@ def evaluate(
     ``label`` names the model's row in reports (default: its network's name). Returns the summary on rank 0, None
     on the other ranks. Models lrrobust did not train go through ``lrrobust.external`` into ``evaluate_target``.
     """
-    from lrrobust.evaluation.summary import lrrobust_origin
-
     target, state = load_target(checkpoint)
-    target.info["origin"] = lrrobust_origin(None if label is None else check_label(label))
+    target.origin = Origin(label=None if label is None else check_label(label))
     dataset = dataset or str(state["dataset"])
     data, info = open_dataset(dataset, root, suite.split)
-    check_compatible(target.info, dataset, info.num_classes or None, info.in_chans, "checkpoint")
-    convergence = training_convergence(target.info.get("run_dir"), state, suite.convergence)
+    check_compatible(target, dataset, info.num_classes or None, info.in_chans, "checkpoint")
+    convergence = training_convergence(target.checkpoint.run_dir, state, suite.convergence)
     return evaluate_target(target, data, info, suite, out, root=root, transfer_from=transfer_from, device=device,
                            progress=progress, workers=workers, convergence=convergence)
 
@@ -188,9 +172,9 @@ def evaluate_target(
     kept: Kept | None = None,
     ready: Callable[[], None] | None = None,
 ) -> dict[str, Any] | None:
-    """Evaluate a loaded model (``target.info["origin"]`` says where it came from) on ``data``, the split the suite
-    names of the dataset ``info`` describes: the module is tried on one small batch first
-    (``lrrobust.evaluation.contract.check_module``), then diagnosed (``lrrobust.evaluation.diagnostics``), then
+    """Evaluate a loaded model (``target.origin`` says where it came from) on ``data``, the split the suite names of
+    the dataset ``info`` describes: the module is tried on one small batch first
+    (``lrrobust.evaluation.target.check_module``), then diagnosed (``lrrobust.evaluation.diagnostics``), then
     attacked.
 
     ``convergence`` is the training-convergence check of the run that made the model; without one (a model from
@@ -204,12 +188,14 @@ def evaluate_target(
     source_info = {}
     for name in sorted(wanted):
         source, _ = load_target(name)
-        check_compatible(source.info, dataset, target.num_classes, info.in_chans, "transfer source")
+        check_compatible(source, dataset, target.num_classes, info.in_chans, "transfer source")
         sources[name] = source.model
-        source_info[name] = {k: source.info[k] for k in ("checkpoint", "sha256", "model_spec", "training", "dataset")}
+        source_info[name] = {"checkpoint": source.checkpoint.path, "sha256": source.sha256,
+                             "model_spec": source.checkpoint.model_spec, "training": source.training,
+                             "dataset": source.dataset}
     torch_device = resolve_device(device)
     target.model.to(torch_device)
-    check_module(target.model, data, target.num_classes, dataset, torch_device, what_of(target.info.get("origin")))
+    check_module(target.model, data, target.num_classes, dataset, torch_device, target.origin.what)
     if ready is not None:
         ready()
     convergence = convergence or not_available("no training record")
@@ -218,7 +204,7 @@ def evaluate_target(
         extra = {"dataset": dataset, "dataset_root": root, "sources": source_info,
                  "convergence": convergence.to_dict()}
         if world()[0] == 0:  # summary.json is rank 0's
-            with FiniteGuard({what_of(target.info.get("origin")): target.model}) as guard:
+            with FiniteGuard({target.origin.what: target.model}) as guard:
                 try:
                     extra["diagnostics"] = diagnose(target.model, data,
                                                     sample_indices(len(data), suite.limit, suite.seed), torch_device)

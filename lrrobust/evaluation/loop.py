@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import time
@@ -40,7 +39,6 @@ from lrrobust.core.provenance import provenance
 from lrrobust.core.seeding import derive_seed
 from lrrobust.errors import UserError
 from lrrobust.evaluation.checks import plan_attacks
-from lrrobust.evaluation.contract import what_of
 from lrrobust.evaluation.finite import FiniteGuard
 from lrrobust.evaluation.ledger import Ledger
 from lrrobust.evaluation.progress import EvalProgress, total_work
@@ -58,15 +56,7 @@ from lrrobust.evaluation.state import (
 )
 from lrrobust.evaluation.suite import Suite
 from lrrobust.evaluation.summary import build_ledger, indices_digest, summarize, write_outputs
-
-
-@dataclasses.dataclass
-class EvalTarget:
-    """What is evaluated: the model, its class count, and what is known about it (checkpoint, training)."""
-
-    model: nn.Module
-    num_classes: int
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+from lrrobust.evaluation.target import EvalTarget, model_digest
 
 
 @dataclasses.dataclass
@@ -89,16 +79,6 @@ class Kept:
         for i, (j, y, p, adv) in enumerate(zip(index, labels.tolist(), clean_pred, outcome.adv_pred.tolist())):
             if j not in self.images and p == y and adv != y:
                 self.images[j] = outcome.adv_images[i].detach().cpu()
-
-
-def model_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's state (names, shapes and values): which weights an evaluation belongs to."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def sample_indices(num_samples: int, limit: int | None, seed: int) -> list[int]:
@@ -359,7 +339,7 @@ class _Run:
         target.model.to(self.device)
         for model in self.sources.values():
             model.to(self.device)
-        watched = {what_of(target.info.get("origin")): target.model,
+        watched = {target.origin.what: target.model,
                    **{f"transfer source {name}": model for name, model in self.sources.items()}}
         with FiniteGuard(watched) as guard:
             shard = _Shard(target, self.dataset, self.attacks, self.batches, mine, done, state_file, self.suite.seed,
@@ -371,7 +351,7 @@ class _Run:
         if records is None:
             return None, None
         ledger = build_ledger(records, len(self.batches), self.attacks)
-        summary = summarize(ledger, self.suite, self.plan, target.info, target.num_classes, self.transfer_from)
+        summary = summarize(ledger, self.suite, self.plan, target.facts(), target.num_classes, self.transfer_from)
         summary.update(self.extra or {})
         summary["device"] = str(self.device)
         summary["world_size"] = world()[1]

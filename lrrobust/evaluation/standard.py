@@ -1,8 +1,8 @@
 """The standard threat model of each dataset, and the standard suite at any eps (paper Sec. 6.2, Table 9).
 
-- The standard eps of a dataset is the eps its training preset attacks at (``lrrobust.training.config``): digits 0.2,
-  MNIST 0.3, CIFAR-10 8/255, ImageNet (and an ImageFolder tree) 16/255, the paper's. In L2 it is the radius of the
-  dataset's shipped L2 suite (digits 0.5, MNIST 2.0, CIFAR-10 0.5); ImageNet has none.
+- The standard eps of a dataset is the eps its training preset attacks at (its entry in ``lrrobust.data``): digits
+  0.2, MNIST 0.3, CIFAR-10 8/255, ImageNet (and an ImageFolder tree) 16/255, the paper's. In L2 it is the radius of
+  the dataset's L2 suite (digits 0.5, MNIST 2.0, CIFAR-10 0.5); ImageNet has none.
 - ``model_eps``: the eps to attack a model at when none is given: the eps its adversarial training used, else its
   dataset's standard eps (``eval-attack`` without ``--suite`` or ``--eps``).
 - ``standard_suite``: ``lrrobust.evaluate``'s ``attacks="standard"``, the eps-matched standard suite: the dataset's
@@ -14,24 +14,15 @@
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
+from lrrobust.core import toml
 from lrrobust.core.numbers import format_eps
 from lrrobust.errors import UserError
 from lrrobust.evaluation.suite import Suite, load_suite, parse_suite, resolve_suite_path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 NORMS = {"linf": "linf", "l2": "l2"}  # lower-cased spelling -> lrrobust's name; AutoAttack spells them Linf, L2
 NORM_NAMES = {"linf": "Linf", "l2": "L2"}
-STANDARD_SUITES = {
-    "linf": {"digits": "digits", "mnist": "mnist", "imagenet": "table9", "imagefolder": "table9"},
-    "l2": {"digits": "digits-l2", "mnist": "mnist-l2", "cifar10": "cifar10-l2"},
-}
 TEMPLATE = {"linf": "table9", "l2": "cifar10-l2"}  # the standard suite of a dataset without its own
 
 
@@ -44,16 +35,13 @@ def parse_norm(norm: Any) -> str:
 
 def dataset_eps(dataset: str, norm: str = "linf") -> float | None:
     """The standard eps of ``dataset`` (a dataset name) in ``norm``; None where it has none (ImageNet in L2)."""
-    from lrrobust.data import check_dataset_name
+    from lrrobust.data import dataset_entry
 
-    check_dataset_name(dataset)
+    entry = dataset_entry(dataset)
     if norm == "l2":
-        name = STANDARD_SUITES["l2"].get(dataset)
+        name = entry.suites.get("l2")
         return None if name is None else load_suite(name).eps
-    from lrrobust.training.config import DATASET_PRESET, PRESETS
-
-    preset = DATASET_PRESET.get(dataset)
-    return None if preset is None else PRESETS[preset].eps
+    return entry.preset.eps
 
 
 def describe_eps(eps: float, norm: str = "linf") -> str:
@@ -82,10 +70,13 @@ def _same(a: float, b: float) -> bool:
 
 def standard_suite(eps: float, norm: str = "linf", dataset: str | None = None) -> Suite:
     """The eps-matched standard suite (see the module docstring)."""
-    own = STANDARD_SUITES[norm].get(dataset or "")
+    from lrrobust.data import dataset_entry, dataset_names
+
+    entries = [dataset_entry(name) for name in dataset_names()]
+    own = dataset_entry(dataset).suites.get(norm) if dataset else None
     if own is not None and _same(load_suite(own).eps, eps):
         return load_suite(own)
-    for name in STANDARD_SUITES[norm].values():
+    for name in dict.fromkeys(e.suites[norm] for e in entries if norm in e.suites):
         suite = load_suite(name)
         if _same(suite.eps, eps):
             return suite
@@ -95,7 +86,7 @@ def standard_suite(eps: float, norm: str = "linf", dataset: str | None = None) -
 def _rescaled(name: str, eps: float) -> Suite:
     """Suite ``name`` at ``eps``: every attack's eps replaced, explicit step sizes (and [checks] eps) scaled."""
     path = resolve_suite_path(name)
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data = toml.loads(path.read_text(encoding="utf-8"))
     template = load_suite(path)
     ratio = eps / template.eps
     attacks = []

@@ -35,19 +35,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from lrrobust.attacks import AttackSpec, attack_from_table
+from lrrobust.core import toml
 from lrrobust.core.numbers import check_bool, check_int, parse_fraction
 from lrrobust.errors import UserError
 from lrrobust.training.convergence import ConvergenceConfig, parse_convergence
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 SUITE_KEYS = ("name", "description", "seed", "batch_size", "limit", "split", "attack", "checks", "convergence")
 CHECK_KEYS = ("enabled", "eps", "steps", "eps_grid", "eps_steps", "restarts", "tolerance", "zero_accuracy",
@@ -218,8 +213,8 @@ def load_suite(text: str | Path) -> Suite:
     """Read and validate a suite TOML file (a path, or the name of a shipped suite)."""
     path = resolve_suite_path(str(text))
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
+        data = toml.loads(path.read_text(encoding="utf-8"))
+    except toml.TOMLDecodeError as e:
         raise UserError(f"{path} is not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text: a suite is a TOML file") from None

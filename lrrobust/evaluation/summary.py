@@ -5,16 +5,15 @@ their typed readers (used by the report, the demo and the study).
   target, adversarial prediction, success and the stage (restart, AutoAttack component) that found it.
 - ``summary.csv``: one row per attack: every hyper-parameter, its robust accuracy with a 95% Wilson interval.
 - ``summary.json``: all of that, the worst case over every attack at the suite's norm and eps (``ledger.py``), the
-  checks against gradient masking, the model's facts, where the model came from (``model.origin``: trained by
-  lrrobust, or from outside, ``lrrobust.external``) and the provenance; ``convergence``, whether the model's
-  training run had finished learning (``lrrobust.training.convergence``), and ``diagnostics``, the cheap signs of
-  gradient masking (``lrrobust.evaluation.diagnostics``), both added by ``evaluate``. Every file is written
-  atomically.
+  checks against gradient masking, the model's facts, where the model came from (``model.origin``,
+  ``lrrobust.evaluation.target.Origin``: trained by lrrobust, or from outside, ``lrrobust.external``) and the
+  provenance; ``convergence``, whether the model's training run had finished learning
+  (``lrrobust.training.convergence``), and ``diagnostics``, the cheap signs of gradient masking
+  (``lrrobust.evaluation.diagnostics``), both added by ``evaluate``. Every file is written atomically.
 
-Schema 3 added ``model.origin``; schema 2 summaries (all of lrrobust's own checkpoints) still read, as trained by
-lrrobust. ``suite_norm`` (the suite's threat model, "linf" or "l2") is optional: a summary without it was written
-before the L2 suites existed, so it is L-inf. ``convergence`` and ``diagnostics`` are optional too (None when read
-from a summary written before them).
+Readers accept what earlier versions wrote: a summary of schema 2 has no ``model.origin`` (every model then was
+trained by lrrobust); one without ``suite_norm`` (the suite's threat model, "linf" or "l2") is L-inf, since only
+L-inf suites existed; ``convergence`` and ``diagnostics`` are None where absent.
 """
 
 from __future__ import annotations
@@ -27,31 +26,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lrrobust.attacks import AttackSpec
+from lrrobust.attacks import AttackSpec, recorded_settings
 from lrrobust.errors import UserError
 from lrrobust.evaluation.checks import convergence_notes, evaluate_checks
 from lrrobust.evaluation.ledger import Figure, Ledger, Outcome, WorstCase, figure
 from lrrobust.evaluation.state import CLEAN, AttackRecord
+from lrrobust.evaluation.target import Origin
 from lrrobust.io import atomic_write_json, atomic_write_text, csv_text
 
 SCHEMA = 3
-READABLE_SCHEMAS = (2, 3)  # schema 2: no model.origin, every model was trained by lrrobust
-NORMS = ("linf", "l2")  # suite_norm; absent in summaries written before the L2 suites (all L-inf)
-ORIGIN_KINDS = ("lrrobust", "model-py", "torchvision", "python-api")  # lrrobust.external loads the last three
+READABLE_SCHEMAS = (2, 3)  # 2: no model.origin, every model was trained by lrrobust
+NORMS = ("linf", "l2")  # suite_norm; absent where only L-inf suites existed
 SAMPLE_COLUMNS = ("index", "label", "clean_pred", "attack", "key", "target", "adv_pred", "success", "found_at")
-SUMMARY_COLUMNS = ("attack", "kind", "norm", "targeted", "eps", "eps_255", "step_size", "steps", "random_start",
-                   "restarts", "source", "n_queries", "role", "num_samples", "seed", "clean_accuracy", "accuracy",
-                   "accuracy_low", "accuracy_high", "correct", "success_rate", "targeted_success_rate")
+FIGURE_COLUMNS = ("num_samples", "seed", "clean_accuracy", "accuracy", "accuracy_low", "accuracy_high", "correct",
+                  "success_rate", "targeted_success_rate")
+
+
+def summary_columns() -> list[str]:
+    """summary.csv's columns: the attack's name, every setting any kind records, then its figures."""
+    return ["attack", *recorded_settings(), *FIGURE_COLUMNS]
 
 
 def indices_digest(indices: list[int]) -> str:
     """Which images an evaluation attacked: SHA-256 of their dataset indices (the paired tests need equal sets)."""
     return hashlib.sha256(json.dumps(sorted(indices)).encode()).hexdigest()
-
-
-def lrrobust_origin(label: str | None = None) -> dict[str, Any]:
-    """``model.origin`` of a model trained by lrrobust (its recipe is the checkpoint's config beside it)."""
-    return {"kind": "lrrobust", "label": label}
 
 
 def build_ledger(records: dict[tuple[int, str], Any], num_batches: int, attacks: list[AttackSpec]) -> Ledger:
@@ -81,9 +79,10 @@ def _stage_figures(ledger: Ledger, outcome: Outcome) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: dict[str, Any], num_classes: int,
+def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], model: dict[str, Any], num_classes: int,
               transfer_from: str | None) -> dict[str, Any]:
-    """Per attack figures with intervals, the worst case at the suite's eps, the checks and their warnings."""
+    """Per attack figures with intervals, the worst case at the suite's eps, the checks and their warnings;
+    ``model`` is what is known of the model (``EvalTarget.facts``)."""
     n = len(ledger.labels)
     clean = figure(ledger.clean_correct())
     rows = []
@@ -124,7 +123,7 @@ def summarize(ledger: Ledger, suite: Any, plan: dict[str, list], target_info: di
                        "notes": convergence_notes(checks)},
         "checks": checks,
         "check_plan": {k: [[x, name] for x, name in v] for k, v in plan.items()},
-        "model": {**target_info, "origin": target_info.get("origin") or lrrobust_origin()},
+        "model": model,
     }
 
 
@@ -141,7 +140,7 @@ def write_outputs(out: Path, summary: dict[str, Any], ledger: Ledger) -> None:
                 "success": int(o.success[i]), "found_at": stages[o.found_at[i]] if o.found_at[i] >= 0 else None,
             })
     atomic_write_text(out / "samples.csv", csv_text(SAMPLE_COLUMNS, samples))
-    atomic_write_text(out / "summary.csv", csv_text(SUMMARY_COLUMNS, summary["attacks"]))
+    atomic_write_text(out / "summary.csv", csv_text(summary_columns(), summary["attacks"]))
     atomic_write_json(out / "summary.json", summary)
 
 
@@ -167,7 +166,7 @@ class Summary:
     attacks: list[dict[str, Any]]
     checks: list[dict[str, Any]]
     model: dict[str, Any]
-    origin: dict[str, Any]  # kind (ORIGIN_KINDS), label, and for outside models the file, its sha256, ...
+    origin: Origin
     raw: dict[str, Any]
     convergence: dict[str, Any] | None = None  # lrrobust.training.convergence.Convergence.to_dict()
     diagnostics: dict[str, Any] | None = None  # lrrobust.evaluation.diagnostics.diagnose()
@@ -175,7 +174,7 @@ class Summary:
     @property
     def outside(self) -> bool:
         """True for a model lrrobust did not train (``lrrobust.external``)."""
-        return self.origin["kind"] != "lrrobust"
+        return self.origin.outside
 
 
 def _read_json(path: Path) -> Any:
@@ -228,19 +227,11 @@ def _read_norm(data: dict[str, Any]) -> str:
     return norm
 
 
-def _read_origin(data: dict[str, Any]) -> dict[str, Any]:
+def _read_origin(data: dict[str, Any]) -> Origin:
     """``model.origin``: required from schema 3; a schema 2 summary's model was trained by lrrobust."""
     if data["schema"] == 2:
-        return lrrobust_origin()
-    origin = data["model"]["origin"]
-    if not isinstance(origin, dict) or origin.get("kind") not in ORIGIN_KINDS:
-        raise ValueError(f"model.origin must be an object whose kind is one of {', '.join(ORIGIN_KINDS)}")
-    label = origin.get("label")
-    if not (label is None or isinstance(label, str)):
-        raise ValueError("model.origin.label must be text")
-    if origin["kind"] != "lrrobust" and not all(isinstance(origin.get(k), str) and origin[k] for k in ("label", "name")):
-        raise ValueError("model.origin of a model from outside needs its label and name")
-    return dict(origin)
+        return Origin()
+    return Origin.from_dict(data["model"]["origin"])
 
 
 def read_ledger(directory: str | Path, summary: dict[str, Any] | None = None) -> Ledger:
@@ -269,6 +260,7 @@ def read_ledger(directory: str | Path, summary: dict[str, Any] | None = None) ->
 
 def _ledger_of_rows(rows: list[dict[str, str]], summary: dict[str, Any], settings: dict[str, dict],
                     path: Path) -> Ledger:
+    recorded = set(recorded_settings())
     by_attack: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         by_attack.setdefault(row["attack"], []).append(row)
@@ -279,7 +271,7 @@ def _ledger_of_rows(rows: list[dict[str, str]], summary: dict[str, Any], setting
     for name, attack in settings.items():
         part = by_attack[name]
         stages = [s["stage"] for s in attack.get("stages", [])]
-        keep = {k: v for k, v in attack.items() if k in SUMMARY_COLUMNS[1:13] or k == "key"}
+        keep = {k: v for k, v in attack.items() if k in recorded or k == "key"}
         outcomes.append(Outcome(
             name, {**keep, "stages": stages}, [int(r["adv_pred"]) for r in part], [r["success"] == "1" for r in part],
             [int(r["target"]) for r in part] if attack["targeted"] else None,

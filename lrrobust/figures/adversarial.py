@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from lrrobust.attacks import spec_class
+from lrrobust.attacks import is_pgd, spec_class
 from lrrobust.errors import UserError
 from lrrobust.evaluation.ledger import Ledger, Outcome
-from lrrobust.evaluation.loop import EvalTarget, sample_indices, stage_seeds, target_offsets
+from lrrobust.evaluation.loop import sample_indices, stage_seeds, target_offsets
 from lrrobust.evaluation.summary import Summary, indices_digest, read_ledger, read_summary
+from lrrobust.evaluation.target import EvalTarget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +49,9 @@ def read_evaluation(eval_dir: str | os.PathLike, target: EvalTarget) -> tuple[Su
         raise UserError(f"--eval {eval_dir} holds no summary.json; pass an evaluation directory written by "
                         "lrrobust eval-attack (e.g. RUN/eval-digits)")
     summary = read_summary(eval_dir)
-    if summary.model.get("sha256") != target.info["sha256"]:
+    if summary.model.get("sha256") != target.sha256:
         raise UserError(f"--eval {eval_dir} attacked {summary.model.get('checkpoint')}, not "
-                        f"{target.info['checkpoint']}; pass the checkpoint it attacked or another evaluation")
+                        f"{target.checkpoint.path}; pass the checkpoint it attacked or another evaluation")
     return summary, read_ledger(eval_dir, summary.raw)
 
 
@@ -74,7 +75,7 @@ def choose_attack(summary: Summary, ledger: Ledger, index: int, name: str | None
 
     def rank(position: int) -> tuple[bool, bool, bool, int]:
         o = white_box[position]
-        return (not o.success[row], settings[o.name]["role"] != "suite", settings[o.name]["kind"] != "pgd", position)
+        return (not o.success[row], settings[o.name]["role"] != "suite", not is_pgd(settings[o.name]), position)
 
     return white_box[min(range(len(white_box)), key=rank)]
 

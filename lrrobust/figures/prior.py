@@ -56,16 +56,16 @@ def plot_priors(checkpoint: str | os.PathLike, out: str | os.PathLike, softmax: 
     from lrrobust.evaluation.evaluate import load_target
 
     target, _ = load_target(checkpoint)
-    info = target.info
+    spec = target.checkpoint.model_spec
     layers = lr_layers(target.model, str(checkpoint))
     kinds = sorted({e.layer.prior.kind for e in layers})
     if kinds == ["none"]:
         raise UserError(f"{checkpoint} is an LR-Net without geometric prior (geo_prior='none', NG in Table 3): "
                         "there is no prior to draw")
-    data = dataset_info(str(info["dataset"]))
-    in_chans = int(info["model_spec"].get("kwargs", {}).get("in_chans", data.in_chans))
+    data = dataset_info(str(target.dataset))
+    in_chans = int(spec.get("kwargs", {}).get("in_chans", data.in_chans))
     windows = layer_windows(target.model, layers, in_chans, data.image_size)
-    who = f"{info['model_spec']['name']}, {info['training']} training on {info['dataset']}"
+    who = f"{spec['name']}, {target.training} training on {target.dataset}"
     scale = "softmax over the window" if softmax else "prior value"
     out = Path(out)
     maps = {e.name: prior_values(e.layer, windows[e.name][0], softmax) for e in layers}

@@ -56,7 +56,7 @@ def plot_relation(
         dataset, split = evaluation[0].dataset, evaluation[0].split
         root = root or evaluation[0].raw.get("dataset_root")
     else:
-        dataset, split = str(target.info["dataset"]), "test"
+        dataset, split = str(target.dataset), "test"
     data = load_dataset(dataset, split, root)
     if not 0 <= image < len(data):
         raise UserError(f"--image {image} is not an image of the {dataset} {split} split; give 0 to {len(data) - 1}")
@@ -74,9 +74,8 @@ def plot_relation(
         adversarial = relation_at(entry.layer, x_adv, pixel)
     with torch.no_grad():
         prediction = int(model(clean_image[None].to(torch_device)).argmax(1))
-    info = target.info
-    who = (f"{info['model_spec']['name']}, {info['training']} training on {info['dataset']}: image {image} of the "
-           f"{dataset} {split} split, label {label}, predicted {prediction}")
+    who = (f"{target.checkpoint.model_spec['name']}, {target.training} training on {target.dataset}: image {image} "
+           f"of the {dataset} {split} split, label {label}, predicted {prediction}")
     fig = relation_figure(entry, clean_image, clean, who, groups, example, adversarial)
     name = f"relation-{entry.name}-image{image}-y{pixel[0]}x{pixel[1]}"
     return canvas.save_figure(fig, Path(out) / (f"{name}-{example.attack}.png" if example else f"{name}.png"))

@@ -1,12 +1,23 @@
-"""The model registry: ``create_model(name, num_classes, **overrides)`` and ``list_models()`` (paper Tables 3-9).
+"""The model registry, as timm's (``timm/models/_registry.py``): ``@register_model`` records a builder function with
+its metadata, ``create_model(name, num_classes, **options)`` builds it, ``list_models()`` names them (paper
+Tables 2-9).
 
-Each entry point is a configuration of ``ResNet``; caller keywords override its defaults, so every cell of
-Tables 3-6 is a name plus keywords, e.g. ``create_model("lrnet26", kernel_size=5, geo_prior="none")``.
-Every model carries ``model.spec`` (JSON-able) from which ``create_model(**spec)`` rebuilds it.
+A builder is ``fn(num_classes, **options) -> nn.Module`` taking images in [0, 1] (it normalises inside with the
+``mean`` and ``std`` it is given). Its metadata says what the rest of lrrobust needs to know of a network without
+reading its name: its ``family`` (the report pairs "lrnet" rows against "resnet" rows in its significance tests),
+its ``display`` name in reports, and the ``paper``'s parameters and FLOPs for it. A network of another
+architecture is one file of this package that defines its module and registers its builders.
+
+Every network takes the input options the dataset sets (``INPUT_OPTIONS``): ``in_chans``, ``mean``, ``std``,
+``stem`` (the stem that fits the image size) and ``width`` (a channel multiplier the small presets use); they are
+checked here, the rest by the builder. Every model carries ``model.spec`` (JSON-able), from which
+``create_model(**spec)`` rebuilds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,26 +25,39 @@ from typing import Any
 from torch import nn
 
 from lrrobust.errors import UserError
-from lrrobust.models.local_relation import (
-    COMPOSABILITIES,
-    GEO_PRIORS,
-    KERNEL_SIZES,
-    NORMALIZATIONS,
-    QK_DIMS,
-    check_choice,
-)
-from lrrobust.models.resnet import IMAGENET_MEAN, IMAGENET_STD, STEM_LAYERS, STEMS, ResNet
+from lrrobust.models.paper import PaperFigure
 
-_REGISTRY: dict[str, dict[str, Any]] = {}
-
-COMMON_OPTIONS = ("in_chans", "mean", "std", "stem", "width", "alpha", "kernel_size")
-LR_OPTIONS = ("m", "composability", "geo_prior", "normalize", "qk_dim", "stem_layer")
+INPUT_OPTIONS = ("in_chans", "mean", "std", "stem", "width")
+STEMS = ("imagenet", "half", "small")  # res2 at 1/4 of the input (224x224), at 1/2 (28x28), at full size (32x32, 8x8)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation of a 3-channel network given none
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def register_model(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-    """Record an entry point: a function returning the default configuration of ``ResNet``."""
-    _REGISTRY[fn.__name__] = fn()
-    return fn
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """A registered network: its builder and what lrrobust knows of it."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    family: str  # "resnet", "lrnet", "nl", ...: which side of the report's LR-Net/ResNet tests its rows are on
+    display: str  # how reports name it: "LR-Net-26"
+    paper: PaperFigure | None = None  # the paper's parameters and FLOPs at 1000 classes and 224x224
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(*, family: str, display: str, paper: PaperFigure | None = None
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: record a builder ``fn(num_classes, **options)`` under its function's name, with its metadata."""
+
+    def record(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if fn.__name__ in _REGISTRY:
+            raise ValueError(f"model {fn.__name__!r} registered twice")
+        _REGISTRY[fn.__name__] = ModelInfo(fn.__name__, fn, family, display, paper)
+        return fn
+
+    return record
 
 
 def list_models() -> list[str]:
@@ -41,21 +65,31 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def default_config(name: str) -> dict[str, Any]:
-    """The registered configuration of ``name`` (block, layers, spatial, alpha, kernel_size, ...)."""
+def registered_models() -> list[ModelInfo]:
+    """Every registered network in the order its file registers them (``lrrobust models`` lists them so)."""
+    return list(_REGISTRY.values())
+
+
+def find_model(name: str) -> ModelInfo | None:
+    """The metadata of ``name``; None when no network of that name is registered (a checkpoint of another
+    version)."""
+    return _REGISTRY.get(name)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The metadata of ``name``; a UserError listing the registered names."""
     if name not in _REGISTRY:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    return dict(_REGISTRY[name])
+    return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``overrides`` replace its defaults (see ``ResNet`` and ``LocalRelation2d``).
+def create_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module:
+    """Build a registered model; ``options`` replace its defaults (each builder documents its own).
 
     Args:
         name: one of ``list_models()``.
         num_classes: classifier outputs.
-        **overrides: in_chans, mean, std, stem, width, alpha, kernel_size and, for LR-Nets, m,
-            composability, geo_prior, normalize, qk_dim, stem_layer.
+        **options: the input options every network takes (``INPUT_OPTIONS``) and the builder's own.
 
     Returns:
         The model, with ``model.spec = {"name", "num_classes", "kwargs"}``.
@@ -63,23 +97,30 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Mod
     Raises:
         UserError: unknown name, unknown option or a bad option value (the message lists the valid ones).
     """
-    config = default_config(name)
+    info = model_info(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer; got {num_classes!r}")
-    allowed = COMMON_OPTIONS + (LR_OPTIONS if config["spatial"] == "lr" else ())
-    if config["spatial"] == "nl":
-        allowed = tuple(key for key in allowed if key != "kernel_size")  # a non-local layer has no window
-    for key in overrides:
-        if key not in allowed:
-            raise UserError(f"{name} has no option {key!r}; valid options: {', '.join(allowed)}")
-    kwargs = _check(name, config["spatial"], dict(overrides))
-    model = ResNet(num_classes=num_classes, **{**config, **kwargs})
+    _check_known(info, options)
+    kwargs = input_options(name, dict(options))
+    model = info.build(num_classes, **kwargs)
     model.spec = {"name": name, "num_classes": num_classes, "kwargs": kwargs}
     return model
 
 
-def _check(name: str, spatial: str, kw: dict[str, Any]) -> dict[str, Any]:
-    """Validate overrides and turn them into JSON-able values; mean/std are always made explicit."""
+def _check_known(info: ModelInfo, options: dict[str, Any]) -> None:
+    """A builder with named options only: refuse any other (a builder taking ``**options`` checks its own)."""
+    params = inspect.signature(info.build).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return
+    allowed = [p.name for p in params if p.name != "num_classes"]
+    for key in options:
+        if key not in allowed:
+            raise UserError(f"{info.name} has no option {key!r}; valid options: {', '.join(allowed)}")
+
+
+def input_options(name: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """The input options checked and JSON-able: ``in_chans`` (default 3), ``mean`` and ``std`` always explicit (a
+    network of other than 3 channels needs them given), ``stem`` one of ``STEMS``, ``width`` a positive number."""
     in_chans = kw.setdefault("in_chans", 3)
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise UserError(f"in_chans must be a positive integer; got {in_chans!r}")
@@ -89,25 +130,10 @@ def _check(name: str, spatial: str, kw: dict[str, Any]) -> dict[str, Any]:
         kw[key] = _floats(key, kw.get(key, default), in_chans)
     if any(s <= 0 for s in kw["std"]):
         raise UserError(f"std must be positive; got {kw['std']}")
-    if "stem" in kw:
-        check_choice("stem", kw["stem"], STEMS)
-    for key in ("width", "alpha"):
-        if key in kw:
-            kw[key] = _positive(key, kw[key])
-    if "kernel_size" in kw:
-        check_choice("kernel_size", kw["kernel_size"], KERNEL_SIZES if spatial == "lr" else KERNEL_SIZES[:-1])
-    if "m" in kw and (isinstance(kw["m"], bool) or not isinstance(kw["m"], int) or kw["m"] < 1):
-        raise UserError(f"m (channels per aggregation) must be a positive integer such as 8; got {kw['m']!r}")
-    lr_choices = (
-        ("composability", COMPOSABILITIES),
-        ("geo_prior", GEO_PRIORS),
-        ("normalize", NORMALIZATIONS),
-        ("qk_dim", QK_DIMS),
-        ("stem_layer", STEM_LAYERS),
-    )
-    for key, choices in lr_choices:
-        if key in kw:
-            check_choice(key, kw[key], choices)
+    if "stem" in kw and (not isinstance(kw["stem"], str) or kw["stem"] not in STEMS):
+        raise UserError(f"stem must be one of {', '.join(repr(s) for s in STEMS)}; got {kw['stem']!r}")
+    if "width" in kw:
+        kw["width"] = positive("width", kw["width"])
     return kw
 
 
@@ -123,90 +149,8 @@ def _floats(key: str, values: Any, length: int) -> list[float]:
     return out
 
 
-def _positive(key: str, value: Any) -> float:
+def positive(key: str, value: Any) -> float:
+    """``value`` as a float when it is a positive finite number; a UserError naming ``key`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise UserError(f"{key} must be a positive number; got {value!r}")
     return float(value)
-
-
-def _bottleneck(layers: Sequence[int], spatial: str, alpha: float, kernel_size: int) -> dict[str, Any]:
-    return {
-        "block": "bottleneck",
-        "layers": list(layers),
-        "spatial": spatial,
-        "alpha": alpha,
-        "kernel_size": kernel_size,
-    }
-
-
-def _basic(spatial: str, alpha: float, kernel_size: int) -> dict[str, Any]:
-    return {"block": "basic", "layers": [2, 2, 2, 2], "spatial": spatial, "alpha": alpha, "kernel_size": kernel_size}
-
-
-@register_model
-def resnet18() -> dict[str, Any]:
-    return _basic("conv", 1.0, 3)
-
-
-@register_model
-def resnet26() -> dict[str, Any]:
-    return _bottleneck((2, 2, 2, 2), "conv", 1.0, 3)
-
-
-@register_model
-def resnet50() -> dict[str, Any]:
-    return _bottleneck((3, 4, 6, 3), "conv", 1.0, 3)
-
-
-@register_model
-def resnet101() -> dict[str, Any]:
-    return _bottleneck((3, 4, 23, 3), "conv", 1.0, 3)
-
-
-@register_model
-def resnet26_dw() -> dict[str, Any]:
-    """ResNet-DW-26 (Table 3): depthwise spatial layers, alpha raised to ResNet-26's FLOPs."""
-    return _bottleneck((2, 2, 2, 2), "dw", 2.0, 3)
-
-
-@register_model
-def lrnet18() -> dict[str, Any]:
-    """LR-Net-18 (Table 8): alpha = 130/64 splits the gap between 14.4M parameters and 2.5G FLOPs."""
-    return _basic("lr", 130 / 64, 7)
-
-
-@register_model
-def lrnet26() -> dict[str, Any]:
-    """LR-Net-26 (Tables 3-7, 9): the widths of LR-Net-50 (100, 200, 400, 800), 14.7M parameters."""
-    return _bottleneck((2, 2, 2, 2), "lr", 100 / 64, 7)
-
-
-@register_model
-def nl26() -> dict[str, Any]:
-    """NL-26 (Table 7): every 3x3 conv of ResNet-26 replaced by a non-local layer; alpha = 85/64 gives
-    ResNet-26's FLOPs (A1: the ablations adapt alpha to equal FLOPs; the kernel_size entry is unused)."""
-    return _bottleneck((2, 2, 2, 2), "nl", 85 / 64, 3)
-
-
-@register_model
-def resnet26_nl() -> dict[str, Any]:
-    """ResNet-26-NL (Table 7): a non-local block after every residual block of ResNet-26."""
-    return {**_bottleneck((2, 2, 2, 2), "conv", 1.0, 3), "nonlocal_blocks": True}
-
-
-@register_model
-def lrnet26_nl() -> dict[str, Any]:
-    """LR-Net-26-NL (Table 7): a non-local block after every residual block of LR-Net-26."""
-    return {**_bottleneck((2, 2, 2, 2), "lr", 100 / 64, 7), "nonlocal_blocks": True}
-
-
-@register_model
-def lrnet50() -> dict[str, Any]:
-    """LR-Net-50 of Table 2: spatial widths 100, 200, 400, 800 (alpha = 100/64)."""
-    return _bottleneck((3, 4, 6, 3), "lr", 100 / 64, 7)
-
-
-@register_model
-def lrnet101() -> dict[str, Any]:
-    """LR-Net-101 (Table 8): alpha = 103/64 gives ResNet-101's FLOPs (Sec. 5) and 42.0M parameters."""
-    return _bottleneck((3, 4, 23, 3), "lr", 103 / 64, 7)

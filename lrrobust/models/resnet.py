@@ -18,10 +18,8 @@ from lrrobust.models.blocks import BasicBlock, Bottleneck
 from lrrobust.models.fold import FoldingSequential
 from lrrobust.models.local_relation import LocalRelation2d, PointwiseConv2d
 from lrrobust.models.nonlocal_block import NL_SUBSAMPLE, NonLocalBlock
+from lrrobust.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-STEMS = ("imagenet", "half", "small")
 STEM_LAYERS = ("lr", "conv")  # an LR-Net's stem: the 1x1 + 7x7 local relation stem (Fig. 3a) or the ResNet's conv
 BLOCKS = {"basic": (BasicBlock, 1), "bottleneck": (Bottleneck, 4)}  # block class, expansion
 

@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from lrrobust.core.provenance import relative_path
+from lrrobust.core.trainings import training_kind
 from lrrobust.errors import UserError
-from lrrobust.evaluation.summary import Summary, lrrobust_origin, read_summary
+from lrrobust.evaluation.summary import Summary, read_summary
+from lrrobust.evaluation.target import Origin
+from lrrobust.models.registry import find_model
 from lrrobust.training.convergence import not_available, run_convergence
 from lrrobust.training.run_files import is_run_dir, read_manifest, read_run_config
 
-PRETTY = {"resnet": "ResNet-", "lrnet": "LR-Net-"}
 HIDDEN_KWARGS = ("in_chans", "mean", "std", "stem")  # set by the dataset
-TRAININGS = ("adversarial", "regular")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +45,13 @@ class Entry:
     summary: Summary | None = None
     run_config: dict[str, Any] | None = None
     run_manifest: dict[str, Any] | None = None
-    origin: dict[str, Any] = dataclasses.field(default_factory=lrrobust_origin)  # summary.json's model.origin
+    origin: Origin = dataclasses.field(default_factory=Origin)  # summary.json's model.origin
     convergence: dict[str, Any] | None = None  # the training run's Convergence.to_dict()
 
     @property
     def outside(self) -> bool:
         """A model lrrobust did not train (``--model-py``, ``--torchvision``, ``lrrobust.evaluate``)."""
-        return self.origin["kind"] != "lrrobust"
+        return self.origin.outside
 
     @property
     def norm(self) -> str | None:
@@ -64,12 +65,10 @@ def entry_order(e: Entry) -> tuple:
 
 
 def network_name(spec: dict[str, Any]) -> str:
-    """'lrnet26' -> 'LR-Net-26', with the overrides the user chose: 'LR-Net-26 (width 0.25)'."""
-    name = spec["name"]
-    pretty = name
-    for prefix, label in PRETTY.items():
-        if name.startswith(prefix):
-            pretty = label + name[len(prefix):].replace("_dw", "").upper() + (" DW" if name.endswith("_dw") else "")
+    """'lrnet26' -> 'LR-Net-26' (its registered display name; a name no network is registered under as it is), with
+    the overrides the user chose: 'LR-Net-26 (width 0.25)'."""
+    info = find_model(spec["name"])
+    pretty = info.display if info is not None else spec["name"]
     kwargs = {k: v for k, v in sorted(spec.get("kwargs", {}).items()) if k not in HIDDEN_KWARGS}
     if kwargs:
         pretty += " (" + ", ".join(f"{k} {v}" for k, v in kwargs.items()) + ")"
@@ -86,13 +85,13 @@ def _from_summary(path: Path) -> Entry:
     summary = read_summary(path)
     model, origin = summary.model, summary.origin
     if summary.outside:  # no recipe and no training seed: the user's label names the row
-        return Entry(origin["label"], origin["name"], str(model.get("training", "unknown")), None, summary.dataset,
+        return Entry(origin.label, origin.name, str(model.get("training", "unknown")), None, summary.dataset,
                      shown(path), summary=summary, origin=origin,
                      convergence=summary.convergence or not_available("no training record").to_dict())
     spec = model.get("model_spec") or {"name": "model"}
     config = model.get("config") or {}
     seed = config.get("seed")
-    return Entry(origin.get("label") or network_name(spec), spec["name"], str(model.get("training", "unknown")),
+    return Entry(origin.label or network_name(spec), spec["name"], str(model.get("training", "unknown")),
                  None if seed is None else int(seed), summary.dataset, shown(path), summary=summary,
                  run_config=config or None, run_manifest=model.get("manifest"), origin=origin,
                  convergence=summary.convergence or _run_convergence(path, model.get("run_dir")))
@@ -111,7 +110,7 @@ def _from_run(path: Path) -> Entry:
     config = read_run_config(path)
     manifest = read_manifest(path) if (path / "manifest.json").is_file() else None
     spec = {"name": config.model, "kwargs": config.model_kwargs}
-    return Entry(network_name(spec), config.model, "adversarial" if config.adversarial else "regular", config.seed,
+    return Entry(network_name(spec), config.model, training_kind(config.adversarial), config.seed,
                  config.dataset, shown(path), run_config=config.to_dict(), run_manifest=manifest,
                  convergence=run_convergence(path).to_dict())
 

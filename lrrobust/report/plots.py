@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lrrobust.attacks import is_pgd
+from lrrobust.data import eps_text
 from lrrobust.evaluation.ledger import Figure
 from lrrobust.io import atomic_path
 from lrrobust.report.collect import Entry, entry_order
@@ -114,8 +116,6 @@ def attack_panels(entries: list[Entry]) -> list[Panel]:
     (an attack every seed ran; each seed's own figure kept as a dot)."""
     panels = []
     for (network, training, norm), group in models(entries).items():
-        from lrrobust.report.render import eps_text
-
         first = group[0].summary
         eps = eps_text(first.suite_eps, group[0].dataset, norm)
         names = [a["attack"] for a in first.attacks if a["attack"] in first.worst_case.untargeted_attacks]
@@ -136,8 +136,6 @@ def curves(entries: list[Entry], axis: str) -> list[Curve]:
     """Per model, against PGD steps ('steps') or eps ('eps'): the checks' ladder (untargeted PGD in the suite's
     norm, step 2.5 eps / steps) and suite attacks that run one PGD at several step counts (fd_steps), each point the
     mean over the seeds that ran it."""
-    from lrrobust.report.render import eps_text
-
     out = []
     for (network, training, norm), group in models(entries).items():
         lines: dict[str, dict[float, list[Figure]]] = {}
@@ -152,7 +150,7 @@ def curves(entries: list[Entry], axis: str) -> list[Curve]:
                 continue
             groups: dict[tuple, list[dict]] = {}
             for a in e.summary.attacks:
-                if a["kind"] in ("pgd", "pgd-l2") and a["role"] == "suite" and not a.get("source") \
+                if is_pgd(a) and a["role"] == "suite" and not a.get("source") \
                         and (a.get("restarts") or 1) == 1:
                     groups.setdefault((a["targeted"], a["eps"], a.get("norm", "linf")), []).append(a)
             for (targeted, eps, attack_norm), attacks in sorted(groups.items()):

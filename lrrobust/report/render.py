@@ -11,8 +11,9 @@ the kind, with a 12-character SHA-256 prefix in the markdown and the full hash i
 names the trainer only when some row is from outside, and then shows the robust figures of regular training too, so
 an outside model's figures stand in Table 9 whatever training its owner declared.
 
-Budgets are written in the dataset's own unit (``eps_text``): digits and MNIST as plain numbers (0.3), CIFAR-10 and
-ImageNet in 1/255 units (16/255), L2 as the radius. The L2 columns appear only when some model has an L2 evaluation.
+Budgets are written in the dataset's own unit (``lrrobust.data.eps_text``, as its entry says): digits and MNIST as
+plain numbers (0.3), CIFAR-10 and ImageNet in 1/255 units (16/255), L2 as the radius. The L2 columns appear only
+when some model has an L2 evaluation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from lrrobust.data import dataset_title, eps_text
 from lrrobust.evaluation.diagnostics import DROP_EXCESS_POINTS, SATURATED_WEIGHT, ZERO_GRADIENT_SHARE
 from lrrobust.report.claims import VERDICTS, Assessment, assess, claims_md
 from lrrobust.report.collect import Entry
@@ -36,7 +38,6 @@ from lrrobust.report.sections import (
 )
 from lrrobust.report.table9 import COLUMN, Cell, Column, Comparison, Row, shown_columns
 from lrrobust.report.tables import (
-    ATTACK_COLUMNS,
     TEST_COLUMNS,
     Col,
     attack_columns,
@@ -50,29 +51,13 @@ from lrrobust.report.tables import (
     to_markdown,
 )
 
-__all__ = ["ATTACK_COLUMNS", "TEST_COLUMNS", "attack_columns", "attack_rows", "cell_text", "eps_text",
+__all__ = ["TEST_COLUMNS", "attack_columns", "attack_rows", "cell_text", "eps_text",
            "evaluation_label", "manifest", "render_markdown", "sweep_md", "test_rows"]
 
-PIXEL_UNIT_DATASETS = ("cifar10", "imagenet", "imagefolder")  # budgets customarily written in 1/255 units
-DATASET_NAMES = {"digits": "digits", "mnist": "MNIST", "cifar10": "CIFAR-10", "imagenet": "ImageNet",
-                 "imagefolder": "ImageFolder"}
 NORM_WORDS = {"linf": "L-inf", "l2": "L2"}
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
-# ---------------------------------------------------------------- units and cells
-
-
-def eps_text(eps: float, dataset: str, norm: str | None = "linf") -> str:
-    """A budget in the dataset's own unit: '0.3' on MNIST and digits, '16/255' on CIFAR-10 and ImageNet, '0.5 (L2)'."""
-    if norm == "l2":
-        return f"{eps:.3g} (L2)"
-    if dataset in PIXEL_UNIT_DATASETS:
-        return f"{eps * 255:.3g}/255"
-    return f"{eps:.4g}"
-
-
-def dataset_name(dataset: str) -> str:
-    return DATASET_NAMES.get(dataset, dataset)
+# ---------------------------------------------------------------- cells
 
 
 def cell_text(cell: Cell, notes: bool = True) -> str:
@@ -127,7 +112,7 @@ def origin_text(row: Row, entries: list[Entry]) -> str:
     if not row.outside:
         return "lrrobust"
     mine = of_row(row, entries)
-    kinds = sorted({e.origin["kind"] for e in mine})
+    kinds = sorted({e.origin.kind for e in mine})
     hashes = sorted({origin_sha256(e.origin)[:12] for e in mine})
     return f"outside: {', '.join(kinds)}, sha256 {', '.join(hashes)}"
 
@@ -189,7 +174,7 @@ def caption(rows: list[Row], entries: list[Entry]) -> str:
         how = ("the mean over training seeds with its 95% interval (t over seeds from 3 seeds; Wilson over the images "
                "for one seed, over the images pooled over seeds for two)")
     missing = any(not r.cells[c.key].seeds for r in rows for c in table9_columns(rows))
-    return (f"Top-1 accuracy (%) on {images} {dataset_name(entries[0].dataset)} {splits} images: {how}. Every robust "
+    return (f"Top-1 accuracy (%) on {images} {dataset_title(entries[0].dataset)} {splits} images: {how}. Every robust "
             f"figure is the per-image worst case over every attack at eps {budgets_text(entries) or '?'}: an image "
             "counts only if its clean prediction and every adversarial image found for it are right."
             + (" – : no such model or evaluation (see All figures)." if missing else "")
@@ -267,7 +252,7 @@ def verdict_md(rows: list[Row], entries: list[Entry], tests: list[Comparison],
     training = "adversarially" if column.training == "adversarial" else "regularly"
     budget = ", ".join(eps_text(x, dataset, column.norm) for x in eps)
     parts = [(f"**Verdict.** {training.capitalize()} trained and attacked with every attack at eps {budget} "
-              f"({NORM_WORDS[column.norm]}), the share of {', '.join(map(str, images))} {dataset_name(dataset)} test "
+              f"({NORM_WORDS[column.norm]}), the share of {', '.join(map(str, images))} {dataset_title(dataset)} test "
               f"images that no attack broke is {listed} ({_seeds_phrase(cells)}{common}; 95% interval).")]
     mine = [t for t in tests if t.column.key == column.key and t.test is not None]
     if mine and len(mine) <= 4:
@@ -387,7 +372,7 @@ def render_markdown(entries: list[Entry], rows: list[Row], tests: list[Compariso
     claims_shown = any(a.verdict != "not measured" for a in assessments)
     footnotes = Footnotes()
     table = table9_md(rows, entries, footnotes)
-    parts = [f"# Robustness to white-box attacks on {dataset_name(dataset)} (Table 9 style)\n",
+    parts = [f"# Robustness to white-box attacks on {dataset_title(dataset)} (Table 9 style)\n",
              verdict_md(rows, entries, tests, assessments),
              "## Table 9\n", table, caption(rows, entries)]
     if footnotes.texts:

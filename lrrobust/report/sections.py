@@ -209,17 +209,16 @@ def _evaluated_md(ev: dict[str, Any] | None, checkpoint: str | None) -> str:
 def manifest(entries: list[Entry]) -> list[dict[str, Any]]:
     """Everything each figure depends on: training config and provenance, evaluation settings and provenance (an L2
     evaluation says ``norm: l2``; without it an evaluation is L-inf, as in summary.json)."""
-    from lrrobust.attacks import KINDS
+    from lrrobust.attacks import attack_from_row
 
     out = []
     for e in sorted(entries, key=entry_order):
         item: dict[str, Any] = {"network": e.network, "training": e.training, "seed": e.seed, "source": e.source,
-                                "origin": e.origin, "training_config": e.run_config,
+                                "origin": e.origin.to_dict(), "training_config": e.run_config,
                                 "training_manifest": e.run_manifest, "training_convergence": e.convergence}
         if e.summary is not None:
             s, raw = e.summary, e.summary.raw
-            described = [KINDS[a["kind"]].from_settings(a["attack"], a).describe() + f" ({a['role']})"
-                         for a in s.attacks]
+            described = [attack_from_row(a).describe() + f" ({a['role']})" for a in s.attacks]
             item["evaluation"] = {
                 "suite": s.suite, "dataset": s.dataset, "split": s.split, "seed": s.seed, "eps": s.suite_eps,
                 "num_samples": s.num_samples, "indices_sha256": s.indices_sha256, "batch_size": raw.get("batch_size"),

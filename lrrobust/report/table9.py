@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from lrrobust.attacks import attack_from_row
 from lrrobust.core.numbers import format_eps
 from lrrobust.errors import UserError
 from lrrobust.evaluation.ledger import Figure
@@ -35,6 +36,7 @@ from lrrobust.evaluation.stats import (
     exact_mcnemar,
     summarize_seeds,
 )
+from lrrobust.models.registry import find_model
 from lrrobust.report.collect import Entry, cells
 from lrrobust.training.convergence import is_flagged
 
@@ -162,13 +164,14 @@ class Comparison:
     reason: str | None = None  # why there is no test
 
 
-SETTINGS = ("kind", "norm", "targeted", "eps", "step_size", "steps", "random_start", "restarts", "n_queries", "role")
-
-
 def attack_signature(row: dict) -> tuple:
-    """An attack's settings less its transfer source's path (each model has its own source): whether it is a
-    transfer attack counts, which checkpoint it came from does not."""
-    return tuple((k, row.get(k)) for k in SETTINGS) + (("transfer", bool(row.get("source"))),)
+    """An attack's settings (every one its kind records, ``AttackSpec.settings``; one left out of an older summary
+    takes its default) less its transfer source's path (each model has its own source): whether it is a transfer
+    attack counts, which checkpoint it came from does not."""
+    settings = attack_from_row(row).settings()
+    transfer = bool(settings.pop("source", None))
+    settings.pop("eps_255")
+    return tuple(sorted(settings.items())) + (("transfer", transfer),)
 
 
 def signature(entry: Entry) -> tuple:
@@ -266,6 +269,13 @@ def table_rows(entries: list[Entry], odd: set[str] | None = None) -> list[Row]:
     return rows
 
 
+def family(row: Row) -> str | None:
+    """The family of a row's network (``lrrobust.models.registry``); None for a model from outside or a network
+    this version does not register."""
+    info = None if row.outside else find_model(row.model)
+    return None if info is None else info.family
+
+
 def compare(a: Cell, b: Cell) -> tuple[list[int | None], CombinedTest | None, str | None]:
     """The paired test of two cells over their common training seeds, on the same images."""
     by_seed = {s.seed: s for s in b.seeds}
@@ -281,11 +291,12 @@ def compare(a: Cell, b: Cell) -> tuple[list[int | None], CombinedTest | None, st
 
 
 def comparisons(rows: list[Row]) -> list[Comparison]:
-    """Every LR-Net row against every ResNet row of lrrobust's zoo, in every accuracy column both have (the L2
-    columns get their own tests), as one family: p-values and verdicts adjusted by Holm over every test made."""
+    """Every LR-Net row against every ResNet row of lrrobust's zoo (the family its network is registered with), in
+    every accuracy column both have (the L2 columns get their own tests), as one family: p-values and verdicts
+    adjusted by Holm over every test made."""
     out = []
-    lrnets = [r for r in rows if r.model.startswith("lrnet") and not r.outside]
-    resnets = [r for r in rows if r.model.startswith("resnet") and not r.outside]
+    lrnets = [r for r in rows if family(r) == "lrnet"]
+    resnets = [r for r in rows if family(r) == "resnet"]
     for column in COLUMNS:
         if not column.higher_is_robust:
             continue

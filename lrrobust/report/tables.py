@@ -4,7 +4,8 @@ cannot drift apart. docs/reports.md documents every CSV column (tests/test_docs.
 
 - table9.csv: one row per network; each figure column of Table 9 (``lrrobust.report.table9.COLUMNS``, those shown)
   with its interval, images, seeds and spread (``CELL_FIELDS``).
-- table9_attacks.csv: every single attack and each stage of the multi-stage ones, per model and seed.
+- table9_attacks.csv: every single attack and each stage of the multi-stage ones, per model and seed, with every
+  setting its kind records (``lrrobust.attacks``).
 - table9_tests.csv: the paired LR-Net/ResNet tests, the p that decided and its Holm-adjusted value.
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from lrrobust.attacks import recorded_settings, shown_settings
+from lrrobust.evaluation.target import Origin
 from lrrobust.report.collect import Entry, entry_order
 from lrrobust.report.table9 import Comparison, Row, shown_columns
 
@@ -72,9 +75,9 @@ def of_row(row: Row, entries: list[Entry]) -> list[Entry]:
     return [e for e in entries if e.network == row.network]
 
 
-def origin_sha256(origin: dict[str, Any]) -> str:
+def origin_sha256(origin: Origin) -> str:
     """What identifies an outside model: its file's SHA-256 (the .py file, the weights file), else its weights'."""
-    return origin.get("sha256") or origin.get("state_sha256") or ""
+    return origin.sha256 or origin.state_sha256 or ""
 
 
 # ---------------------------------------------------------------- table9.csv
@@ -104,12 +107,12 @@ def table9_frame(rows: list[Row], entries: list[Entry]) -> pd.DataFrame:
     for row in rows:
         mine = of_row(row, entries)
         data: dict[str, Any] = {"network": row.network, "model": row.model, "dataset": entries[0].dataset,
-                                "origin": ", ".join(sorted({e.origin["kind"] for e in mine})),
+                                "origin": ", ".join(sorted({e.origin.kind for e in mine})),
                                 "suite": ", ".join(suites), "eps_255": ", ".join(str(e) for e in eps),
                                 "eps_l2": ", ".join(f"{e:g}" for e in eps_l2)}
         if row.outside:  # per model of the row (training kind: hash), the full hashes
             data["origin_sha256"] = "; ".join(f"{e.training}: {origin_sha256(e.origin)}" for e in mine)
-            data["origin_path"] = "; ".join(f"{e.training}: {e.origin.get('path') or e.origin['name']}" for e in mine)
+            data["origin_path"] = "; ".join(f"{e.training}: {e.origin.path or e.origin.name}" for e in mine)
         notes = []
         for column in shown_columns(rows):
             cell = row.cells[column.key]
@@ -148,27 +151,46 @@ def _figure_cell(row: dict[str, Any]) -> str:
     return f"{row['accuracy']:.1f} [{row['accuracy_low']:.1f}, {row['accuracy_high']:.1f}]"
 
 
-ATTACK_COLS = [
-    Col("network"), Col("training"), Col("seed"), Col("attack", "attack"), Col("stage", "stage"),
-    Col("kind", "kind"), Col("targeted", "targeted", yes_no), Col("eps_255", "eps/255", _eps_cell),
-    Col("steps", "steps", lambda v: text(v or "")), Col("restarts", "restarts", lambda v: text(v or "")),
-    Col("source"), Col("accuracy", "acc % [95% CI]"), Col("accuracy_low"), Col("accuracy_high"), Col("correct"),
-    Col("num_samples"), Col("success_rate", "success %", lambda v: "" if v is None else f"{v:.1f}"),
-    Col("evaluation"),
+def _setting_cell(value: Any) -> str:
+    return yes_no(value) if isinstance(value, bool) else text(value or "")
+
+
+ATTACK_KEY_COLS = [Col("network"), Col("training"), Col("seed"), Col("attack", "attack"), Col("stage", "stage"),
+                   Col("kind", "kind")]
+ATTACK_FIGURE_COLS = [
+    Col("accuracy", "acc % [95% CI]"), Col("accuracy_low"), Col("accuracy_high"), Col("correct"), Col("num_samples"),
+    Col("success_rate", "success %", lambda v: "" if v is None else f"{v:.1f}"), Col("evaluation"),
 ]
-ATTACK_COLUMNS = [c.key for c in ATTACK_COLS]
 L2_ATTACK_COLS = [Col("norm"), Col("eps", "eps (L2)", _eps_cell)]
+THREAT_COLS = ("kind", "norm", "eps", "eps_255")  # the kind and the threat model have columns of their own
+
+
+def setting_cols() -> list[Col]:
+    """A column per setting any attack kind records (``lrrobust.attacks.recorded_settings``) but the threat model's,
+    eps in 1/255 units after ``targeted``; the settings a kind marks ``shown`` titled in the markdown too."""
+    shown = set(shown_settings())
+    names = [n for n in recorded_settings() if n not in THREAT_COLS]
+    cols = [Col(n, n if n in shown else None, _setting_cell) for n in names]
+    at = names.index("targeted") + 1
+    return cols[:at] + [Col("eps_255", "eps/255", _eps_cell)] + cols[at:]
+
+
+def linf_attack_cols() -> list[Col]:
+    """table9_attacks.csv's columns when every attack is L-inf: the model, the attack and its stage, its settings,
+    its figures."""
+    return ATTACK_KEY_COLS + setting_cols() + ATTACK_FIGURE_COLS
 
 
 def attack_cols(rows: list[dict[str, Any]], l2_detail: bool = False) -> list[Col]:
     """table9_attacks.csv's columns: with L2 attacks among the rows, ``norm`` and the plain ``eps`` too (an L2 row
     leaves eps_255 empty). ``l2_detail``: the markdown of an L2 evaluation, its radius in place of eps/255."""
-    at = ATTACK_COLUMNS.index("eps_255")
+    cols = linf_attack_cols()
+    at = [c.key for c in cols].index("eps_255")
     if l2_detail:
-        return ATTACK_COLS[:at] + [L2_ATTACK_COLS[1]] + ATTACK_COLS[at + 1:]
+        return cols[:at] + [L2_ATTACK_COLS[1]] + cols[at + 1:]
     if all(r["norm"] == "linf" for r in rows):
-        return ATTACK_COLS
-    return ATTACK_COLS[:at] + L2_ATTACK_COLS + ATTACK_COLS[at:]
+        return cols
+    return cols[:at] + L2_ATTACK_COLS + cols[at:]
 
 
 def attack_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -184,9 +206,8 @@ def attack_rows(entries: list[Entry]) -> list[dict[str, Any]]:
         for a in e.summary.attacks:
             norm = a.get("norm", "linf")
             base = {"network": e.network, "training": e.training, "seed": e.seed, "attack": a["attack"],
-                    "kind": a["kind"], "targeted": a["targeted"], "norm": norm, "eps": a["eps"],
-                    "eps_255": a["eps_255"] if norm == "linf" else None, "steps": a.get("steps"),
-                    "restarts": a.get("restarts"), "source": a.get("source"), "evaluation": e.source,
+                    **{k: a.get(k) for k in recorded_settings()}, "norm": norm,
+                    "eps_255": a["eps_255"] if norm == "linf" else None, "evaluation": e.source,
                     "num_samples": a["num_samples"]}
             out.append({**base, "stage": "all", "accuracy": r2(a["accuracy"]), "accuracy_low": r2(a["accuracy_low"]),
                         "accuracy_high": r2(a["accuracy_high"]), "correct": a["correct"],

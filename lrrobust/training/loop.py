@@ -39,6 +39,7 @@ from lrrobust.attacks.pgd import PGD
 from lrrobust.checkpoint import read_resumable, save_checkpoint
 from lrrobust.core.lock import contents, locked_directory, remove_stale_temporaries
 from lrrobust.core.seeding import derive_seed, seed_everything
+from lrrobust.core.trainings import training_kind
 from lrrobust.data import DatasetInfo, dataset_info, load_dataset
 from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.io import atomic_path
@@ -308,7 +309,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
         run_files.write_metrics(run, history)
     D.barrier(ctx)
 
-    training = "adversarial" if attack is not None else "regular"
+    training = training_kind(attack is not None)
     # rank 0 only: bars in a terminal, one line per epoch in a log (progress None), or as --progress says
     bar = EpochProgress(enabled=progress if ctx.is_main else False, adversarial=attack is not None,
                         epochs_left=cfg.epochs - start_epoch)
