@@ -19,6 +19,8 @@ A study spec is a TOML file::
     plateau_points = 3.0
     [sweep]                         # optional: recipes tried per network on the validation split (lrrobust.sweep)
     lr = [0.1, 0.05, 0.02]
+    [cluster]                       # optional: what a cell asks of Ray or Slurm (lrrobust.executors.resources)
+    gpus = 1
 
 Every cell is an ordinary run directory ``OUT/runs/NETWORK-TRAINING-sSEED`` with its evaluation in
 ``eval-SUITE``: a killed study run again with the same command continues inside the cell it stopped in (training
@@ -26,10 +28,12 @@ and evaluation resume) and never redoes a finished cell (its summary.json exists
 checkpoint starts again from scratch (``restart_unstarted``). The report goes to ``OUT/report``. Everything in the
 spec (the type of every value, every model and training option) is checked before any work starts, and the data and
 ``OUT`` before anything is created (``check_study_inputs``). The study holds ``OUT``'s lock while it runs, so a second
-study into it stops at once with one line naming the holder; its cells run in worker processes that end with it
-(``lrrobust.jobs``). As each cell finishes, the progress output gives its training-convergence verdict
-(``lrrobust.training.convergence``): whether the network had finished learning before its figures enter the
-comparison.
+study into it stops at once with one line naming the holder. Its cells run on an executor (``lrrobust.executors``:
+worker processes that end with it, Ray tasks, or a Slurm job array; the spec's ``[cluster]`` says what a cell asks
+of a cluster) through one loop for all of them (``lrrobust.jobs``: a cell runs once at a time wherever it runs,
+failed cells are retried, then reported, while the others run on). As each cell finishes, the progress output
+gives its training-convergence verdict (``lrrobust.training.convergence``): whether the network had finished
+learning before its figures enter the comparison.
 
 With a ``[sweep]``, its trials (``OUT/sweep/``, resumable like cells) run first; the recipe each network and
 training kind did best with on the validation split is recorded in ``OUT/sweep.json`` and the report, and every
@@ -45,27 +49,23 @@ config.json, manifest.json and metrics.jsonl, its evaluation's summary and per-s
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
+from lrrobust.core import toml as tomllib
+from lrrobust.core.toml import check_keys
+from lrrobust.core.trainings import TRAININGS
 from lrrobust.errors import UserError
-from lrrobust.jobs import check_jobs, run_jobs, say_line
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from lrrobust.jobs import RETRIES, check_jobs, check_retries, run_jobs, say_line
 
 SPEC_KEYS = ("name", "description", "dataset", "root", "suite", "networks", "trainings", "seeds", "model",
-             "training", "convergence", "sweep")
+             "training", "convergence", "sweep", "cluster")
 # The type of every top-level value, and how messages say it; list items, tables' values are checked where read.
 SPEC_TYPES = {"name": (str, "text"), "description": (str, "text"), "dataset": (str, "text"), "root": (str, "text"),
               "suite": (str, "text"), "networks": (list, "a list"), "trainings": (list, "a list"),
               "seeds": (list, "a list"), "model": (dict, "a table"), "training": (dict, "a table"),
-              "convergence": (dict, "a table"), "sweep": (dict, "a table")}
+              "convergence": (dict, "a table"), "sweep": (dict, "a table"), "cluster": (dict, "a table")}
 REQUIRED = ("dataset", "suite", "networks", "trainings", "seeds")
-TRAININGS = ("regular", "adversarial")
 WEIGHTS_FILE = "weights.pt"
 KEPT_RUN_FILES = ("config.json", "manifest.json", "metrics.jsonl")
 KEPT_EVAL_FILES = ("samples.csv", "summary.csv", "summary.json")  # summary.json last: it marks a complete copy
@@ -102,6 +102,7 @@ class Study:
     convergence: Any = None  # the spec's [convergence] (a ConvergenceConfig), else None: the suite's
     sweep: Any = None  # the spec's [sweep] (a lrrobust.sweep.SweepSpec), else None
     trials: tuple[Any, ...] = ()  # its lrrobust.sweep.Trials, every network and training kind in the cells' order
+    cluster: Any = None  # the spec's [cluster] (a lrrobust.executors.resources.Resources): what a cell asks of a cluster
 
 
 def _list(spec: dict[str, Any], key: str, where: str, kind: type) -> list:
@@ -139,14 +140,12 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     dataset) before any work. The data and the output directory are checked by ``check_study_inputs``."""
     from lrrobust.data import check_dataset_name
     from lrrobust.evaluation.suite import load_suite, resolve_suite_path
+    from lrrobust.executors.resources import Resources, parse_cluster
     from lrrobust.models import list_models
     from lrrobust.sweep import Trial, parse_sweep, recipe_text, trial_name
     from lrrobust.training.convergence import parse_convergence
 
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
-    if unknown:
-        raise UserError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; valid keys: "
-                        f"{', '.join(SPEC_KEYS)}")
+    check_keys(spec, SPEC_KEYS, where)
     missing = [k for k in REQUIRED if k not in spec]
     if missing:
         raise UserError(f"{where}: missing {', '.join(missing)} (a study needs {', '.join(REQUIRED)})")
@@ -165,6 +164,7 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     suite_path = str(resolve_suite_path(spec["suite"]))
     suite = load_suite(suite_path)
     convergence = None if "convergence" not in spec else parse_convergence(spec["convergence"], where)
+    cluster = parse_cluster(spec["cluster"], where) if "cluster" in spec else Resources()
     model = _table(spec, "model", where)
     training = _table(spec, "training", where)
     per_kind = {t: _table(training, t, f"{where} [training]") for t in TRAININGS}
@@ -196,7 +196,7 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
                 trials.append(Trial(network, kind, recipe, config, run_dir))
     name = spec.get("name", Path(where).stem)
     return Study(str(name), dataset, spec.get("root"), suite_path, suite.name, tuple(cells), out, convergence, sweep,
-                 tuple(trials))
+                 tuple(trials), cluster)
 
 
 def _config(fields: dict[str, Any], network: str, kind: str, seed: int, run_dir: Path, common: dict[str, Any],
@@ -225,7 +225,7 @@ def _check_model(config: Any, where: str) -> None:
     import torch
 
     from lrrobust.data import dataset_info
-    from lrrobust.evaluation.contract import first_line
+    from lrrobust.errors import first_line
     from lrrobust.training import resolve_config
     from lrrobust.training.loop import build_model
 
@@ -270,8 +270,9 @@ def load_study(path: str | Path, out: str | Path) -> Study:
     return plan_study(spec, out, str(path))
 
 
-def run_cell(cell: Cell, study: Study, device: str, threads: int = 1) -> str:
-    """Train (or resume) and attack (or resume) one cell, in a worker process; returns its evaluation directory."""
+def run_cell(cell: Cell, study: Study, device: str, threads: int = 1, progress: bool | str = False) -> str:
+    """Train (or resume) and attack (or resume) one cell, in a worker process; returns its evaluation directory.
+    ``progress``: "log" for a line per epoch and per attack stage (a worker's log), False for none."""
     import dataclasses as dc
 
     import torch
@@ -281,10 +282,17 @@ def run_cell(cell: Cell, study: Study, device: str, threads: int = 1) -> str:
 
     torch.set_num_threads(threads)
     restart_unstarted(cell.run_dir)
-    train(dc.replace(cell.config, resume=True, device=device), progress=False)  # resume=True starts a new run too
+    train(dc.replace(cell.config, resume=True, device=device), progress=progress)  # resume=True starts a new run too
     evaluate(cell.run_dir, study.dataset, study_suite(study), cell.eval_dir, root=study.root, device=device,
-             progress=False)
+             progress=progress)
     return str(cell.eval_dir)
+
+
+def _run_trial(trial: Any, convergence: Any, device: str, threads: int = 1, progress: bool | str = False) -> Any:
+    """``lrrobust.sweep.run_trial`` called as executors call a cell (it shows no progress lines)."""
+    from lrrobust.sweep import run_trial
+
+    return run_trial(trial, convergence, device, threads)
 
 
 def restart_unstarted(run_dir: Path) -> None:
@@ -382,23 +390,34 @@ def _adversarial_first(items: Any) -> list[Any]:
     return sorted((i for i in items if not i.done()), key=lambda i: i.training != "adversarial")
 
 
-def run_sweep(study: Study, jobs: int = 1, console: Any = None) -> tuple[Study, dict[str, Any]]:
-    """Run every unfinished sweep trial, choose each network's and training kind's recipe, write OUT/sweep.json;
-    returns the study with the chosen recipes in its cells' configs, and the record. Runs under the study's lock
-    (``run_study`` holds it)."""
+def run_sweep(study: Study, jobs: int = 1, console: Any = None, executor: Any = None,
+              retries: int = RETRIES) -> tuple[Study, dict[str, Any]]:
+    """Run every unfinished sweep trial on ``executor`` (an entered ``lrrobust.executors.Executor``; default worker
+    processes here), choose each network's and training kind's recipe, write OUT/sweep.json; returns the study with
+    the chosen recipes in its cells' configs, and the record. Runs under the study's lock (``run_study`` holds it)."""
+    import contextlib
+    import functools
+
     from lrrobust.core.console import make_console
+    from lrrobust.executors import make_executor
+    from lrrobust.executors.work import Work
     from lrrobust.io import atomic_write_json, make_dirs
-    from lrrobust.sweep import RECORD_FILE, choose, read_trial, recipe_text, run_trial, sweep_record
+    from lrrobust.sweep import RECORD_FILE, choose, read_trial, recipe_text, sweep_record
 
     console = console or make_console()
     convergence = study_suite(study).convergence
     todo = _adversarial_first(study.trials)
-    say_line(console, f"study {study.name}: sweep of {len(study.sweep.recipes())} recipes per network and training "
-                      f"kind (seed {study.sweep.seed}): {len(study.trials)} trials, {len(study.trials) - len(todo)} "
-                      f"done, {len(todo)} to run, {jobs} at a time")
-    run_jobs("sweep trials", todo, len(study.trials),
-             lambda pool, trial, device: pool.submit(run_trial, trial, convergence, device), trial_verdict, jobs,
-             console)
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(make_executor("local", study.out, study.cluster, jobs))
+        say_line(console, f"study {study.name}: sweep of {len(study.sweep.recipes())} recipes per network and "
+                          f"training kind (seed {study.sweep.seed}): {len(study.trials)} trials, "
+                          f"{len(study.trials) - len(todo)} done, {len(todo)} to run, {jobs} at a time "
+                          f"({executor.name})")
+        run_jobs("sweep trials", todo, len(study.trials),
+                 lambda trial, attempt: Work(trial, functools.partial(_run_trial, trial, convergence), study.out,
+                                             attempt),
+                 trial_verdict, executor, jobs, console, study.out, retries)
     records = [read_trial(t) for t in study.trials]
     chosen = choose(study.trials, records)
     record = sweep_record(study.sweep, study.trials, records, chosen)
@@ -422,23 +441,34 @@ def _remove_staging(report: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def run_study(study: Study, jobs: int = 1, console: Any = None) -> Path:
-    """Run the sweep's unfinished trials, if any, then every unfinished cell, ``jobs`` at a time in one-thread
-    worker processes, keep every finished cell (``keep_cell``), then write the report.
+def run_study(study: Study, jobs: int = 1, console: Any = None, executor: str = "local", retries: int = RETRIES,
+              ray_address: str | None = None, slurm_cluster: str = "slurm") -> Path:
+    """Run the sweep's unfinished trials, if any, then every unfinished cell, ``jobs`` at a time on ``executor``
+    (``lrrobust.executors``: "local" one-thread worker processes here, "ray" Ray tasks on the cluster at
+    ``ray_address`` or a local one, "slurm" a Slurm job array; ``slurm_cluster="local"`` runs that array as local
+    processes), a failed one again up to ``retries`` times (``lrrobust.jobs``), keep every finished cell
+    (``keep_cell``), then write the report.
 
-    The data and the output directory are checked first (``check_study_inputs``); then the study holds the lock of
-    its output directory (``lrrobust.core.lock``) to the end: a second study into the same directory stops at once
-    with one line naming this one's PID, before it touches any cell, and this one goes on undisturbed."""
+    The data, the output directory and the executor (its extra installed, its options complete) are checked first
+    (``check_study_inputs``); then the study holds the lock of its output directory (``lrrobust.core.lock``) to the
+    end: a second study into the same directory stops at once with one line naming this one's PID, before it
+    touches any cell, and this one goes on undisturbed."""
     from lrrobust.core.lock import locked_directory
+    from lrrobust.executors import make_executor
 
     check_jobs(jobs)
+    check_retries(retries)
     check_study_inputs(study)
-    with locked_directory(study.out, "--out"):
-        return _run_locked(study, jobs, console)
+    chosen = make_executor(executor, study.out, study.cluster, jobs, ray_address, slurm_cluster)
+    with locked_directory(study.out, "--out"), chosen:
+        return _run_locked(study, jobs, console, chosen, retries)
 
 
-def _run_locked(study: Study, jobs: int, console: Any) -> Path:
+def _run_locked(study: Study, jobs: int, console: Any, executor: Any, retries: int) -> Path:
+    import functools
+
     from lrrobust.core.console import make_console
+    from lrrobust.executors.work import Work
     from lrrobust.io import atomic_write_json, make_dirs
     from lrrobust.report import write_report
     from lrrobust.report.render import sweep_md
@@ -448,17 +478,18 @@ def _run_locked(study: Study, jobs: int, console: Any) -> Path:
     _remove_staging(study.out / "report")
     record = None
     if study.sweep is not None:
-        study, record = run_sweep(study, jobs, console)
+        study, record = run_sweep(study, jobs, console, executor, retries)
     todo = _adversarial_first(study.cells)
     say_line(console, f"study {study.name}: {len(study.cells)} cells, {len(study.cells) - len(todo)} done, "
-                      f"{len(todo)} to run, {jobs} at a time; out {study.out}")
+                      f"{len(todo)} to run, {jobs} at a time ({executor.name}); out {study.out}")
 
     def finished(cell: Cell) -> str:
         keep_cell(cell, study)
         return cell_verdict(cell)
 
-    run_jobs("cells", todo, len(study.cells), lambda pool, cell, device: pool.submit(run_cell, cell, study, device),
-             finished, jobs, console)
+    run_jobs("cells", todo, len(study.cells),
+             lambda cell, attempt: Work(cell, functools.partial(run_cell, cell, study), study.out, attempt), finished,
+             executor, jobs, console, study.out, retries)
     for cell in study.cells:  # cells finished by an earlier run (or before models were kept)
         if not is_kept(cell, study):
             keep_cell(cell, study)

@@ -39,6 +39,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lrrobust.core.toml import check_keys
 from lrrobust.errors import UserError
 
 # option -> the kind of each value: "number" (float or int), "integer", "epochs" (a list of whole epochs)
@@ -120,10 +121,7 @@ def parse_sweep(table: Any, where: str, seeds: list[int], fixed: set[str]) -> Sw
     if not isinstance(table, dict):
         raise UserError(f"{where}: [sweep] must be a table of lists of values, like lr = [0.1, 0.05]")
     valid = (*SWEEP_KEYS, "seed")
-    unknown = sorted(set(table) - set(valid))
-    if unknown:
-        raise UserError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in [sweep]; "
-                        f"valid keys: {', '.join(valid)}")
+    check_keys(table, valid, where, "sweep")
     grid = {}
     for key, kind in SWEEP_KEYS.items():
         if key not in table:

@@ -130,7 +130,7 @@ def _every_wrong_field() -> list[tuple[dict, str]]:
     """(a spec change, the key its message must name): every field of a spec, each with a value of a wrong type."""
     import dataclasses
 
-    from lrrobust.models.registry import COMMON_OPTIONS, LR_OPTIONS
+    from lrrobust.models.zoo import COMMON_OPTIONS, LR_OPTIONS
     from lrrobust.sweep import SWEEP_KEYS
     from lrrobust.training import TrainConfig
     from lrrobust.training.convergence import CONVERGENCE_KEYS

@@ -1,4 +1,5 @@
-"""``lrrobust study``: a Table 9 grid of networks x training kinds x seeds, resumable (lrrobust/study.py)."""
+"""``lrrobust study``: a Table 9 grid of networks x training kinds x seeds, resumable, on this machine, a Ray cluster
+or Slurm (lrrobust/study.py, lrrobust/executors/)."""
 
 from __future__ import annotations
 
@@ -8,40 +9,89 @@ from typing import Annotated
 import typer
 
 from lrrobust.commands import console, print_error, say, user_errors
+from lrrobust.executors import ExecutorName
+from lrrobust.jobs import RETRIES
 
 
 def study(
     spec: Annotated[Path, typer.Argument(help="Study spec TOML (e.g. studies/table9-mnist.toml).")],
-    out: Annotated[Path, typer.Option("--out", help="Study directory: runs/ and report/ (resumed when it exists).")],
+    out: Annotated[Path, typer.Option("--out", help="Study directory: runs/ and report/ (resumed when it exists); "
+                                      "with ray or slurm, on a file system every worker sees.")],
     jobs: Annotated[int, typer.Option("--jobs", help="Cells (and sweep trials) run at a time, in one-thread "
-                                      "processes (one GPU each when several are visible); 1 to 256.")] = 1,
-    plan: Annotated[bool, typer.Option("--plan", help="Check the spec and list the sweep's trials and the cells; "
-                                       "run nothing.")] = False,
+                                      "processes (one GPU each when several are visible), Ray tasks or Slurm "
+                                      "jobs; 1 to 256.")] = 1,
+    plan: Annotated[bool, typer.Option("--plan", help="Check the spec and the executor's options and list the "
+                                       "sweep's trials and the cells; run nothing.")] = False,
+    executor: Annotated[ExecutorName, typer.Option("--executor", help="Where cells run: local (worker processes "
+                                                   "here), ray (a Ray task each; pip install 'lrrobust\\[ray]') or "
+                                                   "slurm (one Slurm job array, through submitit; pip install "
+                                                   "'lrrobust\\[slurm]').")] = ExecutorName.local,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="With --executor ray: the cluster's "
+                                                    "address (host:6379, ray://host:10001 or auto); none: a Ray "
+                                                    "instance started here.")] = None,
+    retries: Annotated[int, typer.Option("--retries", help="More attempts of a failed cell, each resuming where "
+                                         "the last stopped; a mistake in the input is not retried; 0 to 100.")]
+    = RETRIES,
+    cpus_per_cell: Annotated[int | None, typer.Option("--cpus-per-cell", help="With ray or slurm: CPU cores (and "
+                                                      "torch threads) per cell; overrides the spec's \\[cluster] "
+                                                      "cpus (default 1).")] = None,
+    gpus_per_cell: Annotated[int | None, typer.Option("--gpus-per-cell", help="With ray or slurm: GPUs per cell, "
+                                                      "0 or 1; overrides the spec's \\[cluster] gpus (default "
+                                                      "0).")] = None,
+    partition: Annotated[str | None, typer.Option("--partition", help="With slurm: the partition; overrides the "
+                                                  "spec's \\[cluster] partition.")] = None,
+    time: Annotated[str | None, typer.Option("--time", help="With slurm: each cell's time limit, minutes or "
+                                             "HH:MM:SS or D-HH:MM:SS (a longer cell goes on in a new job); "
+                                             "overrides the spec's \\[cluster] time.")] = None,
 ) -> None:
     """Train, attack and report a grid of networks x training kinds x seeds (after a recipe sweep when the spec has
-    one); run again to continue it."""
-    from lrrobust.jobs import check_jobs
+    one), here, on a Ray cluster or on Slurm; run again to continue it."""
+    import dataclasses
+
+    from lrrobust.errors import UserError
+    from lrrobust.executors import make_executor
+    from lrrobust.executors.resources import with_options
+    from lrrobust.jobs import check_jobs, check_retries
     from lrrobust.study import load_study, run_study
 
     check_jobs(jobs)
+    check_retries(retries)
+    if ray_address is not None and executor != ExecutorName.ray:
+        raise UserError("--ray-address is for --executor ray")
     planned = load_study(spec, out)
+    cluster = with_options(planned.cluster, executor.value, cpus=cpus_per_cell, gpus=gpus_per_cell,
+                           partition=partition, time=time)
+    planned = dataclasses.replace(planned, cluster=cluster)
     if plan:
-        for trial in planned.trials:
-            state = "done" if trial.done() else "to run"
-            say(f"{trial.label}: {trial.run_dir} ({state})")
-        for cell in planned.cells:
-            state = "done" if cell.done() else "to run"
-            recipe = " (recipe: the sweep's choice)" if planned.sweep is not None else ""
-            say(f"{cell.label}: {cell.run_dir} ({state}){recipe}")
+        make_executor(executor.value, planned.out, cluster, jobs, ray_address)  # its extra and options, checked
+        _show_plan(planned)
         return
     from lrrobust.training import TrainingDiverged
 
-    try:
-        report = run_study(planned, jobs=jobs, console=console)  # checks the data and --out before creating anything
+    try:  # checks the data, --out and the executor before creating anything
+        report = run_study(planned, jobs=jobs, console=console, executor=executor.value, retries=retries,
+                           ray_address=ray_address)
     except TrainingDiverged as e:  # a cell's loss became NaN: as `lrrobust train` says it
         print_error(e, "training stopped:")
         raise typer.Exit(1) from None
     say(f"wrote {report}")
+
+
+def _show_plan(planned: object) -> None:
+    """One line per trial and cell: its run directory and whether it is done, running (its claim held) or to run."""
+    from lrrobust.executors.work import claim_dir, claim_holder
+
+    def state(item: object) -> str:
+        if item.done():
+            return "done"
+        holder = claim_holder(claim_dir(item, planned.out))
+        return "to run" if holder is None else f"running, PID {holder}"
+
+    for trial in planned.trials:
+        say(f"{trial.label}: {trial.run_dir} ({state(trial)})")
+    for cell in planned.cells:
+        recipe = " (recipe: the sweep's choice)" if planned.sweep is not None else ""
+        say(f"{cell.label}: {cell.run_dir} ({state(cell)}){recipe}")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
