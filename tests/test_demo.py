@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lrrobust.demo import MODELS, DemoPlan, robustness_verdicts, run_demo, train_configs, transfer_sources
+from lrrobust.demo import MODELS, DemoPlan, Recipe, robustness_verdicts, run_demo, train_configs, transfer_sources
 from lrrobust.evaluation.suite import load_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -72,7 +72,8 @@ def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
 
     (tmp_path / "tiny.toml").write_text(TINY_SUITE.replace("limit = 60", "limit = 30"))
     plan = DemoPlan(models=("resnet18",), model_kwargs=(("width", 0.125),),
-                    epochs=(("regular", 1), ("adversarial", 1)), adv_steps=2, suite=str(tmp_path / "tiny.toml"))
+                    recipes=(("regular", Recipe(1)), ("adversarial", Recipe(1))), adv_steps=2,
+                    suite=str(tmp_path / "tiny.toml"))
     screen = io.StringIO()
     report = run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=screen, width=150),
                       plan=plan, jobs=2)  # two worker processes
