@@ -5,7 +5,8 @@ Tables 2-9).
 A builder is ``fn(num_classes, **options) -> nn.Module`` taking images in [0, 1] (it normalises inside with the
 ``mean`` and ``std`` it is given). Its metadata says what the rest of lrrobust needs to know of a network without
 reading its name: its ``family`` (the report pairs "lrnet" rows against "resnet" rows in its significance tests),
-its ``display`` name in reports, and the ``paper``'s parameters and FLOPs for it. A network of another
+its ``display`` name in reports, the ``paper``'s parameters and FLOPs for it and, for the networks of Table 9, the
+paper's robustness figures (``table9``). A network of another
 architecture is one file of this package that defines its module and registers its builders.
 
 Every network takes the input options the dataset sets (``INPUT_OPTIONS``): ``in_chans``, ``mean``, ``std``,
@@ -25,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from lrrobust.errors import UserError
-from lrrobust.models.paper import PaperFigure
+from lrrobust.models.paper import PaperFigure, PaperRobustness
 
 INPUT_OPTIONS = ("in_chans", "mean", "std", "stem", "width")
 STEMS = ("imagenet", "half", "small")  # res2 at 1/4 of the input (224x224), at 1/2 (28x28), at full size (32x32, 8x8)
@@ -42,19 +43,21 @@ class ModelInfo:
     family: str  # "resnet", "lrnet", "nl", ...: which side of the report's LR-Net/ResNet tests its rows are on
     display: str  # how reports name it: "LR-Net-26"
     paper: PaperFigure | None = None  # the paper's parameters and FLOPs at 1000 classes and 224x224
+    table9: PaperRobustness | None = None  # the paper's ImageNet robustness figures (Table 9)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(*, family: str, display: str, paper: PaperFigure | None = None
+def register_model(*, family: str, display: str, paper: PaperFigure | None = None,
+                   table9: PaperRobustness | None = None
                    ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: record a builder ``fn(num_classes, **options)`` under its function's name, with its metadata."""
 
     def record(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if fn.__name__ in _REGISTRY:
             raise ValueError(f"model {fn.__name__!r} registered twice")
-        _REGISTRY[fn.__name__] = ModelInfo(fn.__name__, fn, family, display, paper)
+        _REGISTRY[fn.__name__] = ModelInfo(fn.__name__, fn, family, display, paper, table9)
         return fn
 
     return record

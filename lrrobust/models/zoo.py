@@ -21,7 +21,7 @@ from lrrobust.models.local_relation import (
     QK_DIMS,
     check_choice,
 )
-from lrrobust.models.paper import PaperFigure
+from lrrobust.models.paper import PaperFigure, PaperRobustness
 from lrrobust.models.registry import INPUT_OPTIONS, positive, register_model
 from lrrobust.models.resnet import STEM_LAYERS, ResNet
 
@@ -77,7 +77,8 @@ def lrnet18(num_classes: int = 1000, **options: Any) -> ResNet:
     return build("lrnet18", _basic("lr", 130 / 64, 7), num_classes, options)
 
 
-@register_model(family="resnet", display="ResNet-26", paper=PaperFigure(16.0e6, 2.6e9, "Table 7"))
+@register_model(family="resnet", display="ResNet-26", paper=PaperFigure(16.0e6, 2.6e9, "Table 7"),
+                table9=PaperRobustness(44.9, 37.9, 14.4, 72.8))
 def resnet26(num_classes: int = 1000, **options: Any) -> ResNet:
     return build("resnet26", _bottleneck((2, 2, 2, 2), "conv", 1.0, 3), num_classes, options)
 
@@ -102,7 +103,8 @@ def nl26(num_classes: int = 1000, **options: Any) -> ResNet:
     return build("nl26", _bottleneck((2, 2, 2, 2), "nl", 85 / 64, 3), num_classes, options)
 
 
-@register_model(family="lrnet", display="LR-Net-26", paper=PaperFigure(14.7e6, 2.6e9, "Table 7"))
+@register_model(family="lrnet", display="LR-Net-26", paper=PaperFigure(14.7e6, 2.6e9, "Table 7"),
+                table9=PaperRobustness(52.1, 44.2, 26.8, 75.7))
 def lrnet26(num_classes: int = 1000, **options: Any) -> ResNet:
     """LR-Net-26 (Tables 3-7, 9): the widths of LR-Net-50 (100, 200, 400, 800), 14.7M parameters."""
     return build("lrnet26", _bottleneck((2, 2, 2, 2), "lr", 100 / 64, 7), num_classes, options)
@@ -115,7 +117,8 @@ def lrnet26_nl(num_classes: int = 1000, **options: Any) -> ResNet:
     return build("lrnet26_nl", config, num_classes, options)
 
 
-@register_model(family="resnet", display="ResNet-50", paper=PaperFigure(25.5e6, 4.3e9, "Table 2, 8"))
+@register_model(family="resnet", display="ResNet-50", paper=PaperFigure(25.5e6, 4.3e9, "Table 2, 8"),
+                table9=PaperRobustness(52.0, 43.0, 22.5, 76.3))
 def resnet50(num_classes: int = 1000, **options: Any) -> ResNet:
     return build("resnet50", _bottleneck((3, 4, 6, 3), "conv", 1.0, 3), num_classes, options)
 

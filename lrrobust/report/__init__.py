@@ -21,7 +21,7 @@ from lrrobust.report.collect import Entry, collect, network_name
 from lrrobust.report.plots import PLOT_FILES, write_plots
 from lrrobust.report.render import render_markdown
 from lrrobust.report.sections import manifest
-from lrrobust.report.table9 import COLUMNS, PAPER_TABLE9, check_matching, comparisons, table_rows
+from lrrobust.report.table9 import COLUMNS, check_matching, comparisons, paper_table9, table_rows
 from lrrobust.report.tables import (
     TEST_COLS,
     attack_cols,
@@ -67,4 +67,4 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike, allow_mi
     return out / "table9.md"
 
 
-__all__ = ["COLUMNS", "PAPER_TABLE9", "Entry", "collect", "network_name", "table_rows", "write_report"]
+__all__ = ["COLUMNS", "Entry", "collect", "network_name", "paper_table9", "table_rows", "write_report"]

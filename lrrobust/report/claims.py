@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lrrobust.report.table9 import PAPER_TABLE9, Comparison, Row
+from lrrobust.report.table9 import Comparison, Row, paper_table9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +74,8 @@ def unconverged_reason(rows: list[Row], training: str) -> str | None:
 
 def clean_order_caveat(lrnet: Row, resnet: Row) -> str | None:
     """When the rows' regular-training clean accuracies are ordered opposite to the paper's, a sentence saying so."""
-    paper_lr = PAPER_TABLE9.get(lrnet.model, {}).get("reg_clean")
-    paper_res = PAPER_TABLE9.get(resnet.model, {}).get("reg_clean")
+    paper_lr = paper_table9(lrnet.model).get("reg_clean")
+    paper_res = paper_table9(resnet.model).get("reg_clean")
     cell_lr, cell_res = lrnet.cells.get("reg_clean"), resnet.cells.get("reg_clean")
     if None in (paper_lr, paper_res, cell_lr, cell_res) or cell_lr.summary is None or cell_res.summary is None:
         return None

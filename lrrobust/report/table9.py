@@ -40,12 +40,11 @@ from lrrobust.models.registry import find_model
 from lrrobust.report.collect import Entry, cells
 from lrrobust.training.convergence import is_flagged
 
-# Table 9 of the paper: ImageNet top-1 %, (adversarial: clean, targeted, untargeted; regular: clean).
-PAPER_TABLE9 = {
-    "resnet26": {"adv_clean": 44.9, "adv_targeted": 37.9, "adv_untargeted": 14.4, "reg_clean": 72.8},
-    "resnet50": {"adv_clean": 52.0, "adv_targeted": 43.0, "adv_untargeted": 22.5, "reg_clean": 76.3},
-    "lrnet26": {"adv_clean": 52.1, "adv_targeted": 44.2, "adv_untargeted": 26.8, "reg_clean": 75.7},
-}
+
+def paper_table9(model: str) -> dict[str, float]:
+    """Table 9's figures for a registered network, by column key (``PaperRobustness``); empty for the others."""
+    info = find_model(model)
+    return info.table9._asdict() if info is not None and info.table9 is not None else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +258,7 @@ def table_rows(entries: list[Entry], odd: set[str] | None = None) -> list[Row]:
         any_entry = next(e for es in by_training.values() for e in es)
         row_cells = {c.key: _cell(c, by_training.get(c.training, []), odd) for c in COLUMNS}
         mine = not any_entry.outside
-        paper = PAPER_TABLE9.get(any_entry.model, {}) if any_entry.dataset == "imagenet" and mine else {}
+        paper = paper_table9(any_entry.model) if any_entry.dataset == "imagenet" and mine else {}
         norms = frozenset(e.norm for es in by_training.values() for e in es if e.norm is not None)
         unconverged = {training: tuple(sorted({e.seed for e in es if is_flagged(e.convergence)},
                                           key=lambda seed: -1 if seed is None else seed))
