@@ -270,29 +270,88 @@ def load_study(path: str | Path, out: str | Path) -> Study:
     return plan_study(spec, out, str(path))
 
 
-def run_cell(cell: Cell, study: Study, device: str, threads: int = 1, progress: bool | str = False) -> str:
+def run_cell(cell: Cell, study: Study, device: str, threads: int = 1, progress: bool | str = False,
+             processes: int = 1) -> str:
     """Train (or resume) and attack (or resume) one cell, in a worker process; returns its evaluation directory.
-    ``progress``: "log" for a line per epoch and per attack stage (a worker's log), False for none."""
-    import dataclasses as dc
-
+    ``progress``: "log" for a line per epoch and per attack stage (a worker's log), False for none. ``processes`` > 1:
+    the training, then the evaluation, each as that many processes under torchrun, children of this one
+    (``lrrobust.executors.ranks``), ``threads`` torch threads each."""
     import torch
-
-    from lrrobust.evaluation.evaluate import evaluate
-    from lrrobust.training import train
 
     torch.set_num_threads(threads)
     restart_unstarted(cell.run_dir)
-    train(dc.replace(cell.config, resume=True, device=device), progress=progress)  # resume=True starts a new run too
-    evaluate(cell.run_dir, study.dataset, study_suite(study), cell.eval_dir, root=study.root, device=device,
-             progress=progress)
+    folder = _ranks_folder(cell, study.out)
+    _run_step(processes, threads, folder, _train_step, cell.config, device, progress)
+    _run_step(processes, threads, folder, _evaluate_step, cell, study, device, progress)
     return str(cell.eval_dir)
 
 
-def _run_trial(trial: Any, convergence: Any, device: str, threads: int = 1, progress: bool | str = False) -> Any:
-    """``lrrobust.sweep.run_trial`` called as executors call a cell (it shows no progress lines)."""
-    from lrrobust.sweep import run_trial
+def _run_step(processes: int, threads: int, folder: Path, step: Any, *args: Any) -> None:
+    """``step(*args)`` here, or as ``processes`` ranks under torchrun (each reads WORLD_SIZE and RANK: training is
+    data-parallel, evaluation attacks a shard per rank; rank 0 writes)."""
+    if processes <= 1:
+        step(*args)
+        return
+    from lrrobust.executors.ranks import run_ranks
 
-    return run_trial(trial, convergence, device, threads)
+    run_ranks(processes, threads, folder, step, *args)
+
+
+def _ranks_folder(item: Any, out: Path) -> Path:
+    """Where the ranks of a cell (or trial) find what to run: its claim's ``torchrun/``."""
+    from lrrobust.executors.work import claim_dir
+
+    return claim_dir(item, out) / "torchrun"
+
+
+def _train_step(config: Any, device: str, progress: bool | str) -> None:
+    import dataclasses as dc
+
+    from lrrobust.training import train
+
+    train(dc.replace(config, resume=True, device=device), progress=progress)  # resume=True starts a new run too
+
+
+def _evaluate_step(cell: Cell, study: Study, device: str, progress: bool | str) -> None:
+    from lrrobust.evaluation.evaluate import evaluate
+
+    evaluate(cell.run_dir, study.dataset, study_suite(study), cell.eval_dir, root=study.root, device=device,
+             progress=progress)
+
+
+def _run_trial(trial: Any, convergence: Any, out: Path, device: str, threads: int = 1, progress: bool | str = False,
+               processes: int = 1) -> Any:
+    """``lrrobust.sweep.run_trial`` called as executors call a cell (it shows no progress lines); ``processes`` > 1:
+    the trial's training under torchrun, then its record written here, as ``run_trial`` writes it."""
+    from lrrobust.sweep import TRIAL_FILE, run_trial, trial_record
+
+    if processes <= 1:
+        return run_trial(trial, convergence, device, threads)
+    from lrrobust.core.lock import locked_directory
+    from lrrobust.io import atomic_write_json
+
+    restart_unstarted(trial.run_dir)
+    _run_step(processes, threads, _ranks_folder(trial, out), _train_step, trial.config, device, False)
+    record = trial_record(trial, convergence)
+    with locked_directory(trial.run_dir):
+        atomic_write_json(trial.run_dir / TRIAL_FILE, record)
+    return record
+
+
+def check_processes(study: Study) -> None:
+    """Every cell's and trial's batch splits evenly over the processes ``[cluster]`` gives a cell, checked before
+    any work (each process takes ``batch_size / processes`` images a step)."""
+    from lrrobust.executors.resources import Resources
+    from lrrobust.training import resolve_config
+
+    ranks = (study.cluster or Resources()).ranks
+    if ranks == 1:
+        return
+    for item in (*study.trials, *study.cells):
+        batch = resolve_config(item.config).batch_size
+        if batch % ranks:
+            raise UserError(f"{item.label}: batch_size {batch} does not split over the cell's {ranks} processes "
+                            f"([cluster] gpus or processes); make it a multiple of {ranks}")
 
 
 def restart_unstarted(run_dir: Path) -> None:
@@ -415,8 +474,8 @@ def run_sweep(study: Study, jobs: int = 1, console: Any = None, executor: Any = 
                           f"{len(study.trials) - len(todo)} done, {len(todo)} to run, {jobs} at a time "
                           f"({executor.name})")
         run_jobs("sweep trials", todo, len(study.trials),
-                 lambda trial, attempt: Work(trial, functools.partial(_run_trial, trial, convergence), study.out,
-                                             attempt),
+                 lambda trial, attempt: Work(trial, functools.partial(_run_trial, trial, convergence, study.out),
+                                             study.out, attempt),
                  trial_verdict, executor, jobs, console, study.out, retries)
     records = [read_trial(t) for t in study.trials]
     chosen = choose(study.trials, records)
@@ -444,21 +503,23 @@ def _remove_staging(report: Path) -> None:
 def run_study(study: Study, jobs: int = 1, console: Any = None, executor: str = "local", retries: int = RETRIES,
               ray_address: str | None = None, slurm_cluster: str = "slurm") -> Path:
     """Run the sweep's unfinished trials, if any, then every unfinished cell, ``jobs`` at a time on ``executor``
-    (``lrrobust.executors``: "local" one-thread worker processes here, "ray" Ray tasks on the cluster at
-    ``ray_address`` or a local one, "slurm" a Slurm job array; ``slurm_cluster="local"`` runs that array as local
-    processes), a failed one again up to ``retries`` times (``lrrobust.jobs``), keep every finished cell
-    (``keep_cell``), then write the report.
+    (``lrrobust.executors``: "local" worker processes here, "ray" Ray tasks on the cluster at ``ray_address`` or a
+    local one, "slurm" a Slurm job array; ``slurm_cluster="local"`` runs that array as local processes; a cell of
+    several processes runs them under torchrun in its worker, ``run_cell``), a failed one again up to ``retries``
+    times (``lrrobust.jobs``), keep every finished cell (``keep_cell``), then write the report.
 
-    The data, the output directory and the executor (its extra installed, its options complete) are checked first
-    (``check_study_inputs``); then the study holds the lock of its output directory (``lrrobust.core.lock``) to the
-    end: a second study into the same directory stops at once with one line naming this one's PID, before it
-    touches any cell, and this one goes on undisturbed."""
+    The data, the output directory, the batch's split over a cell's processes and the executor (its extra
+    installed, its options complete) are checked first (``check_study_inputs``, ``check_processes``); then the study
+    holds the lock of its output directory (``lrrobust.core.lock``) to the end: a second study into the same
+    directory stops at once with one line naming this one's PID, before it touches any cell, and this one goes on
+    undisturbed."""
     from lrrobust.core.lock import locked_directory
     from lrrobust.executors import make_executor
 
     check_jobs(jobs)
     check_retries(retries)
     check_study_inputs(study)
+    check_processes(study)
     chosen = make_executor(executor, study.out, study.cluster, jobs, ray_address, slurm_cluster)
     with locked_directory(study.out, "--out"), chosen:
         return _run_locked(study, jobs, console, chosen, retries)

@@ -2,7 +2,7 @@
 CPUs) and submitit's local executor (Slurm's interface, local processes). The same tiny digits study of 4 cells gives
 the records of an uninterrupted run on each, after one of its cells' worker process was killed mid-way; a cell held
 by another process is not started twice; a failed cell is retried, then reported with its log's last lines while
-the other cells finish.
+the other cells finish. A cell (and a sweep trial) of processes = 2 runs under torchrun (gloo) in its worker.
 """
 
 from __future__ import annotations
@@ -71,10 +71,11 @@ class Killer(threading.Thread):
     """SIGKILLs the worker process of the first cell it sees mid-way (a checkpoint written, its evaluation not
     started): the PID its claim's lock file names."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, spec: dict = SPEC) -> None:
         super().__init__(daemon=True)
-        self.study = plan_study(SPEC, out)
+        self.study = plan_study(spec, out)
         self.killed = None
+        self.below: list[int] = []  # the processes below the killed worker (TorchrunKiller)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -167,10 +168,10 @@ spec, out, go = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 study = plan_study(spec, out)
 cell = study.cells[0]
 
-def call(device, threads, progress):
+def call(device, threads, progress, processes):
     while not go.exists():
         time.sleep(0.05)
-    run_cell(cell, study, device, threads, progress)
+    run_cell(cell, study, device, threads, progress, processes)
 
 run_work(Work(cell, call, out), "cpu", 1, "a worker of an earlier run")
 """
@@ -240,3 +241,123 @@ def test_a_failing_cell_is_retried_then_reported_with_its_log_and_the_others_fin
     assert 1 <= len(tail) <= 8 and "is a file" in tail[-1], tail  # the traceback's last line ends the log
     assert good.done() and f"done: {good.label}" in log
     assert not (out / "report" / "table9.md").exists()  # the report waits for every cell
+
+
+def _children(pid: int) -> list[int]:
+    """The processes below ``pid`` (its children, theirs, ...), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while read
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    below, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        below += frontier
+    return below
+
+
+class TorchrunKiller(Killer):
+    """SIGKILLs the worker of a cell training under torchrun (a checkpoint written, its evaluation not started, the
+    worker's torchrun agent and its 2 ranks running), and notes those processes."""
+
+    def run(self) -> None:
+        while self.killed is None and not self.stop.is_set():
+            cell = self.study.cells[0]
+            holder = claim_holder(claim_dir(cell, self.study.out))
+            if (cell.run_dir / "last.pt").is_file() and not cell.eval_dir.exists() and holder and holder.isdigit():
+                below = _children(int(holder))
+                if len(below) >= 3:
+                    os.kill(int(holder), signal.SIGKILL)
+                    self.killed, self.below = cell, below
+                    return
+            time.sleep(0.02)
+
+
+def _gone(pids: list[int], timeout_s: float = 15.0) -> list[int]:
+    """Those of ``pids`` still running after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.mark.slow
+def test_a_cell_of_two_processes_runs_under_torchrun_and_resumes_after_its_worker_is_killed(tmp_path):
+    """[cluster] processes = 2: the cell trains and is evaluated by 2 gloo processes under torchrun, children of the
+    local worker. Its worker killed mid-training takes them with it; the cell is run again and resumes from its
+    checkpoint under torchrun; the evaluation's 2 shards give the per-sample records of a one-process evaluation."""
+    import json
+
+    from lrrobust.evaluation.evaluate import evaluate
+    from lrrobust.evaluation.suite import load_suite
+    from lrrobust.training.run_files import read_manifest, read_metrics
+
+    suite = tmp_path / "suite.toml"  # 2 batches of 20 images: one per rank
+    suite.write_text(SUITE.read_text().replace("batch_size = 40", "batch_size = 20"))
+    spec = {**SPEC, "suite": str(suite), "seeds": [0], "training": {"epochs": 6, "batch_size": 256},
+            "cluster": {"processes": 2}}
+    out = tmp_path / "s"
+    console, text = _console()
+    with TorchrunKiller(out, spec) as killer:
+        run_study(plan_study(spec, out), console=console, retries=0)
+    cell = killer.killed
+    assert cell is not None, "the cell was never seen training under torchrun"
+    assert _gone(killer.below) == [], "torchrun's processes outlived their killed worker"
+    log = text.getvalue()
+    assert f"failed: {cell.label} (attempt 1): " in log and "it had advanced, so this uses up no retry" in log, log
+    assert f"done: {cell.label}" in log and (out / "report" / "table9.md").is_file()
+    assert [r.epoch for r in read_metrics(cell.run_dir)] == [1, 2, 3, 4, 5, 6]  # no epoch trained twice
+    manifest = read_manifest(cell.run_dir)
+    assert manifest["world_size"] == 2 and [r["world_size"] for r in manifest["resumes"]] == [2]
+    summary = json.loads((cell.eval_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["num_samples"] == 40
+    assert not (claim_dir(cell, out) / "torchrun").exists()  # what the ranks ran, removed once they succeeded
+    alone = tmp_path / "alone"
+    evaluate(cell.run_dir, "digits", load_suite(suite), alone, device="cpu", progress=False)
+    for name in ("samples.csv", "summary.csv"):
+        assert (cell.eval_dir / name).read_bytes() == (alone / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_failing_rank_raises_its_own_error_in_the_worker(tmp_path):
+    """A mistake in the input on the ranks stays a UserError (not retried); a rank that ends without a word is the
+    environment's failure."""
+    from lrrobust.errors import UserError
+    from lrrobust.executors.ranks import run_ranks
+    from lrrobust.jobs import check_jobs
+
+    with pytest.raises(UserError, match=r"^--jobs must be an integer between 1 and 256"):
+        run_ranks(2, 1, tmp_path / "torchrun", check_jobs, 0)
+    with pytest.raises(EnvironmentFailure, match="a process of its 2 under torchrun ended without an error"):
+        run_ranks(2, 1, tmp_path / "torchrun", os._exit, 3)
+
+
+@pytest.mark.slow
+def test_a_sweep_trial_of_two_processes_trains_under_torchrun_and_writes_its_record(tmp_path):
+    """A trial of a cell of processes = 2: trained once, by 2 processes (no one-process pass after them), then its
+    trial.json written by the worker."""
+    from lrrobust.study import _run_trial, study_suite
+    from lrrobust.sweep import read_trial
+    from lrrobust.training.run_files import read_manifest
+
+    spec = {**SPEC, "seeds": [0], "training": {"epochs": 1, "batch_size": 256}, "sweep": {"lr": [0.05, 0.1]},
+            "cluster": {"processes": 2}}
+    study = plan_study(spec, tmp_path / "s")
+    trial = study.trials[0]
+    record = _run_trial(trial, study_suite(study).convergence, study.out, "cpu", 1, False, 2)
+    assert trial.done() and read_trial(trial) == record and [e["epoch"] for e in record["epochs"]] == [1]
+    manifest = read_manifest(trial.run_dir)
+    assert manifest["world_size"] == 2 and not manifest.get("resumes")
+    assert not (claim_dir(trial, study.out) / "torchrun").exists()

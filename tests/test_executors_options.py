@@ -1,6 +1,6 @@
 """The executors' options, checked before any work: the spec's [cluster] table, `lrrobust study`'s --executor,
---ray-address, --retries, --cpus-per-cell, --gpus-per-cell, --partition and --time; a missing extra; how a Slurm job's
-failure is read back; --plan showing a cell held by another process."""
+--ray-address, --retries, --cpus-per-cell, --gpus-per-cell, --processes-per-cell, --partition and --time; a missing
+extra; how a Slurm job's failure is read back; --plan showing a cell held by another process."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ def test_a_cluster_table_becomes_each_cells_request():
                                                        ("source .venv/bin/activate",))
     assert plan_study({**BASE, "cluster": {"gpus": 1}}, "unused").cluster == Resources(gpus=1)
     assert plan_study(BASE, "unused").cluster == Resources()
+    assert parse_cluster({"processes": 2}, "s.toml") == Resources(processes=2)
+
+
+@pytest.mark.parametrize("res, ranks, cores, threads", [
+    (Resources(), 1, 1, 1), (Resources(gpus=1, cpus=9), 1, 9, 9), (Resources(gpus=8), 8, 8, 1),
+    (Resources(gpus=8, cpus=72), 8, 72, 9), (Resources(processes=2), 2, 2, 1),
+    (Resources(processes=3, cpus=8), 3, 8, 2),
+])
+def test_a_cell_runs_one_process_per_gpu_or_as_many_as_processes_says(res, ranks, cores, threads):
+    """More than one process: under torchrun; cpus (default one per process) shared by them as torch threads."""
+    assert (res.ranks, res.cores, res.threads) == (ranks, cores, threads)
 
 
 @pytest.mark.parametrize("value, minutes", [(90, 90), ("90", 90), ("01:30:00", 90), ("1-00:00:00", 1440),
@@ -40,7 +51,9 @@ def test_a_time_limit_reads_as_sbatch_reads_it(value, minutes):
 
 
 @pytest.mark.parametrize("table, key", [
-    ({"cpus": 0}, "cpus"), ({"cpus": "8"}, "cpus"), ({"gpus": 2}, "gpus"), ({"gpus": True}, "gpus"),
+    ({"cpus": 0}, "cpus"), ({"cpus": "8"}, "cpus"), ({"gpus": 17}, "gpus"), ({"gpus": True}, "gpus"),
+    ({"processes": 0}, "processes"), ({"processes": 65}, "processes"), ({"gpus": 2, "processes": 4}, "processes"),
+    ({"processes": 2, "cpus": 1}, "cpus"),
     ({"memory_gb": 0}, "memory_gb"), ({"partition": ""}, "partition"), ({"partition": 3}, "partition"),
     ({"time": "10:00"}, "time"), ({"time": 0}, "time"), ({"time": "1h"}, "time"), ({"account": 1}, "account"),
     ({"setup": "module load cuda"}, "setup"), ({"nodes": 2}, "nodes"),
@@ -59,12 +72,29 @@ def test_options_override_the_table_and_are_refused_where_unread():
     assert with_options(spec, "slurm", gpus=1, partition="gpu", time="02:00:00", cpus=None) == Resources(
         cpus=4, gpus=1, partition="gpu", time_min=120)
     assert with_options(spec, "ray", cpus=2) == Resources(cpus=2, partition="cpu", time_min=60)
-    for executor, option in (("local", {"cpus": 2}), ("local", {"gpus": 1}), ("ray", {"partition": "gpu"}),
-                             ("ray", {"time": "01:00:00"})):
+    assert with_options(spec, "local", gpus=2, processes=None) == Resources(cpus=4, gpus=2, partition="cpu",
+                                                                            time_min=60)
+    assert with_options(Resources(), "local", processes=2) == Resources(processes=2)
+    for executor, option in (("local", {"cpus": 2}), ("ray", {"partition": "gpu"}), ("ray", {"time": "01:00:00"})):
         with pytest.raises(UserError, match="is for --executor"):
             with_options(spec, executor, **option)
-    with pytest.raises(UserError, match="--gpus-per-cell: gpus must be an integer between 0 and 1"):
-        with_options(spec, "slurm", gpus=2)
+    with pytest.raises(UserError, match="--gpus-per-cell: gpus must be an integer between 0 and 16"):
+        with_options(spec, "slurm", gpus=17)
+    with pytest.raises(UserError, match="cpus = 4 is fewer than the cell's 8 processes"):
+        with_options(spec, "slurm", gpus=8)
+    with pytest.raises(UserError, match="processes = 2 with gpus = 8: a cell with GPUs runs one process per GPU"):
+        with_options(Resources(processes=2), "slurm", gpus=8)
+
+
+def test_the_local_executor_gives_each_worker_its_gpus(monkeypatch):
+    """gpus = G > 1 on this machine: G visible GPUs per worker, taken in turn (shared when --jobs x G is more than
+    the machine has); more than the machine has is refused before any work."""
+    from lrrobust.executors import local
+
+    monkeypatch.setattr(local, "_visible_gpus", lambda: ["3", "5", "6", "7"])
+    assert local.gpu_sets(3, 2) == ["3,5", "6,7", "3,5"]
+    with pytest.raises(UserError, match="each cell asks for 8 GPUs but this machine has 4 visible"):
+        make_executor("local", Path("unused"), Resources(gpus=8), 1)
 
 
 def test_a_missing_extra_is_one_line_naming_it():
@@ -124,7 +154,12 @@ def spec_file(tmp_path) -> Path:
     (["--ray-address", "auto"], "--ray-address is for --executor ray"),
     (["--partition", "gpu"], "--partition is for --executor slurm"),
     (["--cpus-per-cell", "4"], "--cpus-per-cell is for --executor ray or slurm"),
-    (["--executor", "ray", "--gpus-per-cell", "2"], "--gpus-per-cell: gpus must be an integer between 0 and 1"),
+    (["--executor", "ray", "--gpus-per-cell", "17"], "--gpus-per-cell: gpus must be an integer between 0 and 16"),
+    (["--processes-per-cell", "0"], "--processes-per-cell: processes must be an integer between 1 and 64"),
+    (["--executor", "slurm", "--cpus-per-cell", "2", "--gpus-per-cell", "4"], "fewer than the cell's 4 processes"),
+    (["--executor", "ray", "--gpus-per-cell", "2", "--processes-per-cell", "3"], "processes = 3 with gpus = 2"),
+    (["--processes-per-cell", "3"], "resnet18 regular seed 0: batch_size 64 does not split over the cell's 3"),
+    (["--processes-per-cell", "3", "--plan"], "batch_size 64 does not split over the cell's 3 processes"),
     (["--executor", "slurm", "--time", "10:00"], "--time: time must be minutes"),
     (["--retries", "-1"], "--retries must be an integer between 0 and 100"),
     (["--executor", "dask"], "--executor"),
@@ -132,6 +167,21 @@ def spec_file(tmp_path) -> Path:
 def test_a_bad_executor_option_is_one_line_with_exit_2(tmp_path, spec_file, args, fragment):
     one_line(study_cli(spec_file, "--out", tmp_path / "s", *args), 2, fragment)
     assert not (tmp_path / "s").exists()
+
+
+def test_more_gpus_per_cell_than_this_machine_has_is_refused_before_any_work(tmp_path, spec_file, monkeypatch):
+    from lrrobust.executors import local
+
+    monkeypatch.setattr(local, "_visible_gpus", lambda: ["0"])
+    for plan in ([], ["--plan"]):
+        one_line(study_cli(spec_file, "--out", tmp_path / "s", "--gpus-per-cell", "2", *plan), 2,
+                 "each cell asks for 2 GPUs but this machine has 1 visible")
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_plan_accepts_processes_per_cell_on_the_local_executor(tmp_path, spec_file):
+    result = study_cli(spec_file, "--out", tmp_path / "s", "--processes-per-cell", "2", "--plan")
+    assert result.exit_code == 0 and "resnet18 regular seed 0" in result.output, result.output
 
 
 def test_slurm_without_sbatch_is_the_machines_failure(tmp_path, spec_file, monkeypatch):
@@ -223,7 +273,13 @@ echo "Submitted batch job 4242"
 """
 
 
-def test_the_slurm_executor_submits_the_cells_as_one_job_array_with_the_cluster_request(tmp_path, monkeypatch):
+@pytest.mark.parametrize("gpus, cpus, lines", [
+    (1, 9, ("#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=9")),
+    (8, None, ("#SBATCH --gpus-per-node=8", "#SBATCH --cpus-per-task=8", "#SBATCH --nodes=1",
+               "#SBATCH --ntasks-per-node=1")),  # 8 GPUs of one node, a core each: one job, torchrun inside it
+])
+def test_the_slurm_executor_submits_the_cells_as_one_job_array_with_the_cluster_request(tmp_path, monkeypatch, gpus,
+                                                                                         cpus, lines):
     """What sbatch receives, on a machine without Slurm: a stand-in sbatch keeps the script submitit wrote."""
     pytest.importorskip("submitit", reason="submitit is not installed (pip install 'lrrobust[slurm]')")
     from lrrobust.executors.work import Work
@@ -237,14 +293,14 @@ def test_the_slurm_executor_submits_the_cells_as_one_job_array_with_the_cluster_
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     study = plan_study({**BASE, "seeds": [0, 1, 2]}, tmp_path / "s")
-    cluster = Resources(cpus=9, gpus=1, memory_gb=96, partition="gpu", time_min=2880, account="p42",
+    cluster = Resources(cpus=cpus, gpus=gpus, memory_gb=96, partition="gpu", time_min=2880, account="p42",
                         setup=("source /shared/.venv/bin/activate",))
     with make_executor("slurm", study.out, cluster, 2) as executor:
         jobs = executor.submit([Work(c, run_cell, study.out) for c in study.cells])
         script = (tmp_path / "array.sh").read_text()
     assert [job.job_id for job in jobs] == ["4242_0", "4242_1", "4242_2"]  # one array, a task per cell
-    for line in ("#SBATCH --array=0-2%2", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=9",
-                 "#SBATCH --partition=gpu", "#SBATCH --time=2880", "#SBATCH --mem=96GB", "#SBATCH --account=p42",
+    for line in ("#SBATCH --array=0-2%2", *lines, "#SBATCH --partition=gpu", "#SBATCH --time=2880",
+                 "#SBATCH --mem=96GB", "#SBATCH --account=p42",
                  "#SBATCH --job-name=lrrobust-study", "source /shared/.venv/bin/activate"):
         assert line in script.splitlines(), (line, script)
     assert "4242_0" in (tmp_path / "cancelled").read_text()  # leaving the executor cancels what still runs

@@ -17,9 +17,9 @@ def study(
     spec: Annotated[Path, typer.Argument(help="Study spec TOML (e.g. studies/table9-mnist.toml).")],
     out: Annotated[Path, typer.Option("--out", help="Study directory: runs/ and report/ (resumed when it exists); "
                                       "with ray or slurm, on a file system every worker sees.")],
-    jobs: Annotated[int, typer.Option("--jobs", help="Cells (and sweep trials) run at a time, in one-thread "
-                                      "processes (one GPU each when several are visible), Ray tasks or Slurm "
-                                      "jobs; 1 to 256.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", help="Cells (and sweep trials) run at a time: worker processes "
+                                      "here (one GPU each when several are visible, or \\[cluster] gpus each when "
+                                      "above 1), Ray tasks or Slurm jobs; 1 to 256.")] = 1,
     plan: Annotated[bool, typer.Option("--plan", help="Check the spec and the executor's options and list the "
                                        "sweep's trials and the cells; run nothing.")] = False,
     executor: Annotated[ExecutorName, typer.Option("--executor", help="Where cells run: local (worker processes "
@@ -32,12 +32,19 @@ def study(
     retries: Annotated[int, typer.Option("--retries", help="More attempts of a failed cell, each resuming where "
                                          "the last stopped; a mistake in the input is not retried; 0 to 100.")]
     = RETRIES,
-    cpus_per_cell: Annotated[int | None, typer.Option("--cpus-per-cell", help="With ray or slurm: CPU cores (and "
-                                                      "torch threads) per cell; overrides the spec's \\[cluster] "
-                                                      "cpus (default 1).")] = None,
-    gpus_per_cell: Annotated[int | None, typer.Option("--gpus-per-cell", help="With ray or slurm: GPUs per cell, "
-                                                      "0 or 1; overrides the spec's \\[cluster] gpus (default "
-                                                      "0).")] = None,
+    cpus_per_cell: Annotated[int | None, typer.Option("--cpus-per-cell", help="With ray or slurm: CPU cores per "
+                                                      "cell, shared by its processes as torch threads; overrides "
+                                                      "the spec's \\[cluster] cpus (default: one per "
+                                                      "process).")] = None,
+    gpus_per_cell: Annotated[int | None, typer.Option("--gpus-per-cell", help="GPUs of one node per cell, 0 to 16; "
+                                                      "above 1, the cell's training and evaluation each run as "
+                                                      "one process per GPU under torchrun (NCCL), the batch split "
+                                                      "between them (the local executor reads it above 1 only); "
+                                                      "overrides the spec's \\[cluster] gpus (default 0).")] = None,
+    processes_per_cell: Annotated[int | None, typer.Option("--processes-per-cell", help="A cell without GPUs as "
+                                                           "this many CPU processes under torchrun (gloo), the "
+                                                           "batch split between them, 1 to 64; overrides the "
+                                                           "spec's \\[cluster] processes (default 1).")] = None,
     partition: Annotated[str | None, typer.Option("--partition", help="With slurm: the partition; overrides the "
                                                   "spec's \\[cluster] partition.")] = None,
     time: Annotated[str | None, typer.Option("--time", help="With slurm: each cell's time limit, minutes or "
@@ -52,7 +59,7 @@ def study(
     from lrrobust.executors import make_executor
     from lrrobust.executors.resources import with_options
     from lrrobust.jobs import check_jobs, check_retries
-    from lrrobust.study import load_study, run_study
+    from lrrobust.study import check_processes, load_study, run_study
 
     check_jobs(jobs)
     check_retries(retries)
@@ -60,9 +67,10 @@ def study(
         raise UserError("--ray-address is for --executor ray")
     planned = load_study(spec, out)
     cluster = with_options(planned.cluster, executor.value, cpus=cpus_per_cell, gpus=gpus_per_cell,
-                           partition=partition, time=time)
+                           processes=processes_per_cell, partition=partition, time=time)
     planned = dataclasses.replace(planned, cluster=cluster)
     if plan:
+        check_processes(planned)
         make_executor(executor.value, planned.out, cluster, jobs, ray_address)  # its extra and options, checked
         _show_plan(planned)
         return

@@ -90,7 +90,7 @@ def make_executor(name: str, out: Path, resources: Resources | None, jobs: int, 
     if name == ExecutorName.local:
         from lrrobust.executors.local import LocalExecutor
 
-        return LocalExecutor(jobs)
+        return LocalExecutor(jobs, resources)
     if name == ExecutorName.ray:
         from lrrobust.executors.ray_cluster import RayExecutor
 

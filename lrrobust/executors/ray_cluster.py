@@ -2,8 +2,10 @@
 spec's ``[cluster]`` cpus and gpus, on the cluster at ``--ray-address`` or, without one, a Ray instance started on
 this machine for the study (or the one this process has already started: ``ray.init``).
 
-Every task runs in a fresh worker process (``max_calls=1``: a cell's memory goes with it) and uses ``cpus`` torch
-threads, on the GPU Ray gives it when ``gpus = 1``. Ray does not retry a task itself (``max_retries=0``): the study
+Every task runs in a fresh worker process (``max_calls=1``: a cell's memory goes with it), on the GPUs Ray gives it
+(it sets CUDA_VISIBLE_DEVICES; Ray places a task on one node): a cell of more than one GPU, or of ``processes``
+CPU processes, runs under torchrun inside the task (``lrrobust.executors.ranks``), its ``cpus`` shared by its
+processes as torch threads. Ray does not retry a task itself (``max_retries=0``): the study
 retries, so a cell is retried the same way on every executor. Ray ships only the task and its result; the cell's
 files are written into ``--out`` by the worker, so ``--out`` must be on a file system every node sees (a single
 machine's Ray trivially is).
@@ -48,7 +50,7 @@ class RayExecutor:
             self._started = True
             if not self.address:
                 self._check_fits()
-        self._task = ray.remote(num_cpus=self.resources.cpus, num_gpus=self.resources.gpus, max_retries=0,
+        self._task = ray.remote(num_cpus=self.resources.cores, num_gpus=self.resources.gpus, max_retries=0,
                                 max_calls=1)(run_work)
         return self
 
@@ -56,7 +58,7 @@ class RayExecutor:
         """A Ray instance started here has the resources it will ever have: a cell that asks for more would wait
         forever."""
         have = self.ray.cluster_resources()
-        for key, want in (("CPU", self.resources.cpus), ("GPU", self.resources.gpus)):
+        for key, want in (("CPU", self.resources.cores), ("GPU", self.resources.gpus)):
             if want > have.get(key, 0):
                 self.__exit__()
                 raise UserError(f"each cell asks for {want} {key}{'s' if want > 1 else ''} but this machine's Ray has "
@@ -72,8 +74,9 @@ class RayExecutor:
     def submit(self, works: list[Any]) -> list[Any]:
         from lrrobust.executors.work import process_id
 
-        device = "cuda" if self.resources.gpus else "cpu"
-        refs = [self._task.remote(work, device, self.resources.cpus, process_id()) for work in works]
+        r = self.resources
+        device = "cuda" if r.gpus else "cpu"
+        refs = [self._task.remote(work, device, r.threads, process_id(), r.ranks) for work in works]
         self._running.update(refs)
         return refs
 

@@ -1,16 +1,21 @@
 """What each cell asks of a cluster: the study spec's ``[cluster]`` table, overridden by ``lrrobust study``'s options.
 
     [cluster]
-    cpus = 8                        # CPU cores per cell (and the cell's torch threads); default 1
-    gpus = 1                        # GPUs per cell: 0 or 1; default 0
+    cpus = 8                        # CPU cores per cell, shared by its processes as torch threads; default: one
+                                    # per process
+    gpus = 1                        # GPUs of one node per cell, 0 to 16; default 0
+    processes = 2                   # a cell without GPUs as this many CPU processes under torchrun (gloo);
+                                    # default: one per GPU, else 1
     memory_gb = 64                  # memory per cell (Slurm's --mem); default: the partition's
     partition = "gpu"               # Slurm partition; default: the cluster's
     time = "2-00:00:00"             # Slurm time limit per cell: minutes, "HH:MM:SS" or "D-HH:MM:SS"
     account = "proj42"              # Slurm account; default: yours
     setup = ["module load cuda/12.4"]  # shell lines a Slurm job runs before its cell
 
-The local executor ignores the table (cells run as one-thread processes, one GPU each, as ``--jobs`` says). Ray
-reads ``cpus`` and ``gpus``; Slurm reads all of it.
+A cell of ``gpus = G > 1`` runs as G processes, one per GPU, a cell of ``processes = P > 1`` as P CPU processes:
+its training and its evaluation each under torchrun on one node (``lrrobust.executors.ranks``); every other cell
+in one process. The local executor reads ``gpus`` above 1 and ``processes`` (``lrrobust.executors.local``: one torch
+thread per process), Ray ``cpus``, ``gpus`` and ``processes``, Slurm all of it.
 """
 
 from __future__ import annotations
@@ -22,22 +27,40 @@ from typing import Any
 from lrrobust.core.toml import check_keys
 from lrrobust.errors import UserError
 
-CLUSTER_KEYS = ("cpus", "gpus", "memory_gb", "partition", "time", "account", "setup")
+CLUSTER_KEYS = ("cpus", "gpus", "processes", "memory_gb", "partition", "time", "account", "setup")
 MAX_CPUS = 1024
+MAX_GPUS = 16  # one node's
+MAX_PROCESSES = 64  # CPU processes of one cell: beyond this, gloo's all-reduce costs more than it shares
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d\d):(\d\d)$")  # "D-HH:MM:SS" or "HH:MM:SS", as sbatch reads them
 
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
-    """One cell's request: CPU cores, GPUs, memory, and where and how long on Slurm."""
+    """One cell's request: CPU cores, GPUs, processes, memory, and where and how long on Slurm."""
 
-    cpus: int = 1
+    cpus: int | None = None  # None: one per process (``cores``)
     gpus: int = 0
     memory_gb: float | None = None
     partition: str | None = None
     time_min: int | None = None  # the time limit in whole minutes
     account: str | None = None
     setup: tuple[str, ...] = ()
+    processes: int | None = None  # None: one per GPU, else one (``ranks``)
+
+    @property
+    def ranks(self) -> int:
+        """The cell's processes: ``processes``, else one per GPU, else one; more than one run under torchrun."""
+        return self.processes if self.processes is not None else max(1, self.gpus)
+
+    @property
+    def cores(self) -> int:
+        """The CPU cores the cell asks for: ``cpus``, else one per process."""
+        return self.cpus if self.cpus is not None else self.ranks
+
+    @property
+    def threads(self) -> int:
+        """Torch threads per process: the cell's cores shared by its processes."""
+        return max(1, self.cores // self.ranks)
 
 
 def parse_time(value: Any, where: str) -> int:
@@ -75,7 +98,7 @@ def parse_cluster(table: Any, where: str) -> Resources:
     if not isinstance(table, dict):
         raise UserError(f"{where}: [cluster] must be a table")
     check_keys(table, CLUSTER_KEYS, where, "cluster")
-    return resources({}, table, f"{where} [cluster]")
+    return check_ranks(resources({}, table, f"{where} [cluster]"), f"{where} [cluster]")
 
 
 def resources(base: Resources | dict[str, Any], values: dict[str, Any], where: str) -> Resources:
@@ -83,7 +106,8 @@ def resources(base: Resources | dict[str, Any], values: dict[str, Any], where: s
     fields = dataclasses.asdict(base) if isinstance(base, Resources) else {}
     checks = {
         "cpus": lambda v: _count(v, "cpus", where, 1, MAX_CPUS),
-        "gpus": lambda v: _count(v, "gpus", where, 0, 1),
+        "gpus": lambda v: _count(v, "gpus", where, 0, MAX_GPUS),
+        "processes": lambda v: _count(v, "processes", where, 1, MAX_PROCESSES),
         "memory_gb": lambda v: _memory(v, where),
         "partition": lambda v: _text(v, "partition", where),
         "time": lambda v: parse_time(v, where),
@@ -96,22 +120,39 @@ def resources(base: Resources | dict[str, Any], values: dict[str, Any], where: s
     return Resources(**fields)
 
 
+def check_ranks(res: Resources, where: str) -> Resources:
+    """The keys that depend on each other: ``processes`` is for cells without GPUs (a cell with GPUs runs one
+    process per GPU), and a cell has at least a core per process."""
+    if res.gpus and res.processes is not None and res.processes != res.gpus:
+        raise UserError(f"{where}: processes = {res.processes} with gpus = {res.gpus}: a cell with GPUs runs one "
+                        "process per GPU; leave processes out (it is for cells without GPUs)")
+    if res.cores < res.ranks:
+        raise UserError(f"{where}: cpus = {res.cpus} is fewer than the cell's {res.ranks} processes; give at least "
+                        "one core per process")
+    return res
+
+
 # the options of `lrrobust study` that override [cluster], and the executors that read each
-OPTIONS = {"cpus": "--cpus-per-cell", "gpus": "--gpus-per-cell", "partition": "--partition", "time": "--time"}
-READ_BY = {"cpus": ("ray", "slurm"), "gpus": ("ray", "slurm"), "partition": ("slurm",), "time": ("slurm",)}
+OPTIONS = {"cpus": "--cpus-per-cell", "gpus": "--gpus-per-cell", "processes": "--processes-per-cell",
+           "partition": "--partition", "time": "--time"}
+READ_BY = {"cpus": ("ray", "slurm"), "gpus": ("local", "ray", "slurm"), "processes": ("local", "ray", "slurm"),
+           "partition": ("slurm",), "time": ("slurm",)}
+WHY_NOT = {"cpus": "the local executor gives each process one torch thread",
+           "partition": "a Slurm option", "time": "a Slurm option"}
 
 
 def with_options(base: Resources, executor: str, **values: Any) -> Resources:
     """``base`` (the spec's ``[cluster]``) with the options given (``None``: not given), each checked, and refused
     for an executor that would not read it."""
+    given = []
     for key, value in values.items():
         if value is None:
             continue
         if executor not in READ_BY[key]:
-            raise UserError(f"{OPTIONS[key]} is for --executor {' or '.join(READ_BY[key])} (the local executor runs "
-                            "one-thread worker processes, one GPU each, --jobs at a time)")
+            raise UserError(f"{OPTIONS[key]} is for --executor {' or '.join(READ_BY[key])} ({WHY_NOT[key]})")
         base = resources(base, {key: value}, OPTIONS[key])
-    return base
+        given.append(OPTIONS[key])
+    return check_ranks(base, " and ".join(given) + " with the spec's [cluster]") if given else base
 
 
 def _memory(value: Any, where: str) -> float:

@@ -2,11 +2,14 @@
 (https://github.com/facebookincubator/submitit), ``--jobs`` of them running at a time (``sbatch --array=...%JOBS``);
 a retried cell is a job of its own.
 
-Each job asks for the spec's ``[cluster]`` (cpus, gpus, memory_gb, partition, time, account, setup; ``--partition``,
-``--time``, ``--cpus-per-cell`` and ``--gpus-per-cell`` override them) and runs the cell with ``cpus`` torch threads,
-on its GPU when ``gpus = 1``. submitit keeps its pickles and its own logs in ``OUT/jobs/slurm/``; the cell's output
-goes to its log in ``OUT/jobs/`` (``lrrobust.executors.work``). Slurm jobs outlive the study's process: run the same
-command again and it waits for the cells they hold instead of starting them twice.
+Each job asks for the spec's ``[cluster]`` (cpus, gpus, processes, memory_gb, partition, time, account, setup;
+``--partition``, ``--time``, ``--cpus-per-cell``, ``--gpus-per-cell`` and ``--processes-per-cell`` override them) on
+one node, as one task (``--nodes=1 --ntasks-per-node=1 --gpus-per-node=G --cpus-per-task=C``), and runs the cell on
+its GPUs (Slurm sets CUDA_VISIBLE_DEVICES): a cell of more than one GPU, or of ``processes`` CPU processes, under
+torchrun inside the job (``lrrobust.executors.ranks``), its ``cpus`` shared by its processes as torch threads.
+submitit keeps its pickles and its own logs in ``OUT/jobs/slurm/``; the cell's output goes to its log in
+``OUT/jobs/`` (``lrrobust.executors.work``). Slurm jobs outlive the study's process: run the same command again and
+it waits for the cells they hold instead of starting them twice.
 
 ``cluster="local"`` runs the jobs as processes on this machine with Slurm's interface (submitit's LocalExecutor, all
 of an array's jobs at once): what the tests use where there is no Slurm.
@@ -49,7 +52,7 @@ class SlurmExecutor:
         r = self.resources
         executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
         parameters: dict[str, Any] = {
-            "name": JOB_NAME, "timeout_min": r.time_min, "cpus_per_task": r.cpus, "gpus_per_node": r.gpus,
+            "name": JOB_NAME, "timeout_min": r.time_min, "cpus_per_task": r.cores, "gpus_per_node": r.gpus,
             "nodes": 1, "tasks_per_node": 1, "slurm_array_parallelism": self.jobs,
             "mem_gb": r.memory_gb, "slurm_partition": r.partition, "slurm_account": r.account,
             "slurm_setup": list(r.setup) or None,
@@ -65,10 +68,11 @@ class SlurmExecutor:
         from lrrobust.executors.work import process_id, run_work
 
         n = len(works)
-        device = "cuda" if self.resources.gpus else "cpu"
+        r = self.resources
+        device = "cuda" if r.gpus else "cpu"
         try:
-            jobs = self._executor.map_array(run_work, works, [device] * n, [self.resources.cpus] * n,
-                                            [process_id()] * n)
+            jobs = self._executor.map_array(run_work, works, [device] * n, [r.threads] * n, [process_id()] * n,
+                                            [r.ranks] * n)
         except Exception as e:  # noqa: BLE001 - sbatch refused the array (a partition, an account, a limit)
             raise EnvironmentFailure("sbatch", error_line(e), action="cannot submit the cells' jobs with") from None
         self._running.extend(jobs)

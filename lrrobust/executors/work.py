@@ -2,16 +2,17 @@
 
 The claim. Every cell has a claim directory ``OUT/jobs/runs/NAME`` (a trial ``OUT/jobs/sweep/NAME``). A worker holds
 the claim's lock (``lrrobust.core.lock``: ``flock`` on ``.lock``, released by the kernel however the worker ends)
-from before it looks at the cell to its end, so a cell runs in one process at a time, wherever the processes run,
-as long as ``OUT`` is on a file system whose ``flock`` locks hold across hosts (local disks; NFS v4, CephFS, GPFS;
-Lustre mounted with ``-o flock``). A worker that finds the claim held, or the cell done, returns at once
-(``CLAIMED``, ``DONE``): a cell queued twice (a study run again while the first run's Slurm jobs are still queued)
-runs once. The study looks at the claims too (``claim_holder``): a cell whose claim is held by a process it did not
-start (a worker of an earlier run, still training on a node) is watched, not started again.
+from before it looks at the cell to its end, so a cell runs in one worker at a time (with its torchrun processes, its
+children: ``lrrobust.executors.ranks``), wherever the workers run, as long as ``OUT`` is on a file system whose
+``flock`` locks hold across hosts (local disks; NFS v4, CephFS, GPFS; Lustre mounted with ``-o flock``). A worker
+that finds the claim held, or the cell done, returns at once (``CLAIMED``, ``DONE``): a cell queued twice (a study
+run again while the first run's Slurm jobs are still queued) runs once. The study looks at the claims too
+(``claim_holder``): a cell whose claim is held by a process it did not start (a worker of an earlier run, still
+training on a node) is watched, not started again.
 
-The log. A worker in a process of its own sends everything the cell prints (its per-epoch and per-stage lines,
-warnings, a traceback) to ``OUT/jobs/.../log.txt``, one header line per attempt; the study shows its last lines when
-the cell fails.
+The log. A worker in a process of its own sends everything the cell prints, its torchrun processes included (its
+per-epoch and per-stage lines, warnings, a traceback), to ``OUT/jobs/.../log.txt``, one header line per attempt; the
+study shows its last lines when the cell fails.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ CLAIM_WAIT_S = 5.0  # a claim held this long is another worker's, not a study's 
 @dataclasses.dataclass(frozen=True)
 class Work:
     """What a worker needs to run one item: the item (a ``Cell`` or a sweep ``Trial``, with ``run_dir`` and
-    ``done()``), ``call(device, threads, progress)`` that runs it, the study's directory, and the attempt number."""
+    ``done()``), ``call(device, threads, progress, processes)`` that runs it (``processes`` > 1: under torchrun,
+    ``lrrobust.executors.ranks``), the study's directory, and the attempt number."""
 
     item: Any
     call: Callable[..., Any]
@@ -95,10 +97,11 @@ def process_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_work(work: Work, device: str, threads: int, study: str) -> str:
+def run_work(work: Work, device: str, threads: int, study: str, processes: int = 1) -> str:
     """Run ``work`` in a worker: returns ``DONE`` once the item is done (by this call or before it), ``CLAIMED`` when
-    another process holds its claim. ``study``: the study's ``process_id``; a worker in the study's own process (a
-    pool run in threads) leaves the output where it is and shows no progress lines."""
+    another process holds its claim. ``device``, ``threads`` (per process) and ``processes``: what the executor
+    gave the item (``lrrobust.executors.resources.Resources``). ``study``: the study's ``process_id``; a worker in
+    the study's own process (a pool run in threads) leaves the output where it is and shows no progress lines."""
     from lrrobust.core.lock import locked_directory
 
     if not work.out.is_dir():
@@ -120,7 +123,7 @@ def run_work(work: Work, device: str, threads: int, study: str) -> str:
             return DONE
         own_process = process_id() != study
         with _logged(work, own_process):
-            work.call(device=device, threads=threads, progress="log" if own_process else False)
+            work.call(device=device, threads=threads, progress="log" if own_process else False, processes=processes)
     return DONE
 
 
