@@ -2,13 +2,16 @@
 
 The CPU kernel is always built. The CUDA kernel is built whenever nvcc is found (or FORCE_CUDA=1),
 even on a machine without a GPU, so a CUDA compile error fails the build. LRROBUST_CPU_ONLY=1 skips it.
+
+The package data: the attack suites (lrrobust/suites/*.toml) and the study specs, whose one home is the
+repository's studies/ folder, installed as lrrobust/studies/ (lrrobust.study.studies_dir finds either).
 """
 
 import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
 
 # nvcc on PATH may be a wrapper script outside the toolkit (here /usr/local/bin/nvcc): point torch at the toolkit.
 if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.isdir("/usr/local/cuda/include"):
@@ -64,6 +67,9 @@ def _extension():
 
 
 setup(
+    packages=find_namespace_packages(include=["lrrobust*"]) + ["lrrobust.studies"],
+    package_dir={"lrrobust.studies": "studies"},
+    package_data={"lrrobust": ["suites/*.toml"], "lrrobust.studies": ["*.toml"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

@@ -15,12 +15,14 @@ every executor.
   end the run stops with one line: the item's own error when one failed (exit code 2 for a mistake in the input,
   1 otherwise), else the list (2 when every failure was a mistake in the input, else 1).
 - **Progress.** A bar over every item (those done before included) with done / total, elapsed time and ETA, and
-  how many are running, failed and left; a line per finished, retried or failed item. ``check_jobs`` bounds
-  ``--jobs``.
+  how many are running, failed and left; a line per finished, retried or failed item. A caller with a live display
+  of its own (``lrrobust demo``'s bar per cell) passes it in: the loop's bar joins it and the loop refreshes it at
+  every poll. ``check_jobs`` bounds ``--jobs``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +64,7 @@ def devices(jobs: int) -> list[str]:
 
 def run_jobs(what: str, items: list[Any], total: int, make_work: Callable[[Any, int], Any],
              finished: Callable[[Any], str], executor: Any, jobs: int, console: Any, out: Path,
-             retries: int = RETRIES) -> None:
+             retries: int = RETRIES, display: Any = None) -> None:
     """Run every item on ``executor`` (entered), as the module says.
 
     Args:
@@ -76,6 +78,9 @@ def run_jobs(what: str, items: list[Any], total: int, make_work: Callable[[Any, 
         console: where progress goes.
         out: the study's directory (the items' claims are in ``OUT/jobs``).
         retries: more attempts of a failed item.
+        display: None (a live bar of the loop's own), or the caller's live display, started and stopped by the
+            caller: its ``progress`` (a rich Progress) receives the loop's bar, its ``refresh()`` is called at every
+            poll.
     """
     from rich.progress import (
         BarColumn,
@@ -86,10 +91,14 @@ def run_jobs(what: str, items: list[Any], total: int, make_work: Callable[[Any, 
         TimeRemainingColumn,
     )
 
-    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-    loop = _Loop(what, items, make_work, finished, executor, jobs, console, Path(out), retries)
-    with progress:
+    if display is None:
+        progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    else:
+        progress = display.progress
+    loop = _Loop(what, items, make_work, finished, executor, jobs, console, Path(out), retries,
+                 None if display is None else display.refresh)
+    with progress if display is None else contextlib.nullcontext():
         loop.bar = progress, progress.add_task(what, total=total, completed=total - len(items))
         try:
             loop.run()
@@ -104,7 +113,7 @@ class _Loop:
 
     def __init__(self, what: str, items: list[Any], make_work: Callable[[Any, int], Any],
                  finished: Callable[[Any], str], executor: Any, jobs: int, console: Any, out: Path,
-                 retries: int) -> None:
+                 retries: int, refresh: Callable[[], None] | None = None) -> None:
         self.what, self.items, self.make_work, self.finished = what, list(items), make_work, finished
         self.executor, self.jobs, self.console, self.out, self.retries = executor, jobs, console, out, retries
         self.waiting = list(range(len(self.items)))
@@ -115,6 +124,7 @@ class _Loop:
         self.strikes = [0] * len(self.items)  # its failures that use up a retry
         self.failures: list[tuple[int, Any]] = []  # (item, its last Outcome)
         self.bar: Any = None
+        self.refresh = refresh  # the caller's live display's, called at every poll
 
     def run(self) -> None:
         while self.waiting or self.submitted or self.elsewhere or self.settling:
@@ -232,6 +242,8 @@ class _Loop:
         parts = [f"{running} running", *([f"{queued} queued"] if queued else []), f"{len(self.failures)} failed",
                  f"{left} left"]
         progress.update(task, description=f"{self.what} ({', '.join(parts)})")
+        if self.refresh is not None:
+            self.refresh()
 
     def raise_failures(self, total: int) -> None:
         """One line for the items that failed (none: nothing)."""

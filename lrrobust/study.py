@@ -19,13 +19,21 @@ A study spec is a TOML file::
     plateau_points = 3.0
     [sweep]                         # optional: recipes tried per network on the validation split (lrrobust.sweep)
     lr = [0.1, 0.05, 0.02]
+    [transfer]                      # optional: a network's transfer check crafts on this network's cell of the
+    lrnet26 = "resnet26"            # same training kind and seed
+    [report]                        # optional: what the report adds
+    priors = true                   # Fig. 4 of every LR-Net cell
     [cluster]                       # optional: what a cell asks of Ray or Slurm (lrrobust.executors.resources)
     gpus = 1
+
+A spec is a TOML file or the name of a shipped one (``studies/NAME.toml``: ``demo``, ``table9-mnist``; an installed
+wheel carries that folder as ``lrrobust/studies``).
 
 Every cell is an ordinary run directory ``OUT/runs/NETWORK-TRAINING-sSEED`` with its evaluation in
 ``eval-SUITE``: a killed study run again with the same command continues inside the cell it stopped in (training
 and evaluation resume) and never redoes a finished cell (its summary.json exists); a cell killed before its first
-checkpoint starts again from scratch (``restart_unstarted``). The report goes to ``OUT/report``. Everything in the
+checkpoint starts again from scratch (``restart_unstarted``). The report goes to ``OUT/report`` (or where
+``lrrobust study --report`` says). Everything in the
 spec (the type of every value, every model and training option) is checked before any work starts, and the data and
 ``OUT`` before anything is created (``check_study_inputs``). The study holds ``OUT``'s lock while it runs, so a second
 study into it stops at once with one line naming the holder. Its cells run on an executor (``lrrobust.executors``:
@@ -39,16 +47,21 @@ With a ``[sweep]``, its trials (``OUT/sweep/``, resumable like cells) run first;
 training kind did best with on the validation split is recorded in ``OUT/sweep.json`` and the report, and every
 seed of that network and training kind trains with it.
 
-Each finished cell is kept for re-attacking: ``OUT/report/evaluations/NETWORK-TRAINING-sSEED/`` receives the run's
+With a ``[transfer]``, the cells that are another cell's transfer source are trained first (``SourceTraining``), then
+every cell is trained and attacked: a transfer check attacks with examples crafted on its source's final best.pt
+(docs/evaluation.md, "Checks against gradient masking").
+
+Each finished cell is kept for re-attacking: ``REPORT/evaluations/NETWORK-TRAINING-sSEED/`` receives the run's
 config.json, manifest.json and metrics.jsonl, its evaluation's summary and per-sample records (``eval-SUITE/``), and
 ``weights.pt``, its best.pt without the optimizer state (``lrrobust.checkpoint.save_weights``), which
 ``lrrobust eval-attack`` takes as it takes a checkpoint. The layout is that of ``reports/mnist/evaluations``, so
-``lrrobust report OUT/report/evaluations`` rebuilds the report from it.
+``lrrobust report REPORT/evaluations`` rebuilds the report from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +72,14 @@ from lrrobust.errors import UserError
 from lrrobust.jobs import RETRIES, check_jobs, check_retries, run_jobs, say_line
 
 SPEC_KEYS = ("name", "description", "dataset", "root", "suite", "networks", "trainings", "seeds", "model",
-             "training", "convergence", "sweep", "cluster")
+             "training", "convergence", "sweep", "transfer", "report", "cluster")
 # The type of every top-level value, and how messages say it; list items, tables' values are checked where read.
 SPEC_TYPES = {"name": (str, "text"), "description": (str, "text"), "dataset": (str, "text"), "root": (str, "text"),
               "suite": (str, "text"), "networks": (list, "a list"), "trainings": (list, "a list"),
               "seeds": (list, "a list"), "model": (dict, "a table"), "training": (dict, "a table"),
-              "convergence": (dict, "a table"), "sweep": (dict, "a table"), "cluster": (dict, "a table")}
+              "convergence": (dict, "a table"), "sweep": (dict, "a table"), "transfer": (dict, "a table"),
+              "report": (dict, "a table"), "cluster": (dict, "a table")}
+REPORT_KEYS = ("priors",)
 REQUIRED = ("dataset", "suite", "networks", "trainings", "seeds")
 WEIGHTS_FILE = "weights.pt"
 KEPT_RUN_FILES = ("config.json", "manifest.json", "metrics.jsonl")
@@ -81,6 +96,7 @@ class Cell:
     config: Any  # the TrainConfig (resolved defaults stay with the preset)
     run_dir: Path
     eval_dir: Path
+    transfer_from: str | None = None  # the transfer check's source checkpoint: another cell's best.pt ([transfer])
 
     @property
     def label(self) -> str:
@@ -103,6 +119,13 @@ class Study:
     sweep: Any = None  # the spec's [sweep] (a lrrobust.sweep.SweepSpec), else None
     trials: tuple[Any, ...] = ()  # its lrrobust.sweep.Trials, every network and training kind in the cells' order
     cluster: Any = None  # the spec's [cluster] (a lrrobust.executors.resources.Resources): what a cell asks of a cluster
+    priors: bool = False  # the spec's [report] priors: Fig. 4 of every LR-Net cell in the report
+    report_dir: Path | None = None  # ``lrrobust study --report``, else None: OUT/report
+
+    @property
+    def report(self) -> Path:
+        """Where the report and the kept cells go."""
+        return self.report_dir or self.out / "report"
 
 
 def _list(spec: dict[str, Any], key: str, where: str, kind: type) -> list:
@@ -165,7 +188,11 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     suite = load_suite(suite_path)
     convergence = None if "convergence" not in spec else parse_convergence(spec["convergence"], where)
     cluster = parse_cluster(spec["cluster"], where) if "cluster" in spec else Resources()
+    transfer = _transfer(_table(spec, "transfer", where), networks, where)
+    priors = _priors(_table(spec, "report", where), where)
     model = _table(spec, "model", where)
+    if priors and model.get("geo_prior") == "none":
+        raise UserError(f"{where}: [report] priors needs LR-Nets with a geometric prior; [model] geo_prior is 'none'")
     training = _table(spec, "training", where)
     per_kind = {t: _table(training, t, f"{where} [training]") for t in TRAININGS}
     shared = {k: v for k, v in training.items() if k not in TRAININGS}
@@ -177,9 +204,11 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
     for network in networks:
         for kind in trainings:
             for seed in seeds:
-                run_dir = out / "runs" / f"{network}-{kind}-s{seed}"
+                run_dir = out / "runs" / cell_name(network, kind, seed)
                 config = _config({**shared, **per_kind[kind]}, network, kind, seed, run_dir, common, where)
-                cells.append(Cell(network, kind, seed, config, run_dir, run_dir / f"eval-{suite.name}"))
+                source = transfer.get(network)
+                transfer_from = None if source is None else str(out / "runs" / cell_name(source, kind, seed) / "best.pt")
+                cells.append(Cell(network, kind, seed, config, run_dir, run_dir / f"eval-{suite.name}", transfer_from))
         _check_model(cells[-1].config, where)
     for kind in (k for k in TRAININGS if k not in trainings and per_kind[k]):  # a table no cell uses: checked too
         _config({**shared, **per_kind[kind]}, networks[0], kind, seeds[0], out / "runs" / kind, common, where)
@@ -196,7 +225,32 @@ def plan_study(spec: dict[str, Any], out: str | Path, where: str = "study") -> S
                 trials.append(Trial(network, kind, recipe, config, run_dir))
     name = spec.get("name", Path(where).stem)
     return Study(str(name), dataset, spec.get("root"), suite_path, suite.name, tuple(cells), out, convergence, sweep,
-                 tuple(trials), cluster)
+                 tuple(trials), cluster, priors)
+
+
+def cell_name(network: str, training: str, seed: int) -> str:
+    """A cell's run directory's name: NETWORK-TRAINING-sSEED."""
+    return f"{network}-{training}-s{seed}"
+
+
+def _transfer(table: dict[str, Any], networks: list[str], where: str) -> dict[str, str]:
+    """[transfer]: network -> the network whose cell (same training kind and seed) its transfer check crafts on."""
+    check_keys(table, networks, where, "transfer")
+    for network, source in table.items():
+        if not isinstance(source, str) or source not in networks or source == network:
+            others = ", ".join(n for n in networks if n != network) or "none"
+            raise UserError(f"{where}: [transfer] {network} must name another network of the study ({others}), got "
+                            f"{_short(source)}")
+    return dict(table)
+
+
+def _priors(table: dict[str, Any], where: str) -> bool:
+    """[report] priors: draw Fig. 4 (the learnt geometric priors) of every LR-Net cell into the report."""
+    check_keys(table, REPORT_KEYS, where, "report")
+    priors = table.get("priors", False)
+    if not isinstance(priors, bool):
+        raise UserError(f"{where}: [report] priors must be true or false, got {_short(priors)}")
+    return priors
 
 
 def _config(fields: dict[str, Any], network: str, kind: str, seed: int, run_dir: Path, common: dict[str, Any],
@@ -256,12 +310,35 @@ def check_study_inputs(study: Study) -> None:
     ensure_writable_dir(study.out, "--out", create=False)
 
 
+def studies_dir() -> Path:
+    """The shipped specs: the repository's ``studies/`` folder, beside the package in a checkout (an editable
+    install too), inside it as ``lrrobust/studies`` in an installed wheel (setup.py maps the folder there)."""
+    package = Path(str(importlib.resources.files("lrrobust")))
+    inside = package / "studies"
+    return inside if inside.is_dir() else package.parent / "studies"
+
+
+def study_names() -> list[str]:
+    """The names of the shipped specs (``demo``, ``table9-mnist``, ...), sorted."""
+    return sorted(p.stem for p in studies_dir().glob("*.toml"))
+
+
+def resolve_study_path(text: str | Path) -> Path:
+    """A spec's path: ``text`` itself when something is there (or it has a suffix or a folder), else the shipped spec
+    of that name when there is one; what is wrong with a path is for its reader to say."""
+    path = Path(text)
+    shipped = studies_dir() / f"{path.name}.toml"
+    if path.exists() or path.is_symlink() or path.suffix or path.name != str(text) or not shipped.is_file():
+        return path
+    return shipped
+
+
 def load_study(path: str | Path, out: str | Path) -> Study:
-    """The study of the spec file ``path`` (``plan_study``); a spec that cannot be read is the user's input (exit
-    code 2): missing, a directory, a symbolic link loop, not UTF-8, not TOML."""
+    """The study of the spec file ``path``, or of the shipped spec of that name (``plan_study``); a spec that cannot
+    be read is the user's input (exit code 2): missing, a directory, a symbolic link loop, not UTF-8, not TOML."""
     from lrrobust.io import read_input_text
 
-    path = Path(path)
+    path = resolve_study_path(path)
     text = read_input_text(path, "study spec")
     try:
         spec = tomllib.loads(text)
@@ -276,14 +353,8 @@ def run_cell(cell: Cell, study: Study, device: str, threads: int = 1, progress: 
     ``progress``: "log" for a line per epoch and per attack stage (a worker's log), False for none. ``processes`` > 1:
     the training, then the evaluation, each as that many processes under torchrun, children of this one
     (``lrrobust.executors.ranks``), ``threads`` torch threads each."""
-    import torch
-
-    torch.set_num_threads(threads)
-    restart_unstarted(cell.run_dir)
-    folder = _ranks_folder(cell, study.out)
-    _run_step(processes, threads, folder, _train_step, cell.config, device, progress)
-    _run_step(processes, threads, folder, _evaluate_step, cell, study, device, progress)
-    return str(cell.eval_dir)
+    train_cell(cell, study, device, threads, progress, processes)
+    return evaluate_cell(cell, study, device, threads, progress, processes)
 
 
 def _run_step(processes: int, threads: int, folder: Path, step: Any, *args: Any) -> None:
@@ -315,8 +386,8 @@ def _train_step(config: Any, device: str, progress: bool | str) -> None:
 def _evaluate_step(cell: Cell, study: Study, device: str, progress: bool | str) -> None:
     from lrrobust.evaluation.evaluate import evaluate
 
-    evaluate(cell.run_dir, study.dataset, study_suite(study), cell.eval_dir, root=study.root, device=device,
-             progress=progress)
+    evaluate(cell.run_dir, study.dataset, study_suite(study), cell.eval_dir, root=study.root,
+             transfer_from=cell.transfer_from, device=device, progress=progress)
 
 
 def _run_trial(trial: Any, convergence: Any, out: Path, device: str, threads: int = 1, progress: bool | str = False,
@@ -352,6 +423,71 @@ def check_processes(study: Study) -> None:
         if batch % ranks:
             raise UserError(f"{item.label}: batch_size {batch} does not split over the cell's {ranks} processes "
                             f"([cluster] gpus or processes); make it a multiple of {ranks}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceTraining:
+    """A cell's training alone, run before any cell is attacked when the cell is another's transfer source: the
+    transfer check crafts on the source's final best.pt. Done once metrics.jsonl holds every epoch (it is written
+    after last.pt and best.pt) or the cell is done."""
+
+    cell: Cell
+    epochs: int  # the cell's, resolved
+
+    @property
+    def label(self) -> str:
+        return f"{self.cell.label} (training)"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cell.run_dir
+
+    @property
+    def training(self) -> str:
+        return self.cell.training
+
+    def done(self) -> bool:
+        return self.cell.done() or epochs_done(self.cell.run_dir) >= self.epochs
+
+
+def epochs_done(run_dir: Path) -> int:
+    """The epochs in a run's metrics.jsonl (its typed reader); 0 before the run has written it."""
+    from lrrobust.training.run_files import METRICS, read_metrics
+
+    try:
+        return len(read_metrics(run_dir)) if (Path(run_dir) / METRICS).is_file() else 0
+    except (UserError, OSError):
+        return 0
+
+
+def source_trainings(study: Study) -> list[SourceTraining]:
+    """The trainings of the cells that are some cell's transfer source, in the cells' order."""
+    from lrrobust.training import resolve_config
+
+    sources = {c.transfer_from for c in study.cells if c.transfer_from is not None}
+    return [SourceTraining(c, resolve_config(c.config).epochs) for c in study.cells if str(c.run_dir / "best.pt") in sources]
+
+
+def train_cell(cell: Cell, study: Study, device: str, threads: int = 1, progress: bool | str = False,
+               processes: int = 1) -> str:
+    """Train (or resume) one cell without attacking it, in a worker process (``run_cell``'s first step, and a
+    ``SourceTraining`` alone); returns its run directory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    restart_unstarted(cell.run_dir)
+    _run_step(processes, threads, _ranks_folder(cell, study.out), _train_step, cell.config, device, progress)
+    return str(cell.run_dir)
+
+
+def evaluate_cell(cell: Cell, study: Study, device: str, threads: int = 1, progress: bool | str = False,
+                  processes: int = 1) -> str:
+    """Attack (or resume attacking) one trained cell, in a worker process; returns its evaluation directory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _run_step(processes, threads, _ranks_folder(cell, study.out), _evaluate_step, cell, study, device, progress)
+    return str(cell.eval_dir)
 
 
 def restart_unstarted(run_dir: Path) -> None:
@@ -407,8 +543,8 @@ def trial_verdict(trial: Any) -> str:
 
 
 def kept_dir(cell: Cell, study: Study) -> Path:
-    """Where a finished cell is kept: OUT/report/evaluations/NETWORK-TRAINING-sSEED."""
-    return study.out / "report" / "evaluations" / cell.run_dir.name
+    """Where a finished cell is kept: REPORT/evaluations/NETWORK-TRAINING-sSEED."""
+    return study.report / "evaluations" / cell.run_dir.name
 
 
 def is_kept(cell: Cell, study: Study) -> bool:
@@ -450,10 +586,11 @@ def _adversarial_first(items: Any) -> list[Any]:
 
 
 def run_sweep(study: Study, jobs: int = 1, console: Any = None, executor: Any = None,
-              retries: int = RETRIES) -> tuple[Study, dict[str, Any]]:
+              retries: int = RETRIES, display: Any = None) -> tuple[Study, dict[str, Any]]:
     """Run every unfinished sweep trial on ``executor`` (an entered ``lrrobust.executors.Executor``; default worker
     processes here), choose each network's and training kind's recipe, write OUT/sweep.json; returns the study with
-    the chosen recipes in its cells' configs, and the record. Runs under the study's lock (``run_study`` holds it)."""
+    the chosen recipes in its cells' configs, and the record. Runs under the study's lock (``run_study`` holds it).
+    ``display``: as ``lrrobust.jobs.run_jobs`` takes it."""
     import contextlib
     import functools
 
@@ -476,7 +613,7 @@ def run_sweep(study: Study, jobs: int = 1, console: Any = None, executor: Any = 
         run_jobs("sweep trials", todo, len(study.trials),
                  lambda trial, attempt: Work(trial, functools.partial(_run_trial, trial, convergence, study.out),
                                              study.out, attempt),
-                 trial_verdict, executor, jobs, console, study.out, retries)
+                 trial_verdict, executor, jobs, console, study.out, retries, display)
     records = [read_trial(t) for t in study.trials]
     chosen = choose(study.trials, records)
     record = sweep_record(study.sweep, study.trials, records, chosen)
@@ -501,12 +638,15 @@ def _remove_staging(report: Path) -> None:
 
 
 def run_study(study: Study, jobs: int = 1, console: Any = None, executor: str = "local", retries: int = RETRIES,
-              ray_address: str | None = None, slurm_cluster: str = "slurm") -> Path:
-    """Run the sweep's unfinished trials, if any, then every unfinished cell, ``jobs`` at a time on ``executor``
-    (``lrrobust.executors``: "local" worker processes here, "ray" Ray tasks on the cluster at ``ray_address`` or a
-    local one, "slurm" a Slurm job array; ``slurm_cluster="local"`` runs that array as local processes; a cell of
-    several processes runs them under torchrun in its worker, ``run_cell``), a failed one again up to ``retries``
-    times (``lrrobust.jobs``), keep every finished cell (``keep_cell``), then write the report.
+              ray_address: str | None = None, slurm_cluster: str = "slurm", display: Any = None) -> Path:
+    """Run the sweep's unfinished trials, if any, then the trainings of the cells that are transfer sources, if any,
+    then every unfinished cell, ``jobs`` at a time on ``executor`` (``lrrobust.executors``: "local" worker processes
+    here, "ray" Ray tasks on the cluster at ``ray_address`` or a local one, "slurm" a Slurm job array;
+    ``slurm_cluster="local"`` runs that array as local processes; a cell of several processes runs them under
+    torchrun in its worker, ``run_cell``), a failed one again up to ``retries`` times (``lrrobust.jobs``), keep every
+    finished cell (``keep_cell``), then write the report. Progress goes to ``console``: lines, and a bar of the
+    loop's own, or one inside the caller's live ``display`` (``lrrobust.jobs.run_jobs``; ``lrrobust demo``'s bar per
+    cell).
 
     The data, the output directory, the batch's split over a cell's processes and the executor (its extra
     installed, its options complete) are checked first (``check_study_inputs``, ``check_processes``); then the study
@@ -522,10 +662,10 @@ def run_study(study: Study, jobs: int = 1, console: Any = None, executor: str = 
     check_processes(study)
     chosen = make_executor(executor, study.out, study.cluster, jobs, ray_address, slurm_cluster)
     with locked_directory(study.out, "--out"), chosen:
-        return _run_locked(study, jobs, console, chosen, retries)
+        return _run_locked(study, jobs, console, chosen, retries, display)
 
 
-def _run_locked(study: Study, jobs: int, console: Any, executor: Any, retries: int) -> Path:
+def _run_locked(study: Study, jobs: int, console: Any, executor: Any, retries: int, display: Any) -> Path:
     import functools
 
     from lrrobust.core.console import make_console
@@ -536,27 +676,54 @@ def _run_locked(study: Study, jobs: int, console: Any, executor: Any, retries: i
     from lrrobust.sweep import RECORD_FILE
 
     console = console or make_console()
-    _remove_staging(study.out / "report")
+    _remove_staging(study.report)
     record = None
     if study.sweep is not None:
-        study, record = run_sweep(study, jobs, console, executor, retries)
+        study, record = run_sweep(study, jobs, console, executor, retries, display)
     todo = _adversarial_first(study.cells)
     say_line(console, f"study {study.name}: {len(study.cells)} cells, {len(study.cells) - len(todo)} done, "
                       f"{len(todo)} to run, {jobs} at a time ({executor.name}); out {study.out}")
+    trainings = source_trainings(study)
+    left = _adversarial_first(trainings)
+    if left:
+        say_line(console, f"study {study.name}: first the training of the {len(trainings)} cells that are transfer "
+                          f"sources, {len(trainings) - len(left)} done")
+        run_jobs("trainings", left, len(trainings),
+                 lambda t, attempt: Work(t, functools.partial(train_cell, t.cell, study), study.out,
+                                         attempt),
+                 lambda t: f"trained, {t.epochs} epoch{'s' if t.epochs != 1 else ''}", executor, jobs, console,
+                 study.out, retries, display)
+    trained = {t.cell.run_dir for t in trainings}
+
+    def work(cell: Cell, attempt: int) -> Work:
+        call = evaluate_cell if cell.run_dir in trained else run_cell
+        return Work(cell, functools.partial(call, cell, study), study.out, attempt)
 
     def finished(cell: Cell) -> str:
         keep_cell(cell, study)
         return cell_verdict(cell)
 
-    run_jobs("cells", todo, len(study.cells),
-             lambda cell, attempt: Work(cell, functools.partial(run_cell, cell, study), study.out, attempt), finished,
-             executor, jobs, console, study.out, retries)
+    run_jobs("cells", todo, len(study.cells), work, finished, executor, jobs, console, study.out, retries, display)
     for cell in study.cells:  # cells finished by an earlier run (or before models were kept)
         if not is_kept(cell, study):
             keep_cell(cell, study)
     sections = []
     if record is not None:
-        make_dirs(study.out / "report")
-        atomic_write_json(study.out / "report" / RECORD_FILE, record)
+        make_dirs(study.report)
+        atomic_write_json(study.report / RECORD_FILE, record)
         sections.append(sweep_md(record))
-    return write_report([study.out / "runs"], study.out / "report", extra_sections=sections)
+    if study.priors:
+        sections += draw_priors(study)
+    return write_report([study.out / "runs"], study.report, extra_sections=sections)
+
+
+def draw_priors(study: Study) -> list[str]:
+    """Fig. 4 of every LR-Net cell (``lrrobust plot prior``) drawn into REPORT/priors/CELL/, and the report's section
+    showing them (none without an LR-Net cell)."""
+    from lrrobust.figures.prior import plot_priors
+    from lrrobust.models import model_info
+    from lrrobust.report.sections import priors_md
+
+    drawn = {c.run_dir.name: plot_priors(c.run_dir / "best.pt", study.report / "priors" / c.run_dir.name)
+             for c in study.cells if model_info(c.network).family == "lrnet"}
+    return [priors_md(drawn, study.report)] if drawn else []

@@ -162,7 +162,7 @@ def test_the_readme_example_runs_as_written(runs, tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    demo_checkpoint = "runs/demo/resnet26-adversarial/best.pt"
+    demo_checkpoint = "runs/demo/runs/resnet26-adversarial-s0/best.pt"
     assert demo_checkpoint in code
     code = code.replace(demo_checkpoint, str(runs / "resnet18-regular" / "best.pt"))
     monkeypatch.chdir(tmp_path)

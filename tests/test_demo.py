@@ -1,4 +1,5 @@
-"""The demo's parts: its plan, its verdicts, and the whole pipeline on a tiny plan (the real demo takes minutes)."""
+"""The demo: its spec (studies/demo.toml, the study machinery's input), its verdicts, and the whole pipeline with
+its live display on a tiny spec of the same shape (the real demo takes minutes)."""
 
 from __future__ import annotations
 
@@ -9,34 +10,38 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lrrobust.demo import MODELS, DemoPlan, Recipe, robustness_verdicts, run_demo, train_configs, transfer_sources
+from lrrobust.demo import robustness_verdicts, run_demo
 from lrrobust.evaluation.suite import load_suite
+from lrrobust.study import load_study, studies_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SUITE = Path(__file__).parent / "data" / "tiny_demo_suite.toml"
 
 
-def test_the_demo_trains_each_model_regularly_and_adversarially(tmp_path):
+def test_the_demo_is_a_shipped_study_of_each_network_trained_regularly_and_adversarially(tmp_path):
     from lrrobust.training import resolve_config
     from lrrobust.training.config import PRESETS
 
-    configs = train_configs(tmp_path)
-    assert [(c.model, c.adversarial) for c in configs] == [(m, a) for m in MODELS for a in (True, False)]
-    assert set(MODELS) == {"lrnet26", "resnet26"}
-    for config in configs:
-        resolved = resolve_config(config)
-        assert resolved.dataset == "digits" and resolved.model_kwargs["stem"] == "small"
-        if config.adversarial:
-            assert resolved.targeted and resolved.eps == PRESETS["digits"].eps
+    assert studies_dir() == ROOT / "studies"  # a checkout (or an editable install) reads the repository's folder
+    study = load_study("demo", tmp_path / "work")
+    assert study == load_study(ROOT / "studies" / "demo.toml", tmp_path / "work")
+    assert [(c.network, c.training, c.seed) for c in study.cells] == [
+        (n, t, 0) for n in ("lrnet26", "resnet26") for t in ("regular", "adversarial")]
+    assert study.dataset == "digits" and study.suite_name == "digits" and study.priors
+    assert study.report == tmp_path / "work" / "report"  # `lrrobust demo --out` replaces it
+    recipes = {"regular": (16, 0.05, [10, 13]), "adversarial": (22, 0.1, [14, 20])}
+    for cell in study.cells:
+        resolved = resolve_config(cell.config)
+        assert resolved.model_kwargs == {"stem": "small", "width": 0.25} == PRESETS["digits"].model_kwargs
+        assert (resolved.epochs, resolved.lr, resolved.milestones) == recipes[cell.training]
+        if cell.training == "adversarial":
+            assert resolved.targeted and resolved.steps == 4 and resolved.eps == PRESETS["digits"].eps
             # the demo's suite attacks at the eps the models were trained against
             assert {a.eps for a in load_suite("digits").attacks} == {resolved.eps}
-    assert not any(c.resume for c in configs)
-    (tmp_path / "lrnet26-regular").mkdir()
-    (tmp_path / "lrnet26-regular" / "last.pt").write_bytes(b"")
-    assert [c.resume for c in train_configs(tmp_path)] == [False, True, False, False]
-    # the transfer check of each model attacks it from the other architecture with the same training
-    assert [Path(s).parent.name for s in transfer_sources(configs)] == [
-        "resnet26-adversarial", "resnet26-regular", "lrnet26-adversarial", "lrnet26-regular"]
-    assert transfer_sources(train_configs(tmp_path, DemoPlan(models=("resnet18",)))) == [None, None]
+        # the transfer check of each model attacks it from the other architecture with the same training
+        other = "resnet26" if cell.network == "lrnet26" else "lrnet26"
+        assert cell.transfer_from == str(tmp_path / "work" / "runs" / f"{other}-{cell.training}-s0" / "best.pt")
 
 
 def _cell(key, correct_images, n=60):
@@ -67,34 +72,76 @@ def test_robustness_verdicts():
     assert "p < 0.001" in verdicts[("A", "targeted")][1] and verdicts[("B", "targeted")][1] == "missing"
 
 
-def test_the_pipeline_on_a_tiny_plan_and_its_resume(tmp_path):
-    from test_report import TINY_SUITE
+TINY_SPEC = """
+name = "tiny demo"
+dataset = "digits"
+suite = "{suite}"
+networks = ["resnet18", "resnet26"]
+trainings = ["regular", "adversarial"]
+seeds = [0]
 
-    (tmp_path / "tiny.toml").write_text(TINY_SUITE.replace("limit = 60", "limit = 30"))
-    plan = DemoPlan(models=("resnet18",), model_kwargs=(("width", 0.125),),
-                    recipes=(("regular", Recipe(1)), ("adversarial", Recipe(1))), adv_steps=2,
-                    suite=str(tmp_path / "tiny.toml"))
+[model]
+width = 0.125
+
+[training]
+epochs = 1
+
+[training.adversarial]
+steps = 2
+
+[transfer]
+resnet18 = "resnet26"
+resnet26 = "resnet18"
+
+[report]
+priors = true
+"""
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_a_tiny_spec_and_its_resume(tmp_path):
+    from lrrobust.evaluation.summary import read_summary
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY_SPEC.format(suite=TINY_SUITE.as_posix()))
     screen = io.StringIO()
     report = run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=screen, width=150),
-                      plan=plan, jobs=2)  # two worker processes
+                      jobs=2, spec=spec)  # two worker processes
     assert report == tmp_path / "report" / "table9.md"
     for name in ("table9.md", "table9.csv", "accuracy_vs_steps.png", "accuracy_vs_eps.png"):
         assert (tmp_path / "report" / name).is_file()
     with open(tmp_path / "report" / "table9.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["network"] for r in rows] == ["ResNet-18 (width 0.125)"]
-    assert all(rows[0][k] != "" for k in ("adv_clean", "adv_targeted", "adv_untargeted", "reg_clean",
+    assert sorted(r["network"] for r in rows) == ["ResNet-18 (width 0.125)", "ResNet-26 (width 0.125)"]
+    for row in rows:
+        assert all(row[k] != "" for k in ("adv_clean", "adv_targeted", "adv_untargeted", "reg_clean",
                                           "reg_targeted", "reg_untargeted"))
-    text = screen.getvalue()
-    assert "resnet18: adversarial training (targeted PGD-2), 1 epoch, then the tiny suite" in text
-    assert "resnet18 regular: done" in text and "resnet18 adversarial: done" in text
-    assert "adversarial training significantly more robust than regular" in text and "wall time" in text
-    assert "worst case over every attack" in text
+    study = load_study(spec, tmp_path / "work")
+    for cell in study.cells:  # each attacked from the other network's model with the same training
+        summary = read_summary(cell.eval_dir).raw
+        transfer = next(c for c in summary["checks"] if c["check"] == "transfer")
+        assert transfer["status"] != "skipped", transfer
+        assert list(summary["sources"]) == [cell.transfer_from]
+        assert (tmp_path / "report" / "evaluations" / cell.run_dir.name / "weights.pt").is_file()  # kept
+    # [report] priors draws the LR-Nets' (tests/test_figures.py): there are none here
+    assert "Learnt geometric priors" not in report.read_text() and not (tmp_path / "report" / "priors").exists()
+    shown = screen.getvalue()
+    assert ("resnet18 adversarial seed 0: adversarial training (targeted PGD-2), 1 epoch, then the tiny suite with "
+            "a transfer check from resnet26-adversarial-s0") in shown
+    # the display's lines (the console is no terminal: one per cell and stage), then the study's
+    for stage in ("training epoch 1/1", "trained, waiting for the attacks", "done"):
+        assert f"] resnet26 regular seed 0: {stage}" in shown, stage
+    assert "done: resnet26 adversarial seed 0 (training); trained, 1 epoch" in shown
+    assert "done: resnet18 regular seed 0; training:" in shown
+    assert "adversarial training significantly more robust than regular" in shown and "wall time" in shown
+    assert "worst case over every attack" in shown
     first = (tmp_path / "report" / "table9.csv").read_text()
-    # Run again in the same work directory: training resumes (nothing left to do), evaluation skips its batches.
-    run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=io.StringIO()), plan=plan,
-             jobs=1)  # in this process
+    # Run again in the same work directory: every cell is done, the report is written again alike.
+    again = io.StringIO()
+    run_demo(out=tmp_path / "report", workdir=tmp_path / "work", console=Console(file=again, width=150), jobs=1,
+             spec=spec)
     assert (tmp_path / "report" / "table9.csv").read_text() == first
+    assert "study tiny demo: 4 cells, 4 done, 0 to run" in again.getvalue()
 
 
 def test_demo_cli_refuses_bad_jobs(tmp_path):

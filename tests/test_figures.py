@@ -268,15 +268,24 @@ def test_mistakes_are_one_line_with_exit_code_2(runs, tmp_path, args, fragments)
     assert not (tmp_path / "figures").exists()
 
 
-def test_demo_links_the_prior_plots_of_its_lr_nets(runs, tmp_path):
-    from lrrobust.demo import prior_sections
-    from lrrobust.training import TrainConfig
+def test_a_study_report_shows_the_priors_of_its_lr_net_cells(runs, tmp_path):
+    """A study's ``[report] priors`` (the demo's): each LR-Net cell's overview shown, its per-layer maps linked; the
+    ResNet cells have none."""
+    import dataclasses
+    import shutil
 
-    configs = [TrainConfig(model="lrnet26", out=str(runs["mlp"])), TrainConfig(model="resnet18", out=str(runs["resnet"]))]
-    sections = prior_sections(configs, tmp_path)
-    assert len(sections) == 1 and "## Learnt geometric priors (Fig. 4)" in sections[0]
-    assert "resnet" not in sections[0]
+    from lrrobust.study import draw_priors, plan_study
+
+    spec = {"dataset": "digits", "suite": "digits", "networks": ["lrnet26", "resnet18"], "trainings": ["regular"],
+            "seeds": [0], "model": {"width": 0.125}, "report": {"priors": True}}
+    study = plan_study(spec, tmp_path / "s")
+    lrnet = study.cells[0]
+    lrnet.run_dir.mkdir(parents=True)
+    shutil.copyfile(runs["mlp"] / "best.pt", lrnet.run_dir / "best.pt")
+    sections = draw_priors(study)
+    assert len(sections) == 1 and sections[0].startswith("## Learnt geometric priors (Fig. 4)")
+    assert "### lrnet26-regular-s0" in sections[0] and "resnet" not in sections[0]
     links = [part.split(")")[0] for part in sections[0].split("](")[1:]]
-    assert links[0] == "priors/mlp/prior-overview.png" and len(links) == 1 + 9  # the overview, then 9 layers
-    assert all((tmp_path / link).is_file() for link in links)
-    assert prior_sections(configs[1:], tmp_path) == []
+    assert links[0] == "priors/lrnet26-regular-s0/prior-overview.png" and len(links) == 1 + 9  # then 9 layers
+    assert all((study.report / link).is_file() for link in links)
+    assert draw_priors(dataclasses.replace(study, cells=study.cells[1:])) == []

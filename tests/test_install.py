@@ -1,5 +1,6 @@
 """lrrobust as an installed package: a wheel built from the source tree, installed into a fresh virtual environment
-outside the repository, works from another directory (the suites come with it as package data)."""
+outside the repository, works from another directory (the suites and the study specs come with it as package
+data)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,14 @@ def test_the_wheel_ships_the_suites_and_runs_from_elsewhere(installed, tmp_path)
     module, names = where.splitlines()
     assert module.startswith(str(installed)) and not module.startswith(str(ROOT))  # the wheel, not the source tree
     assert {"digits", "mnist", "table9", "fd_steps", "mnist-l2"} <= set(eval(names))
+
+    where = run([str(installed / "bin" / "python"), "-c",
+                 "import lrrobust.study as s; print(s.studies_dir()); print(s.study_names())"], elsewhere)
+    folder, names = where.splitlines()
+    assert folder.startswith(str(installed)) and folder.endswith("lrrobust/studies")  # the wheel's own copy
+    assert {"demo", "table9-mnist", "table9-imagenet"} <= set(eval(names))
+    plan = run([lrrobust, "study", "demo", "--out", "demo-runs", "--plan"], elsewhere)
+    assert "lrnet26 adversarial seed 0: " in plan and not (elsewhere / "demo-runs").exists()
 
     models = run([lrrobust, "models"], elsewhere)
     assert "lrnet26" in models and "resnet50" in models

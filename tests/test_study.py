@@ -49,6 +49,13 @@ BASE = {"dataset": "digits", "suite": "digits", "networks": ["resnet18"], "train
     ({"training": {"epochs": 0}}, "--epochs must be at least 1"),
     ({"training": {"seed": 3}}, "may not set seed"),
     ({"training": {"epocs": 3}}, "unknown training config keys"),
+    ({"transfer": {"resnet26": "resnet18"}}, "unknown key resnet26 in \\[transfer\\]; valid keys: resnet18"),
+    ({"transfer": {"resnet18": "resnet18"}}, "\\[transfer\\] resnet18 must name another network of the study"),
+    ({"networks": ["resnet18", "lrnet26"], "transfer": {"resnet18": "resnet50"}},
+     "another network of the study \\(lrnet26\\), got 'resnet50'"),
+    ({"report": {"prior": True}}, "unknown key prior in \\[report\\]; valid keys: priors"),
+    ({"networks": ["lrnet26"], "model": {"geo_prior": "none"}, "report": {"priors": True}},
+     "priors needs LR-Nets with a geometric prior"),
 ])
 def test_a_bad_spec_is_refused_before_any_work(tmp_path, change, message):
     with pytest.raises(UserError, match=message):
@@ -71,6 +78,51 @@ def test_the_cli_says_one_line_and_exits_2_on_a_bad_spec(tmp_path):
 
 
 TINY_SUITE = (Path(__file__).parent / "data" / "tiny_study_suite.toml").read_text()
+
+
+def test_transfer_sources_are_cells_of_the_same_training_and_seed_trained_first(tmp_path):
+    """[transfer]: a network's transfer check crafts on another network's cell of the same training kind and seed;
+    the cells that are sources train before any cell is attacked (``SourceTraining``), done once every epoch is in."""
+    from lrrobust.study import epochs_done, source_trainings
+
+    spec = {**BASE, "networks": ["resnet18", "resnet26", "lrnet26"], "trainings": ["regular", "adversarial"],
+            "seeds": [0, 1], "transfer": {"lrnet26": "resnet18"}, "training": {"epochs": 2}}
+    study = plan_study(spec, tmp_path / "s")
+    runs = tmp_path / "s" / "runs"
+    for cell in study.cells:
+        expected = runs / f"resnet18-{cell.training}-s{cell.seed}" / "best.pt" if cell.network == "lrnet26" else None
+        assert cell.transfer_from == (None if expected is None else str(expected))
+    trainings = source_trainings(study)
+    assert [t.cell.network for t in trainings] == ["resnet18"] * 4 and {t.epochs for t in trainings} == {2}
+    assert trainings[0].label == "resnet18 regular seed 0 (training)" and not trainings[0].done()
+    run = trainings[0].run_dir
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert epochs_done(run) == 0 and not trainings[0].done()  # not a record the typed reader accepts
+    assert source_trainings(plan_study(BASE, tmp_path / "s")) == []  # no [transfer]: the cells alone
+
+
+def test_shipped_specs_are_found_by_name_and_a_path_wins(tmp_path, monkeypatch):
+    from lrrobust.study import resolve_study_path, study_names
+
+    assert {"demo", "table9-mnist", "table9-imagenet"} <= set(study_names())
+    assert resolve_study_path("demo") == STUDIES / "demo.toml"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text("x")  # a file of that name is the user's
+    assert resolve_study_path("demo") == Path("demo")
+    assert resolve_study_path("demo.toml") == Path("demo.toml")
+    one_line(study_cli("nosuch", "--out", tmp_path / "s"), 2, "study spec not found: nosuch")
+    result = study_cli(STUDIES / "demo.toml", "--out", tmp_path / "s", "--plan")
+    assert result.exit_code == 0, result.output
+    assert "lrnet26 adversarial seed 0: " in result.output and "transfer check from" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_report_directory_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_line(study_cli(_spec_file(tmp_path), "--out", tmp_path / "s", "--report", tmp_path / "afile"), 1, "--report",
+             "afile")
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):
@@ -137,7 +189,7 @@ def _every_wrong_field() -> list[tuple[dict, str]]:
 
     top = {"name": {"a": 1}, "description": ["x"], "dataset": 3, "root": 3, "suite": ["digits"],
            "networks": "resnet18", "trainings": "regular", "seeds": 0, "model": 3, "training": [1],
-           "convergence": "x", "sweep": 1}
+           "convergence": "x", "sweep": 1, "transfer": "lrnet26", "report": True, "cluster": 2}
     cases = [({key: value}, key) for key, value in top.items()]
     cases += [({"networks": [3]}, "networks"), ({"trainings": [True]}, "trainings"), ({"seeds": ["0"]}, "seeds")]
     study_sets = {"model", "model_kwargs", "dataset", "root", "seed", "out", "resume", "adversarial", "validation"}
@@ -154,6 +206,8 @@ def _every_wrong_field() -> list[tuple[dict, str]]:
     cases += [({"convergence": {key: "x"}}, key) for key in CONVERGENCE_KEYS]
     cases += [({"sweep": {key: "x"}}, key) for key in SWEEP_KEYS]
     cases += [({"sweep": {"lr": [0.1], "seed": "x"}}, "seed")]
+    cases += [({"networks": ["resnet18", "lrnet26"], "transfer": {"lrnet26": 3}}, "lrnet26"),
+              ({"report": {"priors": "yes"}}, "priors")]
     return cases
 
 

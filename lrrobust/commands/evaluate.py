@@ -1,4 +1,4 @@
-"""``lrrobust eval-attack``, ``lrrobust report`` and ``lrrobust demo`` (paper Sec. 6.2, Table 9)."""
+"""``lrrobust eval-attack`` and ``lrrobust report`` (paper Sec. 6.2, Table 9)."""
 
 from __future__ import annotations
 
@@ -282,26 +282,6 @@ def report(
     say(f"wrote {path}")
 
 
-def demo(
-    out: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path("reports/digits"),
-    workdir: Annotated[Path, typer.Option("--workdir", help="Runs and evaluations go here (resumed when it "
-                                          "exists), so anyone can re-attack the checkpoints.")] = Path("runs/demo"),
-    jobs: Annotated[int | None, typer.Option("--jobs", help="Models trained and attacked at a time, one thread "
-                                             "each (default: one per CPU core, at most 4).")] = None,
-) -> None:
-    """The whole pipeline on the embedded digits: train, attack, report (what `make demo` runs)."""
-    from lrrobust.demo import run_demo
-    from lrrobust.io import ensure_writable_dir
-    from lrrobust.jobs import check_jobs
-
-    if jobs is not None:
-        check_jobs(jobs)
-    for option, path in (("--workdir", workdir), ("--out", out)):
-        ensure_writable_dir(path, option, create=False)
-    run_demo(out=out, workdir=workdir, console=console, jobs=jobs)
-
-
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("eval-attack")(user_errors(with_attack_options(eval_attack)))
     app.command("report")(user_errors(report))
-    app.command("demo")(user_errors(demo))

@@ -1,5 +1,6 @@
 """``lrrobust study``: a Table 9 grid of networks x training kinds x seeds, resumable, on this machine, a Ray cluster
-or Slurm (lrrobust/study.py, lrrobust/executors/)."""
+or Slurm (lrrobust/study.py, lrrobust/executors/); ``lrrobust demo``: the shipped demo study with its live display
+(lrrobust/demo.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from lrrobust.jobs import RETRIES
 
 
 def study(
-    spec: Annotated[Path, typer.Argument(help="Study spec TOML (e.g. studies/table9-mnist.toml).")],
+    spec: Annotated[Path, typer.Argument(help="Study spec TOML (e.g. studies/table9-mnist.toml), or the name of a "
+                                         "shipped one (demo, table9-mnist, table9-imagenet).")],
     out: Annotated[Path, typer.Option("--out", help="Study directory: runs/ and report/ (resumed when it exists); "
                                       "with ray or slurm, on a file system every worker sees.")],
+    report: Annotated[Path | None, typer.Option("--report", help="Where the report and the kept cells go "
+                                                "(default: OUT/report).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", help="Cells (and sweep trials) run at a time: worker processes "
                                       "here (one GPU each when several are visible, or \\[cluster] gpus each when "
                                       "above 1), Ray tasks or Slurm jobs; 1 to 256.")] = 1,
@@ -58,6 +62,7 @@ def study(
     from lrrobust.errors import UserError
     from lrrobust.executors import make_executor
     from lrrobust.executors.resources import with_options
+    from lrrobust.io import ensure_writable_dir
     from lrrobust.jobs import check_jobs, check_retries
     from lrrobust.study import check_processes, load_study, run_study
 
@@ -68,7 +73,7 @@ def study(
     planned = load_study(spec, out)
     cluster = with_options(planned.cluster, executor.value, cpus=cpus_per_cell, gpus=gpus_per_cell,
                            processes=processes_per_cell, partition=partition, time=time)
-    planned = dataclasses.replace(planned, cluster=cluster)
+    planned = dataclasses.replace(planned, cluster=cluster, report_dir=report)
     if plan:
         check_processes(planned)
         make_executor(executor.value, planned.out, cluster, jobs, ray_address)  # its extra and options, checked
@@ -76,6 +81,8 @@ def study(
         return
     from lrrobust.training import TrainingDiverged
 
+    if report is not None:
+        ensure_writable_dir(report, "--report", create=False)
     try:  # checks the data, --out and the executor before creating anything
         report = run_study(planned, jobs=jobs, console=console, executor=executor.value, retries=retries,
                            ray_address=ray_address)
@@ -99,8 +106,37 @@ def _show_plan(planned: object) -> None:
         say(f"{trial.label}: {trial.run_dir} ({state(trial)})")
     for cell in planned.cells:
         recipe = " (recipe: the sweep's choice)" if planned.sweep is not None else ""
-        say(f"{cell.label}: {cell.run_dir} ({state(cell)}){recipe}")
+        transfer = "" if cell.transfer_from is None else f", transfer check from {cell.transfer_from}"
+        say(f"{cell.label}: {cell.run_dir} ({state(cell)}){recipe}{transfer}")
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Report directory (the study's --report).")]
+    = Path("reports/digits"),
+    workdir: Annotated[Path, typer.Option("--workdir", help="The study's directory: runs and evaluations go here "
+                                          "(resumed when it exists), so anyone can re-attack the checkpoints.")]
+    = Path("runs/demo"),
+    jobs: Annotated[int | None, typer.Option("--jobs", help="Models trained and attacked at a time, one thread "
+                                             "each (default: one per CPU core, at most 4).")] = None,
+) -> None:
+    """The whole pipeline on the embedded digits: the study studies/demo.toml trained, attacked and reported (what
+    `make demo` runs)."""
+    from lrrobust.demo import run_demo
+    from lrrobust.io import ensure_writable_dir
+    from lrrobust.jobs import check_jobs
+    from lrrobust.training import TrainingDiverged
+
+    if jobs is not None:
+        check_jobs(jobs)
+    for option, path in (("--workdir", workdir), ("--out", out)):
+        ensure_writable_dir(path, option, create=False)
+    try:
+        run_demo(out=out, workdir=workdir, console=console, jobs=jobs)
+    except TrainingDiverged as e:  # a cell's loss became NaN: as `lrrobust train` says it
+        print_error(e, "training stopped:")
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("study")(user_errors(study))
+    app.command("demo")(user_errors(demo))

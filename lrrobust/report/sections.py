@@ -1,5 +1,6 @@
 """The report's sections below its first screen: every attack per model and seed, training convergence, the
-gradient-masking checks and diagnostics, the recipe sweep, and the runs (``manifest.json`` and its markdown).
+gradient-masking checks and diagnostics, the recipe sweep, the learnt geometric priors (Fig. 4), and the runs
+(``manifest.json`` and its markdown).
 
 ``manifest.json`` records every path relative to the working directory the report was written from (a path the
 run recorded relative to its own working directory is kept as the run recorded it), and the program of a command
@@ -61,6 +62,18 @@ def convergence_md(entries: list[Entry]) -> str:
         rows.append([e.network, e.training, "–" if e.outside else str(e.seed), f"**{result['status']}**",
                      result["verdict"]])
     return md_table(["network", "training", "seed", "status", "verdict"], rows)
+
+
+def priors_md(drawn: dict[str, list[Path]], out: Path) -> str:
+    """Fig. 4 of each LR-Net run: its overview shown and its per-layer maps linked, from ``drawn`` (run name -> the
+    files ``lrrobust.figures.prior.plot_priors`` drew under the report directory ``out``, the overview first)."""
+    parts = []
+    for name, paths in drawn.items():
+        links = ", ".join(f"[{p.stem.removeprefix('prior-')}]({p.relative_to(out).as_posix()})" for p in paths[1:])
+        parts.append(f"### {name}\n\n![{name}: geometric priors]({paths[0].relative_to(out).as_posix()})\n\n"
+                     f"Per layer, one map per group: {links}.\n")
+    return ("## Learnt geometric priors (Fig. 4)\n\nEach LR-Net's geometric prior after softmax over the window, the "
+            "mean over its groups per layer (`lrrobust plot prior RUN/best.pt`).\n\n" + "\n".join(parts))
 
 
 def sweep_md(record: dict[str, Any]) -> str:
