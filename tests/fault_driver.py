@@ -18,8 +18,10 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 
 SUITE = {"name": "fault", "seed": 0, "batch_size": 20, "limit": 40, "attack": [
     {"name": "pgd-t", "kind": "pgd", "targeted": True, "eps": 0.2, "steps": 2, "restarts": 2},
@@ -34,25 +36,17 @@ def train_config(out: str, resume: bool = False):
                        steps=1, out=out, device="cpu", resume=resume)
 
 
-STUDY_SUITE = {"name": "fault", "seed": 0, "batch_size": 20, "limit": 40, "attack": [
-    {"name": "pgd-u", "kind": "pgd", "eps": 0.2, "steps": 2},
-]}
 STUDY = {"name": "fault", "dataset": "digits", "networks": ["resnet18"], "trainings": ["regular"], "seeds": [0],
          "model": {"width": 0.125}, "training": {"epochs": 2, "batch_size": 256}}
 
 
 def study_spec(directory: str) -> dict:
-    """The tiny study of the fault tests: one cell, two epochs, one attack on two batches; its suite file is written
-    into ``directory``."""
-    from pathlib import Path
-
+    """The tiny study of the fault tests: one cell, two epochs, one attack on two batches
+    (tests/data/suites/fault_study.toml, copied into ``directory``)."""
     suite = Path(directory) / "fault-suite.toml"
     if not suite.is_file():
         suite.parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"{k} = {json.dumps(v)}" for k, v in STUDY_SUITE.items() if k != "attack"]
-        for attack in STUDY_SUITE["attack"]:
-            lines += ["", "[[attack]]"] + [f"{k} = {json.dumps(v)}" for k, v in attack.items()]
-        suite.write_text("\n".join(lines) + "\n")
+        shutil.copyfile(Path(__file__).parent / "data" / "suites" / "fault_study.toml", suite)
     return {**STUDY, "suite": str(suite)}
 
 
@@ -73,8 +67,6 @@ def run(command: str, out: str, checkpoint: str | None = None) -> None:
 
         train(train_config(out), progress=False)
     elif command == "study":
-        from pathlib import Path
-
         from rich.console import Console
 
         from lrrobust.study import plan_study, run_study

@@ -17,8 +17,6 @@ from lrrobust.data import load_dataset
 from lrrobust.errors import UserError
 from lrrobust.evaluation.standard import dataset_eps, model_eps, standard_suite
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = {
     "name": "api-tiny", "seed": 0, "batch_size": 16,
@@ -29,10 +27,8 @@ SUITE = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    from test_report import real_runs
-
-    return real_runs(tmp_path_factory.getbasetemp() / "lrrobust-eval-fixture")
+def runs(report_runs) -> Path:
+    return report_runs
 
 
 @pytest.fixture(scope="module")

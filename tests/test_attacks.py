@@ -19,7 +19,6 @@ from lrrobust.evaluation.suite import load_suite, parse_suite, suites_dir
 NUM_CLASSES = 5
 
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from conftest import torch_threads
 from typer.testing import CliRunner
 
 import lrrobust.ops
@@ -178,11 +179,11 @@ def test_library_refuses_bad_options():
 
 def test_cli_writes_the_records_as_json_and_markdown(tmp_path):
     out, md = tmp_path / "sub" / "bench.json", tmp_path / "bench.md"
-    threads = torch.get_num_threads()
     args = ["bench", "op", "--shape", "16x6", "--batch", "2", "--repeats", "2", "--threads", "1"]
-    result = CliRunner().invoke(app, [*args, "--json", str(out), "--markdown", str(md)])
+    with torch_threads(2):
+        result = CliRunner().invoke(app, [*args, "--json", str(out), "--markdown", str(md)])
+        assert torch.get_num_threads() == 2  # restored after the run
     assert result.exit_code == 0, result.output
-    assert torch.get_num_threads() == threads  # restored after the run
     assert "local relation op vs convolutions" in result.stdout
     records = json.loads(out.read_text())
     assert sorted((r["impl"], r["pass"]) for r in records) == sorted((i, p) for i in IMPLS for p in PASSES)

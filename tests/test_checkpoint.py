@@ -23,8 +23,6 @@ from lrrobust.checkpoint import (
 from lrrobust.errors import EnvironmentFailure, UserError
 from lrrobust.models import create_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _state(model) -> dict:
     return {

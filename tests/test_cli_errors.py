@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from lrrobust.checkpoint import read_checkpoint
@@ -29,8 +28,6 @@ from lrrobust.evaluation.state import STATE_DIR, read_state
 from lrrobust.io import append_jsonl, atomic_write_text, ensure_writable_dir
 from lrrobust.training import TrainConfig, resolve_config
 from lrrobust.training.run_files import read_metrics
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["-m", "resnet18", "--width", "0.125", "--epochs", "1", "--batch-size", "256", "--no-progress"]
 EVAL = ["--steps", "1", "--limit", "64", "--batch-size", "8", "--mode", "untargeted"]
@@ -58,20 +55,18 @@ def check(result, code: int, *fragments: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(session_cache) -> dict[str, Path]:
     """A tiny regular and adversarial digits run, and an evaluation of the regular one (read-only: copy them)."""
-    root = tmp_path_factory.mktemp("cli_errors")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+
+    def build(root: Path) -> None:
         for kind, command in (("regular", "train"), ("adversarial", "train-adv")):
             extra = ["--steps", "1"] if kind == "adversarial" else []
             result = invoke(command, *TINY, *extra, "-o", root / kind)
             assert result.exit_code == 0, result.output
         result = invoke("eval-attack", root / "regular", "--out", root / "eval", *EVAL)
         assert result.exit_code == 0, result.output
-    finally:
-        torch.set_num_threads(threads)
+
+    root = session_cache("cli-errors-runs", build)
     return {"regular": root / "regular", "adversarial": root / "adversarial", "eval": root / "eval"}
 
 

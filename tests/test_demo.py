@@ -8,15 +8,15 @@ import io
 from pathlib import Path
 
 import pytest
+from conftest import SUITES
 from rich.console import Console
 
 from lrrobust.demo import robustness_verdicts, run_demo
 from lrrobust.evaluation.suite import load_suite
 from lrrobust.study import load_study, studies_dir
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
 ROOT = Path(__file__).resolve().parents[1]
-TINY_SUITE = Path(__file__).parent / "data" / "tiny_demo_suite.toml"
+TINY_SUITE = SUITES / "demo_tiny.toml"
 
 
 def test_the_demo_is_a_shipped_study_of_each_network_trained_regularly_and_adversarially(tmp_path):

@@ -10,8 +10,6 @@ from torch import nn
 from lrrobust.evaluation.diagnostics import diagnose, drop_signs, masking_line, pgd_apgd_drop, signs
 from lrrobust.models.local_relation import LocalRelation2d
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-
 
 class TinyLRNet(nn.Module):
     """A 1x1 conv to 4 channels, one local relation layer (3x3 window, 2 groups), pooling and a classifier."""

@@ -25,7 +25,6 @@ from lrrobust.evaluation.target import EvalTarget, Origin
 NUM_CLASSES = 4
 
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 class Blobs(Dataset):
@@ -228,13 +227,8 @@ def test_checks_flag_a_model_that_masks_gradients(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from test_report import real_runs
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield real_runs(tmp_path_factory.getbasetemp() / "lrrobust-eval-fixture")
-    torch.set_num_threads(threads)
+def runs(report_runs):
+    return report_runs
 
 
 def cli(*args: str):

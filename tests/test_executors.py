@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SUITES
 from rich.console import Console
 
 from lrrobust.errors import EnvironmentFailure
 from lrrobust.executors.work import LOG_NAME, claim_dir, claim_holder
 from lrrobust.study import plan_study, run_cell, run_study
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-SUITE = Path(__file__).parent / "data" / "tiny_study_suite.toml"
+SUITE = SUITES / "study_tiny.toml"
 # 4 cells of about 2 s each: 4 epochs, so that a worker can be killed between its first checkpoint and its end
 SPEC = {"name": "tiny", "dataset": "digits", "suite": str(SUITE), "networks": ["resnet18"], "trainings": ["regular"],
         "seeds": [0, 1, 2, 3], "model": {"width": 0.125}, "training": {"epochs": 4, "batch_size": 256},

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SUITES
 from typer.testing import CliRunner
 
 from lrrobust.errors import EnvironmentFailure, UserError
@@ -20,7 +21,7 @@ from lrrobust.executors.resources import Resources, parse_cluster, parse_time, w
 from lrrobust.executors.slurm import failed_outcome
 from lrrobust.study import plan_study
 
-SUITE = Path(__file__).parent / "data" / "tiny_study_suite.toml"
+SUITE = SUITES / "study_tiny.toml"
 BASE = {"dataset": "digits", "suite": str(SUITE), "networks": ["resnet18"], "trainings": ["regular"], "seeds": [0]}
 
 

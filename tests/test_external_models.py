@@ -8,12 +8,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ONE_EPOCH_RESNET, SUITES
 from markdown_text import squash
 from torch import nn
 from torchvision.models import get_model
@@ -25,29 +27,11 @@ from lrrobust.errors import UserError
 from lrrobust.evaluation.api import evaluate
 from lrrobust.evaluation.target import check_module
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-
 TINY_SUITE = {
     "name": "tiny", "seed": 0, "batch_size": 10, "limit": 20,
     "attack": [{"name": "pgd2-targeted", "targeted": True, "eps": 0.2, "steps": 2},
                {"name": "pgd2-untargeted", "eps": 0.2, "steps": 2}],
 }
-TINY_TOML = """name = "tiny"
-seed = 0
-batch_size = 10
-limit = 20
-
-[[attack]]
-name = "pgd2-targeted"
-targeted = true
-eps = 0.2
-steps = 2
-
-[[attack]]
-name = "pgd2-untargeted"
-eps = 0.2
-steps = 2
-"""
 DIGITS = dataset_info("digits")
 
 # torchvision's resnet18 on digits: one input channel, a 3x3 stride-1 stem and no max-pool for the 8x8 images;
@@ -104,23 +88,14 @@ def work(tmp_path_factory) -> Path:
     torch.save(model.state_dict(), root / "weights.pt")
     header = f"WEIGHTS = {str(root / 'weights.pt')!r}\nMEAN = {list(DIGITS.mean)}\nSTD = {list(DIGITS.std)}\n"
     (root / "mymodels.py").write_text(header + FACTORY)
-    (root / "tiny.toml").write_text(TINY_TOML)
+    shutil.copyfile(SUITES / "external_tiny.toml", root / "tiny.toml")
     return root
 
 
 @pytest.fixture(scope="module")
-def zoo_eval(tmp_path_factory) -> Path:
+def zoo_eval(trained_run, evaluated_run) -> Path:
     """A real zoo model (a small ResNet-18 trained one epoch on digits) evaluated with the tiny suite."""
-    from lrrobust.evaluation.evaluate import evaluate
-    from lrrobust.evaluation.suite import parse_suite
-    from lrrobust.training import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("zoo")
-    run = train(TrainConfig(model="resnet18", model_kwargs={"width": 0.125}, epochs=1, out=str(root / "run"),
-                            device="cpu"), progress=False)
-    evaluate(run, "digits", parse_suite(TINY_SUITE), root / "eval", label="Our ResNet-18", device="cpu",
-             progress=False)
-    return root / "eval"
+    return evaluated_run(trained_run(**ONE_EPOCH_RESNET), "external_tiny.toml", label="Our ResNet-18")
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,6 @@ from lrrobust.training.run_files import check_best, read_manifest, read_metrics,
 sys.path.insert(0, str(Path(__file__).parent))
 from fault_driver import SUITE, run, study_spec, train_config
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
 DRIVER = Path(__file__).parent / "fault_driver.py"
 ALL = bool(os.environ.get("LRROBUST_FAULT_ALL"))
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ONE_EPOCH_RESNET
 from test_cli_errors import assert_one_line, invoke
 
 from lrrobust.checkpoint import load_checkpoint
@@ -22,47 +23,15 @@ from lrrobust.figures import canvas
 from lrrobust.figures.layers import layer_inputs, lr_layers
 from lrrobust.models.local_relation import relative_positions
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-SUITE = """
-name = "tiny"
-seed = 0
-batch_size = 4
-limit = 6
-
-[[attack]]
-name = "pgd2-targeted"
-targeted = true
-eps = 0.2
-steps = 2
-
-[[attack]]
-name = "pgd2-untargeted"
-eps = 0.2
-steps = 2
-restarts = 2
-"""
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """One-epoch digits runs: LR-Net-26 with the MLP prior (and an evaluation of it), with the table prior, and a
-    ResNet-18 (read-only)."""
-    from lrrobust.evaluation.evaluate import evaluate
-    from lrrobust.evaluation.suite import parse_suite
-    from lrrobust.training import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("figures")
-    for name, model, kwargs in (("mlp", "lrnet26", {}), ("table", "lrnet26", {"geo_prior": "table"}),
-                                ("resnet", "resnet18", {})):
-        train(TrainConfig(model=model, model_kwargs={"width": 0.125, **kwargs}, epochs=1, out=str(root / name),
-                          device="cpu"), progress=False)
-    import tomllib
-
-    evaluate(root / "mlp", "digits", parse_suite(tomllib.loads(SUITE)), root / "mlp" / "eval-tiny", device="cpu",
-             progress=False)
-    return {"mlp": root / "mlp", "table": root / "table", "resnet": root / "resnet",
-            "eval": root / "mlp" / "eval-tiny"}
+def runs(trained_run, evaluated_run) -> dict[str, Path]:
+    """One-epoch digits runs: LR-Net-26 with the MLP prior (and an evaluation of it with
+    tests/data/suites/figures_tiny.toml), with the table prior, and a ResNet-18 (read-only)."""
+    made = {name: trained_run(name, model="lrnet26", model_kwargs={"width": 0.125, **kwargs}, epochs=1, device="cpu")
+            for name, kwargs in (("mlp", {}), ("table", {"geo_prior": "table"}))}
+    return {**made, "resnet": trained_run(**ONE_EPOCH_RESNET),
+            "eval": evaluated_run(made["mlp"], "figures_tiny.toml", name="eval-tiny")}
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lrrobust.models import create_model, list_models
 from lrrobust.models.fold import FoldingSequential, then_bn
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class OpNames(TorchDispatchMode):
     """Records the names of the aten ops that run."""

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.early]  # a full CPU compile: started first, beside the other tests
 
 
 def run(args: list[str], cwd: Path, timeout: float = 900, env: dict[str, str] | None = None) -> str:

@@ -13,8 +13,6 @@ from lrrobust.errors import UserError
 from lrrobust.models import GeometricPrior, LocalRelation2d
 from lrrobust.models.flops import aggregation_flops, local_relation_flops
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def naive_layer(layer: LocalRelation2d, x: torch.Tensor) -> torch.Tensor:
     """Eq. 2 written out pixel by pixel: softmax over the window of Phi(q, k) + f_g(p - p'), then the value."""

@@ -20,8 +20,6 @@ from lrrobust.training import TrainConfig, train
 from lrrobust.training import loop as loop_module
 from lrrobust.training.run_files import check_best
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-
 HOLD = """
 import sys, time
 from lrrobust.core.lock import locked_directory

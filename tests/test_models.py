@@ -27,7 +27,6 @@ PAPER_FIGURES = {m.name: m.paper for m in registered_models() if m.paper is not 
 SMALL = {"in_chans": 1, "stem": "small", "width": 0.125, "mean": [0.5], "std": [0.25]}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(name: str, **kw) -> torch.nn.Module:

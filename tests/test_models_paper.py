@@ -19,8 +19,6 @@ from lrrobust.models.flops import aggregation_flops, local_relation_flops
 from lrrobust.models.nonlocal_block import NL_SUBSAMPLE, NonLocal2d, NonLocalBlock
 from lrrobust.ops.reference import local_relation_reference
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SMALL = {"in_chans": 1, "stem": "small", "width": 0.125, "mean": [0.5], "std": [0.25]}
 
 

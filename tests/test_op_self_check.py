@@ -27,7 +27,7 @@ FULL_WINDOW = next(p for p in self_check.PROBLEMS if p.name == "full window")
 
 
 @pytest.fixture(autouse=True)
-def fresh(monkeypatch, one_thread):
+def fresh(monkeypatch):
     """No results from other tests, no self-check variables from the environment; one CPU thread (conftest)."""
     monkeypatch.setattr(self_check, "RESULTS", {})
     monkeypatch.delenv(self_check.SKIP_VARIABLE, raising=False)

@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import torch_threads
 from torch.profiler import ProfilerActivity, profile
 
 from lrrobust import ops
@@ -472,11 +473,7 @@ def test_memory_stays_far_below_a_window_copy(tmp_path):
     # O(K*K * 16) numbers (all through the tensor allocator, so the profiler sees them).
     n, c, g, h, w, k = 1, 32, 4, 40, 40, 79
     x = make_inputs((n, c, g, h, w, k, 1, 1), torch.float32, requires_grad=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         peak = _peak_allocated_bytes(lambda: local_relation(*x, k).sum().backward(), tmp_path / "trace.json")
-    finally:
-        torch.set_num_threads(threads)
     window_copy = k * k * x[2].numel() * 4
     assert 0 < peak < window_copy / 100, (peak, window_copy)

@@ -6,36 +6,14 @@ from __future__ import annotations
 import re
 from io import StringIO
 
+from conftest import SUITES
 from rich.console import Console
 from typer.testing import CliRunner
 
 from lrrobust.cli import app
 
 TIMES = r", elapsed \d+:\d\d, remaining (\d+:\d\d|-:--)$"
-SUITE = """
-name = "tiny-autoattack"
-seed = 0
-batch_size = 4
-limit = 8
-
-[[attack]]
-name = "pgd1"
-kind = "pgd"
-eps = 0.2
-steps = 1
-restarts = 2
-
-[[attack]]
-name = "aa"
-kind = "autoattack"
-eps = 0.2
-steps = 1
-n_queries = 2
-target_classes = 1
-
-[checks]
-enabled = false
-"""
+SUITE = (SUITES / "progress_autoattack.toml").read_text()
 
 
 def _plain(output: str) -> list[str]:

@@ -9,74 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUITES
 from markdown_text import squash
 from typer.testing import CliRunner
 
 from lrrobust.errors import UserError
 from lrrobust.report import collect, network_name, paper_table9, write_report
 
-TINY_SUITE = """
-name = "tiny"
-seed = 0
-batch_size = 30
-limit = 60
-
-[[attack]]
-name = "pgd3-targeted"
-targeted = true
-eps = 0.2
-steps = 3
-
-[[attack]]
-name = "pgd3-untargeted"
-eps = 0.2
-steps = 3
-
-[checks]
-steps = [1, 3]
-eps_grid = [0.2, 0.5]
-eps_steps = 3
-restarts = 2
-"""
-
-
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-
-def real_runs(base: Path) -> Path:
-    """Short real training runs on digits (made once per test session): a small ResNet-18 trained regularly and
-    adversarially, both evaluated with a tiny suite (RUN/eval-tiny), and a ResNet-26 run left unevaluated."""
-    runs = base / "runs"
-    if (runs / "done").exists():
-        return runs
-    from lrrobust.evaluation.evaluate import evaluate
-    from lrrobust.evaluation.suite import parse_suite
-    from lrrobust.training import TrainConfig, train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        (base / "tiny.toml").write_text(TINY_SUITE)
-        import tomllib
-
-        suite = parse_suite(tomllib.loads(TINY_SUITE))
-        for adversarial in (False, True):
-            out = runs / f"resnet18-{'adversarial' if adversarial else 'regular'}"
-            train(TrainConfig(model="resnet18", model_kwargs={"width": 0.125}, epochs=3, out=str(out), device="cpu",
-                              adversarial=adversarial, steps=2 if adversarial else None), progress=False)
-            evaluate(out, "digits", suite, out / "eval-tiny", device="cpu", progress=False)
-        train(TrainConfig(model="resnet26", model_kwargs={"width": 0.125}, epochs=1,
-                          out=str(runs / "resnet26-regular"), device="cpu"), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    (runs / "done").write_text("")
-    return runs
+TINY_SUITE = (SUITES / "report_tiny.toml").read_text()
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    return real_runs(tmp_path_factory.getbasetemp() / "lrrobust-eval-fixture")
+def runs(report_runs) -> Path:
+    """conftest's report_runs: two evaluated ResNet-18 runs and an unevaluated ResNet-26 run (read-only)."""
+    return report_runs
 
 
 def read_rows(path: Path) -> dict[str, dict[str, str]]:

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import tomllib
 from markdown_text import squash
 from rich.console import Console
 from typer.testing import CliRunner
@@ -20,68 +19,15 @@ from lrrobust.errors import UserError
 from lrrobust.report import COLUMNS, collect, write_report
 from lrrobust.report.tables import linf_attack_cols
 
-LINF_SUITE = """
-name = "tiny-linf"
-seed = 0
-batch_size = 40
-limit = 40
-
-[[attack]]
-name = "pgd3-targeted"
-targeted = true
-eps = 0.2
-steps = 3
-
-[[attack]]
-name = "pgd3-untargeted"
-eps = 0.2
-steps = 3
-"""
-
-L2_SUITE = """
-name = "tiny-l2"
-seed = 0
-batch_size = 40
-limit = 40
-
-[[attack]]
-name = "pgdl2-3-targeted"
-kind = "pgd-l2"
-targeted = true
-eps = 0.5
-steps = 3
-
-[[attack]]
-name = "pgdl2-3-untargeted"
-kind = "pgd-l2"
-eps = 0.5
-steps = 3
-
-[checks]
-steps = [1, 3]
-eps_grid = [0.5, 2.0]
-eps_steps = 3
-restarts = 2
-"""
-
 NETWORK = "ResNet-18 (width 0.25)"
-pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
-def evaluations(digits_runs, tmp_path_factory) -> dict[tuple[str, str], Path]:
-    """(training, norm) -> the evaluation directory of the session's digits run under the tiny suite of that norm."""
-    from lrrobust.evaluation.evaluate import evaluate
-    from lrrobust.evaluation.suite import parse_suite
-
-    root = tmp_path_factory.mktemp("l2-evaluations")
-    out = {}
-    for training, run in digits_runs.items():
-        for norm, text in (("linf", LINF_SUITE), ("l2", L2_SUITE)):
-            out[(training, norm)] = root / f"{training}-{norm}"
-            evaluate(run, "digits", parse_suite(tomllib.loads(text)), out[(training, norm)], device="cpu",
-                     progress=False)
-    return out
+def evaluations(digits_runs, evaluated_run) -> dict[tuple[str, str], Path]:
+    """(training, norm) -> the evaluation directory of the session's digits run under the tiny suite of that norm
+    (tests/data/suites/report_linf.toml and report_l2.toml)."""
+    return {(training, norm): evaluated_run(run, f"report_{norm}.toml", name=f"{training}-{norm}")
+            for training, run in digits_runs.items() for norm in ("linf", "l2")}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import SUITES
 from typer.testing import CliRunner
 
 from lrrobust.errors import UserError
 from lrrobust.study import load_study, plan_study, run_cell, run_study
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 
@@ -77,7 +77,7 @@ def test_the_cli_says_one_line_and_exits_2_on_a_bad_spec(tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
 
 
-TINY_SUITE = (Path(__file__).parent / "data" / "tiny_study_suite.toml").read_text()
+TINY_SUITE = (SUITES / "study_tiny.toml").read_text()
 
 
 def test_transfer_sources_are_cells_of_the_same_training_and_seed_trained_first(tmp_path):

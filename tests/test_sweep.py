@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SUITES
 from markdown_text import squash
 from rich.console import Console
 from typer.testing import CliRunner
@@ -19,9 +20,7 @@ from lrrobust.errors import UserError
 from lrrobust.study import WEIGHTS_FILE, kept_dir, plan_study, run_study, run_sweep
 from lrrobust.sweep import SWEEP_SEED, Trial, choose, read_trial, run_trial
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-TINY_SUITE = (Path(__file__).parent / "data" / "tiny_study_suite.toml").read_text()
+TINY_SUITE = (SUITES / "study_tiny.toml").read_text()
 SPEC = {"dataset": "digits", "suite": "digits", "networks": ["resnet18", "resnet26"], "trainings": ["regular"],
         "seeds": [0], "model": {"width": 0.125}, "training": {"epochs": 2, "batch_size": 256},
         "sweep": {"lr": [0.1, 0.02]}}
@@ -123,7 +122,7 @@ class _InProcess(concurrent.futures.ThreadPoolExecutor):
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, one_thread_module) -> types.SimpleNamespace:
+def swept(tmp_path_factory) -> types.SimpleNamespace:
     """A tiny study with a 2-value lr sweep over two networks, killed during its sweep (one trial finished, one
     after the first of its two epochs), continued up to the end of the sweep, then run to its report."""
     from lrrobust.training import train

@@ -29,8 +29,6 @@ from lrrobust.training.adversarial import adversarial_examples, perturb
 from lrrobust.training.loop import lr_factor, train_step
 from lrrobust.training.run_files import EpochRecord, is_run_dir, read_manifest, read_metrics, read_run_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # A tiny adversarial run (PGD-2) for the resume tests: every RNG stream (init, order, targets, random starts) is used.
 RESUME_ARGS = ["train-adv", "-m", "resnet18", "--width", "0.125", "--epochs", "3", "--steps", "2", "--eps", "0.2",
                "--milestones", "2"]
@@ -200,14 +198,9 @@ def test_training_targets_are_seeded_and_never_the_label():
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def reference_run(trained_run):
     """The tiny adversarial run, uninterrupted."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(TrainConfig(**RESUME_CONFIG, out=str(tmp_path_factory.mktemp("ref") / "run")), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    return trained_run(**RESUME_CONFIG)
 
 
 def test_resumed_run_ends_with_the_same_weights(reference_run, tmp_path):
