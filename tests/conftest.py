@@ -51,13 +51,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that uses ``session_cache`` (through a fixture that trains or attacks) is marked slow. Tests marked
-    ``early`` (a minute or more in one process, such as the wheel build of test_install.py) run first, so under
-    pytest-xdist they start while the other workers share out the rest, instead of finishing last."""
+    """Every test that uses ``session_cache`` (through a fixture that trains or attacks) is marked slow."""
     for item in items:
         if "session_cache" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("early") is None)
+
+
+@pytest.hookimpl(tryfirst=True)  # after deselection, before pytest-xdist sends the order to its controller
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Tests marked ``early`` (a minute or more in one process, such as the wheel build of test_install.py) start
+    first, one per worker, instead of finishing last. pytest-xdist's worksteal scheduler hands worker w the next
+    len(remaining) // (workers - w) tests of this order at the start, so each share begins with its early tests."""
+    items = session.items
+    early = [item for item in items if item.get_closest_marker("early")]
+    rest = [item for item in items if not item.get_closest_marker("early")]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    ordered = []
+    for worker in range(workers):
+        share = (len(items) - len(ordered)) // (workers - worker)
+        head = early[worker::workers]
+        take = max(share - len(head), 0)
+        ordered += head + rest[:take]
+        rest = rest[take:]
+    items[:] = ordered + rest
 
 
 @contextlib.contextmanager

@@ -20,6 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "csrc", "cuda", "emu", "check_emulated.py")
 
 
+@pytest.mark.slow
+@pytest.mark.early  # compiles the kernels for the emulator: a minute in one process
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
 def test_cuda_kernels_agree_with_the_reference_in_the_emulator():
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
