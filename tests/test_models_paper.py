@@ -283,6 +283,7 @@ def test_conv_stem_differs_from_the_lr_stem_exactly_in_the_stem(stem):
     assert conv_net.stem(x).shape == lr_net.stem(x).shape
 
 
+@pytest.mark.slow
 def test_conv_stem_through_the_cli_and_a_checkpoint(tmp_path):
     from lrrobust.checkpoint import load_checkpoint, read_checkpoint
 

@@ -253,6 +253,7 @@ def real_reports():
     return reports
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bf16", "f16", "f32", "f64"])
 def test_real_extension_has_a_count_for_every_tiled_kernel(real_reports, dtype):
     tiled = {(r.kernel, r.kind): r for r in real_reports if r.dtype == dtype and r.tiled}

@@ -125,6 +125,7 @@ def test_a_report_directory_that_cannot_be_written_is_one_line(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_tiny_study_resumes_cell_by_cell_and_reports_its_seeds(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY_SUITE)
     spec = {**BASE, "suite": str(tmp_path / "tiny.toml"), "seeds": [0, 1], "model": {"width": 0.125},

@@ -148,6 +148,7 @@ def swept(tmp_path_factory) -> types.SimpleNamespace:
                                  sweep_log=sweep_log.export_text(), log=log.export_text(), suite=root / "tiny.toml")
 
 
+@pytest.mark.slow
 def test_the_sweep_resumes_and_every_seed_trains_with_the_chosen_recipe(swept):
     from lrrobust.training.run_files import read_metrics, read_run_config
 
