@@ -1,4 +1,4 @@
-"""Fault injection: tiny train-adv and eval-attack runs killed with SIGKILL at every file write (inside it, with
+"""Fault injection: tiny train-adv and eval-attack runs killed with SIGKILL at their file writes (inside one, with
 the file half written, and between files), then checked: every file of the directory parses, the run
 directory's invariant holds after resume, and the resumed result equals an uninterrupted run's (bit-exact
 weights for training on CPU, identical records for evaluation). tests/fault_driver.py does the killing.
@@ -9,9 +9,10 @@ with the uninterrupted study's records; the real command killed in its main proc
 seconds) or with its whole process group, then run again, finishes; a second study into the same directory is
 refused in one line while the first goes on.
 
-LRROBUST_FAULT_ALL=1 also kills after every write (the default kills after the writes between which an
-invariant could break: last.pt before best.pt, the last state record before the outputs) and, for the study, at
-every write.
+By default each test kills at a few chosen writes (below: TRAIN_*, EVAL_*, STUDY_*; five or six runs each), so the
+suite stays within its time. LRROBUST_FAULT_ALL=1 kills inside and after every write instead:
+
+    LRROBUST_FAULT_ALL=1 .venv/bin/python -m pytest -q tests/test_fault_injection.py
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ def drive(spec: dict) -> subprocess.CompletedProcess:
                           timeout=300, env=env, check=False)
 
 
-def kill_all(base: Path, command: str, after: list[int], writes: int, checkpoint: str | None = None,
-             torn: list[int] | None = None) -> list[Path]:
-    """Kill one run per point (``torn``: default every write), two at a time; returns the killed directories."""
-    every = range(1, writes + 1)
-    points = [("torn", k) for k in (every if ALL or torn is None else torn)] + [("after", k) for k in
-                                                                                (every if ALL else after)]
+def kill_all(base: Path, command: str, torn: list[int], after: list[int], writes: int,
+             checkpoint: str | None = None) -> list[Path]:
+    """Kill one run per point (inside writes ``torn``, after writes ``after``; every write of ``writes`` with
+    LRROBUST_FAULT_ALL), two at a time; returns the killed directories."""
+    every = list(range(1, writes + 1))
+    points = [("torn", k) for k in (every if ALL else torn)] + [("after", k) for k in (every if ALL else after)]
     inside = "study" if command == "study" else ""  # a study's suite file goes beside its directory
     specs = [{"command": command, "kill_at": k, "mode": mode, "out": str(base / f"{mode}-{k}" / inside),
               "checkpoint": checkpoint} for mode, k in points]
@@ -64,11 +65,16 @@ def kill_all(base: Path, command: str, after: list[int], writes: int, checkpoint
     return [Path(s["out"]) for s in specs]
 
 
-def _reference(tmp_path_factory, command: str, checkpoint: str | None = None) -> tuple[Path, int]:
-    out = tmp_path_factory.mktemp("ref") / "out"
-    result = drive({"command": command, "kill_at": 0, "mode": "torn", "out": str(out), "checkpoint": checkpoint})
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out, json.loads(result.stdout.strip().splitlines()[-1])["writes"]
+def _reference(session_cache, command: str, checkpoint: str | None = None) -> tuple[Path, int]:
+    """The uninterrupted run (made once per session: the evaluation test trains nothing again) and its write count."""
+    def build(folder: Path) -> None:
+        result = drive({"command": command, "kill_at": 0, "mode": "torn", "out": str(folder / "out"),
+                        "checkpoint": checkpoint})
+        assert result.returncode == 0, result.stderr[-2000:]
+        (folder / "writes").write_text(str(json.loads(result.stdout.strip().splitlines()[-1])["writes"]))
+
+    folder = session_cache(f"fault-{command}-reference", build)
+    return folder / "out", int((folder / "writes").read_text())
 
 
 def assert_run_files_parse(run: Path) -> None:
@@ -83,14 +89,22 @@ def assert_run_files_parse(run: Path) -> None:
             readers[path.name](run)
 
 
-def test_training_killed_at_every_write_resumes_bit_exact(tmp_path, tmp_path_factory):
-    reference, writes = _reference(tmp_path_factory, "train")
+# Writes of the tiny training (fault_driver.train_config): 1-3 config.json, manifest.json, metrics.jsonl; 4-6 epoch 1's
+# last.pt, best.pt and metrics line; then epoch 2's last.pt, best.pt (when better) and metrics line. Killed inside
+# the first file, inside epoch 1's last.pt and metrics line, inside epoch 2's last.pt (a resume from epoch 1), and
+# after last.pt before best.pt (the one place where best and last disagree; a kill inside best.pt leaves the same
+# files, as every file is written to a temporary name and then renamed).
+TRAIN_TORN = [1, 4, 6, 7]
+TRAIN_AFTER = [4]
+
+
+@pytest.mark.slow
+def test_training_killed_at_each_kind_of_write_resumes_bit_exact(tmp_path, session_cache):
+    reference, writes = _reference(session_cache, "train")
     want = read_checkpoint(reference / "last.pt")
     best_epoch = want["best_epoch"]
-    # config, manifest, metrics; per epoch last.pt, best.pt (epoch 1 always, epoch 2 when better), a metrics line
     assert writes == 3 + 2 * 2 + (2 if best_epoch == 2 else 1)
-    # after last.pt, before best.pt: the one place where best and last disagree
-    for killed in kill_all(tmp_path, "train", after=[4, 7], writes=writes):
+    for killed in kill_all(tmp_path, "train", TRAIN_TORN, TRAIN_AFTER, writes):
         if killed.exists():
             assert_run_files_parse(killed)
         train(train_config(str(killed), resume=True), progress=False)
@@ -108,12 +122,20 @@ def test_training_killed_at_every_write_resumes_bit_exact(tmp_path, tmp_path_fac
         assert kept == [(r.epoch, r.loss, r.val_acc, r.val_robust_acc) for r in read_metrics(reference)], killed.name
 
 
-def test_evaluation_killed_at_every_write_resumes_to_the_same_records(tmp_path, tmp_path_factory):
-    trained, _ = _reference(tmp_path_factory, "train")
+# Writes of the tiny evaluation (fault_driver.SUITE): 1 the pinned settings, 2-7 two batches x (clean + 2 attacks),
+# 8-10 samples.csv, summary.csv, summary.json. Killed inside the settings, inside a record after a complete one,
+# inside the first and the last output, and after the last record before the outputs.
+EVAL_TORN = [1, 3, 8, 10]
+EVAL_AFTER = [7]
+
+
+@pytest.mark.slow
+def test_evaluation_killed_at_each_kind_of_write_resumes_to_the_same_records(tmp_path, session_cache):
+    trained, _ = _reference(session_cache, "train")
     checkpoint = str(trained / "best.pt")
-    reference, writes = _reference(tmp_path_factory, "eval", checkpoint)
-    assert writes == 10  # the pinned settings, 2 batches x (clean + 2 attacks), samples, summary.csv, summary.json
-    for out in kill_all(tmp_path, "eval", after=[7], writes=writes, checkpoint=checkpoint):
+    reference, writes = _reference(session_cache, "eval", checkpoint)
+    assert writes == 10
+    for out in kill_all(tmp_path, "eval", EVAL_TORN, EVAL_AFTER, writes, checkpoint):
         if (out / ".state").is_dir():
             read_state(out)  # parses: a torn line is ignored, everything else is a record
         if (out / "summary.json").is_file():
@@ -129,10 +151,12 @@ def test_evaluation_killed_at_every_write_resumes_to_the_same_records(tmp_path, 
 
 # Writes of the tiny study (fault_driver.STUDY): 1-3 the cell's config.json, manifest.json and metrics.jsonl (no
 # checkpoint yet), 4-9 two epochs (last.pt, best.pt, a metrics line), 10-14 the evaluation's state, 15-17 its
-# outputs, 18-24 the kept copy, 25-36 the report (staged, then moved in).
+# outputs, 18-24 the kept copy, 25-36 the report (staged, then moved in). Killed inside a write of training, of the
+# evaluation's state, of the kept copy and of the report, after the cell's first files (no checkpoint yet) and after
+# the kept copy (the report not begun). The tests above kill inside a run's first file and its outputs.
 STUDY_WRITES = 36
-STUDY_TORN = [1, 2, 3, 4, 13, 17, 18, 27]
-STUDY_AFTER = [1, 3, 12, 24]
+STUDY_TORN = [4, 13, 18, 27]
+STUDY_AFTER = [3, 24]
 
 
 def _study_reference(tmp_path_factory) -> Path:
@@ -162,12 +186,13 @@ def _assert_study_finished(out: Path, reference: Path | None = None) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.early  # the longest test: a study run again at every kill point, two at a time
 def test_a_study_killed_at_every_phase_of_a_cell_finishes_when_run_again(tmp_path, tmp_path_factory):
     """Kills before the cell's first checkpoint (its config, manifest, empty metrics), in training, in the
     evaluation, while the cell is kept and while the report is written: the same command run again finishes with
     the uninterrupted study's records."""
     reference = _study_reference(tmp_path_factory)
-    killed = kill_all(tmp_path, "study", after=STUDY_AFTER, writes=STUDY_WRITES, torn=STUDY_TORN)
+    killed = kill_all(tmp_path, "study", STUDY_TORN, STUDY_AFTER, STUDY_WRITES)
     specs = [{"command": "study", "kill_at": 0, "mode": "torn", "out": str(out)} for out in killed]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # run again, as the user would
         results = list(pool.map(drive, specs))
