@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.early]  # a full CPU compile: started first, beside the other tests
 
 
-def run(args: list[str], cwd: Path, timeout: float = 900, env: dict[str, str] | None = None) -> str:
+def run(args: list[str], cwd: Path, timeout: float = 900, **env: str) -> str:
+    """Runs a command without PYTHONPATH (which could reach the source tree), with these variables added."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env}
     result = subprocess.run(args, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, f"{' '.join(map(str, args))} exited {result.returncode}:\n{result.stdout}\n" \
                                    f"{result.stderr}"
@@ -44,7 +46,7 @@ def installed(tmp_path_factory) -> Path:
     source = source_copy(base / "src")
     wheels = base / "wheels"
     run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--quiet", "-w", str(wheels),
-         str(source)], base, timeout=1800, env={**os.environ, "LRROBUST_CPU_ONLY": "1"})
+         str(source)], base, timeout=1800, LRROBUST_CPU_ONLY="1")
     wheel = next(wheels.glob("lrrobust-*.whl"))
     venv = base / "venv"
     run([sys.executable, "-m", "venv", str(venv)], base)
