@@ -104,7 +104,8 @@ def test_gradients_match_reference(case, kind):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
 
 
-GRADCHECK_CASES = [CASES[i] for i in (0, 1, 2, 3, 5, 6, 8)]
+# The dilation-2 case takes seconds (about 10 CPU s with batch lanes, each of its ~1,900 inputs perturbed): slow.
+GRADCHECK_CASES = [pytest.param(CASES[i], marks=pytest.mark.slow) if i == 3 else CASES[i] for i in (0, 1, 2, 3, 5, 6, 8)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
