@@ -701,6 +701,8 @@ def _run_locked(study: Study, jobs: int, console: Any, executor: Any, retries: i
 
     def finished(cell: Cell) -> str:
         keep_cell(cell, study)
+        if study.priors:
+            draw_cell_priors(cell, study)  # here, while other cells still run, not in the report's serial tail
         return cell_verdict(cell)
 
     run_jobs("cells", todo, len(study.cells), work, finished, executor, jobs, console, study.out, retries, display)
@@ -717,13 +719,24 @@ def _run_locked(study: Study, jobs: int, console: Any, executor: Any, retries: i
     return write_report([study.out / "runs"], study.report, extra_sections=sections)
 
 
-def draw_priors(study: Study) -> list[str]:
-    """Fig. 4 of every LR-Net cell (``lrrobust plot prior``) drawn into REPORT/priors/CELL/, and the report's section
-    showing them (none without an LR-Net cell)."""
-    from lrrobust.figures.prior import plot_priors
+def draw_cell_priors(cell: Cell, study: Study) -> list[Path]:
+    """Fig. 4 of an LR-Net cell (``lrrobust plot prior``) in REPORT/priors/CELL/, drawn unless already drawn from
+    its present ``best.pt``; nothing for other networks."""
+    from lrrobust.figures.prior import plot_priors, prior_files
     from lrrobust.models import model_info
+
+    if model_info(cell.network).family != "lrnet":
+        return []
+    checkpoint, folder = cell.run_dir / "best.pt", study.report / "priors" / cell.run_dir.name
+    files = prior_files(checkpoint, folder)
+    if all(f.is_file() and f.stat().st_mtime >= checkpoint.stat().st_mtime for f in files):
+        return files
+    return plot_priors(checkpoint, folder)
+
+
+def draw_priors(study: Study) -> list[str]:
+    """The report's section showing every LR-Net cell's Fig. 4 (none without an LR-Net cell)."""
     from lrrobust.report.sections import priors_md
 
-    drawn = {c.run_dir.name: plot_priors(c.run_dir / "best.pt", study.report / "priors" / c.run_dir.name)
-             for c in study.cells if model_info(c.network).family == "lrnet"}
+    drawn = {c.run_dir.name: paths for c in study.cells if (paths := draw_cell_priors(c, study))}
     return [priors_md(drawn, study.report)] if drawn else []

@@ -30,11 +30,11 @@ def test_the_demo_is_a_shipped_study_of_each_network_trained_regularly_and_adver
         (n, t, 0) for n in ("lrnet26", "resnet26") for t in ("regular", "adversarial")]
     assert study.dataset == "digits" and study.suite_name == "digits" and study.priors
     assert study.report == tmp_path / "work" / "report"  # `lrrobust demo --out` replaces it
-    recipes = {"regular": (16, 0.05, [10, 13]), "adversarial": (22, 0.1, [14, 20])}
+    recipes = {"regular": (20, 0.05, [14, 17], 1), "adversarial": (26, 0.05, [20], 5)}
     for cell in study.cells:
         resolved = resolve_config(cell.config)
         assert resolved.model_kwargs == {"stem": "small", "width": 0.25} == PRESETS["digits"].model_kwargs
-        assert (resolved.epochs, resolved.lr, resolved.milestones) == recipes[cell.training]
+        assert (resolved.epochs, resolved.lr, resolved.milestones, resolved.warmup_epochs) == recipes[cell.training]
         if cell.training == "adversarial":
             assert resolved.targeted and resolved.steps == 4 and resolved.eps == PRESETS["digits"].eps
             # the demo's suite attacks at the eps the models were trained against

@@ -241,6 +241,7 @@ def test_a_study_report_shows_the_priors_of_its_lr_net_cells(runs, tmp_path):
     """A study's ``[report] priors`` (the demo's): each LR-Net cell's overview shown, its per-layer maps linked; the
     ResNet cells have none."""
     import dataclasses
+    import os
     import shutil
 
     from lrrobust.study import draw_priors, plan_study
@@ -258,3 +259,9 @@ def test_a_study_report_shows_the_priors_of_its_lr_net_cells(runs, tmp_path):
     assert links[0] == "priors/lrnet26-regular-s0/prior-overview.png" and len(links) == 1 + 9  # then 9 layers
     assert all((study.report / link).is_file() for link in links)
     assert draw_priors(dataclasses.replace(study, cells=study.cells[1:])) == []
+    # drawn as each cell finishes, the report's section reuses the files; a newer best.pt is drawn again
+    overview = study.report / links[0]
+    drawn_at = overview.stat().st_mtime_ns
+    assert draw_priors(study) == sections and overview.stat().st_mtime_ns == drawn_at
+    os.utime(lrnet.run_dir / "best.pt", ns=(drawn_at + 10**9, drawn_at + 10**9))
+    assert draw_priors(study) == sections and overview.stat().st_mtime_ns > drawn_at

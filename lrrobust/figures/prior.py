@@ -50,6 +50,15 @@ def file_name(layer: str) -> str:
     return f"prior-{layer}.png"
 
 
+def prior_files(checkpoint: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
+    """The files ``plot_priors(checkpoint, out)`` writes, the overview first, in the model's layer order."""
+    from lrrobust.evaluation.evaluate import load_target
+
+    target, _ = load_target(checkpoint)
+    out = Path(out)
+    return [out / OVERVIEW] + [out / file_name(e.name) for e in lr_layers(target.model, str(checkpoint))]
+
+
 def plot_priors(checkpoint: str | os.PathLike, out: str | os.PathLike, softmax: bool = True) -> list[Path]:
     """Draw every layer's prior of ``checkpoint`` into ``out``; returns the files, the overview first."""
     from lrrobust.data import dataset_info
