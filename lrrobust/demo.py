@@ -131,7 +131,7 @@ def robustness_verdicts(rows: list[Any]) -> list[tuple[str, str, bool, str]]:
 
 
 def _cell_plan(cell: Cell, suite_name: str) -> str:
-    """'lrnet26 adversarial seed 0: adversarial training (targeted PGD-4), 22 epochs, then the digits suite, ...'."""
+    """'lrnet26 adversarial seed 0: adversarial training (targeted PGD-4), 26 epochs, then the digits suite, ...'."""
     from lrrobust.training import resolve_config
 
     c = resolve_config(cell.config)
