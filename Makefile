@@ -7,6 +7,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.lrrobust-installed
 TEST_STAMP := $(VENV)/.lrrobust-installed-test
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Fails the build when the compiled CPU kernel did not come with it.
+CHECK_EXTENSION := $(PY) -c "import lrrobust.ops as o; assert o.kernel_available('cpu'), 'compiled CPU kernel missing'; print('lrrobust extension:', o.build_info())"
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
 # The test build compiles the CUDA kernels for sm_90 only (the cubins tests/test_sass_count.py reads; the kernels'
@@ -31,7 +33,7 @@ $(VENV)/.torch-installed: | $(PY)
 $(STAMP): $(VENV)/.torch-installed $(EXT_SOURCES)
 	$(PIP) install --quiet $(TORCH_PINS) ninja setuptools wheel
 	$(PIP) install --no-build-isolation --quiet -e ".[test]"
-	$(PY) -c "import lrrobust.ops as o; assert o.kernel_available('cpu'), 'compiled CPU kernel missing'; print('lrrobust extension:', o.build_info())"
+	$(CHECK_EXTENSION)
 	touch $@
 
 install: $(STAMP)
@@ -45,7 +47,7 @@ $(TEST_STAMP): $(VENV)/.torch-installed $(EXT_SOURCES)
 		rm -f $(STAMP); \
 		$(PIP) install --quiet $(TORCH_PINS) ninja setuptools wheel && \
 		TORCH_CUDA_ARCH_LIST="$(TEST_CUDA_ARCH_LIST)" $(PIP) install --no-build-isolation --quiet -e ".[test]" && \
-		$(PY) -c "import lrrobust.ops as o; assert o.kernel_available('cpu'), 'compiled CPU kernel missing'; print('lrrobust extension:', o.build_info())" || exit 1; \
+		$(CHECK_EXTENSION) || exit 1; \
 	fi
 	touch $@
 

@@ -722,15 +722,17 @@ def _run_locked(study: Study, jobs: int, console: Any, executor: Any, retries: i
 def draw_cell_priors(cell: Cell, study: Study) -> list[Path]:
     """Fig. 4 of an LR-Net cell (``lrrobust plot prior``) in REPORT/priors/CELL/, drawn unless already drawn from
     its present ``best.pt``; nothing for other networks."""
-    from lrrobust.figures.prior import plot_priors, prior_files
+    from lrrobust.figures.prior import OVERVIEW, plot_priors, prior_files
     from lrrobust.models import model_info
 
     if model_info(cell.network).family != "lrnet":
         return []
     checkpoint, folder = cell.run_dir / "best.pt", study.report / "priors" / cell.run_dir.name
-    files = prior_files(checkpoint, folder)
-    if all(f.is_file() and f.stat().st_mtime >= checkpoint.stat().st_mtime for f in files):
-        return files
+    overview = folder / OVERVIEW  # written first: older than best.pt or missing, the figures must be drawn
+    if overview.is_file() and overview.stat().st_mtime >= checkpoint.stat().st_mtime:
+        files = prior_files(checkpoint, folder)
+        if all(f.is_file() for f in files):
+            return files
     return plot_priors(checkpoint, folder)
 
 
