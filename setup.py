@@ -3,6 +3,9 @@
 The CPU kernel is always built. The CUDA kernel is built whenever nvcc is found (or FORCE_CUDA=1),
 even on a machine without a GPU, so a CUDA compile error fails the build. LRROBUST_CPU_ONLY=1 skips it.
 
+LRROBUST_PREBUILT_EXTENSION=PATH packages that already compiled lrrobust._C (say, the one an editable install built)
+instead of compiling it again: a wheel in seconds instead of minutes, with the same kernels.
+
 The package data: the attack suites (lrrobust/suites/*.toml) and the study specs, whose one home is the
 repository's studies/ folder, installed as lrrobust/studies/ (lrrobust.study.studies_dir finds either).
 """
@@ -34,8 +37,10 @@ def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -fno-tree-loop-distribute-patterns: no memcpy calls inside the CPU kernel's vector loops (a call spills every
     # vector register); -Wno-psabi: the vector types never cross a non-inlined call, so the ABI note does not apply.
+    # -g0: no debug information (Python's own flags ask for it): a fifth of the CPU kernel's compile time.
     cxx_flags = [
         "-O3",
+        "-g0",
         "-fopenmp",
         "-fno-math-errno",
         "-ffp-contract=fast",
@@ -66,11 +71,27 @@ def _extension():
     )
 
 
+class BuildOrCopyExtension(BuildExtension):
+    """torch's build, or a copy of LRROBUST_PREBUILT_EXTENSION when it is set."""
+
+    def build_extension(self, ext) -> None:
+        prebuilt = os.environ.get("LRROBUST_PREBUILT_EXTENSION")
+        if not prebuilt:
+            super().build_extension(ext)
+            return
+        target = self.get_ext_fullpath(ext.name)
+        if os.path.basename(prebuilt) != os.path.basename(target):
+            raise SystemExit(f"LRROBUST_PREBUILT_EXTENSION: expected a file named {os.path.basename(target)}, "
+                             f"got {prebuilt}")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(prebuilt, target)
+
+
 setup(
     packages=find_namespace_packages(include=["lrrobust*"]) + ["lrrobust.studies"],
     package_dir={"lrrobust.studies": "studies"},
     package_data={"lrrobust": ["suites/*.toml"], "lrrobust.studies": ["*.toml"]},
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    cmdclass={"build_ext": BuildOrCopyExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

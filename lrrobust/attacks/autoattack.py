@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torchattacks
 from torch import nn
 
 from lrrobust.attacks.base import COUNT, AttackOutcome, AttackSpec, predict, setting
 from lrrobust.attacks.registry import register
 from lrrobust.core.modes import eval_mode, frozen
+
+if TYPE_CHECKING:
+    import torchattacks
 
 STEPS = 100
 QUERIES = 5000
@@ -53,6 +55,7 @@ class AutoAttack(AttackSpec):
 
     def components(self, model: nn.Module, num_classes: int, seed: int) -> list[torchattacks.Attack]:
         """APGD-CE, APGD-T, FAB-T, Square against ``model`` with ``num_classes`` classes."""
+        import torchattacks  # here, not at the top: importing it costs every process about 1.5 s of start-up
         seed = seed % (2**32)
         targets = max(1, min(self.target_classes, num_classes - 1))
         norm = self.torchattacks_norm
@@ -68,6 +71,7 @@ class AutoAttack(AttackSpec):
         return [apgd, apgdt, fab, square]
 
     def build(self, model: nn.Module, num_classes: int, seed: int) -> torchattacks.MultiAttack:
+        import torchattacks  # here, not at the top: importing it costs every process about 1.5 s of start-up
         return torchattacks.MultiAttack(self.components(model, num_classes, seed))
 
     def run(

@@ -16,15 +16,17 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torchattacks
 from torch import nn
 
 from lrrobust.core.modes import eval_mode, frozen
 from lrrobust.core.numbers import check_bool, check_int, format_eps, parse_fraction
 from lrrobust.errors import UserError
+
+if TYPE_CHECKING:
+    import torchattacks
 
 ROLES = ("suite", "check", "training")
 

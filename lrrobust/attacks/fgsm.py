@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import torchattacks
 from torch import nn
 
 from lrrobust.attacks.base import CHECKPOINT, AttackSpec, setting
 from lrrobust.attacks.registry import register
+
+if TYPE_CHECKING:
+    import torchattacks
 
 
 @register
@@ -27,6 +30,7 @@ class FGSM(AttackSpec):
                 + (f", transfer from {self.source}" if self.source else ""))
 
     def build(self, model: nn.Module, num_classes: int, seed: int) -> torchattacks.FGSM:
+        import torchattacks  # here, not at the top: importing it costs every process about 1.5 s of start-up
         attack = torchattacks.FGSM(model, eps=self.eps)
         if self.targeted:
             attack.set_mode_targeted_by_label(quiet=True)

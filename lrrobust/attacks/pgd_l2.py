@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torchattacks
-
 from lrrobust.attacks.base import BUDGET, setting
 from lrrobust.attacks.pgd import PGD
 from lrrobust.attacks.registry import register
@@ -36,7 +34,7 @@ class PGDL2(PGD):
     norm = "l2"
     max_eps = MAX_L2_EPS
     title = "PGD-L2"
-    attack_class = torchattacks.PGDL2
+    attack_class = "PGDL2"
     example = "eps = 0.5, steps = 100"
 
     @classmethod

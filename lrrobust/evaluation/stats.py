@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "CombinedTest", "PairedTest", "SeedSummary", "adjust_family", "combine_paired", "exact_mcnemar", "format_p",
@@ -54,6 +53,7 @@ def _check_level(name: str, value: float) -> None:
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of the proportion ``successes / n`` as fractions in [0, 1]; ``n == 0`` gives (0, 1)."""
+    from scipy import stats  # here, not at the top: importing it costs every process about 1.2 s of start-up
     _check_level("confidence", confidence)
     if n < 0 or not 0 <= successes <= max(n, 0):
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
@@ -82,6 +82,7 @@ class PairedTest:
 
 
 def _paired_from_counts(n: int, a_only: int, b_only: int, alpha: float) -> PairedTest:
+    from scipy import stats  # here, not at the top: importing it costs every process about 1.2 s of start-up
     discordant = a_only + b_only
     if n <= 0 or a_only < 0 or b_only < 0 or discordant > n:
         raise ValueError(f"inconsistent counts: n={n}, a_only={a_only}, b_only={b_only}")
@@ -118,6 +119,7 @@ class SeedSummary:
 def summarize_seeds(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
     """Mean, sample std, range and (3 seeds or more) t-interval of the mean of per-seed accuracies, clipped to
     [0, 1] (with 3 seeds and a large spread the t-interval reaches past what an accuracy can be)."""
+    from scipy import stats  # here, not at the top: importing it costs every process about 1.2 s of start-up
     _check_level("confidence", confidence)
     vals = tuple(float(v) for v in values)
     if not vals:
@@ -169,6 +171,7 @@ class CombinedTest:
 
 
 def _seeds_t_test(diffs: Sequence[float]) -> float:
+    from scipy import stats  # here, not at the top: importing it costs every process about 1.2 s of start-up
     if max(diffs) - min(diffs) <= 1e-12:  # zero variance: the t statistic is undefined
         return 1.0 if abs(diffs[0]) <= 1e-12 else 0.0
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
