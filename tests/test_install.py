@@ -8,8 +8,8 @@ compiles it again inside ``pip wheel`` (the CPU kernel only: a few minutes)."""
 
 from __future__ import annotations
 
-import os
 import importlib.util
+import os
 import subprocess
 import sys
 import sysconfig
@@ -72,9 +72,9 @@ def test_the_wheel_ships_the_suites_and_runs_from_elsewhere(installed, tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     lrrobust = str(installed / "bin" / "lrrobust")
-    where = run([str(installed / "bin" / "python"), "-c",
-                 "import lrrobust, lrrobust.ops, lrrobust.evaluation.suite as s; print(lrrobust.__file__); "
-                 "print(s.suite_names()); print(lrrobust.ops.kernel_available('cpu'))"], elsewhere)
+    code = ("import lrrobust, lrrobust.ops, lrrobust.evaluation.suite as s; print(lrrobust.__file__); "
+            "print(s.suite_names()); print(lrrobust.ops.kernel_available('cpu'))")
+    where = run([str(installed / "bin" / "python"), "-c", code], elsewhere)
     module, names, kernel = where.splitlines()
     assert module.startswith(str(installed)) and not module.startswith(str(ROOT))  # the wheel, not the source tree
     assert kernel == "True"  # the wheel's compiled op
