@@ -25,7 +25,7 @@ SCRIPT = os.path.join(ROOT, "csrc", "cuda", "emu", "check_emulated.py")
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
 def test_cuda_kernels_agree_with_the_reference_in_the_emulator():
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, SCRIPT, "--quick"], capture_output=True, text=True, env=env,
+    result = subprocess.run([sys.executable, SCRIPT, "--quick"], capture_output=True, text=True, env=env, check=False,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all emulated checks passed" in result.stdout

@@ -53,7 +53,7 @@ def test_channels_last_inputs_give_channels_last_results_with_the_same_values(de
 @pytest.mark.skipif(not kernel_available("cpu"), reason="compiled CPU kernel missing")
 @pytest.mark.parametrize("device", DEVICES)
 def test_channel_slices_and_mixed_formats_match_the_reference(device):
-    q, key, v, geo = inputs(device=device)
+    q, key, _, geo = inputs(device=device)
     wide = torch.randn(2, 21, 9, 10, dtype=torch.float64, device=device).contiguous(memory_format=CL)
     value = wide[:, 3:19]  # a channel slice of a channels-last tensor, as a 1x1 convolution's output split
     out = local_relation(q, key.contiguous(memory_format=CL), value, geo, 7)
