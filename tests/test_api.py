@@ -148,7 +148,7 @@ def test_standard_eps_per_dataset_and_from_a_checkpoint():
         (0.3, "the standard Linf eps of mnist (the checkpoint was trained without attack)")
     assert model_eps(None, "cifar10") == (8 / 255, "the standard Linf eps of cifar10")
     with pytest.raises(UserError, match="unknown dataset"):
-        dataset_eps("fashion")
+        dataset_eps("no-such-dataset")
 
 
 def test_the_readme_example_runs_as_written(runs, tmp_path, monkeypatch):

@@ -76,8 +76,8 @@ def test_bench_train_variants_and_stem(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--models", "vgg16"], "unknown model 'vgg16'"),
-    (["--dataset", "svhn"], "svhn"),
+    (["--models", "no_such_model"], "unknown model 'no_such_model'"),
+    (["--dataset", "no-such-dataset"], "no-such-dataset"),
     (["--stem", "tiny"], "--stem must be one of"),
     (["--batch", "0"], "must be >= 1"),
     (["--dataset", "imagefolder"], "no fixed input size"),

@@ -57,8 +57,8 @@ def test_every_dataset_has_info(name):
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(UserError, match="unknown dataset 'fashion'; choose one of: .*digits.*mnist"):
-        load_dataset("fashion", "train")
+    with pytest.raises(UserError, match="unknown dataset 'no-such-dataset'; choose one of: .*digits.*mnist"):
+        load_dataset("no-such-dataset", "train")
     with pytest.raises(UserError, match="unknown split 'validation'.*train, val, test"):
         load_dataset("digits", "validation")
 
@@ -255,10 +255,10 @@ def test_an_unknown_dataset_is_one_line_naming_the_known_ones(call):
     from lrrobust.evaluation.standard import dataset_eps, standard_suite
     from lrrobust.training import TrainConfig, resolve_config
 
-    calls = {"load": lambda: load_dataset("fashion", "test"), "info": lambda: dataset_info("fashion"),
-             "root": lambda: check_root("fashion", "/tmp"), "eps": lambda: dataset_eps("fashion"),
-             "train": lambda: resolve_config(TrainConfig(dataset="fashion", preset="digits")),
-             "suite": lambda: standard_suite(0.1, "linf", "fashion")}
+    calls = {"load": lambda: load_dataset("no-such-dataset", "test"), "info": lambda: dataset_info("no-such-dataset"),
+             "root": lambda: check_root("no-such-dataset", "/tmp"), "eps": lambda: dataset_eps("no-such-dataset"),
+             "train": lambda: resolve_config(TrainConfig(dataset="no-such-dataset", preset="digits")),
+             "suite": lambda: standard_suite(0.1, "linf", "no-such-dataset")}
     with pytest.raises(UserError) as error:
         calls[call]()
-    assert str(error.value) == f"unknown dataset 'fashion'; choose one of: {', '.join(DATASETS)}"
+    assert str(error.value) == f"unknown dataset 'no-such-dataset'; choose one of: {', '.join(DATASETS)}"

@@ -339,7 +339,7 @@ def _bad_inputs(runs: Path, tmp: Path) -> dict[str, tuple[list, str]]:
         "random bytes": ([tmp / "random.pt"], "not a readable lrrobust checkpoint"),
         "foreign": ([tmp / "foreign.pt"], "not an lrrobust checkpoint"),
         "classes": ([ckpt, "--dataset", "imagefolder", "--root", tmp / "folder"], "has 10 classes"),
-        "unknown dataset": ([ckpt, "--dataset", "fashion"], "unknown dataset"),
+        "unknown dataset": ([ckpt, "--dataset", "no-such-dataset"], "unknown dataset"),
         "suite keys": ([ckpt, "--suite", tmp / "typo.toml"], "unknown key epz.*valid keys"),
         "suite eps": ([ckpt, "--suite", tmp / "big.toml"], r"eps must lie in \(0, 1\]"),
         "eps zero": ([ckpt, "--eps", "0"], r"eps must lie in \(0, 1\]"),

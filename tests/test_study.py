@@ -44,7 +44,7 @@ BASE = {"dataset": "digits", "suite": "digits", "networks": ["resnet18"], "train
     ({"seeds": []}, "seeds must be a non-empty list"),
     ({"trainings": ["fgsm"]}, "trainings must be regular and/or adversarial"),
     ({"suite": "nosuch"}, "suite 'nosuch' not found"),
-    ({"dataset": "fashion"}, "unknown dataset"),
+    ({"dataset": "no-such-dataset"}, "unknown dataset"),
     ({"epochz": 3}, "unknown key epochz"),
     ({"training": {"epochs": 0}}, "--epochs must be at least 1"),
     ({"training": {"seed": 3}}, "may not set seed"),

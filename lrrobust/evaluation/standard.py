@@ -1,8 +1,8 @@
 """The standard threat model of each dataset, and the standard suite at any eps (paper Sec. 6.2, Table 9).
 
-- The standard eps of a dataset is the eps its training preset attacks at (its entry in ``lrrobust.data``): digits
-  0.2, MNIST 0.3, CIFAR-10 8/255, ImageNet (and an ImageFolder tree) 16/255, the paper's. In L2 it is the radius of
-  the dataset's L2 suite (digits 0.5, MNIST 2.0, CIFAR-10 0.5); ImageNet has none.
+- ``dataset_eps``: the standard eps of a dataset is the eps its training preset attacks at (its entry in
+  ``lrrobust.data``), e.g. digits 0.2, CIFAR-10 8/255, ImageNet 16/255, the paper's. In L2 it is the radius of the
+  dataset's L2 suite (e.g. digits 0.5); a dataset without one (ImageNet) has none.
 - ``model_eps``: the eps to attack a model at when none is given: the eps its adversarial training used, else its
   dataset's standard eps (``eval-attack`` without ``--suite`` or ``--eps``).
 - ``standard_suite``: ``lrrobust.evaluate``'s ``attacks="standard"``, the eps-matched standard suite: the dataset's

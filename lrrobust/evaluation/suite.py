@@ -8,7 +8,7 @@ A suite names its attacks and the settings they share::
 
     [[attack]]
     name = "pgd-targeted"
-    kind = "pgd"            # a kind of lrrobust.attacks: pgd, fgsm, autoattack
+    kind = "pgd"            # a registered kind (lrrobust.attacks.KINDS; eval-attack --help lists them)
     targeted = true
     eps = "16/255"          # a number or a fraction, in (0, 1] on [0, 1] pixels
     step_size = "1/255"     # pgd; left out: 1/255 raised to eps/steps (Feature Denoising)
