@@ -78,7 +78,8 @@ def _context() -> Any:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["lrrobust.isolation"])  # imported once by the server, not by every child
+    # imported once by the server, not by every child (the attacks' libraries too: lrrobust imports them on first use)
+    context.set_forkserver_preload(["lrrobust.isolation", "torchattacks", "scipy.stats"])
     return context
 
 
