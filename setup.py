@@ -83,6 +83,8 @@ class BuildOrCopyExtension(BuildExtension):
         if os.path.basename(prebuilt) != os.path.basename(target):
             raise SystemExit(f"LRROBUST_PREBUILT_EXTENSION: expected a file named {os.path.basename(target)}, "
                              f"got {prebuilt}")
+        if not os.path.isfile(prebuilt):
+            raise SystemExit(f"LRROBUST_PREBUILT_EXTENSION: no file {prebuilt}; build it first (make install)")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(prebuilt, target)
 
