@@ -374,6 +374,7 @@ TRAIN_VALUES = [
     (["--grad-clip", "nan"], "--grad-clip"),
     (["--grad-clip", "inf"], "--grad-clip"),
     (["--grad-clip", "-1"], "--grad-clip"),
+    (["--precise-bn", "-1"], "--precise-bn must be a number of batches >= 0"),
     (["--warmup-epochs", "inf"], "--warmup-epochs"),
     (["--warmup-epochs", "nan"], "--warmup-epochs"),
     (["--warmup-epochs", "-1"], "--warmup-epochs"),
@@ -402,6 +403,7 @@ TRAIN_VALUES = [
     (["--num-workers", "-1"], "--num-workers"),
 ]
 ADV_VALUES = [
+    (["--precise-bn", "-1"], "--precise-bn"),
     (["--eps", "nan"], "--eps"),
     (["--eps", "inf"], "--eps"),
     (["--eps", "-0.1"], "--eps"),
@@ -427,6 +429,8 @@ def test_training_values_that_make_no_sense(args, named, tmp_path):
     ("fields", "named"),
     [
         ({"grad_clip": math.nan}, "--grad-clip"),
+        ({"precise_bn": -1}, "--precise-bn must be a number of batches"),
+        ({"precise_bn": 1.5}, "--precise-bn must be an integer"),
         ({"warmup_epochs": math.inf}, "--warmup-epochs"),
         ({"milestones": [5, -1]}, "--milestones"),
         ({"milestones": [2.5]}, "--milestones"),
@@ -541,6 +545,8 @@ def test_resume_of_a_copied_run_names_the_directory_given(runs, tmp_path):
 @pytest.mark.parametrize(("args", "fragments"), [
     (["train", "--epochs", "two"], ["Invalid value for '--epochs'", "(see lrrobust train --help)"]),
     (["train", "--epohcs", "2"], ["No such option: --epohcs"]),
+    (["train", "--precise-bn", "abc"], ["Invalid value for '--precise-bn'", "(see lrrobust train --help)"]),
+    (["train-adv", "--precise-bn", "abc"], ["Invalid value for '--precise-bn'", "(see lrrobust train-adv --help)"]),
     (["eval-attack", "--out"], ["Option '--out' requires an argument"]),
     (["report"], ["Missing argument 'dirs'"]),
     (["trian"], ["No such command 'trian'", "(see lrrobust --help)"]),

@@ -23,7 +23,7 @@ from lrrobust.cli import app
 from lrrobust.data import load_dataset
 from lrrobust.errors import UserError
 from lrrobust.models import create_model
-from lrrobust.training import TrainConfig, resolve_config, train
+from lrrobust.training import PRESETS, TrainConfig, resolve_config, train
 from lrrobust.training import loop as loop_module
 from lrrobust.training.adversarial import adversarial_examples, perturb
 from lrrobust.training.loop import lr_factor, train_step
@@ -319,7 +319,8 @@ def test_resume_refuses_a_changed_recipe(digits_runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(digits_runs["regular"], run)
     for args, message in ((["train", "-m", "resnet26"], "--model resnet26 differs"),
-                          (["train-adv"], "holds a regular run"), (["train", "--lr", "0.3"], "--lr 0.3 differs")):
+                          (["train-adv"], "holds a regular run"), (["train", "--lr", "0.3"], "--lr 0.3 differs"),
+                          (["train", "--precise-bn", "4"], "--precise-bn 4 differs")):
         result = CliRunner().invoke(app, [*args, "-o", str(run), "--resume"])
         assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
     config = json.loads((run / "config.json").read_text())
@@ -383,6 +384,8 @@ def test_presets_are_defaults_the_user_overrides():
     assert digits.eps == 0.2 and digits.step_size == 0.05 and digits.model_kwargs == {"stem": "small", "width": 0.5}
     assert resolve_config(TrainConfig(eps=0.5)).eps is None  # regular training has no attack
     assert (digits.grad_clip, paper.grad_clip, resolve_config(TrainConfig(grad_clip=0)).grad_clip) == (1.0, 0.0, 0)
+    assert {p.precise_bn for p in PRESETS.values()} == {0}  # off unless asked for: earlier runs stay as they were
+    assert (digits.precise_bn, resolve_config(TrainConfig(precise_bn=30)).precise_bn) == (0, 30)
     with pytest.raises(UserError, match="unknown preset"):
         resolve_config(TrainConfig(preset="no-such-preset"))
 

@@ -49,6 +49,9 @@ Warmup = Annotated[float | None, typer.Option(help="Linear warm-up epochs.")]
 Milestones = Annotated[str | None, typer.Option(help="Epochs where the lr is multiplied by 0.1, e.g. 30,60,90.")]
 GradClip = Annotated[float | None, typer.Option(help="Clip the gradient norm to this (0: off; preset: " + ", ".join(
     f"{p.grad_clip:g} on {name}" for name, p in PRESETS.items() if p.grad_clip) + ").")]
+PreciseBn = Annotated[int | None, typer.Option(help="Recompute batch norm's running statistics over this many "
+                                                      "fixed training batches before each validation (0: off, every "
+                                                      "preset's default).")]
 Seed = Annotated[int | None, typer.Option(help="Seed of every random number generator (default 0).")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/DATASET-MODEL-KIND).")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
@@ -105,7 +108,8 @@ def build_config(adversarial: bool, **options: Any):
         root=None if options["root"] is None else str(options["root"]), download=options["download"],
         preset=options["preset"], epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
         weight_decay=options["weight_decay"], momentum=options["momentum"], warmup_epochs=options["warmup_epochs"],
-        milestones=parse_milestones(options["milestones"]), grad_clip=options["grad_clip"], seed=options["seed"],
+        milestones=parse_milestones(options["milestones"]), grad_clip=options["grad_clip"],
+        precise_bn=options["precise_bn"], seed=options["seed"],
         out=None if options["out"] is None else str(options["out"]), resume=options["resume"], amp=options["amp"],
         channels_last=options["channels_last"], compile=options["compile"], sync_bn=options["sync_bn"],
         num_workers=options["num_workers"], device=options["device"], adversarial=adversarial, **attack,
@@ -143,10 +147,10 @@ TRAINING_OPTIONS = {
     "model_opt": (ModelOpt, None), "dataset": (Dataset, "digits"), "root": (Root, None), "download": (Download, False),
     "preset": (Preset, None), "epochs": (Epochs, None), "batch_size": (BatchSize, None), "lr": (Lr, None),
     "weight_decay": (WeightDecay, None), "momentum": (Momentum, None), "warmup_epochs": (Warmup, None),
-    "milestones": (Milestones, None), "grad_clip": (GradClip, None), "seed": (Seed, None), "out": (Out, None),
-    "resume": (Resume, False), "amp": (Amp, False), "channels_last": (ChannelsLast, False),
-    "compile": (Compile, False), "sync_bn": (SyncBn, False), "num_workers": (Workers, None),
-    "device": (Device, None), "progress": (Progress, None),
+    "milestones": (Milestones, None), "grad_clip": (GradClip, None), "precise_bn": (PreciseBn, None),
+    "seed": (Seed, None), "out": (Out, None), "resume": (Resume, False), "amp": (Amp, False),
+    "channels_last": (ChannelsLast, False), "compile": (Compile, False), "sync_bn": (SyncBn, False),
+    "num_workers": (Workers, None), "device": (Device, None), "progress": (Progress, None),
 }
 ATTACK_OPTIONS = {
     "eps": (Eps, None), "step_size": (StepSize, None), "steps": (Steps, None), "random_start": (RandomStart, None),

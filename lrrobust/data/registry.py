@@ -54,6 +54,7 @@ class Preset:
     eps: float  # adversarial training's L-inf eps: the dataset's standard eps
     steps: int
     grad_clip: float = 0.0
+    precise_bn: int = 0  # training batches batch norm's statistics are recomputed over before each validation
     random_start: bool = True
     targeted: bool = True
 

@@ -39,6 +39,7 @@ class TrainConfig:
     warmup_epochs: float | None = None
     milestones: list[int] | None = None
     grad_clip: float | None = None  # max gradient norm; 0 turns clipping off
+    precise_bn: int | None = None  # training batches BN statistics are recomputed on before validating; 0: off
     seed: int | None = None
     out: str | None = None  # run directory; default runs/DATASET-MODEL-TRAINING
     resume: bool = False
@@ -136,6 +137,7 @@ def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
     c.warmup_epochs = pick(c.warmup_epochs, p.warmup_epochs)
     c.milestones = [int(m) for m in pick(c.milestones, p.milestones)]
     c.grad_clip = pick(c.grad_clip, p.grad_clip)
+    c.precise_bn = pick(c.precise_bn, p.precise_bn)
     c.seed = pick(c.seed, 0)
     c.num_workers = pick(c.num_workers, p.num_workers)
     if c.adversarial:
@@ -164,7 +166,7 @@ def _validation(c: TrainConfig) -> dict[str, Any]:
 
 
 # The numeric fields, by type: each is checked for its type before any arithmetic on it, then for its range.
-_INTEGERS = ("epochs", "batch_size", "seed", "num_workers", "steps")
+_INTEGERS = ("epochs", "batch_size", "seed", "num_workers", "steps", "precise_bn")
 _REALS = ("lr", "weight_decay", "momentum", "warmup_epochs", "grad_clip", "eps", "step_size")
 
 
@@ -228,6 +230,8 @@ def _check_numbers(c: TrainConfig, world_size: int) -> None:
         raise UserError(f"--milestones must be increasing, like 30,60,90; got {milestones}")
     if not (math.isfinite(c.grad_clip) and c.grad_clip >= 0):
         raise UserError(f"--grad-clip must be >= 0 and finite (0 turns it off), got {c.grad_clip:g}")
+    if c.precise_bn < 0:
+        raise UserError(f"--precise-bn must be a number of batches >= 0 (0 turns it off), got {c.precise_bn}")
     if not 0 <= c.seed <= MAX_SEED:
         raise UserError(f"--seed must lie in [0, 2**63), got {c.seed}")
     if c.num_workers < 0:

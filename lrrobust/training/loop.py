@@ -8,7 +8,8 @@
                         (clean, and under PGD in adversarial runs), images/s, lr
     RUN/last.pt         the checkpoint after the last completed epoch (written atomically)
     RUN/best.pt         the checkpoint with the highest validation accuracy: clean for regular runs, under a short
-                        untargeted PGD for adversarial runs
+                        untargeted PGD for adversarial runs; with ``precise_bn``, its batch norm statistics are those
+                        recomputed before that validation (``recompute_bn_statistics``)
 
 The JSON files are written and read by ``lrrobust.training.run_files``. Training reads the ``train`` and ``val``
 splits only: the ``test`` split is evaluation's.
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lrrobust.attacks.pgd import PGD
@@ -179,6 +181,37 @@ def evaluate_validation(
     return clean / n, None if attack is None else robust / n
 
 
+def precise_bn_loader(cfg: TrainConfig, ctx: D.DistContext, train_set: Dataset) -> DataLoader | None:
+    """The training images ``recompute_bn_statistics`` uses: ``cfg.precise_bn`` batches of the per-rank batch size,
+    drawn once from the seed, the same on every rank. A random draw, not the first images: a training set may be
+    ordered by class. None when precise_bn is 0."""
+    if not cfg.precise_bn:
+        return None
+    per_rank = cfg.batch_size // ctx.world_size
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, 6)))
+    images = Subset(train_set, order[:cfg.precise_bn * per_rank].tolist())
+    return DataLoader(images, batch_size=per_rank, shuffle=False, drop_last=True, num_workers=cfg.num_workers,
+                      pin_memory=ctx.device.type == "cuda")
+
+
+def recompute_bn_statistics(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device,
+                            epoch: int) -> None:
+    """Replace the running statistics of every batch norm layer of ``model`` by their average over ``loader``'s
+    batches ("PreciseBN": Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"; ``torch.optim.swa_utils.update_bn``).
+
+    Why: the running statistics are an exponential average over past batches, and at a high lr they lag the
+    weights, so eval-mode validation swings while training accuracy rises smoothly. The pass runs in a fork of the
+    RNG streams seeded from (seed, epoch): augmentation draws the same on every rank and takes nothing from
+    training's streams, so a regular run trains exactly as without it (train mode normalises with batch statistics).
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derive_seed(cfg.seed, epoch, 7))
+        batches = (_to_device(images, labels, device, cfg.channels_last)[0] for images, labels in loader)
+        with autocast(device, cfg.amp):
+            update_bn(batches, model)
+
+
 def _robust_correct(model, images, labels, attack, device, amp) -> torch.Tensor:
     """Correct predictions on the validation attack's images (input gradients only)."""
     with autocast(device, amp):
@@ -277,6 +310,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
                                         else None)
 
     train_loader, sampler, loader_gen, val_loader = _loaders(cfg, ctx, train_set, val_set)
+    bn_loader = precise_bn_loader(cfg, ctx, train_set)
     steps_per_epoch = len(train_loader)
     optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
@@ -324,6 +358,8 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
                 kept = f"{last_path} keeps epoch {start_epoch}" if last_path.is_file() else "no checkpoint was written"
                 raise TrainingDiverged(f"{e} in epoch {epoch + 1}; run stopped, {kept} (the last good weights); "
                                        "lower --lr or check the data") from None
+            if bn_loader is not None:  # on the eager model: the compiled one would recompile for update_bn
+                recompute_bn_statistics(raw, bn_loader, cfg, ctx.device, epoch)
             val_acc, val_robust_acc = evaluate_validation(attack_model, val_loader, ctx, cfg, val_attack, epoch)
             record = _epoch_record(epoch, sums, seconds, val_acc, val_robust_acc, lr, attack is not None)
             history.append(record)
