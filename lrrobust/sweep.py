@@ -20,7 +20,7 @@ in its initial weights and data order, so none of the reported models is a run t
 is a constant rather than derived from ``seeds``, so adding seeds to a study later leaves its finished trials valid.
 
 Sweepable options (``SWEEP_KEYS``): the optimiser's recipe, which is what one network may need differently from
-another (the LR-Nets of the MNIST study oscillated at lr 0.1 where ResNets did not). The training attack (eps,
+another (the LR-Nets of the MNIST study oscillated at lr 0.1 where ResNets did not), and ``precise_bn``. The training attack (eps,
 steps, targeted, step size) is not sweepable: it is the paper's protocol, the subject of the comparison, and it
 defines the validation figure the trials are judged by.
 
@@ -44,7 +44,7 @@ from lrrobust.errors import UserError
 
 # option -> the kind of each value: "number" (float or int), "integer", "epochs" (a list of whole epochs)
 SWEEP_KEYS = {"lr": "number", "warmup_epochs": "number", "epochs": "integer", "milestones": "epochs",
-              "grad_clip": "number", "weight_decay": "number", "momentum": "number"}
+              "grad_clip": "number", "weight_decay": "number", "momentum": "number", "precise_bn": "integer"}
 SWEEP_SEED = 1000
 TRIAL_FILE = "trial.json"
 RECORD_FILE = "sweep.json"

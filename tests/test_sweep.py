@@ -44,6 +44,14 @@ def test_every_network_and_training_kind_gets_the_same_trials(tmp_path):
     assert plan_study({k: v for k, v in SPEC.items() if k != "sweep"}, tmp_path / "s").trials == ()
 
 
+def test_precise_bn_is_a_training_option_and_may_be_swept(tmp_path):
+    swept = plan_study({**SPEC, "sweep": {"precise_bn": [0, 30]}}, tmp_path / "s")
+    assert [t.config.precise_bn for t in swept.trials] == [0, 30, 0, 30]
+    assert swept.trials[1].run_dir.name == "resnet18-regular-precise_bn30-s1000"
+    fixed = plan_study({**SPEC, "training": {**SPEC["training"], "precise_bn": 30}}, tmp_path / "s")
+    assert {c.config.precise_bn for c in fixed.cells} | {t.config.precise_bn for t in fixed.trials} == {30}
+
+
 @pytest.mark.parametrize("sweep, message", [
     ({"lr": [0.1], "lrr": [0.2]}, r"unknown key lrr in \[sweep\]; valid keys: lr, "),
     ({"eps": [0.1, 0.2]}, r"unknown key eps in \[sweep\]"),  # the training attack is the study's subject
@@ -52,6 +60,8 @@ def test_every_network_and_training_kind_gets_the_same_trials(tmp_path):
     ({"lr": ["0.1"]}, r"\[sweep\] lr must be a list of numbers"),
     ({"epochs": [2.5]}, r"\[sweep\] epochs must be a list of integers"),
     ({"grad_clip": [True]}, r"\[sweep\] grad_clip must be a list of numbers"),
+    ({"precise_bn": [1.5]}, r"\[sweep\] precise_bn must be a list of integers"),
+    ({"precise_bn": [-1]}, r"\[sweep\] precise_bn -1: --precise-bn must be a number of batches >= 0"),
     ({"milestones": [6, 7]}, r"\[sweep\] milestones must be a list of lists of whole epochs"),
     ({"lr": [0.1, 0.1]}, r"\[sweep\] lr lists a value twice"),
     ({"lr": [0.1, -0.1]}, r"\[sweep\] lr -0.1: --lr must be a positive finite number"),
