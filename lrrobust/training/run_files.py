@@ -98,8 +98,8 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The run's TrainConfig from RUN/config.json. A config written before ``precise_bn`` existed reads as 0: such
-    runs never recomputed batch norm's statistics."""
+    """The run's TrainConfig from RUN/config.json. A config.json without ``precise_bn`` reads as 0: the run never
+    recomputed batch norm's statistics."""
     path = Path(run_dir) / CONFIG
     data = _read_json_object(path, "training config")
     data.setdefault("precise_bn", 0)
