@@ -19,21 +19,41 @@ TEST_CUDA_ARCH_LIST ?= $(if $(filter-out 9.0,$(GPU_ARCH)),9.0;$(GPU_ARCH),9.0)
 TEST_WORKERS ?= auto
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
-.PHONY: install install-test test test-fast demo bench lint clean
+.PHONY: install install-test test-build test test-fast demo bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# torch's 5.5 GB of wheels unpack in two pip processes at once (tools/parallel_pip.py).
 $(VENV)/.torch-installed: | $(PY)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
-	$(PIP) install --quiet $(TORCH_PINS)
+	$(PY) tools/parallel_pip.py $(TORCH_PINS)
 	touch $@
 
-# The extension is rebuilt whenever a C++/CUDA source changes; nvcc, when present, compiles the CUDA kernel.
-$(STAMP): $(VENV)/.torch-installed $(EXT_SOURCES)
+# build/requirements.txt: the package's dependencies and its test extra's, from pyproject.toml (read with the TOML
+# parser of Python 3.11, or the one pip carries for older Pythons).
+REQUIREMENTS := $(PY) -c "import importlib, sys; \
+	toml = importlib.import_module('tomllib' if sys.version_info >= (3, 11) else 'pip._vendor.tomli'); \
+	p = toml.load(open('pyproject.toml', 'rb'))['project']; \
+	open('build/requirements.txt', 'w').write(''.join(r + chr(10) for r in p['dependencies'] + p['optional-dependencies']['test']))"
+# The extension compiles (both cores, ninja) while pip installs the other dependencies (mostly one core and the
+# index); then the editable install packages the compiled file (setup.py's LRROBUST_PREBUILT_EXTENSION) instead of
+# compiling it again. ninja recompiles what changed since the last build; nvcc, when present, compiles the CUDA
+# kernel. $(1): the CUDA architectures (TORCH_CUDA_ARCH_LIST), or empty for setup.py's default.
+define BUILD_AND_INSTALL
 	$(PIP) install --quiet $(TORCH_PINS) ninja setuptools wheel
-	$(PIP) install --no-build-isolation --quiet -e ".[test]"
+	@mkdir -p build && $(REQUIREMENTS)
+	@echo "lrrobust: compiling the extension (log: build/extension.log) while pip installs the dependencies"
+	@$(if $(1),TORCH_CUDA_ARCH_LIST="$(1)") $(PY) setup.py build_ext --inplace > build/extension.log 2>&1 & build=$$!; \
+	$(PIP) install --quiet $(TORCH_PINS) -r build/requirements.txt; deps=$$?; \
+	if ! wait $$build; then tail -n 40 build/extension.log; echo "lrrobust: the extension did not compile (build/extension.log)"; exit 1; fi; \
+	exit $$deps
+	LRROBUST_PREBUILT_EXTENSION=lrrobust/_C.abi3.so $(PIP) install --no-build-isolation --no-deps --quiet -e .
 	$(CHECK_EXTENSION)
+endef
+
+$(STAMP): $(VENV)/.torch-installed $(EXT_SOURCES)
+	$(call BUILD_AND_INSTALL,)
 	touch $@
 
 install: $(STAMP)
@@ -44,12 +64,14 @@ $(TEST_STAMP): $(VENV)/.torch-installed $(EXT_SOURCES)
 	@if [ -f $(STAMP) ] && [ -z "$$(find $(EXT_SOURCES) $(VENV)/.torch-installed -newer $(STAMP))" ]; then \
 		echo "lrrobust: the installed full build serves the tests"; \
 	else \
-		rm -f $(STAMP); \
-		$(PIP) install --quiet $(TORCH_PINS) ninja setuptools wheel && \
-		TORCH_CUDA_ARCH_LIST="$(TEST_CUDA_ARCH_LIST)" $(PIP) install --no-build-isolation --quiet -e ".[test]" && \
-		$(CHECK_EXTENSION) || exit 1; \
+		$(MAKE) --no-print-directory test-build; \
 	fi
 	touch $@
+
+# The tests' build itself (install-test runs it when the full build cannot serve).
+test-build: $(VENV)/.torch-installed
+	rm -f $(STAMP)
+	$(call BUILD_AND_INSTALL,$(TEST_CUDA_ARCH_LIST))
 
 install-test: $(TEST_STAMP)
 
