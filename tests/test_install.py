@@ -59,12 +59,12 @@ def installed(tmp_path_factory) -> Path:
     wheel = next(wheels.glob("lrrobust-*.whl"))
     assert "lrrobust/_C.abi3.so" in zipfile.ZipFile(wheel).namelist()
     venv = base / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], base)
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], base)  # this pip installs into it (--python)
     python = venv / "bin" / "python"
     site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base).strip())
     (site / "lrrobust-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", "--quiet", str(wheel)],
-        base)
+    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--force-reinstall",
+         "--quiet", str(wheel)], base)
     return venv
 
 
@@ -72,19 +72,16 @@ def test_the_wheel_ships_the_suites_and_runs_from_elsewhere(installed, tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     lrrobust = str(installed / "bin" / "lrrobust")
-    code = ("import lrrobust, lrrobust.ops, lrrobust.evaluation.suite as s; print(lrrobust.__file__); "
-            "print(s.suite_names()); print(lrrobust.ops.kernel_available('cpu'))")
+    code = ("import lrrobust, lrrobust.ops, lrrobust.evaluation.suite as s, lrrobust.study as st; "
+            "print(lrrobust.__file__); print(s.suite_names()); print(lrrobust.ops.kernel_available('cpu')); "
+            "print(st.studies_dir()); print(st.study_names())")
     where = run([str(installed / "bin" / "python"), "-c", code], elsewhere)
-    module, names, kernel = where.splitlines()
+    module, suites, kernel, folder, studies = where.splitlines()
     assert module.startswith(str(installed)) and not module.startswith(str(ROOT))  # the wheel, not the source tree
     assert kernel == "True"  # the wheel's compiled op
-    assert {"digits", "mnist", "table9", "fd_steps", "mnist-l2"} <= set(eval(names))
-
-    where = run([str(installed / "bin" / "python"), "-c",
-                 "import lrrobust.study as s; print(s.studies_dir()); print(s.study_names())"], elsewhere)
-    folder, names = where.splitlines()
+    assert {"digits", "mnist", "table9", "fd_steps", "mnist-l2"} <= set(eval(suites))
     assert folder.startswith(str(installed)) and folder.endswith("lrrobust/studies")  # the wheel's own copy
-    assert {"demo", "table9-mnist", "table9-imagenet"} <= set(eval(names))
+    assert {"demo", "table9-mnist", "table9-imagenet"} <= set(eval(studies))
     plan = run([lrrobust, "study", "demo", "--out", "demo-runs", "--plan"], elsewhere)
     assert "lrnet26 adversarial seed 0: " in plan and not (elsewhere / "demo-runs").exists()
 
