@@ -1,6 +1,7 @@
 """Precise BN (``TrainConfig.precise_bn``): batch norm's running statistics recomputed on fixed training batches
-before each validation. Regular training itself is unchanged, the saved statistics are those of the saved weights,
-runs resume exactly, and runs from before the option resume with it off."""
+before each validation. Regular training itself is unchanged, the saved statistics are those of the saved weights
+(over the training attack's images in adversarial runs), runs resume exactly, and runs from before the option resume
+with it off."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ from test_train import _assert_same_weights, _metrics, _without_timing
 from typer.testing import CliRunner
 
 from lrrobust import load_checkpoint
+from lrrobust.attacks.pgd import PGD
 from lrrobust.checkpoint import read_checkpoint
 from lrrobust.cli import app
 from lrrobust.core.seeding import derive_seed
 from lrrobust.data import dataset_info, load_dataset
 from lrrobust.training import TrainConfig, resolve_config, train
+from lrrobust.training.adversarial import adversarial_examples
 from lrrobust.training.distributed import DistContext
 from lrrobust.training.loop import build_model, precise_bn_loader, recompute_bn_statistics
 
 TINY = {"model": "resnet18", "model_kwargs": {"width": 0.125}, "epochs": 2, "batch_size": 256, "device": "cpu"}
 TINY_ADV = {**TINY, "adversarial": True, "steps": 1, "eps": 0.2}
+ONE_EPOCH_ADV = {**TINY_ADV, "epochs": 1, "steps": 2}  # targeted PGD-2 from a random start: every seed is used
 BATCHES = 3
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -45,23 +49,48 @@ def test_the_images_are_fixed_and_the_pass_takes_nothing_from_training_streams()
     assert precise_bn_loader(resolve_config(TrainConfig(**TINY)), DistContext(0, 1, 0, cpu), train_set) is None
     model = build_model(cfg, dataset_info("digits"), 10).train()
     before = torch.get_rng_state()
-    recompute_bn_statistics(model, loaders[0], cfg, cpu, epoch=0)
+    recompute_bn_statistics(model, loaders[0], cfg, cpu, epoch=0, num_classes=10)
     assert torch.equal(torch.get_rng_state(), before)  # training's stream is where it was
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(int(m.num_batches_tracked) == 2 and m.momentum == 0.1 for m in norms) and model.training
     assert not all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in norms)
 
 
-def _statistics_of_the_weights(path) -> dict[str, torch.Tensor]:
-    """The BN buffers update_bn computes from the checkpoint's weights over the run's chosen training images."""
-    model = load_checkpoint(path)
+def _chosen_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The run's fixed training batches (images, labels), drawn as precise_bn_loader draws them (seed 0)."""
     train_set = load_dataset("digits", "train")
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(derive_seed(0, 6)))
     chosen = order[:BATCHES * TINY["batch_size"]].tolist()
-    batches = [torch.stack([train_set[i][0] for i in chosen[b:b + TINY["batch_size"]]])
-               for b in range(0, len(chosen), TINY["batch_size"])]
-    torch.optim.swa_utils.update_bn(batches, model)
+    return [(torch.stack([train_set[i][0] for i in chosen[b:b + TINY["batch_size"]]]),
+             torch.tensor([train_set[i][1] for i in chosen[b:b + TINY["batch_size"]]]))
+            for b in range(0, len(chosen), TINY["batch_size"])]
+
+
+def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k.endswith(BN_BUFFERS)}
+
+
+def _statistics_of_the_weights(path) -> dict[str, torch.Tensor]:
+    """The BN buffers update_bn computes from the checkpoint's weights over the run's chosen training images."""
+    model = load_checkpoint(path)
+    torch.optim.swa_utils.update_bn([images for images, _ in _chosen_batches()], model)
+    return _bn_buffers(model)
+
+
+def _adversarial_statistics_of_the_weights(path, epoch: int) -> dict[str, torch.Tensor]:
+    """The BN buffers over the training attack's images of the chosen batches, in two steps: every batch attacked
+    on the checkpoint's own running statistics first, then update_bn over the attacked batches. Seeds as the run's
+    (random starts from (seed, epoch, 9), targets from (seed, epoch, 8)); the attack from the checkpoint."""
+    model = load_checkpoint(path)
+    attack = PGD.from_settings("training", read_checkpoint(path)["attack"])
+    assert attack.targeted and attack.random_start and attack.steps == 2
+    targets = torch.Generator().manual_seed(derive_seed(0, epoch, 8))
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(0, epoch, 9))
+        attacked = [adversarial_examples(model, images, labels, attack, 10, targets)[0]
+                    for images, labels in _chosen_batches()]
+    torch.optim.swa_utils.update_bn(attacked, model)
+    return _bn_buffers(model)
 
 
 def test_regular_training_is_unchanged_and_the_saved_statistics_are_recomputed(runs):
@@ -78,6 +107,24 @@ def test_regular_training_is_unchanged_and_the_saved_statistics_are_recomputed(r
             assert torch.equal(saved[key], value), (name, key)
         assert all(int(v) == BATCHES for k, v in saved.items() if k.endswith("num_batches_tracked"))
     assert json.loads((runs["on"] / "config.json").read_text())["precise_bn"] == BATCHES
+
+
+def test_adversarial_runs_recompute_over_the_training_attacks_images(trained_run):
+    """An adversarial run trains on the attack's images, so its statistics are averages over those, not clean ones.
+    Epoch 1 trains the same with and without precise BN (it recomputes after the epoch's steps), so the run without
+    it holds the weights and the running statistics the recomputation started from."""
+    plain, precise = (trained_run(**ONE_EPOCH_ADV, precise_bn=n) for n in (0, BATCHES))
+    a, b = (read_checkpoint(run / "last.pt")["model_state"] for run in (plain, precise))
+    for key in a:
+        if not key.endswith(BN_BUFFERS):
+            assert torch.equal(a[key], b[key]), key
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.endswith("running_mean"))
+    expected = _adversarial_statistics_of_the_weights(plain / "last.pt", epoch=0)
+    for key, value in expected.items():
+        assert torch.equal(b[key], value), key
+    assert all(int(v) == BATCHES for k, v in b.items() if k.endswith("num_batches_tracked"))
+    clean = _statistics_of_the_weights(plain / "last.pt")  # what recomputing over the clean images would give
+    assert not any(torch.allclose(b[k], clean[k]) for k in b if k.endswith("running_mean"))
 
 
 @pytest.mark.parametrize("kind", ["on", "adversarial"])

@@ -195,21 +195,61 @@ def precise_bn_loader(cfg: TrainConfig, ctx: D.DistContext, train_set: Dataset) 
 
 
 def recompute_bn_statistics(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device,
-                            epoch: int) -> None:
-    """Replace the running statistics of every batch norm layer of ``model`` by their average over ``loader``'s
-    batches ("PreciseBN": Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"; ``torch.optim.swa_utils.update_bn``).
+                            epoch: int, num_classes: int) -> None:
+    """Replace the running statistics of every batch norm layer of ``model`` by their average over the inputs the
+    network trains on, made from ``loader``'s batches ("PreciseBN": Wu & Johnson 2021, "Rethinking 'Batch' in
+    BatchNorm"; ``torch.optim.swa_utils.update_bn``): the clean images in a regular run, the training attack's images
+    of them in an adversarial run (``cfg.adversarial``).
 
     Why: the running statistics are an exponential average over past batches, and at a high lr they lag the
-    weights, so eval-mode validation swings while training accuracy rises smoothly. The pass runs in a fork of the
-    RNG streams seeded from (seed, epoch): augmentation draws the same on every rank and takes nothing from
-    training's streams, so a regular run trains exactly as without it (train mode normalises with batch statistics).
+    weights, so eval-mode validation swings while training accuracy rises smoothly. An adversarial run trains on
+    the attack's images only, so its statistics are averages over those; clean images have other batch statistics
+    (Xie et al. 2020, "Adversarial Examples Improve Image Recognition"), and recomputing over them would change
+    the model that training made.
+
+    Every batch's attack runs as in ``train_step`` (eval mode, on the running statistics training left) before the
+    statistics are reset: ``update_bn`` resets them first, so an attack run while it accumulates would see partial
+    statistics (and no input gradient: it runs under no_grad). The N clean batches are read first (on the CPU), the N attacked ones kept on ``device``.
+
+    The pass runs in a fork of the RNG streams seeded from (seed, epoch) (the attack's random starts reseeded from
+    (seed, epoch, 9), its targets from a generator seeded from (seed, epoch, 8)): augmentation, random starts and
+    targets draw the same on every rank and take nothing from training's streams, so a regular run trains exactly
+    as without it (train mode normalises with batch statistics), and a resumed run recomputes exactly what the
+    uninterrupted one did.
+
+    Args:
+        model: the eager (uncompiled) model; its mode is restored after.
+        loader: the fixed clean batches (``precise_bn_loader``).
+        cfg: the resolved run config; ``cfg.adversarial`` selects the attacked images.
+        device: where the model lives.
+        epoch: the 0-based epoch just trained, for the seeds.
+        num_classes: the dataset's classes, for a targeted attack's targets.
     """
+    attack = training_attack(cfg)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(cfg.seed, epoch, 7))
-        batches = (_to_device(images, labels, device, cfg.channels_last)[0] for images, labels in loader)
+        if attack is None:
+            inputs = (_to_device(images, labels, device, cfg.channels_last)[0] for images, labels in loader)
+        else:
+            inputs = _attacked_batches(model, list(loader), cfg, device, epoch, attack, num_classes)
         with autocast(device, cfg.amp):
-            update_bn(batches, model)
+            update_bn(inputs, model)
+
+
+def _attacked_batches(model: nn.Module, batches: list, cfg: TrainConfig, device: torch.device, epoch: int,
+                      attack: PGD, num_classes: int) -> list[torch.Tensor]:
+    """The training attack's images of each clean (images, labels) batch, made as ``train_step`` makes them; random
+    starts from (seed, epoch, 9) (reseeded here, after the loader has read and augmented every batch), targets from
+    (seed, epoch, 8)."""
+    torch.manual_seed(derive_seed(cfg.seed, epoch, 9))
+    targets = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, 8))
+    attacked = []
+    for images, labels in batches:
+        images, labels = _to_device(images, labels, device, cfg.channels_last)
+        with autocast(device, cfg.amp):
+            attacked.append(adversarial_examples(model, images, labels, attack, num_classes, targets)[0])
+    return attacked
 
 
 def _robust_correct(model, images, labels, attack, device, amp) -> torch.Tensor:
@@ -359,7 +399,7 @@ def _train(config: TrainConfig, ctx: D.DistContext, progress: bool | None) -> Pa
                 raise TrainingDiverged(f"{e} in epoch {epoch + 1}; run stopped, {kept} (the last good weights); "
                                        "lower --lr or check the data") from None
             if bn_loader is not None:  # on the eager model: the compiled one would recompile for update_bn
-                recompute_bn_statistics(raw, bn_loader, cfg, ctx.device, epoch)
+                recompute_bn_statistics(raw, bn_loader, cfg, ctx.device, epoch, num_classes)
             val_acc, val_robust_acc = evaluate_validation(attack_model, val_loader, ctx, cfg, val_attack, epoch)
             record = _epoch_record(epoch, sums, seconds, val_acc, val_robust_acc, lr, attack is not None)
             history.append(record)
