@@ -50,7 +50,8 @@ Milestones = Annotated[str | None, typer.Option(help="Epochs where the lr is mul
 GradClip = Annotated[float | None, typer.Option(help="Clip the gradient norm to this (0: off; preset: " + ", ".join(
     f"{p.grad_clip:g} on {name}" for name, p in PRESETS.items() if p.grad_clip) + ").")]
 PreciseBn = Annotated[int | None, typer.Option(help="Recompute batch norm's running statistics over this many "
-                                                      "fixed training batches before each validation (0: off, every "
+                                                      "fixed training batches (their training attack's images in "
+                                                      "adversarial runs) before each validation (0: off, every "
                                                       "preset's default).")]
 Seed = Annotated[int | None, typer.Option(help="Seed of every random number generator (default 0).")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/DATASET-MODEL-KIND).")]

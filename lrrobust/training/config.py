@@ -39,7 +39,8 @@ class TrainConfig:
     warmup_epochs: float | None = None
     milestones: list[int] | None = None
     grad_clip: float | None = None  # max gradient norm; 0 turns clipping off
-    precise_bn: int | None = None  # training batches BN statistics are recomputed on before validating; 0: off
+    # training batches BN statistics are recomputed on before validating (attacked in adversarial runs); 0: off
+    precise_bn: int | None = None
     seed: int | None = None
     out: str | None = None  # run directory; default runs/DATASET-MODEL-TRAINING
     resume: bool = False
