@@ -8,6 +8,9 @@ after write k completed (between two files). With kill_at 0 it runs to the end a
 
     python tests/fault_driver.py '{"command": "train", "kill_at": 3, "mode": "torn", "out": "RUN"}'
 
+The tests run it in a child forked from multiprocessing's fork server (``main_in_child``), which has imported torch
+and lrrobust once, instead of a new interpreter per run.
+
 A study ("command": "study", ``out`` its output directory) runs its cells in this process (``InProcess``) instead of
 worker processes, so its writes are counted and killed like the others: every phase of a cell, from its first
 file to the report.
@@ -86,8 +89,7 @@ def _append_text(path, text: str) -> None:
         f.write(text)
 
 
-def main() -> None:
-    spec = json.loads(sys.argv[1])
+def main(spec: dict) -> None:
     writes = [0]
 
     def write_done(on_kill) -> None:
@@ -122,8 +124,21 @@ def main() -> None:
 
     state.append_jsonl = run_files.append_jsonl = append
     run(spec["command"], spec["out"], spec.get("checkpoint"))
-    print(json.dumps({"writes": writes[0]}))
+    print(json.dumps({"writes": writes[0]}), flush=True)
+
+
+def main_in_child(spec: dict, stdout: str, stderr: str) -> None:
+    """``main(spec)`` in a process forked for it (tests/test_fault_injection.drive), its output into these files."""
+    for path, fd in ((stdout, 1), (stderr, 2)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    try:
+        main(spec)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":
-    main()
+    main(json.loads(sys.argv[1]))

@@ -20,10 +20,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,16 +39,30 @@ from lrrobust.training import train
 from lrrobust.training.run_files import check_best, read_manifest, read_metrics, read_run_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fault_driver import SUITE, run, study_spec, train_config
+from fault_driver import SUITE, main_in_child, run, study_spec, train_config
 
-DRIVER = Path(__file__).parent / "fault_driver.py"
 ALL = bool(os.environ.get("LRROBUST_FAULT_ALL"))
 
 
 def drive(spec: dict) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(DRIVER), json.dumps(spec)], capture_output=True, text=True,
-                          timeout=300, env=env, check=False)
+    """``fault_driver.main(spec)`` in a child forked from multiprocessing's fork server, which imports torch and
+    lrrobust once per pytest process (a new interpreter per run imports them again: about 3 CPU-s each, for some
+    25 runs); the child's exit code (-9 when the driver killed itself) and output, as ``subprocess.run`` gives them."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["lrrobust.isolation", "torchattacks", "scipy.stats", "lrrobust.training",
+                                    "lrrobust.study", "lrrobust.evaluation.evaluate", "fault_driver"])
+    with tempfile.TemporaryDirectory() as folder:
+        stdout, stderr = Path(folder, "stdout"), Path(folder, "stderr")
+        stdout.touch()
+        stderr.touch()
+        child = context.Process(target=main_in_child, args=(spec, str(stdout), str(stderr)))
+        child.start()
+        child.join(300)
+        if child.is_alive():  # a hang is a failure, never a kill the test asked for
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(str(spec), 300, stdout.read_text(), stderr.read_text())
+        return subprocess.CompletedProcess(spec, child.exitcode, stdout.read_text(), stderr.read_text())
 
 
 def kill_all(base: Path, command: str, torn: list[int], after: list[int], writes: int,
