@@ -265,3 +265,21 @@ def test_real_extension_has_a_count_for_every_tiled_kernel(real_reports, dtype):
                 assert role in roles, (kernel, kind, roles)
             low, high = rep.total()
             assert 5 < low <= high < 1000, (kernel, kind, low, high)
+
+
+def test_cuobjdump_output_is_kept_until_the_extension_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sc.tempfile, "gettempdir", lambda: str(tmp_path))
+    calls = tmp_path / "calls"
+    tool = tmp_path / "cuobjdump"
+    tool.write_text(f'#!/bin/sh\necho run >> "{calls}"\necho "code for $3 of $4"\n')
+    tool.chmod(0o755)
+    so = tmp_path / "_C.abi3.so"
+    so.write_bytes(b"1")
+    first = sc.run_cuobjdump(str(tool), so, "sm_90", "-sass")
+    assert first == f"code for sm_90 of {so}\n"
+    assert sc.run_cuobjdump(str(tool), so, "sm_90", "-sass") == first  # read from the kept copy
+    assert calls.read_text().count("run") == 1
+    assert sc.run_cuobjdump(str(tool), so, "sm_80", "-sass") == f"code for sm_80 of {so}\n"  # another arch: run
+    so.write_bytes(b"22")  # rebuilt: another size and time
+    assert sc.run_cuobjdump(str(tool), so, "sm_90", "-sass") == first
+    assert calls.read_text().count("run") == 3

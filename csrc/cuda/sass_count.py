@@ -39,6 +39,7 @@ extension has no cubins for --arch or cuobjdump is missing):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -46,6 +47,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -413,12 +415,38 @@ def print_tables(reports: list[KernelReport], header: str) -> None:
 
 
 def run_cuobjdump(tool: str, so: Path, arch: str, what: str) -> str:
-    """The output of `cuobjdump WHAT -arch ARCH SO`, "" when it fails (no device code, no such arch)."""
+    """The output of `cuobjdump WHAT -arch ARCH SO`, "" when it fails (no device code, no such arch).
+
+    The disassembly of a full build is about 100 MB and takes cuobjdump some 13 CPU-s, and `make test` needs it twice
+    (tests/test_sass_count.py, then this report): it is kept in the temporary folder, one file per (extension file,
+    tool, arch, WHAT), whose first line records the extension's size and modification time, so a rebuilt extension is
+    read afresh and replaces it."""
+    try:
+        info = so.stat()
+    except OSError:
+        return ""
+    stamp = f"{info.st_size} {info.st_mtime_ns}\n"
+    key = hashlib.sha1(repr((str(so.resolve()), tool, arch, what)).encode()).hexdigest()[:16]
+    cached = Path(tempfile.gettempdir()) / f"lrrobust-cuobjdump-{key}.txt"
+    try:
+        with open(cached, encoding="utf-8") as f:
+            if f.readline() == stamp:
+                return f.read()
+    except OSError:
+        pass
     try:
         proc = subprocess.run([tool, what, "-arch", arch, str(so)], capture_output=True, text=True, check=False)
     except OSError:
         return ""
-    return proc.stdout if proc.returncode == 0 else ""
+    if proc.returncode != 0:
+        return ""
+    partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(stamp + proc.stdout, encoding="utf-8")
+        os.replace(partial, cached)
+    except OSError:  # a full or read-only temporary folder: the output is used, not kept
+        partial.unlink(missing_ok=True)
+    return proc.stdout
 
 
 def main(argv: list[str] | None = None) -> int:
